@@ -1,0 +1,41 @@
+"""Run untrusted, often AI-written, code in sandboxes: local (bubblewrap) or cloud."""
+
+from .errors import (
+    AuthenticationError,
+    CassetteError,
+    CommandFailed,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimitError,
+    SandboxError,
+    SandboxNotFoundError,
+    UnsupportedOperation,
+)
+from .manager import Manager
+from .models import Capabilities, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .provider import SandboxProvider
+from .sandbox import Sandbox, run, run_many
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "Capabilities",
+    "CassetteError",
+    "CommandFailed",
+    "ExecutionResult",
+    "Manager",
+    "OutputChunk",
+    "ProviderError",
+    "ProviderUnavailable",
+    "RateLimitError",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxError",
+    "SandboxInfo",
+    "SandboxNotFoundError",
+    "SandboxProvider",
+    "UnsupportedOperation",
+    "run",
+    "run_many",
+]

@@ -1,0 +1,179 @@
+"""SandboxProvider: the contract every provider fulfils.
+
+Low-level names are those of the reference library (``create_sandbox``,
+``execute_command``, ...), which users already call. Everything is async
+(anyio-compatible). Upload and download of local paths are built here, once,
+on top of ``write_file``/``read_file``/``execute_command``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import tarfile
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+import anyio
+
+from .errors import SandboxNotFoundError, UnsupportedOperation
+from .models import Capabilities, Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+
+
+class SandboxProvider(ABC):
+    """Abstract base of all providers."""
+
+    name: ClassVar[str] = "abstract"
+    capabilities: Capabilities = Capabilities()
+
+    # -- lifecycle -----------------------------------------------------------
+    @abstractmethod
+    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
+        """Create a sandbox; a half-created one is destroyed before raising."""
+
+    @abstractmethod
+    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+        """The sandbox with that id, or None when there is none."""
+
+    @abstractmethod
+    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
+        """Every live sandbox whose labels include ``labels`` (all pages)."""
+
+    @abstractmethod
+    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+        """Destroy it; True when it existed. Nothing of it keeps running."""
+
+    async def find_sandbox(self, labels: Mapping[str, str]) -> SandboxInfo | None:
+        """The oldest live sandbox carrying all ``labels``, or None."""
+        found = await self.list_sandboxes(labels)
+        found.sort(key=lambda info: (info.created_at or 0.0, info.id))
+        return found[0] if found else None
+
+    async def get_or_create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
+        """Reuse a sandbox with the config's labels, or create one."""
+        if config.labels:
+            existing = await self.find_sandbox(config.labels)
+            if existing is not None:
+                return existing
+        return await self.create_sandbox(config)
+
+    async def health_check(self) -> bool:
+        """True when the provider answers; must not create anything."""
+        return True
+
+    async def aclose(self) -> None:
+        """Release clients and connections held by the provider."""
+
+    # -- commands ------------------------------------------------------------
+    @abstractmethod
+    async def execute_command(
+        self,
+        sandbox_id: str,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecutionResult:
+        """Run a command to the end; a non-zero exit is a result."""
+
+    async def stream_execution(
+        self,
+        sandbox_id: str,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        """Yield output as the command produces it."""
+        raise UnsupportedOperation(self.name, "streaming")
+        yield  # pragma: no cover - makes this an async generator
+
+    # -- files ---------------------------------------------------------------
+    @abstractmethod
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path``, creating parent directories."""
+
+    @abstractmethod
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """The bytes of ``path``; FileNotFoundError/IsADirectoryError as Python does."""
+
+    async def upload_file(self, sandbox_id: str, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        """Copy a local file or directory tree into the sandbox."""
+        local = Path(local_path)
+        if local.is_dir():
+            for path in sorted(local.rglob("*")):
+                if path.is_file():
+                    relative = path.relative_to(local).as_posix()
+                    await self.write_file(sandbox_id, str(PurePosixPath(remote_path) / relative), path.read_bytes())
+        elif local.is_file():
+            await self.write_file(sandbox_id, remote_path, local.read_bytes())
+        else:
+            raise FileNotFoundError(f"no such local file or directory: {local}")
+
+    async def download_file(self, sandbox_id: str, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy a file or directory tree out of the sandbox."""
+        local = Path(local_path)
+        probe = await self.execute_command(sandbox_id, ["test", "-d", remote_path])
+        if probe.exit_code != 0:
+            data = await self.read_file(sandbox_id, remote_path)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.Path(local).write_bytes(data)
+            return
+        archive = f"/tmp/.sandboxes-download-{os.getpid()}-{id(local)}.tar"
+        packed = await self.execute_command(sandbox_id, ["tar", "-cf", archive, "-C", remote_path, "."])
+        if packed.exit_code != 0:
+            raise PermissionError(f"cannot read directory {remote_path} in the sandbox: {packed.stderr.strip()}")
+        try:
+            data = await self.read_file(sandbox_id, archive)
+        finally:
+            await self.execute_command(sandbox_id, ["rm", "-f", archive])
+        local.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(local, filter="data")
+
+    # -- helpers for subclasses ------------------------------------------------
+    def _not_found(self, sandbox_id: str) -> SandboxNotFoundError:
+        return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def shell_command(command: Command) -> str:
+    """A command as one shell string (for providers that only take strings)."""
+    if isinstance(command, str):
+        return command
+    return shlex.join(command)
+
+
+def argv_command(command: Command) -> list[str]:
+    """A command as an argument vector (a string goes through ``sh -c``)."""
+    if isinstance(command, str):
+        return ["sh", "-c", command]
+    if not command:
+        raise ValueError("empty command: give a string or a non-empty list of arguments")
+    return [str(part) for part in command]
+
+
+def as_bytes(data: bytes | str | None) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    return data.encode()
+
+
+def validate_command(command: Command) -> None:
+    if isinstance(command, str):
+        if not command.strip():
+            raise ValueError("empty command: nothing to run")
+    elif isinstance(command, Sequence):
+        if not command:
+            raise ValueError("empty command: give a non-empty list of arguments")
+    else:
+        raise TypeError(f"a command is a string or a list of arguments, not {type(command).__name__}")

