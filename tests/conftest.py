@@ -1,0 +1,39 @@
+"""Shared fixtures: every test gets its own local state dir, so runs never mix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sandboxes
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private local-provider state dir and a fresh manager per test."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("SANDBOXES_LOCAL_STATE_DIR", str(state))
+    monkeypatch.delenv("SANDBOXES_PROVIDER", raising=False)
+    sandboxes.Sandbox._manager = None
+    yield state
+    sandboxes.Sandbox._manager = None
+    leftovers = [p.name for p in state.iterdir() if p.name.startswith("sb-")] if state.exists() else []
+    if leftovers:
+        from sandboxes.providers.local import LocalProvider
+
+        provider = LocalProvider(state_dir=state)
+        for name in leftovers:
+            provider._destroy(name)
+        pytest.fail(f"test left local sandboxes behind: {leftovers}")
+
+
+def pytest_report_header() -> str:
+    return f"sandboxes: uid={os.geteuid()}"
