@@ -28,6 +28,8 @@ import _wire as wire
 CHUNK = 65536
 DRAIN_QUIET_SECONDS = 0.02
 OUTBOX_LIMIT = 4 * 1024 * 1024
+AGENT_THREAD_RESERVE = 32
+COMMAND_NPROC: int | None = None
 TIMED_OUT_EXIT_CODE = 124
 
 
@@ -39,19 +41,25 @@ def main() -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(settings["socket"])
     server.listen(64)
-    if os.getuid() == 0 and settings.get("uid") is not None:
-        # Host root is not root: the workload runs as the sandbox's own uid.
-        os.chown(settings["cwd"], settings["uid"], settings["gid"])
-        os.setgroups([])
-        os.setresgid(settings["gid"], settings["gid"], settings["gid"])
-        os.setresuid(settings["uid"], settings["uid"], settings["uid"])
+    uid = settings.get("uid") if os.getuid() == 0 else None
+    if uid is not None:
+        # Host root is not root: commands run as the sandbox's own uid, while
+        # the agent stays out of their reach (they cannot signal or trace it).
+        os.chown(settings["cwd"], uid, settings["gid"])
     for name, value in settings["limits"].items():
         limit = getattr(resource, name)
         soft, hard = resource.getrlimit(limit)
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(limit, (value, value))
+        if limit == resource.RLIMIT_NPROC:
+            # The agent keeps a reserve above its commands' limit, so that a
+            # fork bomb filling every slot cannot stop it from answering.
+            global COMMAND_NPROC
+            COMMAND_NPROC = value
+            resource.setrlimit(limit, (value + AGENT_THREAD_RESERVE, value + AGENT_THREAD_RESERVE))
+        else:
+            resource.setrlimit(limit, (value, value))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    agent = Agent(settings["env"], settings["cwd"], owns_uid=settings.get("uid") is not None, track_commands=settings["isolation"] == "process")
+    agent = Agent(settings["env"], settings["cwd"], uid, settings["gid"], track_commands=settings["isolation"] == "process")
     ready_fd = settings["ready_fd"]
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
@@ -71,10 +79,11 @@ def main() -> None:
 
 
 class Agent:
-    def __init__(self, env: dict[str, str], cwd: str, owns_uid: bool, track_commands: bool) -> None:
+    def __init__(self, env: dict[str, str], cwd: str, uid: int | None, gid: int | None, track_commands: bool) -> None:
         self.env = env
         self.cwd = cwd
-        self.owns_uid = owns_uid
+        self.uid = uid
+        self.gid = gid
         self.track_commands = track_commands  # no pid namespace to end them all
         self.spawned: list[int] = []
 
@@ -84,11 +93,8 @@ class Agent:
         Under bubblewrap the end of the pid namespace does this anyway; without
         one (isolation="process") it is the only cleanup.
         """
-        if self.owns_uid:
-            try:
-                os.kill(-1, signal.SIGKILL)  # every process of this sandbox's own uid
-            except OSError:
-                pass
+        if self.uid is not None:
+            _kill_uid(self.uid)  # every process of this sandbox's own uid
         for pid in self.spawned:
             kill_tree(pid)
         os._exit(0)
@@ -124,6 +130,14 @@ class Agent:
         return os.path.normpath(os.path.join(self.cwd, path))
 
     def write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None = None) -> None:
+        with _FileIdentity(self.uid, self.gid):
+            self._write(conn, reader, path, mode)
+
+    def read(self, conn: socket.socket, path: str) -> None:
+        with _FileIdentity(self.uid, self.gid):
+            self._read(conn, path)
+
+    def _write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None) -> None:
         target = self._path(path)
         parent = os.path.dirname(target)
         if parent:
@@ -143,7 +157,7 @@ class Agent:
             os.chmod(target, mode)
         conn.sendall(wire.json_frame(wire.OK, {}))
 
-    def read(self, conn: socket.socket, path: str) -> None:
+    def _read(self, conn: socket.socket, path: str) -> None:
         target = self._path(path)
         with open(target, "rb") as handle:
             while data := handle.read(wire.MAX_FRAME):
@@ -184,6 +198,10 @@ class Agent:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 pass_fds=pass_fds,
+                preexec_fn=_limit_command if COMMAND_NPROC is not None else None,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=[] if self.uid is not None else None,
             )
         except (FileNotFoundError, NotADirectoryError) as error:
             if cwd and not os.path.isdir(self._path(cwd)):
@@ -336,17 +354,72 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
             selector.modify(conn, events, "client")
         if exited_at is None:
             process.wait()
-        conn.setblocking(True)
-        if outbox:
-            conn.sendall(outbox)
         return False, False
     except (BrokenPipeError, ConnectionResetError):
+        outbox.clear()
         return False, True
     finally:
         selector.close()
         conn.setblocking(True)
+        if outbox:  # whole frames only: the exit frame follows
+            try:
+                conn.sendall(outbox)
+            except OSError:
+                pass
         if outputs:
             threading.Thread(target=_discard, args=([process.stdout, process.stderr],), daemon=True).start()
+
+
+class _FileIdentity:
+    """File access with the sandbox user's identity, in this thread only.
+
+    ``setfsuid`` is per thread, so other requests keep the agent's identity;
+    files come out owned by the sandbox user, and permissions are its own.
+    """
+
+    _libc = None
+
+    def __init__(self, uid: int | None, gid: int | None) -> None:
+        self.uid, self.gid = uid, gid
+
+    def __enter__(self) -> None:
+        if self.uid is not None:
+            if _FileIdentity._libc is None:
+                import ctypes
+
+                _FileIdentity._libc = ctypes.CDLL(None, use_errno=True)
+            self._libc.setfsgid(self.gid)
+            self._libc.setfsuid(self.uid)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.uid is not None:
+            self._libc.setfsuid(0)
+            self._libc.setfsgid(0)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process owned by ``uid`` (used without a pid namespace)."""
+    for _ in range(20):
+        victims = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == uid:
+                        victims.append(int(entry))
+                except OSError:
+                    continue
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _limit_command() -> None:
+    """In the forked child: the commands' own process limit (syscall only, no locks)."""
+    resource.setrlimit(resource.RLIMIT_NPROC, (COMMAND_NPROC, COMMAND_NPROC))
 
 
 def _registered(selector: selectors.BaseSelector, fd: int) -> bool:

@@ -1,0 +1,246 @@
+"""Hostile programs: what an LLM writes by mistake or on purpose.
+
+Each must be contained in its own sandbox and leave the host unharmed. The
+limits here are small so that a weak sandbox could not take the machine down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sandboxes import SandboxConfig
+from sandboxes.providers.local import LocalProvider
+
+pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
+
+SMALL = {"max_processes": 64, "memory_mb": 256, "workspace_mb": 64, "tmp_mb": 32, "max_file_mb": 16}
+
+
+@pytest.fixture
+def provider() -> LocalProvider:
+    return LocalProvider(**SMALL)
+
+
+@pytest.fixture
+async def box(provider: LocalProvider) -> AsyncIterator[str]:
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        yield info.id
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    """Host pids whose command line carries ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if marker.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def test_fork_bomb_is_bounded_and_ends_with_the_sandbox(provider: LocalProvider) -> None:
+    info = await provider.create_sandbox(SandboxConfig())
+    marker = "forkbomb-marker-4711"
+    bomb = f"bomb() {{ bomb | bomb & }}; bomb; sleep 2; echo {marker}"
+    result = await provider.execute_command(info.id, ["bash", "-c", bomb], timeout=4)
+    assert result.timed_out or result.exit_code != 0 or marker in result.stdout
+    count = await provider.execute_command(info.id, "ps -e --no-headers | wc -l", timeout=10)
+    if count.success:  # ps itself may fail to fork while the bomb holds every slot
+        assert int(count.stdout) <= SMALL["max_processes"] + 8
+    await provider.destroy_sandbox(info.id)
+    assert subprocess.run(["true"]).returncode == 0, "the host can no longer start processes"
+
+
+async def test_memory_bomb_fails_inside(provider: LocalProvider, box: str) -> None:
+    hog = "x = bytearray(1024 * 1024 * 1024); print('allocated')"
+    result = await provider.execute_command(box, ["python3", "-c", hog], timeout=30)
+    assert not result.success
+    assert "allocated" not in result.stdout
+    assert "MemoryError" in result.stderr or result.exit_code >= 128
+
+
+async def test_disk_filler_hits_the_workspace_cap(provider: LocalProvider, box: str) -> None:
+    result = await provider.execute_command(box, "for i in 1 2 3 4 5 6 7 8 9 10; do head -c 15000000 /dev/zero > f$i || exit 9; done", timeout=60)
+    assert result.exit_code == 9
+    assert "No space left" in result.stderr
+    tmp = await provider.execute_command(box, "head -c 50000000 /dev/zero > /tmp/fill", timeout=60)
+    assert not tmp.success
+    # The sandbox still works once the hog is removed.
+    await provider.execute_command(box, "rm -f f* /tmp/fill")
+    assert (await provider.execute_command(box, "echo ok > small && cat small")).stdout == "ok\n"
+
+
+async def test_single_file_size_limit(provider: LocalProvider, box: str) -> None:
+    result = await provider.execute_command(box, "head -c 20000000 /dev/zero > big", timeout=30)
+    assert not result.success
+    size = await provider.execute_command(box, "stat -c %s big")
+    assert int(size.stdout) <= SMALL["max_file_mb"] * 1024 * 1024
+
+
+async def test_output_flood_is_capped(box: str) -> None:
+    provider = LocalProvider()
+    result = await provider.execute_command(box, "yes flood", timeout=2)
+    assert result.timed_out
+    assert result.truncated
+    assert len(result.stdout) <= 1024 * 1024 + 100
+    assert result.stdout.startswith("flood\n")
+
+
+async def test_no_network_by_default_and_network_when_asked(provider: LocalProvider) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted: list[bytes] = []
+
+    def serve() -> None:
+        server.settimeout(20)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"hello from host\n")
+                accepted.append(b"x")
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    probe = f"import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=3); print(s.recv(100).decode(), end='')"
+    try:
+        closed = await provider.create_sandbox(SandboxConfig())
+        try:
+            result = await provider.execute_command(closed.id, ["python3", "-c", probe], timeout=10)
+            assert not result.success
+            assert "hello from host" not in result.stdout
+            dns = await provider.execute_command(closed.id, ["python3", "-c", "import socket; socket.getaddrinfo('pypi.org', 443)"], timeout=10)
+            assert not dns.success
+        finally:
+            await provider.destroy_sandbox(closed.id)
+        opened = await provider.create_sandbox(SandboxConfig(network=True))
+        try:
+            result = await provider.execute_command(opened.id, ["python3", "-c", probe], timeout=10)
+            assert result.stdout == "hello from host\n", result.describe()
+        finally:
+            await provider.destroy_sandbox(opened.id)
+    finally:
+        server.close()
+
+
+async def test_host_environment_and_secrets_are_invisible(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    monkeypatch.setenv("E2B_API_KEY", "e2b_supersecret_value")
+    monkeypatch.setenv("MY_HOST_SECRET", "host-only-secret")
+    secret_file = tmp_path / "host-secret.txt"
+    secret_file.write_text("top secret")
+    provider = LocalProvider()
+    info = await provider.create_sandbox(SandboxConfig(env={"VISIBLE": "yes"}))
+    try:
+        result = await provider.execute_command(
+            info.id, f"env; cat /proc/1/environ; cat /proc/1/cmdline; cat {secret_file}; cat /etc/shadow; ls /work /home"
+        )
+        everything = result.stdout + result.stderr
+        assert "VISIBLE=yes" in result.stdout
+        assert "supersecret" not in everything
+        assert "host-only-secret" not in everything
+        assert "top secret" not in everything
+        shadow = await provider.execute_command(info.id, "cat /etc/shadow")
+        assert shadow.exit_code != 0
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_workspace_escape_and_system_writes_fail(provider: LocalProvider, box: str) -> None:
+    result = await provider.execute_command(box, "echo x > /usr/evil; echo x > /etc/evil; ln -s / root; cat root/work/main/README.md; ls /root/.ssh")
+    assert result.exit_code != 0
+    assert not os.path.exists("/usr/evil") and not os.path.exists("/etc/evil")
+    escape = await provider.execute_command(box, "cd ..; cd ..; pwd; ls")
+    assert "work" not in escape.stdout.split()
+
+
+async def test_no_mounts_no_privileges(provider: LocalProvider, box: str) -> None:
+    result = await provider.execute_command(box, "mount -t tmpfs none /tmp 2>&1; echo rc=$?; grep -E 'CapEff|NoNewPrivs' /proc/self/status; id -u")
+    lines = result.stdout.splitlines()
+    assert "rc=0" not in lines
+    assert "CapEff:\t0000000000000000" in lines
+    assert "NoNewPrivs:\t1" in lines
+    assert lines[-1] != "0" or os.geteuid() != 0, "host root must not be root in the sandbox"
+
+
+async def test_host_processes_cannot_be_signalled(provider: LocalProvider, box: str) -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result = await provider.execute_command(box, f"kill -9 {victim.pid}; kill -9 -1; echo done")
+        assert victim.poll() is None, "a sandbox killed a host process"
+        assert "done" in result.stdout
+        listing = await provider.execute_command(box, "ps -e -o pid=,comm=")
+        assert "pytest" not in listing.stdout and str(os.getpid()) not in listing.stdout.split()
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+async def test_daemons_do_not_outlive_the_sandbox(provider: LocalProvider) -> None:
+    marker = "daemon-marker-9931"
+    info = await provider.create_sandbox(SandboxConfig())
+    script = (
+        f"nohup sh -c 'while true; do sleep 1; done # {marker}' >/dev/null 2>&1 & "
+        f"setsid sh -c 'trap \"\" TERM HUP; exec sleep 1000 # {marker}' >/dev/null 2>&1 < /dev/null & "
+        f"python3 -c \"import os,time\nif os.fork()==0:\n  os.setsid()\n  if os.fork()==0:\n    os.execvp('sh',['sh','-c','sleep 999 # {marker}'])\" "
+    )
+    result = await provider.execute_command(info.id, script)
+    assert result.success, result.describe()
+    # They persist between commands...
+    alive = await provider.execute_command(info.id, f"ps -eo args | grep -c '[#] {marker}'")
+    assert int(alive.stdout) >= 2
+    assert _processes_with_marker(marker)
+    # ...and end with the sandbox.
+    await provider.destroy_sandbox(info.id)
+    assert _processes_with_marker(marker) == []
+
+
+async def test_timeout_kills_the_whole_process_tree(provider: LocalProvider, box: str) -> None:
+    marker = "tree-marker-5512"
+    command = f"sh -c 'trap \"\" TERM; sleep 100 # {marker}' & sh -c 'sleep 100 # {marker}' & wait"
+    result = await provider.execute_command(box, command, timeout=1)
+    assert result.timed_out
+    left = await provider.execute_command(box, f"ps -eo args | grep -c '[#] {marker}'")
+    assert left.stdout.strip() == "0"
+
+
+async def test_sandboxes_cannot_see_each_other(provider: LocalProvider) -> None:
+    first = await provider.create_sandbox(SandboxConfig())
+    second = await provider.create_sandbox(SandboxConfig())
+    try:
+        await provider.execute_command(first.id, "echo mine > private.txt; sleep 30 & echo started")
+        peek = await provider.execute_command(second.id, "cat private.txt; ps -e -o comm=")
+        assert "mine" not in peek.stdout
+        assert "sleep" not in peek.stdout
+    finally:
+        await provider.destroy_sandbox(first.id)
+        await provider.destroy_sandbox(second.id)
+
+
+async def test_lifetime_ends_the_sandbox(provider: LocalProvider) -> None:
+    import anyio
+
+    info = await provider.create_sandbox(SandboxConfig(lifetime=1))
+    await provider.execute_command(info.id, "sleep 100 >/dev/null 2>&1 &")
+    await anyio.sleep(2.5)
+    assert await provider.get_sandbox(info.id) is None
+
+
+def test_agent_runs_under_host_python_only() -> None:
+    # The agent is stdlib-only: it must import under -S (no site-packages).
+    agent_dir = os.path.join(os.path.dirname(sys.modules[LocalProvider.__module__].__file__ or ""))
+    code = f"import sys; sys.path.insert(0, {agent_dir!r}); import _wire"
+    assert subprocess.run([sys.executable, "-S", "-c", code]).returncode == 0
