@@ -136,7 +136,7 @@ class SandboxProvider(ABC):
             await self.execute_command(sandbox_id, ["rm", "-f", archive])
         local.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(local, filter="data")
+            _safe_extract(tar, local)
 
     # -- helpers for subclasses ------------------------------------------------
     def _not_found(self, sandbox_id: str) -> SandboxNotFoundError:
@@ -144,6 +144,19 @@ class SandboxProvider(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+
+def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """Extract without letting a member land outside ``target`` (the sandbox is untrusted)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    root = target.resolve()
+    for member in tar.getmembers():
+        destination = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not destination.is_relative_to(root):
+            raise PermissionError(f"refusing to extract {member.name!r} from the sandbox outside {target}")
+    tar.extractall(target)
 
 
 def shell_command(command: Command) -> str:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sandboxes import SandboxConfig
+from sandboxes import SandboxConfig, SandboxNotFoundError
 from sandboxes.providers.local import LocalProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
@@ -179,12 +179,34 @@ async def test_no_mounts_no_privileges(provider: LocalProvider, box: str) -> Non
 async def test_host_processes_cannot_be_signalled(provider: LocalProvider, box: str) -> None:
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        result = await provider.execute_command(box, f"kill -9 {victim.pid}; kill -9 -1; echo done")
+        result = await provider.execute_command(box, f"kill -9 {victim.pid}; pkill sleep; echo done")
         assert victim.poll() is None, "a sandbox killed a host process"
         assert "done" in result.stdout
         listing = await provider.execute_command(box, "ps -e -o pid=,comm=")
         assert "pytest" not in listing.stdout and str(os.getpid()) not in listing.stdout.split()
     finally:
+        victim.kill()
+        victim.wait()
+
+
+async def test_kill_everything_harms_only_its_own_sandbox(provider: LocalProvider) -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    bystander = await provider.create_sandbox(SandboxConfig())
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        try:
+            await provider.execute_command(info.id, "kill -9 -1; echo survived")
+        except SandboxNotFoundError:
+            # Without root, the agent shares the workload's uid: killing every
+            # process of that uid ends this sandbox, and only this one.
+            assert os.geteuid() != 0, "as root the agent is out of the workload's reach"
+        else:
+            assert (await provider.execute_command(info.id, "echo alive")).stdout == "alive\n"
+        assert victim.poll() is None, "a sandbox killed a host process"
+        assert (await provider.execute_command(bystander.id, "echo fine")).stdout == "fine\n"
+    finally:
+        await provider.destroy_sandbox(info.id)
+        await provider.destroy_sandbox(bystander.id)
         victim.kill()
         victim.wait()
 

@@ -88,13 +88,13 @@ class Agent:
         self.spawned: list[int] = []
 
     def shutdown(self) -> None:
-        """End every process of the sandbox, then the agent.
-
-        Under bubblewrap the end of the pid namespace does this anyway; without
-        one (isolation="process") it is the only cleanup.
-        """
-        if self.uid is not None:
-            _kill_uid(self.uid)  # every process of this sandbox's own uid
+        """End every process of the sandbox, then the agent."""
+        if not self.track_commands:
+            # Inside our own pid namespace, -1 means every process in it but
+            # its init, which exits once it has no children left.
+            os.kill(-1, signal.SIGKILL)
+        elif self.uid is not None:
+            _kill_uid(self.uid)  # no pid namespace: every process of the sandbox's own uid
         for pid in self.spawned:
             kill_tree(pid)
         os._exit(0)

@@ -435,6 +435,9 @@ class LocalProvider(SandboxProvider):
                 if received is None:
                     raise ProviderError(f"sandbox {sandbox_id}'s agent did not end a command past its timeout", provider=self.name)
                 if not received:
+                    with anyio.move_on_after(2):  # the agent is gone: is the sandbox?
+                        while self._load(sandbox_id) is not None:
+                            await anyio.sleep(0.02)
                     if self._load(sandbox_id) is None:
                         raise SandboxNotFoundError(f"sandbox {sandbox_id} ended while a command was running in it")
                     raise ProviderError(f"lost the connection to sandbox {sandbox_id}'s agent", provider=self.name)
