@@ -9,6 +9,7 @@ from .errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
+    ToolchainMissing,
     UnsupportedOperation,
 )
 from .manager import Manager
@@ -35,6 +36,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxProvider",
+    "ToolchainMissing",
     "UnsupportedOperation",
     "run",
     "run_many",

@@ -58,6 +58,16 @@ class UnsupportedOperation(SandboxError):
         self.capability = capability
 
 
+class ToolchainMissing(SandboxError):
+    """The sandbox lacks the compiler or interpreter a language needs."""
+
+    def __init__(self, language: str, tool: str, hint: str = "") -> None:
+        message = f"cannot run {language}: {tool!r} is not installed in the sandbox"
+        super().__init__(f"{message}; to install it: {hint}" if hint else message)
+        self.language = language
+        self.tool = tool
+
+
 class CassetteError(SandboxError):
     """A cassette could not be read, written or matched."""
 

@@ -191,6 +191,22 @@ class Sandbox:
             self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
         )
 
+    async def run_code(
+        self,
+        code: str | bytes,
+        language: str,
+        *,
+        stdin: bytes | str | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        args: Sequence[str] = (),
+        timeout: float | None = None,
+        deps: bool = False,
+    ) -> ExecutionResult:
+        """Build (when the language needs it) and run source code; see ``sandboxes.languages``."""
+        from .languages import run_code
+
+        return await run_code(self, code, language, stdin=stdin, files=files, args=args, timeout=timeout, deps=deps)
+
     async def write_file(self, path: str, data: bytes | str) -> None:
         await self._provider.write_file(self.id, path, data.encode() if isinstance(data, str) else data)
 
