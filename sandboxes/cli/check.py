@@ -1,0 +1,102 @@
+"""`providers` and `test`: which providers work here, and a quick live check."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from .. import sync
+from ..errors import ProviderUnavailable, SandboxError
+from ..manager import PROVIDERS, Manager, has_credentials, provider_class
+from ._util import check_provider, fail, host_labels, provider_option
+
+_CREDENTIALS = {
+    "e2b": "set E2B_API_KEY",
+    "modal": "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (or run `modal token set`)",
+    "daytona": "set DAYTONA_API_KEY",
+    "cloudflare": "set CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN",
+}
+
+
+def provider_status(name: str) -> tuple[bool, str]:
+    """(available, why or how): never creates anything."""
+    try:
+        cls = provider_class(name)
+    except ProviderUnavailable as error:
+        return False, str(error)
+    if name == "local":
+        try:
+            return True, "isolation: " + cls().describe_isolation()  # type: ignore[attr-defined]
+        except ProviderUnavailable as error:
+            return False, str(error)
+    if not has_credentials(name):
+        return False, f"no credentials: {_CREDENTIALS.get(name, 'see the docs')}"
+    return True, "credentials found"
+
+
+@click.command(epilog="""
+\b
+Examples:
+  sandboxes providers
+  sandboxes providers --json
+""")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def providers(as_json: bool) -> None:
+    """Show which providers are available here, why not, and the local isolation."""
+    rows = [(name, *provider_status(name)) for name in PROVIDERS]
+    default = Manager().resolve(None)
+    if as_json:
+        click.echo(json.dumps({"default": default, "providers": [{"name": n, "available": a, "detail": d} for n, a, d in rows]}, indent=2))
+        return
+    width = max(len(name) for name in PROVIDERS)
+    for name, available, detail in rows:
+        mark = "available  " if available else "unavailable"
+        click.echo(f"{name.ljust(width)}  {mark}  {detail}")
+    click.echo(f"default for the library: {default}; for the CLI: local (or -p / $SANDBOXES_PROVIDER)")
+
+
+@click.command(epilog="""
+\b
+Examples:
+  sandboxes test            # every available provider
+  sandboxes test -p local
+""")
+@provider_option(default=None)
+def test(provider: str | None) -> None:
+    """Check providers live: create a sandbox, run echo, destroy it, with timings."""
+    names = [check_provider(provider)] if provider else [n for n in PROVIDERS if provider_status(n)[0]]
+    failures = 0
+    for name in names:
+        timings: list[str] = []
+        started = time.perf_counter()
+        sandbox = None
+        try:
+            sandbox = sync.Sandbox.create(name, labels=host_labels())
+            timings.append(f"create {_ms(started)}")
+            step = time.perf_counter()
+            result = sandbox.execute(["echo", "sandboxes-ok"])
+            timings.append(f"exec {_ms(step)}")
+            if result.stdout.strip() != "sandboxes-ok":
+                raise SandboxError(f"echo printed {result.stdout!r}, exit {result.exit_code}: {result.stderr.strip()[:200]}")
+            step = time.perf_counter()
+            sandbox.destroy()
+            sandbox = None
+            timings.append(f"destroy {_ms(step)}")
+            click.echo(f"{name}: ok  ({', '.join(timings)})")
+        except (SandboxError, OSError) as error:
+            failures += 1
+            click.echo(f"{name}: FAILED  {' '.join(str(error).split())}", err=True)
+        finally:
+            if sandbox is not None:
+                try:
+                    sandbox.destroy()
+                except SandboxError:
+                    pass
+    if failures:
+        fail(f"{failures} of {len(names)} provider(s) failed")
+
+
+def _ms(since: float) -> str:
+    return f"{(time.perf_counter() - since) * 1000:.0f}ms"

@@ -1,0 +1,158 @@
+"""`sandboxes run`: a command, a source file, or source on stdin, in a sandbox."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+
+from .. import languages, sync
+from ..errors import SandboxError
+from ._util import ERROR_EXIT, echo_err, fail, host_labels, parse_pairs, piped_stdin, provider_option, reported, stream_command
+
+EXAMPLES = """
+\b
+Examples:
+  sandboxes run --file main.go                  # language from the extension
+  sandboxes run --file main.py -- arg1 arg2     # arguments for the program
+  echo 5 | sandboxes run --file square.py       # piped input is the program's stdin
+  cat main.rs | sandboxes run --lang rust       # source on stdin
+  sandboxes run "python3 -c 'print(42)'"        # a shell command
+  sandboxes run --file main.go --deps           # install go.mod deps first (turns network on)
+  sandboxes run --file app.py -l project=demo --reuse
+  sandboxes run --file app.py -e DEBUG=1 -t 60 --keep
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("command", nargs=-1)
+@click.option("-f", "--file", "file", type=click.Path(dir_okay=False, path_type=Path), help="Source file to run; its extension gives the language.")
+@click.option("--lang", "--language", "lang", help=f"Language of --file or of source read from stdin: {', '.join(languages.known_languages())}.")
+@provider_option()
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Environment variable for the program (repeatable).")
+@click.option("-l", "--label", "labels", multiple=True, metavar="K=V", help="Label for the sandbox (repeatable); with --reuse, which sandbox to reuse.")
+@click.option("--reuse", is_flag=True, help="Reuse a live sandbox carrying the labels (or create one) and keep it.")
+@click.option("--keep", is_flag=True, help="Keep the sandbox afterwards; its id is printed on stderr.")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds each step (install, build, run) may take.")
+@click.option("--image", help="Image (cloud) or root filesystem directory (local).")
+@click.option("--deps", is_flag=True, help="Install dependencies from go.mod, requirements.txt, package.json or Cargo.toml beside --file.")
+@click.option("--network", is_flag=True, help="Give the sandbox network access.")
+def run(
+    command: tuple[str, ...],
+    file: Path | None,
+    lang: str | None,
+    provider: str,
+    env: tuple[str, ...],
+    labels: tuple[str, ...],
+    reuse: bool,
+    keep: bool,
+    timeout: float | None,
+    image: str | None,
+    deps: bool,
+    network: bool,
+) -> None:
+    """Run a command, a source file (--file) or source from stdin (--lang) in a sandbox.
+
+    With --file or --lang, COMMAND is the program's arguments. Output streams
+    live and the exit code is the program's.
+    """
+    env_vars = parse_pairs(env, "-e")
+    label_map = parse_pairs(labels, "-l")
+    if reuse and not label_map:
+        fail("--reuse needs at least one label saying which sandbox to reuse: -l KEY=VALUE", 2)
+    code: bytes | None = None
+    language: languages.Language | None = None
+    files: dict[str, bytes] = {}
+    stdin: bytes | None = None
+    with reported(2):
+        if file is not None:
+            try:
+                code = file.read_bytes()
+            except FileNotFoundError:
+                fail(f"file not found: {file}", 2)
+            except OSError as error:
+                fail(f"cannot read {file}: {error.strerror}", 2)
+            language = languages.get_language(lang) if lang else languages.language_for_file(file.name)
+            if deps:
+                files = {name: (file.parent / name).read_bytes() for name in languages.MANIFESTS if (file.parent / name).is_file()}
+                if not files:
+                    fail(f"--deps: no dependency manifest ({', '.join(languages.MANIFESTS)}) beside {file}", 2)
+            stdin = piped_stdin()
+        elif lang:
+            language = languages.get_language(lang)
+            code = piped_stdin()
+            if not code:
+                fail(f"--lang {lang}: no source on stdin; pipe the source on stdin, for example: cat main.{language.extensions[0].lstrip('.')} | sandboxes run --lang {lang}", 2)
+            if deps:
+                fail("--deps needs --file: the manifests are read from the file's directory", 2)
+        elif command:
+            stdin = piped_stdin()
+        else:
+            fail("nothing to run: give a COMMAND, --file PATH, or --lang LANG with source on stdin (see sandboxes run --help)", 2)
+    args = list(command) if language is not None else []
+    network_on = network or deps
+    if deps and provider == "local" and not network:
+        echo_err("note: --deps turns network access on in the sandbox, to download dependencies")
+    with reported(ERROR_EXIT):
+        all_labels = {**host_labels(), **label_map}
+        options = {"labels": all_labels, "image": image, "network": True if network_on else None}
+        found = sync.Sandbox.find(label_map, provider) if reuse else None
+        sandbox = found or sync.Sandbox.create(provider, **options)
+    keep = keep or reuse
+    code_status = ERROR_EXIT
+    try:
+        with reported(ERROR_EXIT):
+            if language is not None:
+                assert code is not None
+                code_status = _run_code(sandbox, code, language, files, args, env_vars, stdin, timeout, deps)
+            else:
+                argv = list(command) if len(command) > 1 else ["/bin/sh", "-c", command[0]]
+                code_status = stream_command(
+                    sandbox, argv, env=env_vars, stdin=stdin, timeout=timeout, status_file=f"/tmp/.sandboxes-status-{secrets.token_hex(6)}"
+                )
+    finally:
+        if keep:
+            echo_err(f"sandbox kept: {sandbox.id} (provider {sandbox.provider}); sandboxes exec {sandbox.id} COMMAND -p {sandbox.provider}")
+        else:
+            try:
+                sandbox.destroy()
+            except SandboxError as error:
+                echo_err(f"warning: could not destroy sandbox {sandbox.id}: {error}")
+    click.get_current_context().exit(code_status)
+
+
+def _run_code(
+    sandbox: sync.Sandbox,
+    code: bytes,
+    language: languages.Language,
+    files: dict[str, bytes],
+    args: list[str],
+    env: dict[str, str],
+    stdin: bytes | None,
+    timeout: float | None,
+    deps: bool,
+) -> int:
+    prepared = sync.portal().call(
+        lambda: languages.prepare_code(sandbox.async_sandbox, code, language, files=files, timeout=timeout, deps=deps)
+    )
+    try:
+        if prepared.failed is not None:
+            failed = prepared.failed
+            click.get_binary_stream("stdout").write(failed.stdout.encode())
+            click.get_binary_stream("stderr").write(failed.stderr.encode())
+            if failed.timed_out:
+                echo_err(f"Error: the build timed out after {timeout:g}s")
+                return 124
+            return failed.exit_code or 1
+        return stream_command(
+            sandbox,
+            [*prepared.argv, *args],
+            env={**prepared.env, **env},
+            cwd=prepared.directory,
+            stdin=stdin,
+            timeout=timeout,
+            status_file=f"{prepared.directory}.status",
+        )
+    finally:
+        sync.portal().call(languages.cleanup, sandbox.async_sandbox, prepared)

@@ -1,0 +1,77 @@
+"""`sandboxes run` for every language, from --file and from stdin, checked byte-exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests._programs import BROKEN, BROKEN_MARK, ECHO, ECHO_ARGS, ECHO_OUT, ECHO_STDIN, EXTENSIONS, LANGUAGES, PAYLOAD, program
+
+from .conftest import CLI
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_run_file_prints_payload_byte_exact(cli: CLI, tmp_path: Path, language: str) -> None:
+    source = tmp_path / f"prog.{EXTENSIONS[language]}"
+    source.write_text(program(language), encoding="utf-8")
+    result = cli("run", "--file", str(source))
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == PAYLOAD.encode()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_run_stdin_prints_payload_byte_exact(cli: CLI, language: str) -> None:
+    result = cli("run", "--lang", language, input=program(language).encode())
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == PAYLOAD.encode()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_program_stdin_arguments_and_exit_code(cli: CLI, tmp_path: Path, language: str) -> None:
+    source = tmp_path / f"echo.{EXTENSIONS[language]}"
+    source.write_text(ECHO[language])
+    result = cli("run", "--file", str(source), "--", *ECHO_ARGS, input=ECHO_STDIN.encode())
+    assert result.returncode == 7, result.stderr.decode()
+    assert result.stdout == ECHO_OUT.encode()
+
+
+@pytest.mark.parametrize("language", ["go", "c", "java"])
+def test_compile_error_exits_non_zero_with_compiler_output(cli: CLI, tmp_path: Path, language: str) -> None:
+    source = tmp_path / f"broken.{EXTENSIONS[language]}"
+    source.write_text(BROKEN[language])
+    result = cli("run", "--file", str(source))
+    assert result.returncode not in (0, 125)
+    assert BROKEN_MARK[language] in (result.stdout + result.stderr).decode()
+    assert b"Traceback" not in result.stderr
+
+
+def test_lang_overrides_the_extension(cli: CLI, tmp_path: Path) -> None:
+    source = tmp_path / "script.txt"
+    source.write_text("print(6 * 7)\n")
+    result = cli("run", "--file", str(source), "--lang", "python")
+    assert (result.returncode, result.stdout) == (0, b"42\n")
+
+
+def test_deps_installs_go_mod_beside_the_file_and_says_network_is_on(cli: CLI, tmp_path: Path) -> None:
+    (tmp_path / "go.mod").write_text("module example.com/app\n\ngo 1.18\n")
+    source = tmp_path / "main.go"
+    source.write_text('package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("deps ok") }\n')
+    result = cli("run", "--file", str(source), "--deps")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"deps ok\n"
+    assert b"network" in result.stderr
+
+
+def test_deps_without_a_manifest_is_an_error(cli: CLI, tmp_path: Path) -> None:
+    source = tmp_path / "main.py"
+    source.write_text("print(1)\n")
+    result = cli("run", "--file", str(source), "--deps")
+    assert result.returncode == 2
+    assert "requirements.txt" in one_line(result)
+
+
+def one_line(result) -> str:  # noqa: ANN001
+    from .conftest import one_line_error
+
+    return one_line_error(result)
