@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import secrets
 import select
@@ -235,7 +236,7 @@ class LocalProvider(SandboxProvider):
         try:
             assert process.stdin is not None
             try:
-                process.stdin.write(json.dumps(settings).encode())
+                process.stdin.write(marshal.dumps(settings))
                 process.stdin.close()
             except BrokenPipeError:
                 pass
@@ -367,7 +368,7 @@ class LocalProvider(SandboxProvider):
         with socket.socket(socket.AF_UNIX) as conn:
             try:
                 conn.connect(_socket_path(self.root / state.id))
-                conn.sendall(wire.json_frame(wire.HEADER, {"op": "shutdown"}))
+                conn.sendall(wire.request_frame({"op": "shutdown"}))
                 conn.recv(64)
             except OSError:
                 pass
@@ -416,7 +417,7 @@ class LocalProvider(SandboxProvider):
         stream = await self._connect(sandbox_id)
         async with stream:
             try:
-                await stream.send(wire.json_frame(wire.HEADER, request))
+                await stream.send(wire.request_frame(request))
                 if data is not None:  # the agent keeps reading stdin while it sends output
                     for piece in wire.chunked(wire.STDIN, data):
                         await stream.send(piece)
@@ -504,7 +505,7 @@ class LocalProvider(SandboxProvider):
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         stream = await self._connect(sandbox_id)
         async with stream:
-            await stream.send(wire.json_frame(wire.HEADER, {"op": "write", "path": path}))
+            await stream.send(wire.request_frame({"op": "write", "path": path}))
             for piece in wire.chunked(wire.STDIN, bytes(data)):
                 await stream.send(piece)
             await stream.send(wire.frame(wire.EOF))
@@ -519,7 +520,7 @@ class LocalProvider(SandboxProvider):
         stream = await self._connect(sandbox_id)
         chunks = []
         async with stream:
-            await stream.send(wire.json_frame(wire.HEADER, {"op": "read", "path": path}))
+            await stream.send(wire.request_frame({"op": "read", "path": path}))
             async for kind, payload in self._frames(stream):
                 if kind == wire.DATA:
                     chunks.append(payload)
