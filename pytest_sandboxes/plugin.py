@@ -1,0 +1,142 @@
+"""The pytest11 entry point: wires options, markers, fixtures, xdist and the report.
+
+Nothing here touches a session that uses none of it: providers are built,
+and the summary printed, only when a test asked for a sandbox fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+import sandboxes.sync as sync
+from sandboxes.errors import SandboxError
+
+from . import report
+from .cassettes import PROVIDER_PARAM
+from .fixtures import (
+    CALL_REPORT,
+    sandbox,
+    sandbox_cassette,
+    sandbox_config,
+    sandbox_factory,
+    sandbox_provider,
+    sandbox_provider_name,
+)
+from .markers import MARKER, MARKER_HELP, spec_for
+from .options import add_options, resolve
+from .reaper import sweep
+from .session import STATE, SessionState, new_run_id
+from .xdist import WORKER_INPUT, WORKER_OUTPUT, XdistHooks, is_worker
+
+__all__ = ["sandbox", "sandbox_cassette", "sandbox_config", "sandbox_factory", "sandbox_provider", "sandbox_provider_name"]
+
+SANDBOX_FIXTURES = {"sandbox", "sandbox_provider", "sandbox_cassette", "sandbox_factory", PROVIDER_PARAM}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = resolve(config)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        run_id, worker = workerinput.get(WORKER_INPUT) or new_run_id(), str(workerinput.get("workerid", "gw?"))
+    else:
+        run_id, worker = new_run_id(), "main"
+    config.stash[STATE] = SessionState(settings, run_id, worker)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(config), "sandboxes-xdist")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Several providers: one test per provider, ids [local], [e2b]; the same on every worker."""
+    if PROVIDER_PARAM not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[STATE]
+    spec = spec_for(metafunc.definition)
+    names = spec.providers or state.settings.providers
+    if len(names) < 2:
+        return
+    params = []
+    for name in names:
+        reason = None if state.settings.record_mode in ("none", "once") else state.reason(name)
+        marks = [pytest.mark.skip(reason=f"sandbox provider {name!r} unavailable: {reason}")] if reason else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    metafunc.parametrize(PROVIDER_PARAM, params)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A bad marker is a usage error even on a test that uses no sandbox fixture."""
+    for item in items:
+        if item.get_closest_marker(MARKER) is not None:
+            spec_for(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    rep = yield
+    if call.when == "call":
+        item.stash[CALL_REPORT] = rep
+        uses = SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if rep.failed and uses and call.excinfo is not None and hasattr(rep.longrepr, "addsection"):
+            section = report.failure_section(item, call.excinfo)
+            if section:
+                rep.longrepr.addsection("sandbox results", section)  # type: ignore[union-attr]
+    return rep
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: object, right: object) -> list[str] | None:
+    return report.assertrepr_compare(op, left, right)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    state.close_pools()
+    if is_worker(config):
+        config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]
+    else:
+        _sweep(state)
+    if state.providers:
+        for provider in state.providers.values():
+            try:
+                sync.portal().call(provider.aclose)
+            except Exception:  # closing is best effort at exit
+                pass
+
+
+def _sweep(state: SessionState) -> None:
+    """Controller (or the only process): destroy whatever this run still has alive."""
+    names = {name for name, stats in state.stats.items() if stats.created or stats.live}
+    if state.crashed_workers:
+        names.update(name for name in state.settings.providers if state.reason(name) is None)
+    keep = {sandbox_id for _, sandbox_id in state.kept}
+    for name in sorted(names):
+        try:
+            provider = state.provider(name)
+            destroyed, remaining = sync.portal().call(sweep, provider, state.run_id, keep)
+        except SandboxError as error:
+            state.swept[name] = 0
+            state.left_behind[name] = -1
+            print(f"sandboxes: could not sweep {name}: {error}")
+            continue
+        state.stats_for(name)
+        state.swept[name] = destroyed
+        state.left_behind[name] = remaining
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or is_worker(config) or not (state.used or state.swept):
+        return
+    report.terminal_summary(terminalreporter, state)

@@ -1,0 +1,120 @@
+"""What one pytest process knows: run id, worker, live providers, counters, kept sandboxes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sandboxes.cassette import CassetteStats
+from sandboxes.errors import ProviderUnavailable
+from sandboxes.manager import has_credentials, provider_class
+from sandboxes.provider import SandboxProvider
+
+from .options import Settings
+
+RUN_LABEL = "sandboxes_run"
+WORKER_LABEL = "sandboxes_worker"
+
+CREDENTIALS_HINT = {
+    "e2b": "E2B_API_KEY is not set",
+    "modal": "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET or run `modal token set`",
+    "daytona": "DAYTONA_API_KEY is not set",
+    "cloudflare": "CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN must both be set",
+}
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why a provider cannot run here (SDK, credentials, bubblewrap), or None when it can."""
+    try:
+        provider_class(name)
+    except ProviderUnavailable as error:
+        return str(error)
+    if name == "local":
+        from sandboxes.providers.local.layout import find_bwrap
+
+        try:
+            find_bwrap()
+        except ProviderUnavailable as error:
+            return str(error)
+        return None
+    if not has_credentials(name):
+        return f"provider {name!r} has no credentials: {CREDENTIALS_HINT.get(name, 'see its documentation')}"
+    return None
+
+
+@dataclass
+class SessionState:
+    settings: Settings
+    run_id: str
+    worker: str
+    providers: dict[str, SandboxProvider] = field(default_factory=dict)
+    stats: dict[str, CassetteStats] = field(default_factory=dict)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    swept: dict[str, int] = field(default_factory=dict)
+    left_behind: dict[str, int] = field(default_factory=dict)
+    crashed_workers: list[str] = field(default_factory=list)
+    used: bool = False
+    pools: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    _reasons: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {RUN_LABEL: self.run_id, WORKER_LABEL: self.worker}
+
+    def reason(self, name: str) -> str | None:
+        if name not in self._reasons:
+            self._reasons[name] = unavailable_reason(name)
+        return self._reasons[name]
+
+    def stats_for(self, name: str) -> CassetteStats:
+        self.used = True
+        return self.stats.setdefault(name, CassetteStats())
+
+    def provider(self, name: str) -> SandboxProvider:
+        """The live provider of this process (one per name), built on first use."""
+        if name not in self.providers:
+            reason = self.reason(name)
+            if reason:
+                raise ProviderUnavailable(reason, provider=name)
+            self.providers[name] = provider_class(name)()
+        return self.providers[name]
+
+    def pool_for(self, wrapped: Any) -> Any:
+        """The warm pool of a live provider in this process, opened on first use."""
+        from sandboxes.pool import WarmPool
+        from sandboxes.sync import portal
+
+        name = wrapped.name
+        if name not in self.pools:
+            manager = portal().wrap_async_context_manager(WarmPool(wrapped.inner, self.settings.pool))
+            self.pools[name] = (manager, manager.__enter__())
+        return self.pools[name][1]
+
+    def close_pools(self) -> None:
+        while self.pools:
+            _, (manager, _pool) = self.pools.popitem()
+            manager.__exit__(None, None, None)
+
+    def export(self) -> dict[str, Any]:
+        """What a worker sends to the controller (plain data for execnet)."""
+        return {
+            "stats": {name: s.as_dict() for name, s in self.stats.items()},
+            "kept": [list(k) for k in self.kept],
+            "providers": sorted(self.providers),
+        }
+
+    def merge(self, data: dict[str, Any]) -> None:
+        for name, stats in data.get("stats", {}).items():
+            self.stats_for(name).merge(stats)
+        self.kept.extend(tuple(k) for k in data.get("kept", ()))
+
+
+def new_run_id() -> str:
+    return f"{os.getpid():x}{secrets.token_hex(4)}"
+
+
+STATE = pytest.StashKey[SessionState]()

@@ -1,0 +1,159 @@
+"""The fixtures in real pytest sessions on the local provider."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_sandbox_is_fresh_and_destroyed_even_when_the_test_fails(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import sandboxes.sync
+
+        def test_writes(sandbox):
+            assert isinstance(sandbox, sandboxes.sync.Sandbox)
+            sandbox.write_file("/workspace/mark", "x")
+            assert sandbox.execute("cat /workspace/mark").stdout == "x"
+
+        def test_fresh_and_fails(sandbox):
+            assert sandbox.execute("test -e /workspace/mark").exit_code == 1
+            result = sandbox.execute("echo to-stdout; echo to-stderr >&2; exit 3")
+            assert result.exit_code == 0
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    # the failure shows the exit code and the output tails
+    result.stdout.fnmatch_lines(["*sandbox results*", "result: command exited with code 3*", "to-stdout", "*stderr*", "to-stderr"])
+    result.stdout.fnmatch_lines(["*provider*created*live ops*replayed*recorded*left behind*", "local*2*0"])
+    assert live_sandboxes() == []
+
+
+def test_async_test_gets_the_async_handle(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import sandboxes
+
+        pytestmark = pytest.mark.anyio
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        async def test_async(sandbox):
+            assert isinstance(sandbox, sandboxes.Sandbox)
+            result = await sandbox.execute(["python3", "-c", "print(6 * 7)"])
+            assert result.stdout == "42\\n"
+            chunks = [chunk.data async for chunk in sandbox.stream("echo streamed")]
+            assert "".join(chunks) == "streamed\\n"
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert live_sandboxes() == []
+
+
+def test_sandbox_factory_makes_many_with_their_own_config_and_destroys_all(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        def test_many(sandbox_factory):
+            first = sandbox_factory(env={"WHO": "first"})
+            second = sandbox_factory(env={"WHO": "second"}, labels={"role": "b"})
+            assert first.id != second.id
+            assert first.execute("echo $WHO").stdout == "first\\n"
+            assert second.execute("echo $WHO").stdout == "second\\n"
+            assert second.labels["role"] == "b"
+
+        def test_again(sandbox_factory):
+            assert sandbox_factory().execute("true").exit_code == 0
+            assert len(sandbox_factory.sandboxes) == 3
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert live_sandboxes() == []
+
+
+def test_config_fixture_options_and_marker_combine_in_order(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        from sandboxes import SandboxConfig
+
+        @pytest.fixture(scope="module")
+        def sandbox_config():
+            return SandboxConfig(env={"BASE": "conftest", "OVER": "conftest"}, labels={"suite": "demo"})
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.sandbox(env={"OVER": "module"}, timeout=30)
+
+        @pytest.mark.sandbox(env={"MARK": "function"}, labels={"case": "one"}, timeout=12, lifetime=120)
+        def test_combined(sandbox, sandbox_provider):
+            out = sandbox.execute("echo $BASE $OVER $MARK").stdout
+            assert out == "conftest module function\\n"
+            assert sandbox.labels["suite"] == "demo" and sandbox.labels["case"] == "one"
+            assert sandbox.labels["sandboxes_worker"] == "main" and sandbox.labels["sandboxes_run"]
+            assert sandbox.async_sandbox.command_timeout == 12
+            assert sandbox_provider.name == "local"
+
+        def test_option_fills_the_gap(sandbox):
+            assert sandbox.async_sandbox.command_timeout == 30  # module marker beats --sandbox-timeout
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider", "--sandbox-timeout=5").assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("colour='blue'", "unknown @pytest.mark.sandbox key(s) 'colour'; valid keys: providers, image, timeout, env, labels, network, lifetime"),
+        ("'local'", "takes keyword arguments only"),
+        ("providers=['local', 'nowhere']", "unknown: nowhere"),
+        ("timeout=-1", "timeout must be a positive number of seconds"),
+    ],
+)
+def test_bad_marker_is_a_usage_error_naming_it(pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester.makepyfile(f"import pytest\n\n@pytest.mark.sandbox({marker})\ndef test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: *{message}*"])
+
+
+def test_keep_leaves_a_failed_tests_sandbox_and_reports_it(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        def test_fails(sandbox):
+            assert sandbox.execute("false").success
+
+        def test_passes(sandbox):
+            assert sandbox.execute("true").success
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-keep")
+    result.assert_outcomes(passed=1, failed=1)
+    kept = live_sandboxes()
+    assert len(kept) == 1
+    result.stdout.fnmatch_lines([f"kept for debugging (--sandbox-keep): {kept[0]} on local"])
+    from sandboxes.providers.local import LocalProvider
+
+    LocalProvider()._destroy(kept[0])
+
+
+def test_warm_pool_hands_out_fresh_sandboxes_and_leaves_none(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_pooled(sandbox, n):
+            assert sandbox.execute("ls /workspace").stdout == ""
+            sandbox.write_file("/workspace/used", "1")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-pool=2")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["local*4*"])
+    assert live_sandboxes() == []

@@ -1,0 +1,67 @@
+"""Options: command line, then env, then ini; bad values are usage errors listing the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+
+PROBE = """
+import os
+def test_probe(sandbox_config):
+    assert sandbox_config.command_timeout == float(os.environ["EXPECT_TIMEOUT"])
+    assert sandbox_config.image == os.environ.get("EXPECT_IMAGE")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, "7"),  # ini
+        ((), {"SANDBOXES_TIMEOUT": "8"}, "8"),  # env beats ini
+        (("--sandbox-timeout=9",), {"SANDBOXES_TIMEOUT": "8"}, "9"),  # command line beats env
+    ],
+)
+def test_timeout_comes_from_command_line_then_env_then_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args, env, expected) -> None:
+    pytester.makeini("[pytest]\nsandbox_timeout = 7\nsandbox_image = /ini-image\n")
+    pytester.makepyfile(PROBE)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EXPECT_TIMEOUT", expected)
+    monkeypatch.setenv("EXPECT_IMAGE", "/cli-image" if args else "/ini-image")
+    if args:
+        args = (*args, "--sandbox-image=/cli-image")
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "message"),
+    [
+        (("--sandbox-provider=local,nope",), {}, "", "valid providers: local, e2b, modal, daytona, cloudflare"),
+        ((), {"SANDBOXES_RECORD_MODE": "sometimes"}, "", "valid modes: off, none, once, new_episodes, all, rewrite"),
+        ((), {}, "sandbox_timeout = soon", "give a positive number of seconds"),
+        ((), {"SANDBOXES_KEEP": "maybe"}, "", "is not a boolean: use one of 1, true, yes, on, 0, false, no, off"),
+        (("--sandbox-pool=-1",), {}, "", "give a whole number >= 0"),
+    ],
+)
+def test_bad_value_is_a_usage_error_listing_valid_ones(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args, env, ini, message) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: *{message}*"])
+
+
+def test_options_are_listed_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    for flag in ("--sandbox-provider", "--sandbox-record-mode", "--sandbox-cassette-dir", "--sandbox-timeout", "--sandbox-image", "--sandbox-keep"):
+        result.stdout.fnmatch_lines([f"*{flag}*"])
+    result.stdout.fnmatch_lines(["*SANDBOXES_PROVIDER*", "*sandbox_record_mode*"])
+
+
+def test_a_session_using_nothing_of_the_plugin_is_untouched(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "left behind" not in result.stdout.str()  # no sandbox summary
+    assert live_sandboxes() == []
