@@ -305,7 +305,8 @@ class ModalProvider(SandboxProvider):
             for command in config.setup_commands:
                 result = await self.execute_command(sandbox_id, command)
                 if not result.success:
-                    raise ProviderError(f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name)
+                    message = f"setup command failed in a new sandbox:\n{result.describe()}"
+                    raise ProviderError(message, provider=self.name)
         except BaseException:
             await asyncio.shield(self.destroy_sandbox(sandbox_id))
             raise

@@ -572,7 +572,8 @@ class ControlPlane(_Unimplemented, ModalClientBase):
         request = await self._begin(stream, "EnvironmentGetOrCreate")
         settings = api_pb2.EnvironmentSettings(image_builder_version=BUILDER_VERSION)
         metadata = api_pb2.EnvironmentMetadata(name=request.deployment_name or "main", settings=settings)
-        await stream.send_message(api_pb2.EnvironmentGetOrCreateResponse(environment_id="en-emulated", metadata=metadata))
+        response = api_pb2.EnvironmentGetOrCreateResponse(environment_id="en-emulated", metadata=metadata)
+        await stream.send_message(response)
 
     async def AppGetOrCreate(
         self, stream: Stream[api_pb2.AppGetOrCreateRequest, api_pb2.AppGetOrCreateResponse]

@@ -195,6 +195,18 @@ async def test_find_by_tags_from_a_second_provider_instance(emulator: ModalEmula
     assert tags["owner"] == "first" and META_TAG in tags
 
 
+async def test_list_follows_every_page(emulator: ModalEmulator, provider: ModalProvider) -> None:
+    from tests.emulators.modal import LIST_PAGE_SIZE
+
+    created = []
+    for _ in range(LIST_PAGE_SIZE * 2 + 1):
+        created.append(await provider.create_sandbox(SandboxConfig(labels={"paged": "yes"})))
+    listed = await provider.list_sandboxes({"paged": "yes"})
+    assert sorted(i.id for i in listed) == sorted(i.id for i in created)
+    oldest = await provider.find_sandbox({"paged": "yes"})
+    assert oldest is not None and oldest.id == created[0].id
+
+
 async def test_config_reaches_the_wire(emulator: ModalEmulator, provider: ModalProvider) -> None:
     config = SandboxConfig(
         image="python:3.12-slim", env={"MODE": "test"}, lifetime=90.5, cpus=1.5, memory_mb=768, labels={"k": "v"}
@@ -217,6 +229,13 @@ async def test_network_false_blocks_the_network(emulator: ModalEmulator, provide
     assert (await provider.execute_command(open_box.id, ["python3", "-c", probe])).stdout == "connected\n"
     blocked = await provider.execute_command(closed_box.id, ["python3", "-c", probe])
     assert not blocked.success and "connected" not in blocked.stdout
+
+
+async def test_failed_setup_destroys_the_half_created_sandbox(emulator: ModalEmulator, provider: ModalProvider) -> None:
+    with pytest.raises(ProviderError, match="code 7"):
+        await provider.create_sandbox(SandboxConfig(labels={"setup": "fails"}, setup_commands=["true", "exit 7"]))
+    assert await provider.list_sandboxes({"setup": "fails"}) == []
+    assert not [s for s in emulator.sandboxes.values() if s.running and s.tags.get("setup") == "fails"]
 
 
 # -- commands -----------------------------------------------------------------------
