@@ -83,6 +83,18 @@ TIMED_OUT_EXIT_CODE = 124
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
 
 
+class _Secret:
+    """Holds the API key so that no repr, vars() dump or traceback local shows it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
 @dataclass(frozen=True)
 class _Ref:
     """What it takes to talk to one sandbox's envd: plain data, no client, no loop."""
@@ -130,7 +142,7 @@ class E2BProvider(SandboxProvider):
                 "(https://e2b.dev/dashboard?tab=keys) or pass api_key=",
                 provider=self.name,
             )
-        self.__key = key
+        self.__key = _Secret(key)
         self.api_url = api_url
         self.sandbox_url = sandbox_url
         self.domain = domain
@@ -151,7 +163,7 @@ class E2BProvider(SandboxProvider):
 
     # -- plumbing --------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"api_key": self.__key, "retries": self.retries}
+        params: dict[str, Any] = {"api_key": self.__key.value, "retries": self.retries}
         for name in ("api_url", "sandbox_url", "domain", "request_timeout"):
             value = getattr(self, name)
             if value is not None:
@@ -159,7 +171,7 @@ class E2BProvider(SandboxProvider):
         return params
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.__key, "***") if self.__key else text
+        return text.replace(self.__key.value, "***")
 
     async def _api(self, action: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Response[Any]:
         """One control-plane request; transport failures become ProviderError."""

@@ -140,6 +140,11 @@ class E2BEmulator:
 
     # -- lifecycle ---------------------------------------------------------------
     @property
+    def isolated(self) -> bool:
+        """Whether commands get a private /tmp and network namespace (bubblewrap works here)."""
+        return self._bwrap is not None
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
