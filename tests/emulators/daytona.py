@@ -89,6 +89,7 @@ class DaytonaEmulator:
         self.page_size = page_size
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.requests: list[tuple[str, str]] = []
+        self.executions: list[dict[str, Any]] = []  # process/execute bodies, for the tests
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="daytona-emulator-"))
@@ -242,6 +243,7 @@ class DaytonaEmulator:
         if isinstance(sandbox, Response):
             return sandbox
         body = await request.json()
+        self.executions.append(body)
         command = body.get("command")
         if not isinstance(command, str) or not command:
             return _error(400, "command is required", source="DAYTONA_DAEMON")
