@@ -10,6 +10,8 @@ import pytest
 
 import sandboxes
 
+pytest_plugins = ["pytester"]  # the plugin tests run real pytest sessions
+
 
 @pytest.fixture
 def anyio_backend() -> str:
