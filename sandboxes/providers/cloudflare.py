@@ -193,7 +193,7 @@ class CloudflareProvider(SandboxProvider):
         await anyio.to_thread.run_sync(self.registry.add, sandbox_id, entry)
         try:
             if config.working_dir:
-                await self._checked(sandbox_id, ["mkdir", "-p", entry["working_dir"]], cwd=WORKSPACE)
+                await self._checked(sandbox_id, ["mkdir", "-p", config.working_dir], cwd=WORKSPACE)
             for command in config.setup_commands:
                 await self._checked(sandbox_id, command)
         except BaseException:
@@ -287,13 +287,13 @@ class CloudflareProvider(SandboxProvider):
         entry = await self._entry(sandbox_id)
         limit = timeout if timeout is not None else self.command_timeout
         argv = argv_command(command)
-        script_path = None
+        workdir = _absolute(cwd) if cwd else entry.get("working_dir") or WORKSPACE
         if sum(len(part.encode()) for part in argv) > MAX_INLINE_COMMAND:
             script_path = f"{WORKSPACE}/.sandboxes-cmd-{uuid.uuid4().hex}.sh"
             script = command if isinstance(command, str) else shlex.join(argv)
             await self.write_file(sandbox_id, script_path, script.encode())
-            argv = ["sh", "-c", f"trap 'rm -f {script_path}' EXIT; . {script_path}"]
-        workdir = _absolute(cwd) if cwd else entry.get("working_dir") or WORKSPACE
+            relative = shlex.quote(posixpath.relpath(script_path, workdir))  # cwd is always inside /workspace
+            argv = ["sh", "-c", f"trap 'rm -f {relative}' EXIT; . ./{relative}"]
         merged_env = {**entry.get("env", {}), **(env or {})}
         body = {"argv": argv, "timeout_ms": max(1, int(limit * 1000)), "cwd": workdir}
         sid = quote(sandbox_id, safe="")
