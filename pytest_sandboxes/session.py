@@ -29,6 +29,8 @@ CREDENTIALS_HINT = {
 
 def unavailable_reason(name: str) -> str | None:
     """Why a provider cannot run here (SDK, credentials, bubblewrap), or None when it can."""
+    if name != "local" and not has_credentials(name):  # checked first: no SDK import needed
+        return f"provider {name!r} has no credentials: {CREDENTIALS_HINT.get(name, 'see its documentation')}"
     try:
         provider_class(name)
     except ProviderUnavailable as error:
@@ -40,9 +42,6 @@ def unavailable_reason(name: str) -> str | None:
             find_bwrap()
         except ProviderUnavailable as error:
             return str(error)
-        return None
-    if not has_credentials(name):
-        return f"provider {name!r} has no credentials: {CREDENTIALS_HINT.get(name, 'see its documentation')}"
     return None
 
 

@@ -1,0 +1,65 @@
+"""pytest-xdist: labels, counters sent to the controller, and the sweep after a worker dies."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_two_workers_label_their_sandboxes_and_report_once(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_labelled(sandbox, n):
+            labels = sandbox.labels
+            assert labels["sandboxes_worker"].startswith("gw")
+            assert len(labels["sandboxes_run"]) >= 8
+            assert sandbox.execute(["python3", "-c", f"print({n} * 2)"]).stdout == f"{n * 2}\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=6)
+    output = result.stdout.str()
+    assert output.count("left behind") == 1  # the summary is printed by the controller only
+    result.stdout.fnmatch_lines(["local*6*18*0*0*ms/*ms*ms/*ms*0"])  # counters of both workers
+    assert live_sandboxes() == []
+
+
+def test_a_worker_killed_mid_run_leaves_nothing_behind(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import signal
+
+        def test_dies(sandbox):
+            sandbox.execute("sleep 300 &")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def test_lives(sandbox):
+            assert sandbox.execute("true").success
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*the session-end sweep destroyed 1 sandbox(es)*"])
+    result.stdout.fnmatch_lines(["local*0"])  # left behind: 0
+    assert live_sandboxes() == []
+
+
+def test_replay_under_xdist_needs_no_provider(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, live_sandboxes) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_replayed(sandbox, n):
+            assert sandbox.execute(f"echo {n}").stdout == f"{n}\\n"
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--sandbox-record-mode=once").assert_outcomes(passed=4)
+    monkeypatch.setenv("SANDBOXES_RECORD_MODE", "none")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["local*0*0*12*0*"])
+    assert live_sandboxes() == []
