@@ -30,6 +30,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+
 from ..errors import (
     AuthenticationError,
     ProviderError,
@@ -339,7 +341,7 @@ class DaytonaProvider(SandboxProvider):
         return True
 
     async def aclose(self) -> None:
-        self.close()
+        await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
         """Close the SDK client and stop its loop thread (blocking; idempotent)."""
