@@ -12,6 +12,10 @@ import sandboxes
 
 pytest_plugins = ["pytester"]  # the plugin tests run real pytest sessions
 
+# pytest-benchmark, when installed, warns under xdist, and warnings are errors:
+# keep it out of the inner pytest sessions too, as pyproject's addopts does here.
+os.environ["PYTEST_ADDOPTS"] = (os.environ.get("PYTEST_ADDOPTS", "") + " -p no:benchmark").strip()
+
 
 @pytest.fixture
 def anyio_backend() -> str:
