@@ -179,10 +179,14 @@ class E2BProvider(SandboxProvider):
         try:
             return await call(*args, client=client, **kwargs)
         except (httpx.HTTPError, OSError) as error:
-            raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
+            raise ProviderError(
+                f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name
+            ) from None
         except Exception as error:
             if _is_transport_error(error):
-                raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
+                raise ProviderError(
+                    f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name
+                ) from None
             raise
 
     def _api_failure(self, response: Response[Any], action: str) -> SandboxError:
@@ -216,10 +220,14 @@ class E2BProvider(SandboxProvider):
         if "permission denied" in text.lower():
             return PermissionError(errno.EACCES, f"permission denied in e2b sandbox {sandbox_id}", path or "")
         if isinstance(error, AuthenticationException):
-            return AuthenticationError(f"e2b rejected the credentials: {text} (check {API_KEY_VARIABLE})", provider=self.name)
+            return AuthenticationError(
+                f"e2b rejected the credentials: {text} (check {API_KEY_VARIABLE})", provider=self.name
+            )
         if isinstance(error, RateLimitException):
             return RateLimitError(f"e2b is rate limiting: {text}", provider=self.name)
-        if isinstance(error, (SandboxException, ServiceBusyException, httpx.HTTPError, OSError)) or _is_transport_error(error):
+        if isinstance(error, (SandboxException, ServiceBusyException, httpx.HTTPError, OSError)) or _is_transport_error(
+            error
+        ):
             return ProviderError(f"e2b failed on sandbox {sandbox_id}: {self._describe(error)}", provider=self.name)
         return error
 
@@ -276,7 +284,9 @@ class E2BProvider(SandboxProvider):
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
         if config.memory_mb is not None or config.cpus is not None:
             raise UnsupportedOperation(
-                self.name, "per-sandbox memory or cpus", "E2B sizes a sandbox by its template: build one with the resources you need"
+                self.name,
+                "per-sandbox memory or cpus",
+                "E2B sizes a sandbox by its template: build one with the resources you need",
             )
         template = config.image or self.template or AsyncSandbox.default_template
         lifetime = config.lifetime if config.lifetime is not None else self.lifetime
@@ -297,16 +307,22 @@ class E2BProvider(SandboxProvider):
         self._max_output[sandbox_id] = config.max_output_bytes
         try:
             if Version(ref.envd_version) < Version("0.1.0"):
-                raise ProviderError(f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name)
+                raise ProviderError(
+                    f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name
+                )
             if config.working_dir:
                 made = await self.execute_command(sandbox_id, ["mkdir", "-p", config.working_dir])
                 if not made.success:
-                    raise ProviderError(f"cannot create the working directory in a new sandbox:\n{made.describe()}", provider=self.name)
+                    raise ProviderError(
+                        f"cannot create the working directory in a new sandbox:\n{made.describe()}", provider=self.name
+                    )
                 self._workdirs[sandbox_id] = config.working_dir
             for command in config.setup_commands:
                 result = await self.execute_command(sandbox_id, command)
                 if not result.success:
-                    raise ProviderError(f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name)
+                    raise ProviderError(
+                        f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name
+                    )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.destroy_sandbox(sandbox_id)
@@ -368,11 +384,17 @@ class E2BProvider(SandboxProvider):
             created_at=sandbox.started_at.timestamp(),
             expires_at=sandbox.end_at.timestamp(),
             image=sandbox.template_id,
-            metadata={"cpu_count": sandbox.cpu_count, "memory_mb": sandbox.memory_mb, "envd_version": sandbox.envd_version},
+            metadata={
+                "cpu_count": sandbox.cpu_count,
+                "memory_mb": sandbox.memory_mb,
+                "envd_version": sandbox.envd_version,
+            },
         )
 
     async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        response = await self._api(f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id)
+        response = await self._api(
+            f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id
+        )
         self._forget(sandbox_id)
         if response.status_code == 404:
             return False
@@ -430,7 +452,9 @@ class E2BProvider(SandboxProvider):
         except Exception as error:
             if cwd and isinstance(error, InvalidArgumentException) and "cwd" in str(error):
                 # envd refuses to start in a missing directory: a result, as on the local provider
-                return ExecutionResult(stderr=f"sandbox: working directory not found: {cwd}\n", exit_code=1, command=command)
+                return ExecutionResult(
+                    stderr=f"sandbox: working directory not found: {cwd}\n", exit_code=1, command=command
+                )
             raise self._translate(error, sandbox_id) from None
 
     async def _finish(self, sandbox_id: str, handle: Any, timeout: float, stdin: bytes | None) -> tuple[int, bool]:
@@ -479,7 +503,14 @@ class E2BProvider(SandboxProvider):
         data = as_bytes(stdin)
         started = time.monotonic()
         handle = await self._start(
-            sandbox_id, command, env, cwd, timeout, data is not None, lambda s: out.write(s.encode()), lambda s: err.write(s.encode())
+            sandbox_id,
+            command,
+            env,
+            cwd,
+            timeout,
+            data is not None,
+            lambda s: out.write(s.encode()),
+            lambda s: err.write(s.encode()),
         )
         if isinstance(handle, ExecutionResult):
             return handle

@@ -80,7 +80,7 @@ class RunningProcess:
     proc: asyncio.subprocess.Process
     config: process_pb.ProcessConfig
     events: asyncio.Queue[process_pb.ProcessEvent | None]
-    loop: asyncio.AbstractEventLoop
+    status_fd: int | None = None  # bwrap's --json-status-fd: the main process's exit, daemons aside
 
 
 @dataclass
@@ -105,7 +105,7 @@ class EmulatedSandbox:
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -173,7 +173,9 @@ class E2BEmulator:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="e2b-emulator")
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="e2b-emulator"
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -220,7 +222,9 @@ class E2BEmulator:
         for _ in range(count):
             self._add(Fault("fail", target, path, method, status, retry_after, message, headers=headers))
 
-    def hang_next(self, *, seconds: float | None = None, target: str = "api", path: str | None = None, method: str | None = None) -> None:
+    def hang_next(
+        self, *, seconds: float | None = None, target: str = "api", path: str | None = None, method: str | None = None
+    ) -> None:
         """Hold the next matching request without answering (until ``seconds`` or shutdown)."""
         self._add(Fault("hang", target, path, method, seconds=seconds))
 
@@ -269,6 +273,7 @@ class E2BEmulator:
         for process in list(sandbox.processes.values()):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+        _kill_marked(f"E2B_SANDBOX_ID={sandbox_id}".encode())  # daemons too, as when E2B stops the VM
         shutil.rmtree(sandbox.root, ignore_errors=True)
         return True
 
@@ -331,7 +336,11 @@ class E2BEmulator:
             return await self._connect(request, parts[2])
         if len(parts) == 2 and parts[0] == "sandboxes":
             if method == "DELETE":
-                return Response(status_code=204) if self._remove(parts[1]) else _error(404, f"sandbox {parts[1]} not found")
+                return (
+                    Response(status_code=204)
+                    if self._remove(parts[1])
+                    else _error(404, f"sandbox {parts[1]} not found")
+                )
             if method == "GET":
                 sandbox = self.live(parts[1])
                 if sandbox is None:
@@ -365,7 +374,12 @@ class E2BEmulator:
         return JSONResponse(self._created(sandbox), status_code=201)
 
     def _created(self, sandbox: EmulatedSandbox) -> dict[str, Any]:
-        return {"templateID": sandbox.template, "sandboxID": sandbox.id, "clientID": "emulator", "envdVersion": ENVD_VERSION}
+        return {
+            "templateID": sandbox.template,
+            "sandboxID": sandbox.id,
+            "clientID": "emulator",
+            "envdVersion": ENVD_VERSION,
+        }
 
     def _listed(self, sandbox: EmulatedSandbox) -> dict[str, Any]:
         return {
@@ -470,11 +484,15 @@ class E2BEmulator:
         return _error(405, "method not allowed")
 
     # -- envd processes --------------------------------------------------------------------------
-    def argv(self, sandbox: EmulatedSandbox, config: process_pb.ProcessConfig) -> list[str]:
+    def argv(
+        self, sandbox: EmulatedSandbox, config: process_pb.ProcessConfig, status_fd: int | None = None
+    ) -> list[str]:
         argv = [config.cmd, *config.args]
         if self._bwrap is None:
             return argv
         wrap = [self._bwrap, "--dev-bind", "/", "/", "--bind", str(sandbox.tmp), "/tmp"]
+        if status_fd is not None:
+            wrap += ["--json-status-fd", str(status_fd)]
         if Path("/tmp") in sandbox.root.parents:
             wrap += ["--bind", str(sandbox.root), str(sandbox.root)]
         if not sandbox.internet:
@@ -491,10 +509,32 @@ class E2BEmulator:
             "LANG": "C.UTF-8",
             "HOME": str(sandbox.home),
             "USER": "user",
+            "E2B_SANDBOX": "true",  # as envd sets them; the id also marks the sandbox's processes
+            "E2B_SANDBOX_ID": sandbox.id,
         }
         env.update(sandbox.env)
         env.update(extra)
         return env
+
+
+def _kill_marked(marker: bytes) -> None:
+    """Kill every process whose environment carries ``marker`` (a sandbox's, daemons included)."""
+    for _ in range(3):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if marker not in environ.read().split(b"\0"):
+                        continue
+                os.kill(int(entry), signal.SIGKILL)
+                found = True
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 def _probe_bwrap(root: Path) -> str | None:
@@ -548,19 +588,26 @@ class _ProcessService(Process):
         cwd = self.emulator.resolve(sandbox, config.cwd) if config.cwd else sandbox.home
         if cwd is None or not cwd.is_dir():
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{config.cwd}' does not exist")
+        status_r, status_w = os.pipe() if self.emulator.isolated else (None, None)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.emulator.argv(sandbox, config),
+                *self.emulator.argv(sandbox, config, status_w),
                 cwd=str(cwd),  # bwrap moves to the path as the sandbox sees it
                 env=self.emulator.environment(sandbox, dict(config.envs)),
                 stdin=asyncio.subprocess.PIPE if request.stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # one process group: a kill ends the whole tree
+                pass_fds=(status_w,) if status_w is not None else (),
             )
         except OSError as error:
+            if status_r is not None:
+                os.close(status_r)
             raise ConnectError(Code.INVALID_ARGUMENT, f"failed to start {config.cmd}: {error}") from error
-        process = RunningProcess(proc.pid, proc, config, asyncio.Queue(), asyncio.get_running_loop())
+        finally:
+            if status_w is not None:
+                os.close(status_w)
+        process = RunningProcess(proc.pid, proc, config, asyncio.Queue(), status_r)
         sandbox.processes[proc.pid] = process
         pump = asyncio.create_task(self._pump(sandbox, process))
         self._tasks.add(pump)  # the process outlives a client that goes away, as under envd
@@ -584,21 +631,45 @@ class _ProcessService(Process):
                 await process.events.put(process_pb.ProcessEvent(event=Oneof("data", data_event)))
 
         readers = [asyncio.create_task(read(proc.stdout, "stdout")), asyncio.create_task(read(proc.stderr, "stderr"))]
-        code = await proc.wait()
+        code = await self._main_exit(process)
         # Like envd (Go's exec.Cmd), the end is the process's exit: a daemon it left
         # holding the pipes does not keep the command open.
         _, pending = await asyncio.wait(readers, timeout=DRAIN_AFTER_EXIT)
         for task in pending:
             task.cancel()
+        if proc.returncode is None:  # bwrap stays until the daemons end: reap it then
+            lingering = asyncio.create_task(proc.wait())
+            self._tasks.add(lingering)  # type: ignore[arg-type]
+            lingering.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
         sandbox.processes.pop(process.pid, None)
         if code < 0:
-            status = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated"}.get(signal.Signals(-code), signal.Signals(-code).name)
+            status = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated"}.get(
+                signal.Signals(-code), signal.Signals(-code).name
+            )
             end = process_pb.ProcessEvent.EndEvent(exit_code=-1, exited=False, status=f"signal: {status}")
         else:
             end = process_pb.ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
         if self.emulator.live(sandbox.id) is not None:
             await process.events.put(process_pb.ProcessEvent(event=Oneof("end", end)))
         await process.events.put(None)
+
+    async def _main_exit(self, process: RunningProcess) -> int:
+        """The exit code of the command itself (bwrap reports it; bwrap may outlive it)."""
+        if process.status_fd is None:
+            return await process.proc.wait()
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(process.status_fd, "rb", 0)
+        )
+        try:
+            while line := await reader.readline():
+                with contextlib.suppress(ValueError):
+                    status = json.loads(line)
+                    if "exit-code" in status:
+                        return int(status["exit-code"])
+        finally:
+            transport.close()
+        return await process.proc.wait()
 
     async def send_input(self, request: process_pb.SendInputRequest, ctx: Any) -> process_pb.SendInputResponse:
         process = self._process(ctx, request.process)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -54,7 +55,9 @@ def test_missing_key_is_unavailable_naming_the_variable(monkeypatch: pytest.Monk
     assert provider_class("e2b") is E2BProvider
 
 
-async def test_configured_by_the_sdk_environment_variables(emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_configured_by_the_sdk_environment_variables(
+    emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name, value in emulator.environ().items():
         monkeypatch.setenv(name, value)
     provider = E2BProvider()
@@ -128,7 +131,9 @@ async def test_hung_request_is_a_provider_error_after_the_request_timeout(emulat
     assert time.monotonic() - started < 4
 
 
-async def test_envd_failure_on_files_is_a_provider_error(e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str) -> None:
+async def test_envd_failure_on_files_is_a_provider_error(
+    e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str
+) -> None:
     emulator.fail_next(500, target="envd", path="/files")
     with pytest.raises(ProviderError):
         await e2b.read_file(sandbox_id, "anything.txt")
@@ -203,7 +208,7 @@ async def test_create_passes_template_env_lifetime_and_network(e2b: E2BProvider,
         assert emulated.template == "my-template" and info.image == "my-template"
         assert emulated.internet is False
         assert 110 < emulated.end_at - emulated.started_at <= 121
-        result = await e2b.execute_command(info.id, 'echo "$FROM_CREATE"; awk \'NR > 2 {print $1}\' /proc/net/dev')
+        result = await e2b.execute_command(info.id, "echo \"$FROM_CREATE\"; awk 'NR > 2 {print $1}' /proc/net/dev")
         lines = result.stdout.splitlines()
         assert lines[0] == "yes"
         if emulator.isolated:  # commands run in their own namespaces: only loopback is left
@@ -245,7 +250,9 @@ async def test_command_longer_than_an_argument_may_be(e2b: E2BProvider, sandbox_
     assert (await e2b.execute_command(sandbox_id, "ls /tmp/.sandboxes-cmd-* 2>/dev/null | wc -l")).stdout.strip() == "0"
 
 
-async def test_stopping_a_stream_early_ends_the_command(e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str) -> None:
+async def test_stopping_a_stream_early_ends_the_command(
+    e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str
+) -> None:
     async for chunk in e2b.stream_execution(sandbox_id, "echo first; sleep 30"):
         assert chunk.data == "first\n"
         break
@@ -274,3 +281,30 @@ async def test_sandboxes_do_not_share_tmp(e2b: E2BProvider, sandbox_id: str) -> 
             await e2b.read_file(other.id, "/tmp/mine.txt")
     finally:
         await e2b.destroy_sandbox(other.id)
+
+
+async def test_background_processes_outlive_their_command_until_destroy(
+    e2b: E2BProvider, emulator: E2BEmulator
+) -> None:
+    info = await e2b.create_sandbox(SandboxConfig())
+    started = time.monotonic()
+    launched = await e2b.execute_command(info.id, "sleep 0.3 && echo later > /tmp/bg.txt & sleep 60 & echo launched")
+    assert launched.stdout == "launched\n"
+    assert time.monotonic() - started < 5, "a background process held the command open"
+    await anyio.sleep(0.8)
+    assert await e2b.read_file(info.id, "/tmp/bg.txt") == b"later\n"
+    marker = f"E2B_SANDBOX_ID={info.id}".encode()
+    assert _processes_with(marker), "the background sleep should still run"
+    await e2b.destroy_sandbox(info.id)
+    assert not _processes_with(marker), "destroy left a process of the sandbox running"
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
