@@ -12,9 +12,15 @@ import sandboxes
 
 pytest_plugins = ["pytester"]  # the plugin tests run real pytest sessions
 
-# pytest-benchmark, when installed, warns under xdist, and warnings are errors:
-# keep it out of the inner pytest sessions too, as pyproject's addopts does here.
-os.environ["PYTEST_ADDOPTS"] = (os.environ.get("PYTEST_ADDOPTS", "") + " -p no:benchmark").strip()
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Inner sessions keep pytest-benchmark out, as pyproject's addopts does here.
+
+    When installed, it warns under xdist, and warnings are errors.
+    """
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:benchmark")
+    return pytester
 
 
 @pytest.fixture
