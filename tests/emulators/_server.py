@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
 
 import uvicorn
 from starlette.requests import Request
@@ -120,6 +123,42 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class HttpEmulator:
+    """What the HTTP emulators share: serving on loopback, and fault switches."""
+
+    faults: FaultInjector
+    _root: Path
+
+    def _serve(self, app: ASGIApp) -> None:
+        self._server = ServerThread(FaultMiddleware(app, self.faults))
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self.port = self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self.faults.clear()
+        self._server.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def fail_next(self, status: int, retry_after: float | None = None, *, path_contains: str | None = None, method: str | None = None) -> None:
+        """The next matching request answers ``status`` (with Retry-After when given)."""
+        self.faults.add(Fault(status=status, retry_after=retry_after, path_contains=path_contains, method=method))
+
+    def hang(self, seconds: float = 30.0, *, path_contains: str | None = None, status: int | None = None) -> None:
+        """The next matching request hangs (until ``release()``), then is served or fails."""
+        self.faults.release.clear()
+        self.faults.add(Fault(hang=seconds, path_contains=path_contains, status=status))
+
+    def release(self) -> None:
+        self.faults.release.set()
 
 
 def base_env(home: str) -> dict[str, str]:

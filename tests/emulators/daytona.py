@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._server import Fault, FaultInjector, FaultMiddleware, ServerThread, base_env, kill_group
+from ._server import FaultInjector, HttpEmulator, base_env, kill_group
 
 API_KEY = "fake"
 ORGANIZATION = "org-emulated"
@@ -81,7 +81,7 @@ def _reason(status: int) -> str:
     )
 
 
-class DaytonaEmulator:
+class DaytonaEmulator(HttpEmulator):
     """Daytona's REST control plane and toolbox on one loopback port."""
 
     def __init__(self, *, page_size: int = 2, api_key: str = API_KEY) -> None:
@@ -105,35 +105,7 @@ class DaytonaEmulator:
         ]
         app = Starlette(routes=routes)
         app.add_middleware(_AuthAndLog, emulator=self)
-        self._server = ServerThread(FaultMiddleware(app, self.faults))
-        self.port = 0
-
-    # -- life ---------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> DaytonaEmulator:
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self.faults.clear()
-        self._server.stop()
-        shutil.rmtree(self._root, ignore_errors=True)
-
-    # -- faults -------------------------------------------------------------------------
-    def fail_next(self, status: int, retry_after: float | None = None, *, path_contains: str | None = None, method: str | None = None) -> None:
-        """The next matching request answers ``status`` (with Retry-After when given)."""
-        self.faults.add(Fault(status=status, retry_after=retry_after, path_contains=path_contains, method=method))
-
-    def hang(self, seconds: float = 30.0, *, path_contains: str | None = None, status: int | None = None) -> None:
-        """The next matching request hangs (until ``release()``), then is served or fails."""
-        self.faults.release.clear()
-        self.faults.add(Fault(hang=seconds, path_contains=path_contains, status=status))
-
-    def release(self) -> None:
-        self.faults.release.set()
+        self._serve(app)
 
     def vanish(self, sandbox_id: str) -> None:
         """The sandbox disappears behind the client's back (as if reaped by the platform)."""
