@@ -475,7 +475,7 @@ class CassetteProvider(SandboxProvider):
 
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
         args = self._config_args(config)
-        if (played := self._replay("create", args)) is not None:
+        if self._replay("create", args) is not None:
             placeholder = self._new_placeholder(None)
             self._configs[placeholder] = config
             return SandboxInfo(id=placeholder, provider=self.name, labels=dict(config.labels), image=config.image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
@@ -14,10 +15,7 @@ from .manager import PROVIDERS, Manager
 from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 
-_CONFIG_KEYS = {
-    "image", "labels", "env", "lifetime", "memory_mb", "cpus", "network", "working_dir", "setup_commands",
-    "command_timeout", "max_output_bytes", "provider_config", "env_vars", "timeout_seconds", "cpu_cores",
-}  # fmt: skip
+_CONFIG_KEYS = frozenset(inspect.signature(SandboxConfig).parameters)
 
 
 def make_config(config: SandboxConfig | None = None, **options: Any) -> SandboxConfig:

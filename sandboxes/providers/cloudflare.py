@@ -62,6 +62,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, validate_command
+from ..secrets import scrub
 from ._label_registry import Entry, LabelRegistry, default_state_dir
 
 WORKSPACE = "/workspace"
@@ -172,7 +173,7 @@ class CloudflareProvider(SandboxProvider):
         raise ProviderError(where, provider=self.name)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***")
+        return scrub(text, self._token)
 
     # -- lifecycle --------------------------------------------------------------------
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:

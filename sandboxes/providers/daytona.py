@@ -52,6 +52,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, validate_command
+from ..secrets import scrub
 from ._loop_thread import LoopThread
 
 import daytona as sdk  # the [daytona] extra; a ModuleNotFoundError names it for the manager
@@ -199,7 +200,7 @@ class DaytonaProvider(SandboxProvider):
         return ProviderError(where, provider=self.name)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return scrub(text, self._api_key)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:

@@ -73,6 +73,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, as_bytes, shell_command, validate_command
+from ..secrets import Secret, scrub
 
 API_KEY_VARIABLE = "E2B_API_KEY"
 MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit; longer commands go through a file
@@ -81,18 +82,6 @@ KILL_GRACE = 10.0  # after killing a timed-out command, how long its stream may 
 STREAM_GRACE = 30.0  # the SDK's own stream deadline sits this far past ours, as a backstop
 TIMED_OUT_EXIT_CODE = 124
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
-
-
-class _Secret:
-    """Holds the API key so that no repr, vars() dump or traceback local shows it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<secret>"
 
 
 @dataclass(frozen=True)
@@ -142,7 +131,7 @@ class E2BProvider(SandboxProvider):
                 "(https://e2b.dev/dashboard?tab=keys) or pass api_key=",
                 provider=self.name,
             )
-        self.__key = _Secret(key)
+        self.__key = Secret(key)
         self.api_url = api_url
         self.sandbox_url = sandbox_url
         self.domain = domain
@@ -171,7 +160,7 @@ class E2BProvider(SandboxProvider):
         return params
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.__key.value, "***")
+        return scrub(text, self.__key)
 
     async def _api(self, action: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Response[Any]:
         """One control-plane request; transport failures become ProviderError."""

@@ -52,6 +52,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, as_bytes, shell_command, validate_command
+from ..secrets import scrub
 
 DEFAULT_APP = "pytest-sandboxes"
 DEFAULT_WORKDIR = "/workspace"
@@ -74,10 +75,7 @@ class _Credentials:
         return "<Modal credentials>"
 
     def scrub(self, text: str) -> str:
-        for value in (self.token_secret, self.token_id):
-            if value:
-                text = text.replace(value, "***")
-        return text
+        return scrub(text, self.token_secret, self.token_id)
 
 
 def _load_credentials(token_id: str | None, token_secret: str | None) -> _Credentials:

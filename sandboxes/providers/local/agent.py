@@ -202,7 +202,7 @@ class Agent:
                 group=self.gid,
                 extra_groups=[] if self.uid is not None else None,
             )
-        except (FileNotFoundError, NotADirectoryError) as error:
+        except (FileNotFoundError, NotADirectoryError):
             if cwd and not os.path.isdir(self._path(cwd)):
                 message, code = f"sandbox: working directory not found: {cwd}\n", 1
             else:

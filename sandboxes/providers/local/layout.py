@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ProviderUnavailable
@@ -33,7 +33,7 @@ ETC_ENTRIES = (
     "resolv.conf", "nsswitch.conf", "gai.conf", "localtime", "timezone", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "mime.types", "os-release", "debian_version", "protocols", "services", "profile",
     "bash.bashrc", "inputrc", "java-17-openjdk", "java-21-openjdk", "ruby", "gemrc", "npmrc", "magic",
-    "mime.types", "python3", "python3.11",
+    "python3", "python3.11",
 )  # fmt: skip
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 
