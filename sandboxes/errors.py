@@ -78,3 +78,16 @@ class CommandFailed(SandboxError):
     def __init__(self, result: ExecutionResult) -> None:
         self.result = result
         super().__init__(result.describe())
+
+
+class SetupFailed(CommandFailed):
+    """A setup command of a new sandbox failed, and the sandbox was destroyed.
+
+    The user's own command failed, not the provider: it is never retried and
+    never failed over (another provider would run the same command).
+    """
+
+    def __init__(self, result: ExecutionResult, provider: str) -> None:
+        self.result = result
+        self.provider = provider
+        SandboxError.__init__(self, f"setup command failed in a new {provider} sandbox:\n{result.describe()}")

@@ -1,8 +1,15 @@
-"""The provider registry, auto-detection of the default, and failover at creation."""
+"""The provider registry, auto-detection of the default, resilience and failover.
+
+Every provider the Manager hands out is wrapped once in a ``ResilientProvider``:
+its calls go through the Manager's ``RetryPolicy`` and that provider's own
+``CircuitBreaker``. Creation goes retry -> circuit breaker -> failover to the
+``fallback`` providers, on infrastructure errors only.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -11,6 +18,10 @@ from typing import Any
 from .errors import ProviderError, ProviderUnavailable
 from .models import SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
+from .resilience import CircuitBreaker, RetryPolicy, breaker_options
+from .resilient import ResilientProvider
+
+log = logging.getLogger("sandboxes.resilience")
 
 # name -> (module, class); cloud modules import their SDK lazily.
 PROVIDERS: dict[str, tuple[str, str]] = {
@@ -57,13 +68,16 @@ def provider_class(name: str) -> type[SandboxProvider]:
 
 
 class Manager:
-    """Holds provider instances by name and chooses one when none is named."""
+    """Holds provider instances by name, chooses one when none is named, and guards their calls."""
 
     def __init__(
         self,
         providers: Iterable[SandboxProvider] | Mapping[str, SandboxProvider] | None = None,
         default_provider: str | None = None,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
+        circuit_breaker: Mapping[str, Any] | None = None,
     ) -> None:
         self.providers: dict[str, SandboxProvider] = {}
         if isinstance(providers, Mapping):
@@ -73,17 +87,47 @@ class Manager:
                 self.providers[provider.name] = provider
         self.default_provider = default_provider
         self.provider_options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (provider_options or {}).items()}
-        self._factories: dict[str, Callable[[], SandboxProvider]] = {}
+        self.retry = RetryPolicy.from_options(retry)
+        self.circuit_options = breaker_options(circuit_breaker)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._guarded: dict[str, ResilientProvider] = {}
 
     def register(self, provider: SandboxProvider, name: str | None = None) -> None:
         self.providers[name or provider.name] = provider
 
+    def set_resilience(
+        self, *, retry: RetryPolicy | Mapping[str, Any] | bool | None = None, circuit_breaker: Mapping[str, Any] | None = None
+    ) -> None:
+        """New retry or circuit settings, for what is created from now on (breakers start closed)."""
+        if retry is not None:
+            self.retry = RetryPolicy.from_options(retry)
+        if circuit_breaker is not None:
+            self.circuit_options = breaker_options(circuit_breaker)
+            self.breakers.clear()
+        self._guarded.clear()
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The circuit breaker of one provider, shared by every sandbox on it."""
+        if name not in self.breakers:
+            self.breakers[name] = CircuitBreaker(name, **self.circuit_options)
+        return self.breakers[name]
+
     def get_provider(self, name: str) -> SandboxProvider:
-        """The registered instance, or a new one built from the name."""
+        """The provider by name, behind the retry policy and its circuit breaker.
+
+        Built from its name (and ``provider_options``) on first use unless an
+        instance was registered; ``ProviderUnavailable`` when it cannot be used.
+        """
         if name not in self.providers:
             cls = provider_class(name)
             self.providers[name] = cls(**self.provider_options.get(name, {}))
-        return self.providers[name]
+        raw = self.providers[name]
+        if isinstance(raw, ResilientProvider):
+            return raw
+        guarded = self._guarded.get(name)
+        if guarded is None or guarded.inner is not raw:
+            guarded = self._guarded[name] = ResilientProvider(raw, self.retry, self.breaker(name))
+        return guarded
 
     def resolve(self, name: str | None = None) -> str:
         """Explicit name, SANDBOXES_PROVIDER, the default, a cloud with credentials, else local."""
@@ -109,7 +153,13 @@ class Manager:
         provider: str | None = None,
         fallback: Sequence[str] | bool | None = None,
     ) -> tuple[SandboxProvider, SandboxInfo]:
-        """Create on the chosen provider, failing over on infrastructure errors only."""
+        """Create on the chosen provider; on an infrastructure error, on the next fallback.
+
+        Each provider first retries per the policy (its circuit breaker failing
+        fast when it is down). Only ``ProviderError`` fails over: bad input,
+        an unsupported option or a failing setup command would fail the same
+        way anywhere, so they are raised at once.
+        """
         first = self.resolve(provider)
         if fallback is True:
             candidates = [first] + [n for n in self.providers if n != first]
@@ -128,6 +178,7 @@ class Manager:
                     raise type(error)(
                         "every provider failed to create a sandbox:\n  " + "\n  ".join(errors), provider=name
                     ) from error
+                log.warning("creating a sandbox on %s failed (%s: %s); failing over", name, type(error).__name__, error)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
