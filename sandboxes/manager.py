@@ -32,6 +32,9 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "cloudflare": ("sandboxes.providers.cloudflare", "CloudflareProvider"),
 }
 CLOUD_ORDER = ("e2b", "modal", "daytona", "cloudflare")
+# Providers whose SDK resends a creation by itself after a dropped connection, so that a
+# lost answer can leave a sandbox the Manager never hears of: checked after every creation.
+SDK_RESENDS_CREATION = frozenset({"modal"})
 
 
 def has_credentials(name: str) -> bool:
@@ -126,7 +129,9 @@ class Manager:
             return raw
         guarded = self._guarded.get(name)
         if guarded is None or guarded.inner is not raw:
-            guarded = self._guarded[name] = ResilientProvider(raw, self.retry, self.breaker(name))
+            guarded = self._guarded[name] = ResilientProvider(
+                raw, self.retry, self.breaker(name), sdk_resends_creation=raw.name in SDK_RESENDS_CREATION
+            )
         return guarded
 
     def resolve(self, name: str | None = None) -> str:

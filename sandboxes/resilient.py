@@ -9,7 +9,9 @@ Creation is where a retry can leak: a request that reached the provider and
 lost its answer (dropped connection, timeout) may have made a sandbox.
 Each creation therefore carries a label with a fresh token; after a failed
 attempt the sandboxes carrying the token, other than the one returned, are
-destroyed. Setup commands run after the sandbox exists, are never retried
+destroyed. Where the SDK itself resends a creation (Modal's does, after a
+dropped connection) the Manager never sees the failure, so for those
+providers the token is checked after every creation. Setup commands run after the sandbox exists, are never retried
 (they are the user's commands), and a failure destroys the sandbox.
 """
 
@@ -42,11 +44,19 @@ def _rejected(error: BaseException) -> bool:
 class ResilientProvider(SandboxProvider):
     """``inner`` behind a retry policy and a circuit breaker; same contract, same name."""
 
-    def __init__(self, inner: SandboxProvider, retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        inner: SandboxProvider,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        *,
+        sdk_resends_creation: bool = False,
+    ) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
+        self.sdk_resends_creation = sdk_resends_creation
 
     def __repr__(self) -> str:
         return f"<ResilientProvider {self.inner!r} circuit={self.breaker.state}>"
@@ -93,7 +103,7 @@ class ResilientProvider(SandboxProvider):
             if lost:
                 await self._clean_up(token, keep=None)
             raise
-        if lost:
+        if lost or self.sdk_resends_creation:
             await self._clean_up(token, keep=info.id)
         try:
             for command in config.setup_commands:

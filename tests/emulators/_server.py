@@ -35,6 +35,7 @@ class Fault:
     method: str | None = None
     hang: float | None = None
     body: dict | None = None
+    drop: str | None = None  # "before": closed unanswered; "after": served, then closed unanswered
 
     def matches(self, request: Request) -> bool:
         if self.method and request.method != self.method.upper():
@@ -93,12 +94,31 @@ class FaultMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             fault = self.faults.take(Request(scope))
+            if fault is not None and fault.drop is not None:
+                if fault.drop == "after":  # the service acts on the request, and the answer is lost
+                    await self.app(scope, receive, _discard)
+                await drop_connection(send)
+                return
             if fault is not None:
                 response = await self.faults.answer(fault)
                 if response is not None:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+async def _discard(message: dict) -> None:
+    """An ASGI send that loses the answer."""
+
+
+async def drop_connection(send: Send) -> None:
+    """Close the client's connection at once, with no answer (a reset, as when a proxy dies)."""
+    cycle = getattr(send, "__self__", None)  # uvicorn's request cycle owns the socket
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("cannot drop the connection: the server is not uvicorn's h11 protocol")
+    transport.abort()
+    await asyncio.sleep(0)  # let uvicorn see the connection lost before the app returns
 
 
 class ServerThread:
@@ -159,6 +179,14 @@ class HttpEmulator:
 
     def release(self) -> None:
         self.faults.release.set()
+
+    def drop_next(self, *, path_contains: str | None = None, method: str | None = None, after: bool = False) -> None:
+        """Close the next matching request's connection without an answer.
+
+        With ``after=True`` the request is served first (a sandbox is created,
+        say) and only the answer is lost, as when a connection dies mid-reply.
+        """
+        self.faults.add(Fault(path_contains=path_contains, method=method, drop="after" if after else "before"))
 
 
 def base_env(home: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ each in a private mount namespace (bubblewrap) whose ``/tmp`` is the
 sandbox's own, so two sandboxes never see each other's files.
 
 Faults for tests: ``fail_next`` (status, Retry-After), ``hang_next``,
-``drop_next`` (connection closed without an answer), ``vanish`` (a sandbox
+``drop_next`` (connection closed without an answer, before or after
+serving the request), ``vanish`` (a sandbox
 killed behind the client's back).
 """
 
@@ -45,6 +46,8 @@ from protobuf import Oneof
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ._server import drop_connection
+
 FAKE_API_KEY = "e2b_emulator_0123456789abcdef0123456789abcdef"
 ENVD_VERSION = "0.6.4"
 ENVD_PORT = "49983"
@@ -56,7 +59,7 @@ __all__ = ["E2BEmulator", "FAKE_API_KEY", "open_emulator", "open_provider"]
 
 @dataclass
 class Fault:
-    kind: str  # "fail" | "hang" | "drop"
+    kind: str  # "fail" | "hang" | "drop" | "drop_after"
     target: str  # "api" | "envd" | "any"
     path: str | None = None
     method: str | None = None
@@ -228,9 +231,15 @@ class E2BEmulator:
         """Hold the next matching request without answering (until ``seconds`` or shutdown)."""
         self._add(Fault("hang", target, path, method, seconds=seconds))
 
-    def drop_next(self, *, target: str = "api", path: str | None = None, method: str | None = None) -> None:
-        """Close the connection of the next matching request without an answer."""
-        self._add(Fault("drop", target, path, method))
+    def drop_next(
+        self, *, target: str = "api", path: str | None = None, method: str | None = None, after: bool = False
+    ) -> None:
+        """Close the connection of the next matching request without an answer.
+
+        With ``after=True`` the request is served first (the sandbox is
+        created, say) and only the answer is lost.
+        """
+        self._add(Fault("drop_after" if after else "drop", target, path, method))
 
     def vanish(self, sandbox_id: str) -> None:
         """The sandbox dies behind the client's back (killed, or its lifetime ran out)."""
@@ -288,11 +297,10 @@ class E2BEmulator:
             self.requests.append((method, path))
         fault = self._take_fault(target, method, path)
         if fault is not None:
-            if fault.kind == "drop":
-                cycle = getattr(send, "__self__", None)  # uvicorn's request cycle owns the socket
-                transport = getattr(cycle, "transport", None)
-                if transport is not None:
-                    transport.abort()
+            if fault.kind in ("drop", "drop_after"):
+                if fault.kind == "drop_after":  # E2B acts on the request; only the answer is lost
+                    await self._route(scope, receive, _discard)
+                await drop_connection(send)
                 return
             if fault.kind == "hang":
                 deadline = time.monotonic() + (fault.seconds if fault.seconds is not None else 3600)
@@ -306,6 +314,11 @@ class E2BEmulator:
                     headers["Retry-After"] = str(int(fault.retry_after))
                 await _error(fault.status, fault.message, headers)(scope, receive, send)
                 return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        target = "api" if path.startswith(("/v2/sandboxes", "/sandboxes")) else "envd"
         request = Request(scope, receive)
         if target == "api":
             response = await self._api(request)
@@ -700,6 +713,10 @@ class _ProcessService(Process):
         return process_pb.ListResponse(
             processes=[process_pb.ProcessInfo(config=p.config, pid=p.pid) for p in sandbox.processes.values()]
         )
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    """An ASGI send that loses the answer."""
 
 
 def _start_response(event: Any) -> process_pb.StartResponse:

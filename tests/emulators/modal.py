@@ -14,7 +14,8 @@ command is a real local process under bubblewrap, which binds the host's
 system directories read-only and those private directories writable, so
 absolute paths, ``pwd`` and a blocked network look as they would in a
 container. Faults can be injected: ``fail_next`` (a gRPC status on the next
-calls) and ``vanish`` (a sandbox disappears).
+calls), ``hang_next``, ``drop_next`` (the connection closes unanswered, before
+or after the call is served) and ``vanish`` (a sandbox disappears).
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class Fault:
     method: str | None
     remaining: int
     details: list[Any] | None = None
+    kind: str = "fail"  # "fail" | "hang" | "drop" | "drop_after"
+    seconds: float | None = None  # how long a hang lasts (None: until the emulator stops)
 
 
 @dataclass
@@ -269,6 +272,20 @@ class ModalEmulator:
         with self._lock:
             self._faults.append(Fault(status, message, method, times, details))
 
+    def hang_next(self, method: str | None = None, *, seconds: float | None = None, times: int = 1) -> None:
+        """Hold the next ``times`` calls (of ``method``, or any) ``seconds`` before serving them."""
+        with self._lock:
+            self._faults.append(Fault(Status.OK, "hang", method, times, kind="hang", seconds=seconds))
+
+    def drop_next(self, method: str | None = None, *, after: bool = False, times: int = 1) -> None:
+        """Close the connection of the next ``times`` calls with no answer.
+
+        With ``after=True`` the call is served first (the sandbox is created,
+        say) and only the answer is lost.
+        """
+        with self._lock:
+            self._faults.append(Fault(Status.UNAVAILABLE, "dropped", method, times, kind="drop_after" if after else "drop"))
+
     def vanish(self, sandbox_id: str) -> None:
         """Make a sandbox disappear without a trace, as if the service lost it."""
 
@@ -282,8 +299,8 @@ class ModalEmulator:
     def running_sandboxes(self) -> list[str]:
         return [s.sandbox_id for s in list(self.sandboxes.values()) if s.running]
 
-    def check(self, method: str) -> None:
-        """Record a call and raise an injected fault when one is due."""
+    def check(self, method: str) -> Fault | None:
+        """Record a call; raise an injected error, or return a hang or drop for ``disturb``."""
         self.calls.append(method)
         with self._lock:
             for fault in self._faults:
@@ -291,7 +308,30 @@ class ModalEmulator:
                     fault.remaining -= 1
                     if fault.remaining == 0:
                         self._faults.remove(fault)
-                    raise GRPCError(fault.status, fault.message, fault.details)
+                    if fault.kind == "fail":
+                        raise GRPCError(fault.status, fault.message, fault.details)
+                    return fault
+        return None
+
+    async def disturb(self, fault: Fault | None, stream: Stream[Any, Any]) -> None:
+        """Act out a hang or a dropped connection on this call (then it is served, or not at all)."""
+        if fault is None:
+            return
+        if fault.kind == "hang":
+            deadline = time.monotonic() + (fault.seconds if fault.seconds is not None else 3600)
+            while time.monotonic() < deadline and self._stop is not None and not self._stop.is_set():
+                await asyncio.sleep(0.02)
+            return
+        transport = stream._stream._transport  # grpclib's h2 stream holds the connection's socket
+
+        async def lost(*args: Any, **kwargs: Any) -> None:
+            transport.abort()
+            raise GRPCError(Status.UNAVAILABLE, "connection dropped")  # grpclib stays quiet: the transport is closing
+
+        if fault.kind == "drop_after":  # served; the answer's first bytes drop the connection instead
+            stream._stream.send_headers = lost  # type: ignore[method-assign]
+            return
+        await lost()
 
     def check_token(self, stream: Stream[Any, Any]) -> None:
         if self.expected_tokens is None:
@@ -555,7 +595,7 @@ class ControlPlane(_Unimplemented, ModalClientBase):
     async def _begin(self, stream: Stream[Any, Any], method: str) -> Any:
         self.emulator.check_token(stream)
         request = await stream.recv_message()
-        self.emulator.check(method)
+        await self.emulator.disturb(self.emulator.check(method), stream)
         return request
 
     async def ClientHello(self, stream: Stream[empty_pb2.Empty, api_pb2.ClientHelloResponse]) -> None:
@@ -708,7 +748,7 @@ class CommandRouter(_Unimplemented, TaskCommandRouterBase):
         if not str(authorization).startswith("Bearer "):
             raise GRPCError(Status.UNAUTHENTICATED, "missing router JWT")
         request = await stream.recv_message()
-        self.emulator.check(method)
+        await self.emulator.disturb(self.emulator.check(method), stream)
         return request
 
     async def TaskExecStart(

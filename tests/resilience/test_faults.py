@@ -1,0 +1,307 @@
+"""Fault injection through the real SDKs against the emulators, with the Manager's policy in the way.
+
+Each test injects a fault on the wire (429 with Retry-After, 500, a dropped
+connection, a hang, a vanished sandbox) and checks what the Manager does:
+retry, wait, fail fast, fail over, and leave no sandbox behind anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from sandboxes import Manager, Sandbox, SandboxConfig
+from sandboxes.errors import ProviderError, SandboxNotFoundError, SetupFailed, UnsupportedOperation
+from sandboxes.resilience import CircuitOpenError, RetryPolicy
+from sandboxes.resilient import ATTEMPT_LABEL
+from tests.emulators import cloudflare as cloudflare_emulator
+from tests.emulators import daytona as daytona_emulator
+from tests.emulators.e2b import E2BEmulator, open_emulator
+from tests.emulators.modal import ModalEmulator
+from tests.emulators.modal import open_emulator as open_modal
+
+pytestmark = pytest.mark.anyio
+
+CREATE = ("POST", "/v2/sandboxes")
+
+
+class Sleeps:
+    """The policy's sleep: records each wait; really waits only when asked to."""
+
+    def __init__(self, real: bool = False) -> None:
+        self.seen: list[float] = []
+        self.real = real
+
+    async def __call__(self, seconds: float) -> None:
+        self.seen.append(seconds)
+        await anyio.sleep(seconds if self.real else 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def e2b_emulator() -> Iterator[E2BEmulator]:
+    with open_emulator() as running:
+        yield running
+
+
+@pytest.fixture
+def emulator(e2b_emulator: E2BEmulator) -> Iterator[E2BEmulator]:
+    e2b_emulator.clear_faults()
+    yield e2b_emulator
+    e2b_emulator.clear_faults()
+    assert not e2b_emulator.sandboxes, "a test left E2B sandboxes behind"
+
+
+@pytest.fixture(scope="module")
+def daytona() -> Iterator[Any]:
+    with daytona_emulator.open_provider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def modal_emulator() -> Iterator[ModalEmulator]:
+    with open_modal() as running:
+        yield running
+
+
+def e2b_provider(emulator: E2BEmulator, **options: Any) -> Any:
+    from sandboxes.providers.e2b import E2BProvider
+
+    return E2BProvider(**emulator.provider_options(), **options)
+
+
+def creates(emulator: E2BEmulator) -> int:
+    return emulator.requests.count(CREATE)
+
+
+def manager(*providers: Any, sleeps: Sleeps | None = None, **options: Any) -> Manager:
+    retry = options.pop("retry", None) or RetryPolicy(sleep=sleeps or Sleeps(), random=lambda: 1.0, base_delay=0.01)
+    return Manager(list(providers), retry=retry, **options)
+
+
+# -- retry -------------------------------------------------------------------------------------
+
+
+async def test_429_is_retried_after_exactly_retry_after(emulator: E2BEmulator) -> None:
+    sleeps = Sleeps(real=True)
+    guarded = manager(e2b_provider(emulator), sleeps=sleeps)
+    emulator.fail_next(429, retry_after=1, path="/v2/sandboxes", method="POST")
+    before = creates(emulator)
+    started = time.monotonic()
+    provider, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "429"}))
+    try:
+        assert time.monotonic() - started >= 1.0  # it really waited what E2B asked
+        assert sleeps.seen == [1.0]
+        assert creates(emulator) - before == 2
+        assert info.labels == {"case": "429"}  # the bookkeeping label stays inside
+        assert list(emulator.sandboxes) == [info.id]
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_500s_are_retried_with_backoff(emulator: E2BEmulator) -> None:
+    sleeps = Sleeps()
+    guarded = manager(e2b_provider(emulator), sleeps=sleeps)
+    emulator.fail_next(500, count=2, path="/v2/sandboxes", method="POST", message="internal error")
+    before = creates(emulator)
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    try:
+        assert creates(emulator) - before == 3
+        assert sleeps.seen == [0.01, 0.02]  # exponential (random() pinned to the top of the range)
+        assert (await provider.execute_command(info.id, "echo ok")).stdout == "ok\n"
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_idempotent_calls_retry_a_dropped_connection_and_a_hang(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator, request_timeout=0.5))
+    provider, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "idempotent"}))
+    try:
+        emulator.drop_next(path=f"/sandboxes/{info.id}", method="GET")
+        assert (await provider.get_sandbox(info.id)) is not None
+        emulator.hang_next(seconds=5, path="/v2/sandboxes", method="GET")
+        started = time.monotonic()
+        assert [i.id for i in await provider.list_sandboxes({"case": "idempotent"})] == [info.id]
+        assert time.monotonic() - started < 4  # the hung attempt timed out and the next one answered
+        emulator.fail_next(503, target="envd", path="/files")
+        await provider.write_file(info.id, "a.txt", b"same bytes")
+        emulator.fail_next(503, target="envd", path="/files")
+        assert await provider.read_file(info.id, "a.txt") == b"same bytes"
+    finally:
+        emulator.drop_next(path=f"/sandboxes/{info.id}", method="DELETE")
+        assert await provider.destroy_sandbox(info.id) in (True, False)  # the retry may find it gone
+    assert info.id not in emulator.sandboxes
+
+
+async def test_a_command_is_not_run_again_after_a_failure_that_may_have_run_it(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator))
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    starts = lambda: sum(1 for _, path in emulator.requests if path.endswith("/process.Process/Start"))  # noqa: E731
+    try:
+        before = starts()
+        emulator.fail_next(502, target="envd", path="/process.Process/Start", message="upstream reset")
+        with pytest.raises(ProviderError):
+            await provider.execute_command(info.id, "echo once >> log")
+        assert starts() - before == 1
+        emulator.fail_next(429, retry_after=0, target="envd", path="/process.Process/Start")
+        result = await provider.execute_command(info.id, "echo once >> log; cat log")
+        assert result.stdout == "once\n"  # a 429 is a refusal: resent, and run exactly once
+        assert starts() - before == 3
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_a_vanished_sandbox_is_not_retried_and_does_not_trip_the_breaker(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator), circuit_breaker={"failure_threshold": 1})
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    emulator.vanish(info.id)
+    before = len(emulator.requests)
+    with pytest.raises(SandboxNotFoundError):
+        await provider.execute_command(info.id, "true")
+    assert await provider.get_sandbox(info.id) is None
+    assert len(emulator.requests) - before <= 3  # one try each (execute may ask E2B where the sandbox is)
+    assert guarded.breaker("e2b").state == "closed"
+
+
+# -- leaks ---------------------------------------------------------------------------------------
+
+
+async def test_a_lost_answer_to_create_leaves_no_orphan(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator))
+    emulator.drop_next(path="/v2/sandboxes", method="POST", after=True)  # E2B creates it; the answer is lost
+    before = creates(emulator)
+    provider, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "lost"}))
+    try:
+        assert creates(emulator) - before == 2
+        assert list(emulator.sandboxes) == [info.id]  # the first one was found by its token and destroyed
+        assert ATTEMPT_LABEL not in info.labels
+        assert [i.labels for i in await provider.list_sandboxes({"case": "lost"})] == [{"case": "lost"}]
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_a_lost_answer_on_daytona_leaves_no_orphan(daytona: Any) -> None:
+    guarded = manager(daytona)
+    daytona.emulator.drop_next(path_contains="/sandbox", method="POST", after=True)
+    provider, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "daytona-lost"}))
+    try:
+        assert list(daytona.emulator.sandboxes) == [info.id]
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_a_lost_answer_on_modal_leaves_no_orphan_although_the_sdk_resends(modal_emulator: ModalEmulator) -> None:
+    """Modal's SDK resends a creation on its own after a dropped connection: the Manager checks every one."""
+    from sandboxes.providers.modal import ModalProvider
+
+    provider = ModalProvider()
+    try:
+        guarded = manager(provider)
+        await provider.health_check()
+        modal_emulator.drop_next("SandboxCreateV2", after=True)
+        before = set(modal_emulator.running_sandboxes())
+        instance, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "modal-lost"}))
+        assert modal_emulator.calls.count("SandboxCreateV2") >= 2
+        assert set(modal_emulator.running_sandboxes()) - before == {info.id}
+        await instance.destroy_sandbox(info.id)
+    finally:
+        await provider.aclose()
+
+
+async def test_failed_setup_destroys_the_half_created_sandbox_and_is_not_failed_over(
+    emulator: E2BEmulator, daytona: Any
+) -> None:
+    guarded = manager(e2b_provider(emulator), daytona)
+    before = creates(emulator)
+    daytona_creates = daytona.emulator.requests.count(("POST", "/sandbox"))
+    with pytest.raises(SetupFailed) as raised:
+        await guarded.create_sandbox(SandboxConfig(setup_commands=["true", "echo broken >&2; exit 3"]), "e2b", ["daytona"])
+    assert raised.value.result.exit_code == 3 and "broken" in str(raised.value)
+    assert creates(emulator) - before == 1  # the user's command failed: not retried ...
+    assert daytona.emulator.requests.count(("POST", "/sandbox")) == daytona_creates  # ... nor failed over
+    assert not emulator.sandboxes  # and the sandbox it ran in is gone
+
+
+async def test_cancelled_setup_destroys_the_half_created_sandbox(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator))
+    with anyio.move_on_after(1.0) as scope:
+        await guarded.create_sandbox(SandboxConfig(setup_commands=["sleep 30"]))
+    assert scope.cancelled_caught
+    assert not emulator.sandboxes
+
+
+async def test_bad_input_is_not_failed_over(emulator: E2BEmulator, daytona: Any) -> None:
+    guarded = manager(e2b_provider(emulator), daytona)
+    daytona_creates = daytona.emulator.requests.count(("POST", "/sandbox"))
+    with pytest.raises(UnsupportedOperation, match="memory or cpus"):
+        await guarded.create_sandbox(SandboxConfig(memory_mb=512), "e2b", ["daytona"])
+    assert daytona.emulator.requests.count(("POST", "/sandbox")) == daytona_creates
+
+
+# -- circuit breaker and failover ---------------------------------------------------------------------
+
+
+async def test_breaker_opens_fails_fast_then_recovers(emulator: E2BEmulator) -> None:
+    clock = Clock()
+    guarded = manager(e2b_provider(emulator), retry=RetryPolicy.never(), circuit_breaker={"failure_threshold": 2, "reset_timeout": 30, "clock": clock})
+    provider = guarded.get_provider("e2b")
+    emulator.fail_next(503, count=2, path="/v2/sandboxes", method="GET")
+    for _ in range(2):
+        with pytest.raises(ProviderError, match="503"):
+            await provider.list_sandboxes()
+    before = len(emulator.requests)
+    with pytest.raises(CircuitOpenError, match=r"circuit open for provider 'e2b'.*next trial in 30\.0s"):
+        await provider.list_sandboxes()
+    assert len(emulator.requests) == before  # failed fast: E2B never saw it
+    assert await provider.health_check() is False
+    clock.now += 30
+    assert await provider.list_sandboxes() == []  # the trial call: E2B is back
+    assert guarded.breaker("e2b").state == "closed"
+    assert len(emulator.requests) == before + 1
+
+
+async def test_failover_to_the_fallback_leaves_nothing_on_either(emulator: E2BEmulator, daytona: Any) -> None:
+    guarded = manager(e2b_provider(emulator), daytona, circuit_breaker={"failure_threshold": 3})
+    for _ in range(3):  # every attempt creates on E2B and loses the answer
+        emulator.drop_next(path="/v2/sandboxes", method="POST", after=True)
+    before = creates(emulator)
+    provider, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "failover"}), "e2b", ["daytona"])
+    try:
+        assert provider.name == "daytona" and info.provider == "daytona"
+        assert creates(emulator) - before == 3
+        assert not emulator.sandboxes  # the three E2B made were found by their token and destroyed
+        assert list(daytona.emulator.sandboxes) == [info.id]
+        assert (await provider.execute_command(info.id, "echo from daytona")).stdout == "from daytona\n"
+        # E2B's circuit is open now: the next creation goes straight to Daytona
+        second_provider, second = await guarded.create_sandbox(SandboxConfig(), "e2b", ["daytona"])
+        assert second_provider.name == "daytona"
+        assert creates(emulator) - before == 3
+        await second_provider.destroy_sandbox(second.id)
+    finally:
+        await provider.destroy_sandbox(info.id)
+    assert info.id not in daytona.emulator.sandboxes and not emulator.sandboxes
+
+
+async def test_every_provider_failing_names_each_error(emulator: E2BEmulator) -> None:
+    with cloudflare_emulator.open_provider() as cloudflare:
+        guarded = manager(e2b_provider(emulator), cloudflare, retry=RetryPolicy.never())
+        emulator.fail_next(500, path="/v2/sandboxes", method="POST", message="e2b is down")
+        cloudflare.emulator.fail_next(503, path_contains="/v1/sandbox", method="POST")
+        with pytest.raises(ProviderError) as raised:
+            await guarded.create_sandbox(SandboxConfig(), "e2b", ["cloudflare"])
+        message = str(raised.value)
+        assert "every provider failed" in message
+        assert "e2b: E2B answered 500" in message and "e2b is down" in message
+        assert "cloudflare: cloudflare (503" in message
+        assert not cloudflare.emulator.containers
