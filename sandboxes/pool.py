@@ -4,23 +4,31 @@ It keeps ``size`` sandboxes ready per configuration, hands each out once
 (the caller owns and destroys it), never hands out one that died or is about
 to expire, and destroys whatever it still holds on close. Use it as an async
 context manager: its refills run in its own task group.
+
+When more callers wait than sandboxes are ready, it creates one per waiter
+at once rather than queueing them behind ``size`` creations. A failed
+creation is handed to a waiter as its error, so nobody waits forever on a
+provider that is down.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .errors import ProviderError
 from .models import SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 
 EXPIRY_MARGIN = 30.0  # seconds of life a handed-out sandbox must still have
+log = logging.getLogger("sandboxes.pool")
 
 
 def config_key(config: SandboxConfig) -> str:
@@ -30,11 +38,14 @@ def config_key(config: SandboxConfig) -> str:
 
 @dataclass
 class _Slot:
+    """The sandboxes (or creation errors) of one configuration, in the order they came."""
+
     config: SandboxConfig
-    send: MemoryObjectSendStream[SandboxInfo]
-    receive: MemoryObjectReceiveStream[SandboxInfo]
-    pending: int = 0
-    errors: list[BaseException] = field(default_factory=list)
+    send: MemoryObjectSendStream[SandboxInfo | Exception]
+    receive: MemoryObjectReceiveStream[SandboxInfo | Exception]
+    ready: int = 0  # sandboxes in the stream
+    pending: int = 0  # creations in flight
+    waiting: int = 0  # callers blocked in acquire
 
 
 class WarmPool:
@@ -61,40 +72,79 @@ class WarmPool:
 
     def ready(self, config: SandboxConfig) -> int:
         slot = self._slots.get(config_key(config))
-        return slot.receive.statistics().current_buffer_used if slot else 0
+        return slot.ready if slot else 0
 
     async def acquire(self, config: SandboxConfig) -> SandboxInfo:
         """A live sandbox of this configuration, now yours to destroy."""
         if self._group is None or self._closing:
             raise RuntimeError("the warm pool is not open: use `async with WarmPool(...)`")
         slot = self._slot(config)
-        while True:
+        slot.waiting += 1  # counted while it has nothing in hand: each waiter gets a creation of its own
+        counted = True
+        try:
             self._top_up(slot)
-            if slot.errors and slot.receive.statistics().current_buffer_used == 0 and slot.pending == 0:
-                raise slot.errors.pop()
-            info = await slot.receive.receive()
-            if await self._usable(info):
-                self.handed_out += 1
-                self._top_up(slot)
-                return info
-            self.discarded += 1
-            await self.provider.destroy_sandbox(info.id)
+            while True:
+                try:
+                    item = await slot.receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    raise RuntimeError("the warm pool was closed while waiting for a sandbox") from None
+                if isinstance(item, Exception):
+                    if slot.ready or slot.pending:  # another sandbox is ready or on its way
+                        continue
+                    raise item
+                slot.ready -= 1
+                slot.waiting -= 1
+                counted = False
+                try:
+                    usable = await self._usable(item)
+                except BaseException:  # cancelled while checking: it is nobody's, so it goes
+                    with anyio.CancelScope(shield=True):
+                        await self._destroy_quietly(item.id)
+                    raise
+                if usable:
+                    self.handed_out += 1
+                    return item
+                self.discarded += 1
+                await self._destroy_quietly(item.id)
+                slot.waiting += 1
+                counted = True
+                self._top_up(slot)  # a replacement for the dead one
+        finally:
+            if counted:
+                slot.waiting -= 1
+            self._top_up(slot)
 
     async def _usable(self, info: SandboxInfo) -> bool:
-        if info.expires_at is not None and info.expires_at - time.time() < EXPIRY_MARGIN:
+        """Alive, and not about to expire (half its lifetime left, when that is under the margin)."""
+        if info.expires_at is not None:
+            now = time.time()
+            lifetime = info.expires_at - (info.created_at if info.created_at is not None else now)
+            if info.expires_at - now < min(EXPIRY_MARGIN, lifetime / 2):
+                return False
+        try:
+            return await self.provider.get_sandbox(info.id) is not None
+        except ProviderError as error:  # cannot tell: do not hand out what may be dead
+            log.warning("warm pool: could not check sandbox %s (%s); discarding it", info.id, error)
             return False
-        return await self.provider.get_sandbox(info.id) is not None
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        try:
+            await self.provider.destroy_sandbox(sandbox_id)
+        except ProviderError as error:
+            log.warning("warm pool: could not destroy sandbox %s: %s", sandbox_id, error)
 
     def _slot(self, config: SandboxConfig) -> _Slot:
         key = config_key(config)
         if key not in self._slots:
-            send, receive = anyio.create_memory_object_stream[SandboxInfo](max_buffer_size=1_000_000)
+            send, receive = anyio.create_memory_object_stream[SandboxInfo | Exception](max_buffer_size=1_000_000)
             self._slots[key] = _Slot(config, send, receive)
         return self._slots[key]
 
     def _top_up(self, slot: _Slot) -> None:
-        assert self._group is not None
-        missing = self.size - slot.receive.statistics().current_buffer_used - slot.pending
+        """Start creations until ``size`` are ready or coming, plus one for each caller waiting."""
+        if self._group is None or self._closing:
+            return
+        missing = self.size + slot.waiting - slot.ready - slot.pending
         for _ in range(max(0, missing)):
             slot.pending += 1
             self._group.start_soon(self._fill, slot)
@@ -102,14 +152,19 @@ class WarmPool:
     async def _fill(self, slot: _Slot) -> None:
         try:
             info = await self.provider.create_sandbox(slot.config)
-        except Exception as error:  # told to the next acquire, not lost in the task group
-            slot.errors.append(error)
+        except Exception as error:  # handed to a waiter, not lost in the task group
             slot.pending -= 1
+            if slot.waiting:
+                slot.send.send_nowait(error)
+            else:
+                log.warning("warm pool: creating a sandbox ahead of time failed: %s", error)
             return
         slot.pending -= 1
         if self._closing:
-            await self.provider.destroy_sandbox(info.id)
+            with anyio.CancelScope(shield=True):
+                await self._destroy_quietly(info.id)
         else:
+            slot.ready += 1
             slot.send.send_nowait(info)
 
     async def aclose(self, _exiting: tuple[object, object, object] | None = None) -> None:
@@ -123,9 +178,11 @@ class WarmPool:
             for slot in self._slots.values():
                 while True:
                     try:
-                        info = slot.receive.receive_nowait()
+                        item = slot.receive.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    await self.provider.destroy_sandbox(info.id)
+                    if isinstance(item, SandboxInfo):
+                        slot.ready -= 1
+                        await self._destroy_quietly(item.id)
                 slot.send.close()
                 slot.receive.close()
