@@ -62,6 +62,12 @@ class FaultInjector:
             self._faults.clear()
         self.release.set()
 
+    @property
+    def pending(self) -> int:
+        """Faults not served yet (a test checks its fault was hit)."""
+        with self._lock:
+            return len(self._faults)
+
     def take(self, request: Request) -> Fault | None:
         with self._lock:
             for index, fault in enumerate(self._faults):

@@ -144,6 +144,21 @@ async def test_idempotent_calls_retry_a_dropped_connection_and_a_hang(emulator: 
     assert info.id not in emulator.sandboxes
 
 
+async def test_cloudflare_file_calls_retry_a_dropped_connection_and_a_500() -> None:
+    with cloudflare_emulator.open_provider() as cloudflare:
+        guarded = manager(cloudflare)
+        provider, info = await guarded.create_sandbox(SandboxConfig())
+        try:
+            cloudflare.emulator.fail_next(500, path_contains="/file/", method="PUT")
+            await provider.write_file(info.id, "notes.txt", b"kept")
+            cloudflare.emulator.drop_next(path_contains="/file/", method="GET")
+            assert await provider.read_file(info.id, "notes.txt") == b"kept"
+            assert cloudflare.emulator.faults.pending == 0  # both faults were hit, and retried through
+        finally:
+            await provider.destroy_sandbox(info.id)
+        assert not cloudflare.emulator.containers
+
+
 async def test_a_command_is_not_run_again_after_a_failure_that_may_have_run_it(emulator: E2BEmulator) -> None:
     guarded = manager(e2b_provider(emulator))
     provider, info = await guarded.create_sandbox(SandboxConfig())
