@@ -41,6 +41,7 @@ from . import errors as _errors
 from .errors import CassetteError
 from .models import Capabilities, Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
+from .streaming import CommandStream, ExitStatus, StreamItem, streaming
 
 RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
 FORMAT_VERSION = 1
@@ -475,10 +476,12 @@ class CassetteProvider(SandboxProvider):
 
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
         args = self._config_args(config)
-        if self._replay("create", args) is not None:
+        if (played := self._replay("create", args)) is not None:
             placeholder = self._new_placeholder(None)
             self._configs[placeholder] = config
-            return SandboxInfo(id=placeholder, provider=self.name, labels=dict(config.labels), image=config.image)
+            # Whether it had network decides where run_code installs dependencies: replayed as recorded.
+            metadata = {"network": played.result["network"]} if "network" in played.result else {}
+            return SandboxInfo(id=placeholder, provider=self.name, labels=dict(config.labels), image=config.image, metadata=metadata)
         assert self.inner is not None
         started = time.perf_counter()
         try:
@@ -489,7 +492,7 @@ class CassetteProvider(SandboxProvider):
         self.stats.create_seconds.append(time.perf_counter() - started)
         self.stats.created += 1
         placeholder = self._new_placeholder(info.id)
-        self._record("create", args, {"sandbox": placeholder})
+        self._record("create", args, _created(placeholder, info))
         return info
 
     def adopt(self, info: SandboxInfo, config: SandboxConfig, seconds: float | None = None) -> SandboxInfo:
@@ -500,7 +503,7 @@ class CassetteProvider(SandboxProvider):
             self.stats.create_seconds.append(seconds)
         self.stats.created += 1
         placeholder = self._new_placeholder(info.id)
-        self._record("create", self._config_args(config), {"sandbox": placeholder})
+        self._record("create", self._config_args(config), _created(placeholder, info))
         return info
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
@@ -592,6 +595,7 @@ class CassetteProvider(SandboxProvider):
         )
         return result
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -601,22 +605,32 @@ class CassetteProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncIterator[StreamItem]:
         args = self._command_args(sandbox_id, command, env, cwd, timeout, stdin)
         if (played := self._replay("stream", args)) is not None:
             for chunk in played.result.get("chunks") or []:
                 yield OutputChunk(chunk["stream"], chunk["data"])
-            if "error" in played.result.get("ended", {}):
-                _raise_recorded(played.result["ended"]["error"])
+            recorded_end = played.result.get("ended") or {}
+            if "error" in recorded_end:
+                _raise_recorded(recorded_end["error"])
+            if "exit_code" in recorded_end:  # cassettes recorded before streams had a status have none
+                yield ExitStatus(int(recorded_end["exit_code"]), bool(recorded_end.get("timed_out", False)))
             return
         assert self.inner is not None
         chunks: list[dict[str, str]] = []
         ended: dict[str, Any] = {"complete": False}
         try:
-            async for chunk in self.inner.stream_execution(await self._live_id(sandbox_id), command, env=env, cwd=cwd, timeout=timeout, stdin=stdin):
+            live = CommandStream.of(
+                self.inner.stream_execution(await self._live_id(sandbox_id), command, env=env, cwd=cwd, timeout=timeout, stdin=stdin),
+                command=command,
+            )
+            async for chunk in live:
                 chunks.append({"stream": chunk.stream, "data": chunk.data})
                 yield chunk
             ended = {"complete": True}
+            if live.status is not None:
+                ended.update(exit_code=live.status.exit_code, timed_out=live.status.timed_out)
+                yield live.status
         except Exception as error:
             ended = {"error": _error_record(error)}
             raise
@@ -651,6 +665,12 @@ class CassetteProvider(SandboxProvider):
 
     async def aclose(self) -> None:
         """The wrapped provider belongs to whoever made it: nothing to close here."""
+
+
+def _created(placeholder: str, info: SandboxInfo) -> dict[str, Any]:
+    """A create's recorded result: the placeholder id, and whether it has network when the provider says."""
+    network = info.metadata.get("network")
+    return {"sandbox": placeholder, "network": network} if isinstance(network, bool) else {"sandbox": placeholder}
 
 
 def _merge_chunks(chunks: Iterable[dict[str, str]]) -> list[dict[str, str]]:

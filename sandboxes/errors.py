@@ -61,8 +61,8 @@ class UnsupportedOperation(SandboxError):
 class ToolchainMissing(SandboxError):
     """The sandbox lacks the compiler or interpreter a language needs."""
 
-    def __init__(self, language: str, tool: str, hint: str = "") -> None:
-        message = f"cannot run {language}: {tool!r} is not installed in the sandbox"
+    def __init__(self, language: str, tool: str, hint: str = "", *, reason: str = "is not installed in the sandbox") -> None:
+        message = f"cannot run {language}: {tool!r} {reason}"
         super().__init__(f"{message}; to install it: {hint}" if hint else message)
         self.language = language
         self.tool = tool

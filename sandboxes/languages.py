@@ -8,13 +8,14 @@ is an argument vector run without a shell. To add a language, add one
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import ToolchainMissing
-from .models import ExecutionResult
+from .models import DEFAULT_COMMAND_TIMEOUT_SECONDS, ExecutionResult, SandboxConfig
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -40,12 +41,24 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Deps:
-    """How to install dependencies from a manifest uploaded beside the source."""
+    """How to install dependencies from a manifest uploaded beside the source.
+
+    ``install`` steps download, so they run where there is network: in a
+    short-lived helper sandbox when the program's own sandbox has none (see
+    ``prepare_code``). They leave everything inside the run directory, which
+    is then copied into the program's sandbox; ``build`` steps (when given,
+    instead of the language's own) and the run work offline from it.
+    ``env`` applies to every step, ``install_env`` to the install only and
+    ``offline_env`` to the build and run.
+    """
 
     manifests: tuple[str, ...]
     install: tuple[Argv, ...]
     requires: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    install_env: tuple[tuple[str, str], ...] = ()
+    offline_env: tuple[tuple[str, str], ...] = ()
+    build: tuple[Argv, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,14 @@ LANGUAGES: tuple[Language, ...] = (
         source="main.go",
         recipes=(Recipe(requires=("go",), build=(("go", "build", "-o", "{out}", "{src}"),), run=("{out}",)),),
         deps=(
-            Deps(manifests=("go.mod", "go.sum"), requires=("go",), install=(("go", "mod", "tidy"),)),
+            Deps(
+                manifests=("go.mod", "go.sum"),
+                requires=("go",),
+                install=(("go", "mod", "tidy"),),
+                # The module cache lives in the run directory (it travels with it), writable so it can be removed.
+                env=(("GOMODCACHE", "{dir}/.deps/go/mod"), ("GOFLAGS", "-buildvcs=false -modcacherw")),
+                offline_env=(("GOPROXY", "off"),),  # the build never reaches for the network: a missing module says so
+            ),
         ),
         env=(("GOFLAGS", "-buildvcs=false"), ("GOTOOLCHAIN", "local"), ("CGO_ENABLED", "0")),
         install_hint="apt-get install golang-go, or https://go.dev/dl",
@@ -129,7 +149,10 @@ LANGUAGES: tuple[Language, ...] = (
             Deps(
                 manifests=("Cargo.toml", "Cargo.lock"),
                 requires=("cargo",),
-                install=(("cargo", "build", "--quiet", "--release"),),
+                install=(("cargo", "fetch", "--quiet"),),
+                env=(("CARGO_HOME", "{dir}/.deps/cargo"),),  # the crates fetched travel with the run directory
+                offline_env=(("CARGO_NET_OFFLINE", "true"),),
+                build=(("cargo", "build", "--quiet", "--release", "--offline"),),
             ),
         ),
         deps_source="src/main.rs",
@@ -178,7 +201,15 @@ LANGUAGES: tuple[Language, ...] = (
         extensions=(".rb",),
         source="main.rb",
         recipes=(Recipe(requires=("ruby",), run=("ruby", "{src}")),),
-        deps=(Deps(manifests=("Gemfile", "Gemfile.lock"), requires=("bundle",), install=(("bundle", "install", "--quiet", "--path", ".deps/ruby"),)),),
+        deps=(
+            Deps(
+                manifests=("Gemfile", "Gemfile.lock"),
+                requires=("bundle",),
+                install=(("bundle", "install", "--quiet"),),
+                env=(("BUNDLE_PATH", "{dir}/.deps/ruby"), ("BUNDLE_GEMFILE", "{dir}/Gemfile")),
+                offline_env=(("RUBYOPT", "-rbundler/setup"),),
+            ),
+        ),
         install_hint="apt-get install ruby",
     ),
 )
@@ -229,29 +260,93 @@ class PreparedRun:
     failed: ExecutionResult | None = None  # the failed build or install step, when there is one
 
 
-_tool_cache: dict[tuple[str, str], bool] = {}
+_PROBES = {"rustc": "--version", "cargo": "--version"}
+"""Tools that can exist and still not run: rustup's proxies with no toolchain this user can reach
+(its toolchains under another user's home, such as /root/.rustup). They are run once to be sure."""
+
+_CHECK_TOOLS = """
+for a do
+  t=${a%%\\?*}
+  if ! command -v "$t" >/dev/null 2>&1; then echo "$t"; continue; fi
+  if [ "$t" != "$a" ] && ! out=$("$t" "${a#*\\?}" 2>&1 </dev/null); then
+    printf '%s!%s\\n' "$t" "${out%%
+*}"
+  fi
+done
+"""
+_tool_cache: dict[tuple[str, str], str | None] = {}  # (sandbox id, tool) -> None when it works, else why not
 
 
 async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
-    """The tools not found by ``command -v`` inside the sandbox (cached per sandbox)."""
+    """The tools that are not usable inside the sandbox (cached per sandbox)."""
+    return [tool for tool, _ in await unusable_tools(sandbox, tools)]
+
+
+async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[str, str]]:
+    """(tool, why) for each tool not found by ``command -v``, or found but failing its probe."""
     unknown = [tool for tool in dict.fromkeys(tools) if (sandbox.id, tool) not in _tool_cache]
     if unknown:
-        script = 'for t do command -v "$t" >/dev/null 2>&1 || echo "$t"; done'
-        result = await sandbox.execute(["/bin/sh", "-c", script, "sh", *unknown], timeout=30)
-        absent = set(result.stdout.split())
-        for tool in unknown:
-            _tool_cache[(sandbox.id, tool)] = tool not in absent
-    return [tool for tool in tools if not _tool_cache[(sandbox.id, tool)]]
+        probes = [f"{tool}?{_PROBES[tool]}" if tool in _PROBES else tool for tool in unknown]
+        result = await sandbox.execute(["/bin/sh", "-c", _CHECK_TOOLS, "sh", *probes], timeout=60)
+        found = {tool: None for tool in unknown}
+        for line in result.stdout.splitlines():
+            tool, broken, first_line = line.partition("!")
+            if tool in found:
+                found[tool] = f"is in the sandbox but does not run ({first_line.strip() or 'no output'})" if broken else "is not installed in the sandbox"
+        for tool, why in found.items():
+            _tool_cache[(sandbox.id, tool)] = why
+    return [(tool, why) for tool in tools if (why := _tool_cache[(sandbox.id, tool)]) is not None]
+
+
+def _missing(sandbox: Sandbox, language: Language, tool: str, why: str) -> ToolchainMissing:
+    hint = f"{language.install_hint}; {_HOST_HINT}"
+    if sandbox.provider == "local":
+        if "rustup" in why:
+            hint += (
+                f". rustup looks for toolchains in $RUSTUP_HOME, else ~/.rustup, of the user running sandboxes ({_user_name()}): "
+                "install one there (rustup default stable) or point RUSTUP_HOME at one this user can read"
+            )
+        hint += _unreachable_path_note(tool)
+    return ToolchainMissing(language.name, tool, hint, reason=why)
+
+
+def _unreachable_path_note(tool: str) -> str:
+    """Where the host's PATH names directories this user cannot enter (a toolchain under /root, say)."""
+    blocked: dict[str, list[str]] = {}  # closed directory -> PATH entries inside it
+    for entry in dict.fromkeys(os.environ.get("PATH", "").split(os.pathsep)):
+        if not entry.startswith("/") or os.access(entry, os.X_OK):
+            continue
+        parent = entry
+        while parent != "/" and not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        if parent != entry and not os.access(parent, os.X_OK):  # it may exist: a directory on the way is closed to us
+            blocked.setdefault(parent, []).append(entry)
+    if not blocked:
+        return ""
+    where = "; ".join(f"{', '.join(entries)} inside {parent}" for parent, entries in blocked.items())
+    return (
+        f". Note: your PATH names {where}, which user {_user_name()} cannot enter, so a {tool} there is out of reach: "
+        "install it for this user or system-wide, or run as the user who owns it"
+    )
+
+
+def _user_name() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
 
 
 async def _choose(sandbox: Sandbox, language: Language) -> Recipe:
     wanted = [tool for recipe in language.recipes for tool in recipe.requires]
-    absent = set(await missing_tools(sandbox, wanted))
+    unusable = dict(await unusable_tools(sandbox, wanted))
     for recipe in language.recipes:
-        if not absent.intersection(recipe.requires):
+        if not unusable.keys() & set(recipe.requires):
             return recipe
-    tool = language.recipes[0].requires[0]
-    raise ToolchainMissing(language.name, tool, f"{language.install_hint}; {_HOST_HINT}")
+    tool = next(t for t in language.recipes[0].requires if t in unusable)
+    raise _missing(sandbox, language, tool, unusable[tool])
 
 
 def _fill(argv: Argv, values: Mapping[str, str]) -> list[str]:
@@ -280,33 +375,128 @@ async def prepare_code(
             raise ValueError(f"files keys are paths relative to the program's directory, not {name!r}")
     manifests = [d for d in lang.deps if any(m in files for m in d.manifests)] if deps else []
     source = lang.deps_source if manifests and lang.deps_source else lang.source
-    await sandbox.write_file(f"{directory}/{source}", code)
-    for name, data in files.items():
-        await sandbox.write_file(f"{directory}/{name}", data)
+    program = {source: code, **files}
     values = {"src": source, "out": "./main.bin", "dir": directory}
     env = {k: v.format_map(values) for k, v in lang.env}
     prepared = PreparedRun(directory=directory, env=env)
-    for dep in manifests:
-        absent = await missing_tools(sandbox, dep.requires)
-        if absent:
-            raise ToolchainMissing(lang.name, absent[0], f"{lang.install_hint}; {_HOST_HINT}")
-        env.update({k: v.format_map(values) for k, v in dep.env})
-        for step in dep.install:
-            result = await sandbox.execute(_fill(step, values), cwd=directory, env=env, timeout=timeout)
-            if not result.success:
-                prepared.failed = result
-                return prepared
-    if manifests and lang.name == "rust":  # cargo built the project: run its binary
-        name = _cargo_package_name(files.get("Cargo.toml", b""))
-        prepared.argv = [f"./target/release/{name}"]
-        return prepared
-    for step in recipe.build:
+    if manifests:
+        unusable = await unusable_tools(sandbox, [tool for dep in manifests for tool in dep.requires])
+        if unusable:
+            raise _missing(sandbox, lang, *unusable[0])
+        for dep in manifests:
+            env.update({k: v.format_map(values) for k, v in dep.env})
+        prepared.failed = await _install(sandbox, program, manifests, directory, values, env, timeout)
+        if prepared.failed is not None:
+            return prepared
+        for dep in manifests:
+            env.update({k: v.format_map(values) for k, v in dep.offline_env})
+    else:
+        for name, data in program.items():
+            await sandbox.write_file(f"{directory}/{name}", data)
+    builds = next((dep.build for dep in manifests if dep.build is not None), recipe.build)
+    for step in builds:
         result = await sandbox.execute(_fill(step, values), cwd=directory, env=env, timeout=timeout)
         if not result.success:
             prepared.failed = result
             return prepared
-    prepared.argv = _fill(recipe.run, values)
+    if manifests and lang.name == "rust":  # cargo built the project: run its binary
+        name = _cargo_package_name(files.get("Cargo.toml", b""))
+        prepared.argv = [f"./target/release/{name}"]
+    else:
+        prepared.argv = _fill(recipe.run, values)
     return prepared
+
+
+# -- dependencies: installed with network, run without ------------------------------------
+HELPER_LABEL = ("sandboxes-role", "deps-install")
+"""Carried by the helper sandbox that installs dependencies with network."""
+_OWNER_LABELS = ("created-by", "host")  # the CLI's: `sandboxes gc` finds a helper that a crash left
+_OWNER_PREFIX = "sandboxes_"  # the pytest plugin's run and worker labels: its sweep finds it
+_TRANSFER_TIMEOUT = 300.0
+_HELPER_SPARE_SECONDS = 2 * _TRANSFER_TIMEOUT + 60.0
+
+
+def installs_elsewhere(sandbox: Sandbox) -> bool:
+    """Whether ``deps`` installs in a helper sandbox: the program's sandbox is known to have no network.
+
+    The local provider says so in ``info.metadata["network"]``; a sandbox that
+    has network (or whose provider does not say, as cloud sandboxes, which
+    have it by default) installs in place.
+    """
+    return sandbox.info.metadata.get("network") is False
+
+
+async def _install(
+    sandbox: Sandbox,
+    program: Mapping[str, str | bytes],
+    manifests: Sequence[Deps],
+    directory: str,
+    values: Mapping[str, str],
+    env: Mapping[str, str],
+    timeout: float | None,
+) -> ExecutionResult | None:
+    """Write the program and run the install steps; the failed step's result, or None.
+
+    The program's sandbox never gets network: when it has none, the install
+    runs in a helper sandbox created with network on the same provider (same
+    image, so the same toolchains) at the same path, and the whole run
+    directory, dependencies included, is copied back into the program's
+    sandbox as an archive through the file API. The helper is destroyed
+    whatever happens.
+    """
+    steps = [(step, {**env, **{k: v.format_map(values) for k, v in dep.install_env}}) for dep in manifests for step in dep.install]
+    if not installs_elsewhere(sandbox):
+        return await _write_and_install(sandbox, program, directory, steps, values, timeout)
+    from .sandbox import Sandbox
+
+    provider = sandbox.provider_instance
+    labels = {k: v for k, v in sandbox.labels.items() if k in _OWNER_LABELS or k.startswith(_OWNER_PREFIX)}
+    lifetime = (timeout or DEFAULT_COMMAND_TIMEOUT_SECONDS) * len(steps) + _HELPER_SPARE_SECONDS
+    config = SandboxConfig(network=True, image=sandbox.info.image, labels={**labels, HELPER_LABEL[0]: HELPER_LABEL[1]}, lifetime=lifetime)
+    helper = Sandbox(provider, await provider.create_sandbox(config))
+    async with helper:  # destroyed on the way out, also on error or cancellation
+        failed = await _write_and_install(helper, program, directory, steps, values, timeout)
+        if failed is not None:
+            return failed
+        return await _copy_directory(helper, sandbox, directory)
+
+
+async def _write_and_install(
+    sandbox: Sandbox,
+    program: Mapping[str, str | bytes],
+    directory: str,
+    steps: Sequence[tuple[Argv, Mapping[str, str]]],
+    values: Mapping[str, str],
+    timeout: float | None,
+) -> ExecutionResult | None:
+    for name, data in program.items():
+        await sandbox.write_file(f"{directory}/{name}", data)
+    for step, env in steps:
+        result = await sandbox.execute(_fill(step, values), cwd=directory, env=dict(env), timeout=timeout)
+        if not result.success:
+            return result
+    return None
+
+
+_UNPACK = 'mkdir -p "$2" && tar -xzf "$1" -C "$2"; s=$?; rm -f "$1"; exit "$s"'
+
+
+async def _copy_directory(source: Sandbox, target: Sandbox, directory: str) -> ExecutionResult | None:
+    """Copy ``directory`` (symlinks and modes kept) from one sandbox to the other; a failed step's result, or None.
+
+    The archive is packed and unpacked inside the sandboxes, never on the host.
+    """
+    archive = f"{directory}.tgz"
+    packed = await source.execute(["tar", "-czf", archive, "-C", directory, "."], timeout=_TRANSFER_TIMEOUT)
+    if not packed.success:
+        packed.stderr = f"sandboxes: packing the installed dependencies failed:\n{packed.stderr}"
+        return packed
+    await target.write_file(archive, await source.read_file(archive))
+    unpacked = await target.execute(["/bin/sh", "-c", _UNPACK, "sh", archive, directory], timeout=_TRANSFER_TIMEOUT)
+    if not unpacked.success:
+        unpacked.stderr = f"sandboxes: copying the installed dependencies into the sandbox failed:\n{unpacked.stderr}"
+        return unpacked
+    return None
 
 
 def _cargo_package_name(manifest: str | bytes) -> str:

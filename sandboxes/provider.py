@@ -20,7 +20,8 @@ from typing import ClassVar
 import anyio
 
 from .errors import SandboxNotFoundError, UnsupportedOperation
-from .models import Capabilities, Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
+from .streaming import StreamItem, streaming
 
 
 class SandboxProvider(ABC):
@@ -81,6 +82,7 @@ class SandboxProvider(ABC):
     ) -> ExecutionResult:
         """Run a command to the end; a non-zero exit is a result."""
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -90,8 +92,14 @@ class SandboxProvider(ABC):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
-        """Yield output as the command produces it."""
+    ) -> AsyncIterator[StreamItem]:
+        """Output as the command produces it, then how it ended.
+
+        An implementation is an async generator decorated with ``@streaming``
+        (``sandboxes.streaming``): it yields ``OutputChunk``s and, last, one
+        ``ExitStatus``; callers get a ``CommandStream`` that iterates the
+        chunks and then knows ``exit_code`` and ``timed_out``.
+        """
         raise UnsupportedOperation(self.name, "streaming")
         yield  # pragma: no cover - makes this an async generator
 

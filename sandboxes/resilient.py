@@ -28,6 +28,7 @@ from .errors import RateLimitError, SetupFailed
 from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
+from .streaming import CommandStream
 
 T = TypeVar("T")
 log = logging.getLogger("sandboxes.resilience")
@@ -192,10 +193,10 @@ class ResilientProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> CommandStream:
         """Stream a command; like ``execute_command``, resent only after a refusal before any output."""
         options = {"env": env, "cwd": cwd, "timeout": timeout, "stdin": stdin}
-        return self._stream(sandbox_id, command, options)
+        return CommandStream(self._stream(sandbox_id, command, options), command=command)
 
     async def _stream(self, sandbox_id: str, command: Command, options: dict[str, Any]) -> AsyncIterator[Any]:
         attempt = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -12,8 +12,9 @@ import anyio
 
 from .errors import SandboxNotFoundError
 from .manager import PROVIDERS, Manager
-from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .models import Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
+from .streaming import CommandStream
 
 _CONFIG_KEYS = frozenset(inspect.signature(SandboxConfig).parameters)
 
@@ -183,11 +184,17 @@ class Sandbox:
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
-        """Output chunks as the command produces them (each knows its stream)."""
-        return self._provider.stream_execution(
+    ) -> CommandStream:
+        """Output chunks as the command produces them (each knows its stream).
+
+        After the loop the stream knows how the command ended:
+        ``stream = sb.stream(cmd); async for chunk in stream: ...; stream.exit_code``
+        (also ``timed_out`` and ``result``).
+        """
+        chunks = self._provider.stream_execution(
             self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
         )
+        return CommandStream.of(chunks, command=command)
 
     async def run_code(
         self,

@@ -18,6 +18,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from . import sandbox as _async
 from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .streaming import CommandStream
 
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
@@ -118,19 +119,12 @@ class Sandbox:
     def execute_many(self, commands: Sequence[Command], **options: Any) -> list[ExecutionResult]:
         return portal().call(lambda: self._inner.execute_many(commands, **options))
 
-    def stream(self, command: Command, **options: Any) -> Iterator[OutputChunk]:
-        """Chunks as they come; leaving the loop early stops the command."""
-        iterator = self._inner.stream(command, **options)
-        try:
-            while True:
-                try:
-                    yield portal().call(iterator.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                portal().call(aclose)
+    def stream(self, command: Command, **options: Any) -> BlockingStream:
+        """Chunks as they come; after the loop, ``exit_code``, ``timed_out`` and ``result``.
+
+        Leaving the loop early (and dropping the stream) stops the command.
+        """
+        return BlockingStream(self._inner.stream(command, **options))
 
     def write_file(self, path: str, data: bytes | str) -> None:
         portal().call(self._inner.write_file, path, data)
@@ -155,6 +149,77 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+class BlockingStream(Iterator[OutputChunk]):
+    """Blocking twin of :class:`sandboxes.streaming.CommandStream`."""
+
+    def __init__(self, stream: CommandStream) -> None:
+        self._stream = stream
+        self._chunks = _pull(stream)
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
+
+    def __iter__(self) -> BlockingStream:
+        return self
+
+    def __next__(self) -> OutputChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop reading; the command is ended if it still runs."""
+        self._chunks.close()
+
+    def __enter__(self) -> BlockingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait(self) -> ExecutionResult:
+        """Read the rest of the output (kept, not shown) and return the result."""
+        for _ in self:
+            pass
+        return self.result
+
+    @property
+    def ended(self) -> bool:
+        return self._stream.ended
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._stream.exit_code
+
+    @property
+    def timed_out(self) -> bool | None:
+        return self._stream.timed_out
+
+    @property
+    def success(self) -> bool:
+        return self._stream.success
+
+    @property
+    def result(self) -> ExecutionResult:
+        return self._stream.result
+
+
+def _pull(stream: CommandStream) -> Iterator[OutputChunk]:
+    """The chunks, one portal call each.
+
+    A generator that holds the stream but not its BlockingStream (no cycle):
+    dropping the BlockingStream part-way runs this finally at once, which
+    ends the command.
+    """
+    try:
+        while True:
+            try:
+                yield portal().call(stream.__anext__)
+            except StopAsyncIteration:
+                return
+    finally:
+        if not stream.ended and _portal is not None:
+            portal().call(stream.aclose)
 
 
 def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:

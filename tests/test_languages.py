@@ -113,3 +113,33 @@ def test_timeout_applies_to_the_run(shared: sync.Sandbox) -> None:
     result = shared.run_code("import time\nprint('start', flush=True)\ntime.sleep(30)\n", "python", timeout=1)
     assert result.timed_out and not result.success
     assert result.stdout == "start\n"
+
+
+RUSTUP_WITHOUT_TOOLCHAIN = (
+    "#!/bin/sh\necho \"error: rustup could not choose a version of $(basename \"$0\") to run, because one wasn't specified "
+    "explicitly, and no default is configured.\" >&2\nexit 1\n"
+)
+
+
+def test_a_tool_that_is_there_but_does_not_run_is_a_toolchain_missing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """rustup's proxies with no toolchain for this user (their toolchains under /root, say) exist but cannot run."""
+    provider = LocalProvider(state_dir=tmp_path_factory.mktemp("broken-rust"))
+    info = sync.portal().call(provider.create_sandbox, SandboxConfig(env={"PATH": "/workspace/bin:/usr/bin:/bin"}))
+    sandbox = sync.Sandbox(AsyncSandbox(provider, info))
+    try:
+        for tool in ("rustc", "cargo"):
+            sandbox.write_file(f"/workspace/bin/{tool}", RUSTUP_WITHOUT_TOOLCHAIN)
+        sandbox.execute("chmod +x /workspace/bin/*").check()
+        with pytest.raises(ToolchainMissing) as caught:
+            sandbox.run_code('fn main() { println!("x"); }', "rust")
+        assert (caught.value.language, caught.value.tool) == ("rust", "rustc")
+        message = str(caught.value)
+        assert "'rustc' is in the sandbox but does not run (error: rustup could not choose a version of rustc" in message
+        assert "rustup default stable" in message and "RUSTUP_HOME" in message  # how to fix it
+        assert "\n" not in message  # one line for the CLI
+        unusable = sync.portal().call(langs.unusable_tools, sandbox.async_sandbox, ["cargo", "sh"])
+        assert [(tool, why.split(" (")[0]) for tool, why in unusable] == [("cargo", "is in the sandbox but does not run")]
+        # A language whose tools work is not held up by the probe.
+        assert sandbox.run_code("print('fine')", "python").stdout == "fine\n"
+    finally:
+        sandbox.destroy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -91,9 +90,6 @@ def piped_stdin() -> bytes | None:
     return stream.read()
 
 
-STATUS_SCRIPT = 'f=$1; shift; "$@"; s=$?; echo "$s" >"$f"; exit "$s"'
-
-
 def stream_command(
     sandbox: sync.Sandbox,
     argv: Sequence[str],
@@ -102,35 +98,39 @@ def stream_command(
     cwd: str | None = None,
     stdin: bytes | None = None,
     timeout: float | None = None,
-    status_file: str,
 ) -> int:
-    """Run argv with output shown live; the program's exit code.
-
-    The streaming contract carries output only, so the exit status is written
-    to a file by a small wrapper (given as arguments: no quoting) and read back.
-    """
+    """Run argv with output shown live; the program's exit code (124 when it timed out)."""
     out, err = click.get_binary_stream("stdout"), click.get_binary_stream("stderr")
-    started = time.monotonic()
-    wrapped = ["/bin/sh", "-c", STATUS_SCRIPT, "sh", status_file, *argv]
-    for chunk in sandbox.stream(wrapped, env=env, cwd=cwd, stdin=stdin, timeout=timeout):
+    if not sandbox.async_sandbox.provider_instance.capabilities.streaming:
+        # The provider cannot stream: say so, and show the output when the command ends.
+        echo_err(f"note: provider {sandbox.provider} cannot stream output; it is shown when the command ends")
+        result = sandbox.execute(list(argv), env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+        out.write(result.stdout.encode("utf-8", "surrogateescape"))
+        out.flush()
+        err.write(result.stderr.encode("utf-8", "surrogateescape"))
+        err.flush()
+        return exit_status(result.exit_code, result.timed_out, timeout)
+    stream = sandbox.stream(list(argv), env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+    for chunk in stream:
         target = out if chunk.stream == "stdout" else err
         target.write(chunk.data.encode("utf-8", "surrogateescape"))
         target.flush()
-    try:
-        status = sandbox.read_file(status_file)
-    except FileNotFoundError:
-        elapsed = time.monotonic() - started
-        if timeout is not None and elapsed >= timeout * 0.95:
-            click.echo(f"Error: the command timed out after {timeout:g}s and was killed", err=True)
-            return TIMEOUT_EXIT
-        click.echo("Error: the command was killed before it could exit (out of memory or a limit?)", err=True)
+    if stream.exit_code is None:
+        echo_err(f"Error: provider {sandbox.provider} ended the output without the command's exit status")
         return ERROR_EXIT
-    finally:
-        try:
-            sandbox.execute(["rm", "-f", status_file], timeout=30)
-        except SandboxError:
-            pass
-    return int(status.strip() or b"0")
+    return exit_status(stream.exit_code, bool(stream.timed_out), timeout)
+
+
+def exit_status(exit_code: int, timed_out: bool, timeout: float | None) -> int:
+    """The CLI's exit code for a command's end: its own, or 124 with a line when it timed out."""
+    if timed_out:
+        limit = f" after {timeout:g}s" if timeout is not None else ""
+        echo_err(f"Error: the command timed out{limit} and was killed")
+        return TIMEOUT_EXIT
+    if exit_code < 0:  # a provider's "killed, no status" (a signal, the sandbox ended)
+        echo_err(f"Error: the command was killed (exit status {exit_code})")
+        return ERROR_EXIT
+    return exit_code
 
 
 def echo_err(message: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import socket
 import time
 
@@ -119,10 +118,7 @@ def exec_command(sandbox_id: str, command: tuple[str, ...], provider: str, env: 
     with reported(ERROR_EXIT):
         sandbox = sync.Sandbox.get(sandbox_id, provider)
         argv = list(command) if len(command) > 1 else ["/bin/sh", "-c", command[0]]
-        status = stream_command(
-            sandbox, argv, env=env_vars, cwd=cwd, stdin=piped_stdin(), timeout=timeout,
-            status_file=f"/tmp/.sandboxes-status-{secrets.token_hex(6)}",
-        )  # fmt: skip
+        status = stream_command(sandbox, argv, env=env_vars, cwd=cwd, stdin=piped_stdin(), timeout=timeout)
     click.get_current_context().exit(status)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import click
@@ -19,7 +18,7 @@ Examples:
   echo 5 | sandboxes run --file square.py       # piped input is the program's stdin
   cat main.rs | sandboxes run --lang rust       # source on stdin
   sandboxes run "python3 -c 'print(42)'"        # a shell command
-  sandboxes run --file main.go --deps           # install go.mod deps first (turns network on)
+  sandboxes run --file main.py --deps           # install requirements.txt first (with network; the program runs without)
   sandboxes run --file app.py -l project=demo --reuse
   sandboxes run --file app.py -e DEBUG=1 -t 60 --keep
 """
@@ -36,7 +35,12 @@ Examples:
 @click.option("--keep", is_flag=True, help="Keep the sandbox afterwards; its id is printed on stderr.")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds each step (install, build, run) may take.")
 @click.option("--image", help="Image (cloud) or root filesystem directory (local).")
-@click.option("--deps", is_flag=True, help="Install dependencies from go.mod, requirements.txt, package.json or Cargo.toml beside --file.")
+@click.option(
+    "--deps",
+    is_flag=True,
+    help="Install dependencies from go.mod, requirements.txt, package.json or Cargo.toml beside --file. "
+    "The install has network; on the local provider the program itself still runs without it.",
+)
 @click.option("--network", is_flag=True, help="Give the sandbox network access.")
 def run(
     command: tuple[str, ...],
@@ -91,14 +95,13 @@ def run(
         else:
             fail("nothing to run: give a COMMAND, --file PATH, or --lang LANG with source on stdin (see sandboxes run --help)", 2)
     args = list(command) if language is not None else []
-    network_on = network or deps
-    if deps and provider == "local" and not network:
-        echo_err("note: --deps turns network access on in the sandbox, to download dependencies")
     with reported(ERROR_EXIT):
         all_labels = {**host_labels(), **label_map}
-        options = {"labels": all_labels, "image": image, "network": True if network_on else None}
+        options = {"labels": all_labels, "image": image, "network": True if network else None}
         found = sync.Sandbox.find(label_map, provider) if reuse else None
         sandbox = found or sync.Sandbox.create(provider, **options)
+    if deps:
+        echo_err(_deps_note(sandbox))
     keep = keep or reuse
     code_status = ERROR_EXIT
     try:
@@ -108,9 +111,7 @@ def run(
                 code_status = _run_code(sandbox, code, language, files, args, env_vars, stdin, timeout, deps)
             else:
                 argv = list(command) if len(command) > 1 else ["/bin/sh", "-c", command[0]]
-                code_status = stream_command(
-                    sandbox, argv, env=env_vars, stdin=stdin, timeout=timeout, status_file=f"/tmp/.sandboxes-status-{secrets.token_hex(6)}"
-                )
+                code_status = stream_command(sandbox, argv, env=env_vars, stdin=stdin, timeout=timeout)
     finally:
         if keep:
             echo_err(f"sandbox kept: {sandbox.id} (provider {sandbox.provider}); sandboxes exec {sandbox.id} COMMAND -p {sandbox.provider}")
@@ -152,7 +153,18 @@ def _run_code(
             cwd=prepared.directory,
             stdin=stdin,
             timeout=timeout,
-            status_file=f"{prepared.directory}.status",
         )
     finally:
         sync.portal().call(languages.cleanup, sandbox.async_sandbox, prepared)
+
+
+def _deps_note(sandbox: sync.Sandbox) -> str:
+    """What --deps does about network here, said on stderr before it installs."""
+    if languages.installs_elsewhere(sandbox.async_sandbox):
+        return (
+            "note: --deps installs the dependencies in a separate sandbox with network access, then copies them in; "
+            "the program runs without network"
+        )
+    if sandbox.info.metadata.get("network"):
+        return "note: --deps installs the dependencies inside the sandbox, which has network access (--network)"
+    return f"note: --deps installs the dependencies inside the sandbox, which needs network access on provider {sandbox.provider}"

@@ -62,6 +62,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, validate_command
+from ..streaming import ExitStatus, StreamItem, streaming
 from ..secrets import scrub
 from ._label_registry import Entry, LabelRegistry, default_state_dir
 
@@ -363,6 +364,7 @@ class CloudflareProvider(SandboxProvider):
             return True
         raise ProviderError(f"cloudflare exec failed ({error.get('code', 'exec_error')}): {self._scrub(message)}", provider=self.name)
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -372,22 +374,26 @@ class CloudflareProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
-        """Yield output as the bridge streams it (SSE), stdout and stderr apart."""
+    ) -> AsyncIterator[StreamItem]:
+        """Yield output as the bridge streams it (SSE), stdout and stderr apart, then the exit status."""
         limit = timeout if timeout is not None else self.command_timeout
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
         started = time.monotonic()
+        exit_code, timed_out = -1, False  # as execute_command: no exit event means killed
         async for event, data in self._events(sandbox_id, command, env, cwd, timeout, stdin):
             if event in decoders:
                 text = decoders[event].decode(base64.b64decode(data))
                 if text:
                     yield OutputChunk(event, text)  # type: ignore[arg-type]
+            elif event == "exit":
+                exit_code = int(json.loads(data).get("exit_code", -1))
             elif event == "error":
-                self._timed_out(data, started, limit)
+                timed_out = self._timed_out(data, started, limit)
         for name, decoder in decoders.items():
             text = decoder.decode(b"", final=True)
             if text:
                 yield OutputChunk(name, text)  # type: ignore[arg-type]
+        yield ExitStatus(exit_code, timed_out, (time.monotonic() - started) * 1000)
 
     # -- files ---------------------------------------------------------------------------
     def _file_url(self, sandbox_id: str, path: str) -> str:

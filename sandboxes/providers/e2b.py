@@ -73,6 +73,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, as_bytes, shell_command, validate_command
+from ..streaming import ExitStatus, StreamItem, streaming
 from ..secrets import Secret, scrub
 
 API_KEY_VARIABLE = "E2B_API_KEY"
@@ -455,9 +456,12 @@ class E2BProvider(SandboxProvider):
         try:
             with anyio.move_on_after(timeout):
                 if stdin is not None:
-                    for start in range(0, len(stdin), STDIN_CHUNK):
-                        await handle.send_stdin(stdin[start : start + STDIN_CHUNK])
-                    await handle.close_stdin()
+                    try:
+                        for start in range(0, len(stdin), STDIN_CHUNK):
+                            await handle.send_stdin(stdin[start : start + STDIN_CHUNK])
+                        await handle.close_stdin()
+                    except NotFoundException:
+                        pass  # the command already exited: it did not want the rest of its stdin
                 return _exit_code(await asyncio.shield(waiter)), False
             with anyio.CancelScope(shield=True):
                 await handle.kill()  # envd kills the command's whole process group
@@ -514,6 +518,7 @@ class E2BProvider(SandboxProvider):
             command=command,
         )
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -523,9 +528,10 @@ class E2BProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncIterator[StreamItem]:
         timeout = self.command_timeout if timeout is None else timeout
         data = as_bytes(stdin)
+        started = time.monotonic()
         send, receive = anyio.create_memory_object_stream[OutputChunk](math.inf)
         try:
             handle = await self._start(
@@ -546,11 +552,12 @@ class E2BProvider(SandboxProvider):
             send.close()
             receive.close()
             yield OutputChunk("stderr", handle.stderr)
+            yield ExitStatus(handle.exit_code, handle.timed_out, handle.duration_ms)
             return
 
-        async def finish() -> None:
+        async def finish() -> tuple[int, bool]:
             try:
-                await self._finish(sandbox_id, handle, timeout, data)
+                return await self._finish(sandbox_id, handle, timeout, data)
             finally:
                 send.close()
 
@@ -559,7 +566,8 @@ class E2BProvider(SandboxProvider):
             async with receive:
                 async for chunk in receive:
                     yield chunk
-            await waiter
+            exit_code, timed_out = await waiter
+            yield ExitStatus(exit_code, timed_out, (time.monotonic() - started) * 1000)
         finally:
             if not waiter.done():  # the consumer stopped early: end the command
                 waiter.cancel()

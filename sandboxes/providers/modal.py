@@ -52,6 +52,7 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, as_bytes, shell_command, validate_command
+from ..streaming import ExitStatus, StreamItem, streaming
 from ..secrets import scrub
 
 DEFAULT_APP = "pytest-sandboxes"
@@ -492,6 +493,7 @@ class ModalProvider(SandboxProvider):
         result.truncated = buffers["stdout"].truncated or buffers["stderr"].truncated
         return result
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -501,10 +503,15 @@ class ModalProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncIterator[StreamItem]:
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+        limit_seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
+        started = time.monotonic()
+        code: int | None = None
         async for kind, payload in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind in decoders and isinstance(payload, bytes):
+            if kind == "exit" and isinstance(payload, int):
+                code = payload
+            elif kind in decoders and isinstance(payload, bytes):
                 text = decoders[kind].decode(payload)
                 if text:
                     yield OutputChunk(kind, text)  # type: ignore[arg-type]
@@ -512,6 +519,10 @@ class ModalProvider(SandboxProvider):
             text = decoder.decode(b"", final=True)
             if text:
                 yield OutputChunk(kind, text)  # type: ignore[arg-type]
+        if code is not None:  # as execute_command reads it
+            elapsed = time.monotonic() - started
+            timed_out = _timed_out(code, elapsed, limit_seconds)
+            yield ExitStatus(TIMED_OUT_EXIT_CODE if timed_out else code, timed_out, elapsed * 1000)
 
     # -- files -------------------------------------------------------------------
     async def _absolute(self, session: _Session, sandbox_id: str, path: str) -> str:

@@ -177,3 +177,19 @@ def test_missing_toolchain_names_it_and_how_to_install(cli: CLI, tmp_path: Path)
 def test_nothing_to_run(cli: CLI) -> None:
     result = cli("run")
     assert result.returncode == 2 and "--file" in one_line_error(result)
+
+
+def test_exit_status_comes_with_the_stream_no_status_files(cli: CLI) -> None:
+    kept = cli("run", "--keep", "echo made; exit 5")
+    assert (kept.returncode, kept.stdout) == (5, b"made\n")
+    sandbox_id = kept_id(kept)
+    try:
+        late = cli("exec", sandbox_id, "-t", "1", "echo started; sleep 20")
+        assert (late.returncode, late.stdout) == (124, b"started\n")
+        assert "timed out after 1s" in one_line_error(late)
+        killed = cli("exec", sandbox_id, "kill -9 $$")
+        assert killed.returncode == 137  # 128 + SIGKILL, as a shell reports it
+        left = cli("exec", sandbox_id, "ls -A /tmp /workspace")
+        assert b"status" not in left.stdout, left.stdout  # no wrapper, no status file left behind
+    finally:
+        cli("destroy", sandbox_id)

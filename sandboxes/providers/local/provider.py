@@ -33,6 +33,7 @@ from ...models import (
     SandboxInfo,
 )
 from ...provider import SandboxProvider, as_bytes, validate_command
+from ...streaming import ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .layout import AGENT_DIR, SANDBOX_RUN_DIR, WORKSPACE, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
 from .state import SandboxState, allocate_uid, process_start, release_uid, remove_state, state_root
@@ -476,6 +477,7 @@ class LocalProvider(SandboxProvider):
         result.truncated = out.truncated or err.truncated
         return result
 
+    @streaming
     async def stream_execution(
         self,
         sandbox_id: str,
@@ -485,22 +487,28 @@ class LocalProvider(SandboxProvider):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[OutputChunk]:
+    ) -> AsyncIterator[StreamItem]:
         import codecs
 
         decoders = {wire.STDOUT: codecs.getincrementaldecoder("utf-8")("replace"), wire.STDERR: codecs.getincrementaldecoder("utf-8")("replace")}
         names = {wire.STDOUT: "stdout", wire.STDERR: "stderr"}
+        status = None
         async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
             if kind in decoders:
                 text = decoders[kind].decode(payload)
                 if text:
                     yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+            elif kind == wire.EXIT:  # the agent's last frame: how the command ended
+                ended = json.loads(payload)
+                status = ExitStatus(ended["exit_code"], ended["timed_out"], ended["duration_ms"])
             elif kind == wire.ERROR:
                 raise _agent_error(json.loads(payload), self.name)
         for kind, decoder in decoders.items():
             text = decoder.decode(b"", final=True)
             if text:
                 yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+        if status is not None:
+            yield status
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         stream = await self._connect(sandbox_id)
