@@ -10,18 +10,17 @@ from typing import Any
 import pytest
 
 import sandboxes.sync as sync
-from sandboxes.cassette import Cassette, CassetteProvider, Scrubber, looks_secret
-from sandboxes.errors import CassetteError
+from sandboxes.cassette import Cassette, CassetteProvider
 from sandboxes.models import SandboxConfig
 from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox, make_config
 
-from .cassettes import cassette_path, rerecord_command
 from .markers import MarkerSpec, spec_for
 from .options import OFF, Settings
+from .recording import CALL_REPORT, RECORDING, TestRecording, provider_of, recording_for
 from .session import STATE, SessionState
 
-CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+__all__ = ["CALL_REPORT", "SandboxFactory", "compose"]
 
 
 def state_of(config: pytest.Config) -> SessionState:
@@ -48,17 +47,6 @@ def compose(base: SandboxConfig, settings: Settings, spec: MarkerSpec, run_label
     return base.replace(**changes)
 
 
-def _extra_secrets() -> dict[str, str]:
-    """Credentials handed to providers in code (Sandbox.configure(e2b_api_key=...))."""
-    manager = Sandbox._manager
-    found: dict[str, str] = {}
-    for name, options in (manager.provider_options.items() if manager else ()):
-        for key, value in options.items():
-            if isinstance(value, str) and looks_secret(key):
-                found[f"{name}.{key}"] = value
-    return found
-
-
 def _is_async_test(request: pytest.FixtureRequest) -> bool:
     function = getattr(request.node, "function", None)
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
@@ -67,49 +55,22 @@ def _is_async_test(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def sandbox_provider_name(request: pytest.FixtureRequest) -> str:
     """The provider this test runs on (a parameter when several are configured)."""
-    spec = spec_for(request.node)
-    return (spec.providers or state_of(request.config).settings.providers)[0]
+    return provider_of(request.node, state_of(request.config))
 
 
 @pytest.fixture
-def sandbox_cassette(request: pytest.FixtureRequest, sandbox_provider_name: str) -> Iterator[Cassette | None]:
-    """This test's cassette, or None when the record mode is off. Saved after a passing test."""
-    state = state_of(request.config)
-    settings = state.settings
-    if settings.record_mode == OFF:
-        yield None
-        return
-    path = cassette_path(request.node, sandbox_provider_name, settings)
-    problem = None
-    try:
-        cassette = Cassette(
-            path,
-            settings.record_mode,
-            provider=sandbox_provider_name,
-            rerecord_hint=rerecord_command(request.node),
-            scrubber=Scrubber(extra=_extra_secrets()),
-        )
-    except CassetteError as error:
-        problem = str(error)
-    if problem is not None:  # outside the except: no chained traceback in the report
-        pytest.fail(problem, pytrace=False)
-    yield cassette
-    report = request.node.stash.get(CALL_REPORT, None)
-    if report is not None and (report.passed or settings.record_failed):
-        cassette.save()
+def sandbox_cassette(request: pytest.FixtureRequest, sandbox_provider_name: str) -> Cassette | None:
+    """This test's cassette, or None when the record mode is off. Saved after a passing test.
+
+    A missing one in ``none`` mode fails here, at set-up.
+    """
+    return recording_for(request.node, state_of(request.config)).cassette(sandbox_provider_name)
 
 
 @pytest.fixture
 def sandbox_provider(request: pytest.FixtureRequest, sandbox_provider_name: str, sandbox_cassette: Cassette | None) -> SandboxProvider:
     """The provider the sandbox fixture uses: live, recording or replaying, and always counted."""
-    state = state_of(request.config)
-    inner = None
-    if sandbox_cassette is None or sandbox_cassette.needs_provider:
-        reason = state.reason(sandbox_provider_name)
-        if reason:
-            pytest.skip(f"sandbox provider {sandbox_provider_name!r} unavailable: {reason}")
-        inner = state.provider(sandbox_provider_name)
-    return CassetteProvider(inner, sandbox_cassette, name=sandbox_provider_name, stats=state.stats_for(sandbox_provider_name))
+    return recording_for(request.node, state_of(request.config)).provider(sandbox_provider_name)
 
 
 @pytest.fixture
@@ -149,36 +110,86 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: CassetteProvider, 
 
 
 class SandboxFactory:
-    """Creates any number of sandboxes, each with its own config; all destroyed at session end."""
+    """Creates any number of sandboxes, each with its own config.
+
+    Without cassettes its sandboxes live until the session ends. With a record
+    mode, a sandbox made during a test is recorded in that test's cassette
+    (the same one as the ``sandbox`` fixture's, for that provider) and
+    destroyed when the test ends, so the suite replays with no provider.
+    """
 
     def __init__(self, state: SessionState) -> None:
         self._state = state
         self._made: list[Sandbox] = []
+        self._live: dict[str, CassetteProvider] = {}
 
     def __call__(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> sync.Sandbox:
         """A new blocking sandbox; ``options`` are SandboxConfig fields."""
-        return sync.Sandbox(sync.portal().call(lambda: self.acreate(provider, config=config, **options)))
+        plan = self._plan(provider, config, options)
+        return sync.Sandbox(sync.portal().call(self._create, *plan))
 
     async def acreate(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> Sandbox:
         """A new async sandbox."""
-        settings = self._state.settings
-        name = provider or settings.providers[0]
+        return await self._create(*self._plan(provider, config, options))
+
+    def _plan(
+        self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]
+    ) -> tuple[CassetteProvider, SandboxConfig, TestRecording | None]:
+        """Which wrapped provider and config (checks, skips and failures happen here, not in the portal)."""
+        state = self._state
+        settings = state.settings
         base = make_config(config or SandboxConfig(image=settings.image, command_timeout=settings.timeout), **options)
-        final = compose(base, settings, MarkerSpec(), self._state.labels)
-        reason = self._state.reason(name)
-        if reason:
-            pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
-        wrapped = CassetteProvider(self._state.provider(name), None, name=name, stats=self._state.stats_for(name))
-        info = await wrapped.create_sandbox(final)
-        made = Sandbox(wrapped, info, command_timeout=final.command_timeout)
-        self._made.append(made)
+        final = compose(base, settings, MarkerSpec(), state.labels)
+        if settings.record_mode == OFF:
+            name = provider or (provider_of(state.item, state) if state.item is not None else settings.providers[0])
+            return self._live_provider(name), final, None
+        self._check_recordable()
+        assert state.item is not None
+        recording = recording_for(state.item, state)
+        return recording.provider(provider or provider_of(state.item, state)), final, recording
+
+    def _check_recordable(self) -> None:
+        """A cassette holds one test: a sandbox made outside one, or for a wider scope, cannot be replayed."""
+        state = self._state
+        mode = state.settings.record_mode
+        fixture = state.fixture_stack[-1] if state.fixture_stack else None
+        if state.item is None:
+            where = "outside any test"
+        elif fixture is not None and fixture.scope != "function":
+            where = f"in the {fixture.scope}-scoped fixture {fixture.argname!r}"
+        else:
+            return
+        pytest.fail(
+            f"sandbox_factory was called {where}, but with cassettes (record mode {mode!r}) a sandbox is recorded in one "
+            f"test's cassette and lives only for that test. Make it in the test or in a function-scoped fixture, "
+            f"or run without cassettes (--sandbox-record-mode=off).",
+            pytrace=False,
+        )
+
+    def _live_provider(self, name: str) -> CassetteProvider:
+        """No cassette: one counted live provider per name for the whole session."""
+        if name not in self._live:
+            reason = self._state.reason(name)
+            if reason:
+                pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
+            self._live[name] = CassetteProvider(self._state.provider(name), None, name=name, stats=self._state.stats_for(name))
+        return self._live[name]
+
+    async def _create(self, wrapped: CassetteProvider, config: SandboxConfig, recording: TestRecording | None) -> Sandbox:
+        info = await wrapped.create_sandbox(config)
+        made = Sandbox(wrapped, info, command_timeout=config.command_timeout)
+        (self._made if recording is None else recording.made).append(made)
         return made
 
     @property
     def sandboxes(self) -> list[Sandbox]:
-        return list(self._made)
+        """The sandboxes it made that are still alive: the session's, then the running test's recorded ones."""
+        item = self._state.item
+        recording = item.stash.get(RECORDING, None) if item is not None else None
+        return [*self._made, *(recording.made if recording is not None else ())]
 
     def close(self) -> None:
+        """Session end: the unrecorded ones (a test's recorded ones go when the test ends)."""
         portal = sync.portal()
         while self._made:
             portal.call(self._made.pop().destroy)
@@ -186,9 +197,11 @@ class SandboxFactory:
 
 @pytest.fixture(scope="session")
 def sandbox_factory(request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
-    """Session-wide: ``sandbox_factory(image=..., env=...)`` makes a sandbox; all are destroyed at the end.
+    """Session-wide: ``sandbox_factory(image=..., env=...)`` makes a sandbox, ``await sandbox_factory.acreate(...)`` in async code.
 
-    Its sandboxes are always live (no cassette: they outlive any one test).
+    Without cassettes all are destroyed at the end of the session; with a record
+    mode each is recorded in the cassette of the test that made it and destroyed
+    when that test ends.
     """
     factory = SandboxFactory(state_of(request.config))
     try:

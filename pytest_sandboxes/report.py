@@ -83,5 +83,6 @@ def failure_section(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseExcepti
         for name, value in entry.frame.f_locals.items():
             if isinstance(value, ExecutionResult) and id(value) not in seen:
                 seen.add(id(value))
-                parts.append(f"{name}: {value.describe()}")
+                label = "in the assertion" if name.startswith("@py_assert") else name  # pytest's rewritten temporaries
+                parts.append(f"{label}: {value.describe()}")
     return "\n\n".join(parts) or None

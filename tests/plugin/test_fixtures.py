@@ -132,7 +132,9 @@ def test_keep_leaves_a_failed_tests_sandbox_and_reports_it(pytester: pytest.Pyte
             assert sandbox.execute("true").success
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-keep")
+    # In a subprocess: the local provider that made the kept sandbox is dropped while its bwrap runs
+    # (ResourceWarning when collected), which must not land in this process.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandbox-keep")
     result.assert_outcomes(passed=1, failed=1)
     kept = live_sandboxes()
     assert len(kept) == 1
