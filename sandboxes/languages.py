@@ -48,15 +48,13 @@ class Deps:
     ``prepare_code``). They leave everything inside the run directory, which
     is then copied into the program's sandbox; ``build`` steps (when given,
     instead of the language's own) and the run work offline from it.
-    ``env`` applies to every step, ``install_env`` to the install only and
-    ``offline_env`` to the build and run.
+    ``env`` applies to every step, ``offline_env`` to the build and run only.
     """
 
     manifests: tuple[str, ...]
     install: tuple[Argv, ...]
     requires: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    install_env: tuple[tuple[str, str], ...] = ()
     offline_env: tuple[tuple[str, str], ...] = ()
     build: tuple[Argv, ...] | None = None
 
@@ -444,9 +442,9 @@ async def _install(
     sandbox as an archive through the file API. The helper is destroyed
     whatever happens.
     """
-    steps = [(step, {**env, **{k: v.format_map(values) for k, v in dep.install_env}}) for dep in manifests for step in dep.install]
+    steps = [step for dep in manifests for step in dep.install]
     if not installs_elsewhere(sandbox):
-        return await _write_and_install(sandbox, program, directory, steps, values, timeout)
+        return await _write_and_install(sandbox, program, directory, steps, values, env, timeout)
     from .sandbox import Sandbox
 
     provider = sandbox.provider_instance
@@ -455,7 +453,7 @@ async def _install(
     config = SandboxConfig(network=True, image=sandbox.info.image, labels={**labels, HELPER_LABEL[0]: HELPER_LABEL[1]}, lifetime=lifetime)
     helper = Sandbox(provider, await provider.create_sandbox(config))
     async with helper:  # destroyed on the way out, also on error or cancellation
-        failed = await _write_and_install(helper, program, directory, steps, values, timeout)
+        failed = await _write_and_install(helper, program, directory, steps, values, env, timeout)
         if failed is not None:
             return failed
         return await _copy_directory(helper, sandbox, directory)
@@ -465,13 +463,14 @@ async def _write_and_install(
     sandbox: Sandbox,
     program: Mapping[str, str | bytes],
     directory: str,
-    steps: Sequence[tuple[Argv, Mapping[str, str]]],
+    steps: Sequence[Argv],
     values: Mapping[str, str],
+    env: Mapping[str, str],
     timeout: float | None,
 ) -> ExecutionResult | None:
     for name, data in program.items():
         await sandbox.write_file(f"{directory}/{name}", data)
-    for step, env in steps:
+    for step in steps:
         result = await sandbox.execute(_fill(step, values), cwd=directory, env=dict(env), timeout=timeout)
         if not result.success:
             return result
@@ -531,7 +530,9 @@ async def run_code(
 
     ``files`` are written beside the source (relative paths); with ``deps``
     the manifests among them (requirements.txt, package.json, go.mod,
-    Cargo.toml, ...) are installed first, which needs network in the sandbox.
+    Cargo.toml, ...) are installed first. Installing needs network: a
+    sandbox without it (the local provider's default) keeps none, the install
+    runs in a short-lived helper sandbox and what it installed is copied in.
     ``timeout`` limits each step (install, build, run) separately.
     """
     prepared = await prepare_code(sandbox, code, language, files=files, timeout=timeout, deps=deps)
