@@ -83,11 +83,15 @@ def host_labels() -> dict[str, str]:
 
 
 def piped_stdin() -> bytes | None:
-    """Our stdin when it is a pipe or file (handed to the program), None on a terminal."""
+    """Our stdin when it is a pipe or file with something in it (handed to the program), else None.
+
+    Empty input is None: the program sees end-of-file either way, and
+    providers that take no stdin (Daytona) can still run it.
+    """
     stream = click.get_binary_stream("stdin")
     if stream.isatty():
         return None
-    return stream.read()
+    return stream.read() or None
 
 
 def stream_command(
