@@ -360,7 +360,7 @@ def _raise_recorded(record: Mapping[str, Any]) -> None:
     message = str(record.get("message", ""))
     if kind is _errors.UnsupportedOperation:
         raise _errors.UnsupportedOperation(record.get("provider", "?"), record.get("capability", "?"))
-    if kind is _errors.CommandFailed:
+    if issubclass(kind, _errors.CommandFailed):  # its result is not recorded (SetupFailed included)
         raise _errors.ProviderError(message)
     if issubclass(kind, _errors.ProviderError):
         raise kind(message)

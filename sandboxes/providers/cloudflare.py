@@ -47,6 +47,7 @@ from ..errors import (
     ProviderUnavailable,
     RateLimitError,
     SandboxNotFoundError,
+    SetupFailed,
     UnsupportedOperation,
 )
 from ..models import (
@@ -218,7 +219,7 @@ class CloudflareProvider(SandboxProvider):
     async def _checked(self, sandbox_id: str, command: Command, cwd: str | None = None) -> None:
         result = await self.execute_command(sandbox_id, command, cwd=cwd)
         if not result.success:
-            raise ProviderError(f"setup command failed in a new Cloudflare sandbox:\n{result.describe()}", provider=self.name)
+            raise SetupFailed(result, self.name)
 
     def _info(self, entry: Entry) -> SandboxInfo:
         return SandboxInfo(

@@ -38,6 +38,7 @@ from ..errors import (
     ProviderUnavailable,
     RateLimitError,
     SandboxNotFoundError,
+    SetupFailed,
     UnsupportedOperation,
 )
 from ..models import (
@@ -226,7 +227,7 @@ class DaytonaProvider(SandboxProvider):
     async def _checked(self, sandbox_id: str, command: Command) -> None:
         result = await self.execute_command(sandbox_id, command)
         if not result.success:
-            raise ProviderError(f"setup command failed in a new Daytona sandbox:\n{result.describe()}", provider=self.name)
+            raise SetupFailed(result, self.name)
 
     def _create_params(self, config: SandboxConfig) -> Any:
         extra = dict(config.provider_config)

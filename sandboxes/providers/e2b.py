@@ -58,6 +58,7 @@ from ..errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
+    SetupFailed,
     UnsupportedOperation,
 )
 from ..models import (
@@ -310,9 +311,7 @@ class E2BProvider(SandboxProvider):
             for command in config.setup_commands:
                 result = await self.execute_command(sandbox_id, command)
                 if not result.success:
-                    raise ProviderError(
-                        f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name
-                    )
+                    raise SetupFailed(result, self.name)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.destroy_sandbox(sandbox_id)

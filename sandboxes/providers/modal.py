@@ -38,6 +38,7 @@ from ..errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
+    SetupFailed,
 )
 from ..models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
@@ -304,8 +305,7 @@ class ModalProvider(SandboxProvider):
             for command in config.setup_commands:
                 result = await self.execute_command(sandbox_id, command)
                 if not result.success:
-                    message = f"setup command failed in a new sandbox:\n{result.describe()}"
-                    raise ProviderError(message, provider=self.name)
+                    raise SetupFailed(result, self.name)
         except BaseException:
             await asyncio.shield(self.destroy_sandbox(sandbox_id))
             raise

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from sandboxes import SandboxConfig, SandboxNotFoundError, UnsupportedOperation
-from sandboxes.errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError
+from sandboxes.errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError, SetupFailed
 from sandboxes.manager import provider_class
 from sandboxes.providers.e2b import E2BProvider
 from tests.emulators.e2b import E2BEmulator, open_emulator
@@ -226,8 +226,10 @@ async def test_resources_are_unsupported_not_ignored(e2b: E2BProvider, emulator:
 
 async def test_failed_setup_destroys_the_half_created_sandbox(e2b: E2BProvider, emulator: E2BEmulator) -> None:
     before = set(emulator.sandboxes)
-    with pytest.raises(ProviderError, match="setup command failed"):
+    with pytest.raises(SetupFailed, match="setup command failed") as raised:
         await e2b.create_sandbox(SandboxConfig(setup_commands=["echo fine", "exit 7"]))
+    assert raised.value.result.exit_code == 7
+    assert not isinstance(raised.value, ProviderError)  # the user's command failed: never retried
     assert set(emulator.sandboxes) == before
 
 

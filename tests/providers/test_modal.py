@@ -17,6 +17,7 @@ from sandboxes.errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
+    SetupFailed,
 )
 from sandboxes.providers.modal import META_TAG, ModalProvider
 from tests.emulators.modal import TOKEN_ID, TOKEN_SECRET, ModalEmulator, open_emulator
@@ -232,7 +233,7 @@ async def test_network_false_blocks_the_network(emulator: ModalEmulator, provide
 
 
 async def test_failed_setup_destroys_the_half_created_sandbox(emulator: ModalEmulator, provider: ModalProvider) -> None:
-    with pytest.raises(ProviderError, match="code 7"):
+    with pytest.raises(SetupFailed, match="code 7"):
         await provider.create_sandbox(SandboxConfig(labels={"setup": "fails"}, setup_commands=["true", "exit 7"]))
     assert await provider.list_sandboxes({"setup": "fails"}) == []
     assert not [s for s in emulator.sandboxes.values() if s.running and s.tags.get("setup") == "fails"]

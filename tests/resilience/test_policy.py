@@ -273,3 +273,12 @@ async def test_retry_through_an_opening_breaker_stops_at_the_open_circuit() -> N
     with pytest.raises(CircuitOpenError):
         await policy(clock, max_attempts=5).run(lambda: breaker.call(call))
     assert call.calls == 2
+
+
+def test_a_recorded_setup_failure_replays_without_its_result() -> None:
+    from sandboxes.cassette import _error_record, _raise_recorded
+
+    record = _error_record(SetupFailed(FAILED, "e2b"))
+    assert record["type"] == "SetupFailed"
+    with pytest.raises(ProviderError, match="setup command failed in a new e2b sandbox"):
+        _raise_recorded(record)

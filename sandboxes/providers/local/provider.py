@@ -20,7 +20,7 @@ from typing import Literal
 import anyio
 from anyio.abc import SocketStream
 
-from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError
+from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SetupFailed
 from ...models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
     DEFAULT_LIFETIME_SECONDS,
@@ -126,7 +126,7 @@ class LocalProvider(SandboxProvider):
             for command in config.setup_commands:
                 result = await self.execute_command(state.id, command)
                 if not result.success:
-                    raise ProviderError(f"setup command failed in a new sandbox:\n{result.describe()}", provider=self.name)
+                    raise SetupFailed(result, self.name)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.destroy_sandbox(state.id)
