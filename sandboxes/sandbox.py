@@ -14,6 +14,7 @@ from .errors import SandboxNotFoundError
 from .manager import PROVIDERS, Manager
 from .models import Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
+from .resilience import RetryPolicy
 from .streaming import CommandStream
 
 _CONFIG_KEYS = frozenset(inspect.signature(SandboxConfig).parameters)
@@ -81,14 +82,23 @@ class Sandbox:
         *,
         default_provider: str | None = None,
         providers: Sequence[SandboxProvider] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
+        circuit_breaker: Mapping[str, Any] | None = None,
         **provider_options: Any,
     ) -> Manager:
-        """Set the default provider, register instances, or pass provider options.
+        """Set the default provider, register instances, pass provider options, tune resilience.
 
         ``local={"memory_mb": 1024}`` passes options to a provider by name;
         cloud credentials such as ``e2b_api_key=...`` are handed to that provider.
+        ``retry=RetryPolicy(max_attempts=5)`` (or a dict of its fields, or
+        ``False`` for none) and ``circuit_breaker={"failure_threshold": 3,
+        "reset_timeout": 10}`` set how every provider's calls are retried and
+        when a provider that keeps failing is failed fast; they apply to the
+        sandboxes created from then on.
         """
         manager = cls._ensure_manager()
+        if retry is not None or circuit_breaker is not None:
+            manager.set_resilience(retry=retry, circuit_breaker=circuit_breaker)
         if default_provider is not None:
             manager.default_provider = default_provider
         for provider in providers or ():

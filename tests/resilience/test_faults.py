@@ -320,3 +320,33 @@ async def test_every_provider_failing_names_each_error(emulator: E2BEmulator) ->
         assert "e2b: E2B answered 500" in message and "e2b is down" in message
         assert "cloudflare: cloudflare (503" in message
         assert not cloudflare.emulator.containers
+# -- the Sandbox API uses the same policy --------------------------------------------------------------
+
+
+@pytest.fixture
+async def configured(emulator: E2BEmulator) -> AsyncIterator[E2BEmulator]:
+    Sandbox.configure(
+        providers=[e2b_provider(emulator)],
+        retry={"max_attempts": 4, "base_delay": 0.01},
+        circuit_breaker={"failure_threshold": 3, "reset_timeout": 60},
+    )
+    yield emulator
+
+
+async def test_sandbox_calls_go_through_the_managers_policy(configured: E2BEmulator) -> None:
+    emulator = configured
+    emulator.fail_next(500, count=2, path="/v2/sandboxes", method="POST")
+    async with Sandbox.create("e2b", labels={"case": "api"}) as sandbox:  # the third attempt succeeds
+        assert sandbox.labels == {"case": "api"}
+        emulator.fail_next(503, target="envd", path="/files")
+        await sandbox.write_file("x.txt", "retried")
+        assert await sandbox.read_file("x.txt") == b"retried"
+        found = await Sandbox.find({"case": "api"}, provider="e2b")
+        assert found is not None and found.id == sandbox.id
+        emulator.fail_next(500, count=3, path="/v2/sandboxes", method="GET")
+        with pytest.raises(CircuitOpenError):  # 3 outages in one call's retries: the circuit opens mid-way
+            await Sandbox.list({"case": "api"}, provider="e2b")
+        with pytest.raises(CircuitOpenError):
+            await Sandbox.find({"case": "api"}, provider="e2b")
+        Sandbox._ensure_manager().breaker("e2b").record_success()  # as a successful trial would
+    assert not emulator.sandboxes
