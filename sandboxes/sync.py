@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -20,6 +22,7 @@ from . import sandbox as _async
 from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .streaming import CommandStream
 
+NATIVE_IO_SETTLE_SECONDS = 0.1
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _stack = ExitStack()
@@ -40,6 +43,11 @@ def _stop() -> None:
     with _lock:
         _portal = None
         _stack.close()
+    if "pyqwest" in sys.modules:
+        # The E2B SDK's HTTP client (pyqwest, Rust) may still be finishing a read on a
+        # tokio thread; if that thread reaches Python once the interpreter is finalizing,
+        # the process aborts (SIGABRT, exit -6) after the work is done. A moment lets it land.
+        time.sleep(NATIVE_IO_SETTLE_SECONDS)
 
 
 def _reset_after_fork() -> None:  # a forked child cannot use the parent's loop thread

@@ -1,0 +1,70 @@
+"""The installed `sandboxes` command against the E2B emulator, configured only by E2B's own variables.
+
+Exactly what a user with an E2B key does; the emulator stands in for the
+service (E2B_API_URL and E2B_SANDBOX_URL point the SDK at it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.emulators.e2b import E2BEmulator, open_emulator
+
+from .conftest import CLI, one_line_error
+
+OTHER_CREDENTIALS = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "DAYTONA_API_KEY", "CLOUDFLARE_SANDBOX_BASE_URL", "CLOUDFLARE_API_TOKEN")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[E2BEmulator]:
+    with open_emulator() as running:
+        yield running
+
+
+@pytest.fixture
+def e2b_env(emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    for name in OTHER_CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    yield emulator.environ()
+    assert not emulator.sandboxes, "the CLI left E2B sandboxes behind"
+
+
+def test_providers_sees_e2b_by_its_key(cli: CLI, e2b_env: dict[str, str]) -> None:
+    table = cli("providers", env=e2b_env)
+    assert table.returncode == 0, table.stderr.decode()
+    e2b_line = next(line for line in table.stdout.decode().splitlines() if line.startswith("e2b"))
+    assert "available" in e2b_line and "unavailable" not in e2b_line and "credentials found" in e2b_line
+    assert e2b_env["E2B_API_KEY"] not in table.stdout.decode()  # the key is never shown
+    data = json.loads(cli("providers", "--json", env=e2b_env).stdout)
+    assert data["default"] == "e2b"  # the library picks a cloud with credentials
+    by_name = {p["name"]: p for p in data["providers"]}
+    assert by_name["e2b"]["available"] is True
+    assert by_name["daytona"] == {"name": "daytona", "available": False, "detail": "no credentials: set DAYTONA_API_KEY"}
+
+
+def test_run_on_e2b(cli: CLI, e2b_env: dict[str, str], emulator: E2BEmulator) -> None:
+    before = len(emulator.requests)
+    result = cli("run", "-p", "e2b", "echo hi")
+    assert result.returncode != 0  # without the variables there is no E2B
+    assert "E2B_API_KEY" in one_line_error(result)
+    result = cli("run", "-p", "e2b", "echo hi", env=e2b_env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"hi\n", b""), result.stderr.decode()
+    assert ("POST", "/v2/sandboxes") in emulator.requests[before:]  # it really went to "E2B"
+
+
+def test_run_on_e2b_keeps_exit_code_streams_env_and_stdin(cli: CLI, e2b_env: dict[str, str]) -> None:
+    result = cli("run", "-p", "e2b", "-e", "WHO=emulated e2b", 'read line; echo "$line, $WHO"; echo err >&2; exit 3', input=b"hello\n", env=e2b_env)
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"hello, emulated e2b\n", b"err\n")
+
+
+def test_a_provider_outage_is_one_clear_line(cli: CLI, e2b_env: dict[str, str], emulator: E2BEmulator) -> None:
+    emulator.fail_next(503, count=3, path="/v2/sandboxes", method="POST", message="E2B is down for maintenance")
+    result = cli("run", "-p", "e2b", "echo hi", env=e2b_env)
+    assert result.returncode == 125  # the sandbox failed, not the program
+    line = one_line_error(result)
+    assert "503" in line and "down for maintenance" in line
+    assert e2b_env["E2B_API_KEY"] not in result.stderr.decode()
+    emulator.clear_faults()
