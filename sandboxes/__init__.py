@@ -9,12 +9,14 @@ from .errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
+    SetupFailed,
     ToolchainMissing,
     UnsupportedOperation,
 )
 from .manager import Manager
 from .models import Capabilities, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
+from .resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from .sandbox import Sandbox, run, run_many
 
 __version__ = "0.1.0"
@@ -23,6 +25,8 @@ __all__ = [
     "AuthenticationError",
     "Capabilities",
     "CassetteError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "CommandFailed",
     "ExecutionResult",
     "Manager",
@@ -30,12 +34,14 @@ __all__ = [
     "ProviderError",
     "ProviderUnavailable",
     "RateLimitError",
+    "RetryPolicy",
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxProvider",
+    "SetupFailed",
     "ToolchainMissing",
     "UnsupportedOperation",
     "run",
