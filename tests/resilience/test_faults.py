@@ -177,6 +177,27 @@ async def test_a_command_is_not_run_again_after_a_failure_that_may_have_run_it(e
         await provider.destroy_sandbox(info.id)
 
 
+async def test_a_refused_stream_is_resent_and_keeps_its_exit_status(emulator: E2BEmulator) -> None:
+    guarded = manager(e2b_provider(emulator))
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    starts = lambda: sum(1 for _, path in emulator.requests if path.endswith("/process.Process/Start"))  # noqa: E731
+    try:
+        before = starts()
+        emulator.fail_next(429, retry_after=0, target="envd", path="/process.Process/Start")
+        stream = provider.stream_execution(info.id, "echo streamed; exit 4")
+        chunks = [chunk.data async for chunk in stream]
+        assert "".join(chunks) == "streamed\n"
+        assert (stream.exit_code, stream.timed_out) == (4, False)
+        assert starts() - before == 2
+        emulator.fail_next(502, target="envd", path="/process.Process/Start")
+        with pytest.raises(ProviderError):  # not a refusal: it may have run, so it is not resent
+            async for _ in provider.stream_execution(info.id, "echo twice? >> log"):
+                pass
+        assert starts() - before == 3
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
 async def test_a_vanished_sandbox_is_not_retried_and_does_not_trip_the_breaker(emulator: E2BEmulator) -> None:
     guarded = manager(e2b_provider(emulator), circuit_breaker={"failure_threshold": 1})
     provider, info = await guarded.create_sandbox(SandboxConfig())
