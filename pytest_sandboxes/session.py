@@ -78,12 +78,18 @@ class SessionState:
         return self.stats.setdefault(name, CassetteStats())
 
     def provider(self, name: str) -> SandboxProvider:
-        """The live provider of this process (one per name), built on first use."""
+        """The live provider of this process (one per name), built on first use.
+
+        It comes from the library's Manager, so the tests get the retry
+        policy, the circuit breaker and whatever ``Sandbox.configure`` set.
+        """
         if name not in self.providers:
             reason = self.reason(name)
             if reason:
                 raise ProviderUnavailable(reason, provider=name)
-            self.providers[name] = provider_class(name)()
+            from sandboxes.sandbox import Sandbox
+
+            self.providers[name] = Sandbox._ensure_manager().get_provider(name)
         return self.providers[name]
 
     def pool_for(self, wrapped: Any) -> Any:
