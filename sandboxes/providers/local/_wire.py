@@ -9,10 +9,7 @@ interpreter and the host is trusted. Replies (agent -> host) are JSON, since
 the host must not unmarshal what a sandbox could forge.
 """
 
-from __future__ import annotations
-
 import marshal
-import struct
 
 from _json import encode_basestring_ascii as _quote
 
@@ -27,11 +24,10 @@ OK = b"K"  # agent -> client: operation done (JSON payload, may be empty)
 ERROR = b"!"  # agent -> client: JSON {"type", "message"}
 
 MAX_FRAME = 1 << 20
-_LENGTH = struct.Struct(">I")
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return kind + _LENGTH.pack(len(payload)) + payload
+    return kind + len(payload).to_bytes(4, "big") + payload
 
 
 def request_frame(request: dict[str, object]) -> bytes:
@@ -74,7 +70,7 @@ class FrameParser:
         self._buffer += data
         frames = []
         while len(self._buffer) >= 5:
-            (length,) = _LENGTH.unpack_from(self._buffer, 1)
+            length = int.from_bytes(self._buffer[1:5], "big")
             if length > MAX_FRAME:
                 raise ValueError(f"frame of {length} bytes exceeds the limit of {MAX_FRAME}")
             if len(self._buffer) < 5 + length:

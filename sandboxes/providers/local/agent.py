@@ -10,16 +10,13 @@ daemons included.
 Standard library only: it runs under the host's Python, inside the sandbox.
 """
 
-from __future__ import annotations
-
 import _signal as signal  # not `signal` or `socket`: both import enum, ~6 ms
 import _socket as socket
+import _thread  # not `threading` (nor `selectors`): start-up time is creation time
 import marshal
 import os
 import resource
-import selectors
 import sys
-import threading
 import time
 
 import _wire as wire
@@ -54,7 +51,7 @@ def main() -> None:
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     # Ready first, then load what the first command needs, off the critical path.
-    threading.Thread(target=__import__, args=("subprocess",), daemon=True).start()
+    _thread.start_new_thread(__import__, ("subprocess",))
     deadline = settings["deadline"]
     while True:
         remaining = deadline - time.time()
@@ -68,7 +65,7 @@ def main() -> None:
         conn = socket.socket(fileno=fd)
         conn.settimeout(None)
         try:
-            threading.Thread(target=agent.serve, args=(conn,), daemon=True).start()
+            _thread.start_new_thread(agent.serve, (conn,))
         except RuntimeError:
             # Every process slot is taken (a fork bomb, as an ordinary user whose
             # agent shares the workload's limit; root's agent is exempt): answer inline.
@@ -127,7 +124,7 @@ class Agent:
     def _path(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
 
-    def write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None = None) -> None:
+    def write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None = None) -> None:
         with _FileIdentity(self.uid, self.gid):
             self._write(conn, reader, path, mode)
 
@@ -135,7 +132,7 @@ class Agent:
         with _FileIdentity(self.uid, self.gid):
             self._read(conn, path)
 
-    def _write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None) -> None:
+    def _write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None) -> None:
         target = self._path(path)
         parent = os.path.dirname(target)
         if parent:
@@ -166,7 +163,7 @@ class Agent:
     def execute(
         self,
         conn: socket.socket,
-        reader: _Reader,
+        reader: "_Reader",
         argv: list[str],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -235,7 +232,7 @@ class Agent:
                 pass
 
     @staticmethod
-    def _drain_stdin(reader: _Reader, stdin: bool) -> None:
+    def _drain_stdin(reader: "_Reader", stdin: bool) -> None:
         while stdin:
             kind, _ = reader.next()
             if kind == wire.EOF:
@@ -251,6 +248,8 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
     still held by background children are handed to a thread that discards
     their output, so those children live on.
     """
+    import selectors  # loaded by then, with subprocess
+
     selector = selectors.DefaultSelector()
     outputs = {process.stdout.fileno(): wire.STDOUT, process.stderr.fileno(): wire.STDERR}
     for fd in outputs:
@@ -366,7 +365,7 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
             except OSError:
                 pass
         if outputs:
-            threading.Thread(target=_discard, args=([process.stdout, process.stderr],), daemon=True).start()
+            _thread.start_new_thread(_discard, ([process.stdout, process.stderr],))
 
 
 class _FileIdentity:
@@ -416,7 +415,7 @@ def _kill_uid(uid: int) -> None:
                 pass
 
 
-def _registered(selector: selectors.BaseSelector, fd: int) -> bool:
+def _registered(selector: "selectors.BaseSelector", fd: int) -> bool:
     try:
         selector.get_key(fd)
         return True
@@ -426,6 +425,8 @@ def _registered(selector: selectors.BaseSelector, fd: int) -> bool:
 
 def _discard(pipes) -> None:  # noqa: ANN001
     """Read and drop what background children still write to a finished command's pipes."""
+    import selectors
+
     with selectors.DefaultSelector() as selector:
         for pipe in pipes:
             if not pipe.closed:

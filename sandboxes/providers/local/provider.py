@@ -35,8 +35,9 @@ from ...models import (
 from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ExitStatus, StreamItem, streaming
 from . import _wire as wire
-from .layout import AGENT_DIR, SANDBOX_RUN_DIR, WORKSPACE, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
-from .state import SandboxState, allocate_uid, process_start, release_uid, remove_state, state_root
+from .etc import etc_snapshot
+from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
+from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
 
 MIB = 1024 * 1024
 MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
@@ -204,6 +205,8 @@ class LocalProvider(SandboxProvider):
                 tmp_bytes=self.tmp_mb * MIB,
                 image=config.image,
                 python=python,
+                agent=agent_bundle(cache_root()),
+                etc=etc_snapshot(cache_root()),
                 info_fd=info_w,
             )
             workspace = WORKSPACE
@@ -212,7 +215,7 @@ class LocalProvider(SandboxProvider):
             settings["socket"] = str(directory / "run" / "agent.sock")
             settings["cwd"] = workspace
             env["HOME"] = workspace
-            argv = [python, "-E", "-s", "-S", str(AGENT_DIR / "agent.py")]
+            argv = [python, "-E", "-s", "-S", str(agent_bundle(cache_root()) / "agent.pyc")]
             os.close(info_w)
             info_w = -1
         log = open(directory / "log", "wb")
