@@ -1,8 +1,8 @@
 """The agent that lives inside a local sandbox, as the child of bubblewrap.
 
-It reads its settings as JSON on stdin, drops to the sandbox's own
-unprivileged uid (when started as root), sets the resource limits that all
-sandboxed processes inherit, then serves requests on a unix socket until the
+It reads its settings (marshal) on stdin, sets the resource limits that all
+sandboxed processes inherit, drops to the sandbox's own unprivileged uid for
+good (when started as root), then serves requests on a unix socket until the
 sandbox is destroyed or its lifetime runs out. When it exits, bubblewrap's
 pid 1 exits and the kernel kills every process left in the pid namespace,
 daemons included.
@@ -37,16 +37,21 @@ def main() -> None:
     server.listen(64)
     uid = settings.get("uid") if os.getuid() == 0 else None
     if uid is not None:
-        # Host root is not root: commands run as the sandbox's own uid, while
-        # the agent stays out of their reach (they cannot signal or trace it).
         os.chown(settings["cwd"], uid, settings["gid"])
     for name, value in settings["limits"].items():
         limit = getattr(resource, name)
         soft, hard = resource.getrlimit(limit)
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(limit, (value, value))
+    if uid is not None:
+        # Host root is not root: the agent and everything it runs become the
+        # sandbox's own uid, for good (the kernel clears every capability and
+        # makes the agent undumpable, so no workload can trace it).
+        os.setgroups([])
+        os.setgid(settings["gid"])
+        os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    agent = Agent(settings["env"], settings["cwd"], uid, settings["gid"], track_commands=settings["isolation"] == "process")
+    agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process")
     ready_fd = settings["ready_fd"]
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
@@ -74,22 +79,19 @@ def main() -> None:
 
 
 class Agent:
-    def __init__(self, env: dict[str, str], cwd: str, uid: int | None, gid: int | None, track_commands: bool) -> None:
+    def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool) -> None:
         self.env = env
         self.cwd = cwd
-        self.uid = uid
-        self.gid = gid
+        self.own_uid = own_uid  # the sandbox has a uid of its own, no other process has it
         self.track_commands = track_commands  # no pid namespace to end them all
         self.spawned: list[int] = []
 
     def shutdown(self) -> None:
         """End every process of the sandbox, then the agent."""
-        if not self.track_commands:
-            # Inside our own pid namespace, -1 means every process in it but
-            # its init, which exits once it has no children left.
+        if not self.track_commands or self.own_uid:
+            # -1 means every process this agent may signal but itself and init:
+            # in our own pid namespace, or with a uid of our own, the sandbox's.
             os.kill(-1, signal.SIGKILL)
-        elif self.uid is not None:
-            _kill_uid(self.uid)  # no pid namespace: every process of the sandbox's own uid
         for pid in self.spawned:
             kill_tree(pid)
         os._exit(0)
@@ -125,14 +127,6 @@ class Agent:
         return os.path.normpath(os.path.join(self.cwd, path))
 
     def write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None = None) -> None:
-        with _FileIdentity(self.uid, self.gid):
-            self._write(conn, reader, path, mode)
-
-    def read(self, conn: socket.socket, path: str) -> None:
-        with _FileIdentity(self.uid, self.gid):
-            self._read(conn, path)
-
-    def _write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None) -> None:
         target = self._path(path)
         parent = os.path.dirname(target)
         if parent:
@@ -152,7 +146,7 @@ class Agent:
             os.chmod(target, mode)
         conn.sendall(wire.reply_frame(wire.OK, {}))
 
-    def _read(self, conn: socket.socket, path: str) -> None:
+    def read(self, conn: socket.socket, path: str) -> None:
         target = self._path(path)
         with open(target, "rb") as handle:
             while data := handle.read(wire.MAX_FRAME):
@@ -195,9 +189,6 @@ class Agent:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 pass_fds=pass_fds,
-                user=self.uid,
-                group=self.gid,
-                extra_groups=[] if self.uid is not None else None,
             )
         except (FileNotFoundError, NotADirectoryError):
             if cwd and not os.path.isdir(self._path(cwd)):
@@ -208,9 +199,13 @@ class Agent:
             conn.sendall(wire.frame(wire.STDERR, message.encode()))
             conn.sendall(wire.reply_frame(wire.EXIT, {"exit_code": code, "timed_out": False, "duration_ms": _ms(started)}))
             return
-        except PermissionError as error:
+        except (PermissionError, BlockingIOError) as error:
+            if isinstance(error, PermissionError):
+                message = f"sandbox: permission denied: {error.filename}\n"
+            else:
+                message = "sandbox: cannot start the command: every process slot of the sandbox is taken\n"
             self._drain_stdin(reader, stdin)
-            conn.sendall(wire.frame(wire.STDERR, f"sandbox: permission denied: {error.filename}\n".encode()))
+            conn.sendall(wire.frame(wire.STDERR, message.encode()))
             conn.sendall(wire.reply_frame(wire.EXIT, {"exit_code": 126, "timed_out": False, "duration_ms": _ms(started)}))
             return
         finally:
@@ -365,54 +360,11 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
             except OSError:
                 pass
         if outputs:
-            _thread.start_new_thread(_discard, ([process.stdout, process.stderr],))
-
-
-class _FileIdentity:
-    """File access with the sandbox user's identity, in this thread only.
-
-    ``setfsuid`` is per thread, so other requests keep the agent's identity;
-    files come out owned by the sandbox user, and permissions are its own.
-    """
-
-    _libc = None
-
-    def __init__(self, uid: int | None, gid: int | None) -> None:
-        self.uid, self.gid = uid, gid
-
-    def __enter__(self) -> None:
-        if self.uid is not None:
-            if _FileIdentity._libc is None:
-                import ctypes
-
-                _FileIdentity._libc = ctypes.CDLL(None, use_errno=True)
-            self._libc.setfsgid(self.gid)
-            self._libc.setfsuid(self.uid)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.uid is not None:
-            self._libc.setfsuid(0)
-            self._libc.setfsgid(0)
-
-
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process owned by ``uid`` (used without a pid namespace)."""
-    for _ in range(20):
-        victims = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == uid:
-                        victims.append(int(entry))
-                except OSError:
-                    continue
-        if not victims:
-            return
-        for pid in victims:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+                _thread.start_new_thread(_discard, ([process.stdout, process.stderr],))
+            except RuntimeError:  # every process slot is taken (a fork bomb): let them have SIGPIPE
+                process.stdout.close()
+                process.stderr.close()
 
 
 def _registered(selector: "selectors.BaseSelector", fd: int) -> bool:
