@@ -36,7 +36,7 @@ from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
-from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
+from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
 
 MIB = 1024 * 1024
@@ -163,7 +163,7 @@ class LocalProvider(SandboxProvider):
         memory_mb = config.memory_mb or self.memory_mb
         network = bool(config.network)
         toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds)
-        python = os.path.realpath(sys.executable)
+        python = os.path.realpath(sys.executable) if config.image else agent_python()
         inside_uid = uid if uid is not None else os.getuid()
         inside_gid = uid if uid is not None else os.getgid()
         env = {**sandbox_env(toolchains), **config.env}
@@ -205,7 +205,7 @@ class LocalProvider(SandboxProvider):
                 tmp_bytes=self.tmp_mb * MIB,
                 image=config.image,
                 python=python,
-                agent=agent_bundle(cache_root()),
+                agent=agent_bundle(cache_root(), python),
                 etc=etc_snapshot(cache_root()),
                 info_fd=info_w,
             )
@@ -215,7 +215,7 @@ class LocalProvider(SandboxProvider):
             settings["socket"] = str(directory / "run" / "agent.sock")
             settings["cwd"] = workspace
             env["HOME"] = workspace
-            argv = [python, "-E", "-s", "-S", str(agent_bundle(cache_root()) / "agent.pyc")]
+            argv = [python, "-E", "-s", "-S", str(agent_bundle(cache_root(), python) / "agent.pyc")]
             os.close(info_w)
             info_w = -1
         log = open(directory / "log", "wb")
