@@ -16,6 +16,7 @@ import _thread  # not `threading` (nor `selectors`): start-up time is creation t
 import marshal
 import os
 import resource
+import select
 import sys
 import time
 
@@ -55,8 +56,6 @@ def main() -> None:
     ready_fd = settings["ready_fd"]
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
-    # Ready first, then load what the first command needs, off the critical path.
-    _thread.start_new_thread(__import__, ("subprocess",))
     deadline = settings["deadline"]
     while True:
         remaining = deadline - time.time()
@@ -166,57 +165,40 @@ class Agent:
         script: str | None = None,
     ) -> None:
 
-        import subprocess
-
         started = time.monotonic()
         full_env = {**self.env, **(env or {})}
-        pass_fds: tuple[int, ...] = ()
+        workdir = self._path(cwd) if cwd else self.cwd
         script_fd = None
         if script is not None:
-            # A command too long for one argument: give sh the script on an fd.
-            script_fd = os.memfd_create("sandbox-command", 0)
+            # A command too long for one argument: give sh the script on fd 3.
+            script_fd = os.memfd_create("sandbox-command")
             os.write(script_fd, script.encode())
             os.lseek(script_fd, 0, os.SEEK_SET)
-            argv = ["/bin/sh", f"/dev/fd/{script_fd}"]
-            pass_fds = (script_fd,)
+            argv = ["/bin/sh", "/dev/fd/3"]
         try:
-            process = subprocess.Popen(
-                argv,
-                env=full_env,
-                cwd=self._path(cwd) if cwd else self.cwd,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
-        except (FileNotFoundError, NotADirectoryError):
-            if cwd and not os.path.isdir(self._path(cwd)):
+            child = Child.spawn(argv, full_env, workdir, stdin, script_fd)
+        except OSError as error:
+            if isinstance(error, (FileNotFoundError, NotADirectoryError)) and not os.path.isdir(workdir):
                 message, code = f"sandbox: working directory not found: {cwd}\n", 1
-            else:
+            elif isinstance(error, FileNotFoundError):
                 message, code = f"sandbox: command not found: {argv[0]}\n", 127
+            elif isinstance(error, BlockingIOError):
+                message, code = "sandbox: cannot start the command: every process slot of the sandbox is taken\n", 126
+            else:
+                message, code = f"sandbox: cannot run {argv[0]}: {error.strerror}\n", 126
             self._drain_stdin(reader, stdin)
             conn.sendall(wire.frame(wire.STDERR, message.encode()))
             conn.sendall(wire.reply_frame(wire.EXIT, {"exit_code": code, "timed_out": False, "duration_ms": _ms(started)}))
-            return
-        except (PermissionError, BlockingIOError) as error:
-            if isinstance(error, PermissionError):
-                message = f"sandbox: permission denied: {error.filename}\n"
-            else:
-                message = "sandbox: cannot start the command: every process slot of the sandbox is taken\n"
-            self._drain_stdin(reader, stdin)
-            conn.sendall(wire.frame(wire.STDERR, message.encode()))
-            conn.sendall(wire.reply_frame(wire.EXIT, {"exit_code": 126, "timed_out": False, "duration_ms": _ms(started)}))
             return
         finally:
             if script_fd is not None:
                 os.close(script_fd)
         if self.track_commands:
-            self.spawned.append(process.pid)
-        timed_out, vanished = _pump(process, conn, reader, stdin, timeout, started)
+            self.spawned.append(child.pid)
+        timed_out, vanished = _pump(child, conn, reader, stdin, timeout, started)
         if timed_out or vanished:
-            kill_tree(process.pid)
-        code = process.wait()
+            kill_tree(child.pid)
+        code = child.wait()
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else (128 - code if code < 0 else code)
         if not vanished:
             try:
@@ -234,27 +216,106 @@ class Agent:
                 break
 
 
-def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, ANN202 - hot loop
-    """Move bytes between the process and the socket until the process ends.
+class Child:
+    """A command started with posix_spawn: a vfork, nothing to import.
+
+    (``subprocess`` would import ``re``, ``enum`` and ``locale``: some 20 ms
+    that the first command in every new sandbox would wait for.)
+    """
+
+    _spawning = _thread.allocate_lock()  # the agent's cwd is the child's for a moment
+
+    def __init__(self, pid: int, stdin: int | None, stdout: int, stderr: int) -> None:
+        self.pid, self.stdin, self.stdout, self.stderr = pid, stdin, stdout, stderr
+        self.returncode: int | None = None
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, script_fd: int | None) -> "Child":
+        executable = _which(argv[0], env.get("PATH", ""), cwd)
+        ours: list[int] = []  # the parent's ends, closed if the spawn fails
+        theirs: list[int] = []  # the child's ends, closed once it has them
+        try:
+            if want_stdin:
+                stdin_r, stdin_w = os.pipe()
+                ours.append(stdin_w)
+                theirs.append(stdin_r)
+                actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0)]
+            else:
+                actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            ours += [out_r, err_r]
+            theirs += [out_w, err_w]
+            actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+            if script_fd is not None:
+                actions.append((os.POSIX_SPAWN_DUP2, script_fd, 3))
+            with cls._spawning:
+                os.chdir(cwd)
+                try:
+                    pid = os.posix_spawn(
+                        executable, argv, env, file_actions=actions, setsid=True,
+                        setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                    )  # fmt: skip
+                finally:
+                    os.chdir("/")
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return cls(pid, stdin_w if want_stdin else None, out_r, err_r)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _which(name: str, path: str, cwd: str) -> str:
+    """Resolve a command on the command's own PATH (posix_spawnp would use the agent's)."""
+    if "/" in name:
+        return os.path.join(cwd, name)
+    for directory in path.split(":"):
+        candidate = os.path.join(cwd, directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise FileNotFoundError(2, "command not found", name)
+
+
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _pump(child, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, ANN202 - hot loop
+    """Move bytes between the command and the socket until the command ends.
 
     Returns (timed_out, client_vanished). Never blocks on one side while the
     other has data: the client may be sending stdin while output piles up.
-    After the process exits, output is drained until it goes quiet; pipes
+    After the command exits, output is drained until it goes quiet; pipes
     still held by background children are handed to a thread that discards
     their output, so those children live on.
     """
-    import selectors  # loaded by then, with subprocess
-
-    selector = selectors.DefaultSelector()
-    outputs = {process.stdout.fileno(): wire.STDOUT, process.stderr.fileno(): wire.STDERR}
+    poller = select.poll()
+    outputs = {child.stdout: wire.STDOUT, child.stderr: wire.STDERR}
     for fd in outputs:
         os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ, "out")
+        poller.register(fd, select.POLLIN)
+    client = conn.fileno()
     conn.setblocking(False)
-    selector.register(conn, selectors.EVENT_READ, "client")
+    poller.register(client, select.POLLIN)
     pending_stdin = bytearray()
-    stdin_fd = process.stdin.fileno() if want_stdin else None
+    stdin_fd = child.stdin
     stdin_eof = False
+    stdin_polled = False
     if stdin_fd is not None:
         os.set_blocking(stdin_fd, False)
     deadline = None if timeout is None else started + timeout
@@ -263,14 +324,15 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
     paused = False
 
     def take(frames) -> None:  # noqa: ANN001
-        nonlocal stdin_eof
+        nonlocal stdin_eof, stdin_polled
         for kind, payload in frames:
             if kind == wire.STDIN:
                 pending_stdin.extend(payload)
             elif kind == wire.EOF:
                 stdin_eof = True
-        if stdin_fd is not None and (pending_stdin or stdin_eof) and not _registered(selector, stdin_fd):
-            selector.register(stdin_fd, selectors.EVENT_WRITE, "stdin")
+        if stdin_fd is not None and (pending_stdin or stdin_eof) and not stdin_polled:
+            poller.register(stdin_fd, select.POLLOUT)
+            stdin_polled = True
 
     take(reader.feed(b""))  # frames that arrived together with the request
     try:
@@ -278,21 +340,21 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return True, False
-            if exited_at is None and process.poll() is not None:
+            if exited_at is None and child.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at > DRAIN_QUIET_SECONDS and not outbox:
                 break
             wait = 0.05 if exited_at is None else DRAIN_QUIET_SECONDS
             if deadline is not None:
                 wait = min(wait, max(deadline - now, 0))
-            for key, mask in selector.select(wait):
-                if key.data == "client":
-                    if mask & selectors.EVENT_WRITE and outbox:
+            for fd, events in poller.poll(wait * 1000):
+                if fd == client:
+                    if events & select.POLLOUT and outbox:
                         try:
                             del outbox[: conn.send(outbox)]
                         except BlockingIOError:
                             pass
-                    if mask & selectors.EVENT_READ:
+                    if events & _READABLE:
                         try:
                             data = conn.recv(CHUNK * 4)
                         except BlockingIOError:
@@ -300,7 +362,7 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
                         if not data:
                             return False, True  # the client went away: stop the command
                         take(reader.feed(data))
-                elif key.data == "stdin":
+                elif fd == stdin_fd:
                     written = 0
                     try:
                         if pending_stdin:
@@ -312,83 +374,77 @@ def _pump(process, conn, reader, want_stdin, timeout, started):  # noqa: ANN001,
                         stdin_eof = True
                     del pending_stdin[:written]
                     if not pending_stdin:
-                        selector.unregister(stdin_fd)
+                        poller.unregister(stdin_fd)
+                        stdin_polled = False
                         if stdin_eof:
-                            process.stdin.close()
-                            stdin_fd = None
-                else:
+                            os.close(stdin_fd)
+                            stdin_fd = child.stdin = None
+                elif fd in outputs:
                     try:
-                        data = os.read(key.fd, CHUNK)
+                        data = os.read(fd, CHUNK)
                     except BlockingIOError:
                         continue
                     if data:
                         if exited_at is not None:
                             exited_at = time.monotonic()
-                        for piece in wire.chunked(outputs[key.fd], data):
+                        for piece in wire.chunked(outputs[fd], data):
                             outbox += piece
                     else:
-                        selector.unregister(key.fd)
-                        del outputs[key.fd]
+                        poller.unregister(fd)
+                        del outputs[fd]
+                        os.close(fd)
             # Back-pressure: stop reading output while the client is behind.
             should_pause = len(outbox) > OUTBOX_LIMIT
             if should_pause != paused:
                 paused = should_pause
                 for fd in outputs:
                     if paused:
-                        selector.unregister(fd)
+                        poller.unregister(fd)
                     else:
-                        selector.register(fd, selectors.EVENT_READ, "out")
+                        poller.register(fd, select.POLLIN)
             if outbox:
                 try:
                     del outbox[: conn.send(outbox)]
                 except BlockingIOError:
                     pass
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
-            selector.modify(conn, events, "client")
+            poller.modify(client, select.POLLIN | (select.POLLOUT if outbox else 0))
         if exited_at is None:
-            process.wait()
+            child.wait()
         return False, False
     except (BrokenPipeError, ConnectionResetError):
         outbox.clear()
         return False, True
     finally:
-        selector.close()
         conn.setblocking(True)
         if outbox:  # whole frames only: the exit frame follows
             try:
                 conn.sendall(outbox)
             except OSError:
                 pass
+        if child.stdin is not None:
+            os.close(child.stdin)
+            child.stdin = None
         if outputs:
             try:
-                _thread.start_new_thread(_discard, ([process.stdout, process.stderr],))
+                _thread.start_new_thread(_discard, (list(outputs),))
             except RuntimeError:  # every process slot is taken (a fork bomb): let them have SIGPIPE
-                process.stdout.close()
-                process.stderr.close()
+                for fd in outputs:
+                    os.close(fd)
 
 
-def _registered(selector: "selectors.BaseSelector", fd: int) -> bool:
-    try:
-        selector.get_key(fd)
-        return True
-    except KeyError:
-        return False
-
-
-def _discard(pipes) -> None:  # noqa: ANN001
+def _discard(fds: list[int]) -> None:
     """Read and drop what background children still write to a finished command's pipes."""
-    import selectors
-
-    with selectors.DefaultSelector() as selector:
-        for pipe in pipes:
-            if not pipe.closed:
-                os.set_blocking(pipe.fileno(), True)
-                selector.register(pipe, selectors.EVENT_READ)
-        while selector.get_map():
-            for key, _ in selector.select():
-                if not os.read(key.fd, CHUNK):
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()
+    poller = select.poll()
+    for fd in fds:
+        os.set_blocking(fd, True)
+        poller.register(fd, select.POLLIN)
+    open_fds = set(fds)
+    while open_fds:
+        for fd, _ in poller.poll():
+            if not os.read(fd, CHUNK):
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                os.close(fd)
 
 
 def kill_tree(pid: int) -> None:
