@@ -17,9 +17,10 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
+
+from .state import build_once
 
 ETC_ENTRIES = (
     "alternatives", "ca-certificates", "ca-certificates.conf", "ssl", "pki", "hosts", "host.conf",
@@ -42,9 +43,8 @@ def etc_snapshot(root: Path, host_etc: str = "/etc") -> Path:
         if snapshot.name == _name(watched) and snapshot.is_dir():
             return snapshot
     watched = _watch_list(host_etc)
-    snapshot = root / _name(watched)
-    if not snapshot.is_dir():
-        _build(root, snapshot, host_etc)
+    snapshot = build_once(root, _name(watched), lambda building: _fill(building, host_etc))
+    _remove_stale(root, keep=snapshot)
     _watched[(root, host_etc)] = (snapshot, watched)
     return snapshot
 
@@ -73,23 +73,13 @@ def _name(watched: tuple[str, ...]) -> str:
     return ".etc-" + digest.hexdigest()[:16]
 
 
-def _build(root: Path, snapshot: Path, host_etc: str) -> None:
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    building = Path(tempfile.mkdtemp(dir=root, prefix=".etc-building-"))
-    try:
-        for name in ETC_ENTRIES:
-            source = os.path.join(host_etc, name)
-            if os.path.exists(source):
-                _copy(source, str(building / name), top=True)
-        for name in PER_SANDBOX:
-            (building / name).touch(mode=0o644)  # mount points
-        building.chmod(0o755)
-        building.rename(snapshot)
-    except OSError:
-        shutil.rmtree(building, ignore_errors=True)
-        if not snapshot.is_dir():  # unless another process built it first
-            raise
-    _remove_stale(root, keep=snapshot)
+def _fill(building: Path, host_etc: str) -> None:
+    for name in ETC_ENTRIES:
+        source = os.path.join(host_etc, name)
+        if os.path.exists(source):
+            _copy(source, str(building / name), top=True)
+    for name in PER_SANDBOX:
+        (building / name).touch(mode=0o644)  # mount points
 
 
 def _copy(source: str, target: str, top: bool = False) -> None:

@@ -14,11 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ProviderUnavailable
+from .state import build_once
 
 AGENT_DIR = Path(__file__).resolve().parent
 SANDBOX_AGENT_DIR = "/run/sandbox-agent"
@@ -161,7 +161,6 @@ def agent_python() -> str:
     return os.path.realpath(sys.executable)
 
 
-@functools.lru_cache(maxsize=8)
 def agent_bundle(root: Path, python: str) -> Path:
     """The agent compiled once to bytecode for ``python``, in ``root``.
 
@@ -169,23 +168,24 @@ def agent_bundle(root: Path, python: str) -> Path:
     new sandbox (its mount is read-only), which costs more than a third of
     the time a sandbox takes to start.
     """
-    sources = [AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py"]
-    digest = hashlib.sha256(python.encode() + str(os.stat(python).st_mtime_ns).encode())
-    for source in sources:
+
+    def compile_into(building: Path) -> None:
+        pairs = [str(path) for source in AGENT_SOURCES for path in (source, building / (source.stem + ".pyc"))]
+        subprocess.run([python, "-E", "-s", "-S", "-c", COMPILE_ALL, *pairs], check=True, capture_output=True, timeout=60)
+
+    return build_once(root, f".agent-{_agent_digest(python)}", compile_into)
+
+
+AGENT_SOURCES = (AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py")
+COMPILE_ALL = "import py_compile, sys\nfor s, c in zip(sys.argv[1::2], sys.argv[2::2]): py_compile.compile(s, cfile=c, doraise=True)"
+
+
+@functools.lru_cache(maxsize=4)
+def _agent_digest(python: str) -> str:
+    digest = hashlib.sha256(f"{python}\0{os.stat(python).st_mtime_ns}".encode())
+    for source in AGENT_SOURCES:
         digest.update(source.read_bytes())
-    bundle = root / f".agent-{digest.hexdigest()[:16]}"
-    if not bundle.is_dir():
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        building = Path(tempfile.mkdtemp(dir=root, prefix=".agent-building-"))
-        compile_all = "import py_compile, sys\nfor s, c in zip(sys.argv[1::2], sys.argv[2::2]): py_compile.compile(s, cfile=c, doraise=True)"
-        pairs = [str(path) for source in sources for path in (source, building / (source.stem + ".pyc"))]
-        subprocess.run([python, "-E", "-s", "-S", "-c", compile_all, *pairs], check=True, capture_output=True, timeout=60)
-        building.chmod(0o755)
-        try:
-            building.rename(bundle)
-        except OSError:  # another process built it first
-            shutil.rmtree(building, ignore_errors=True)
-    return bundle
+    return digest.hexdigest()[:16]
 
 
 def _system_mounts(etc: Path) -> list[str]:

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,31 @@ def cache_root() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(base) / "pytest-sandboxes"
+
+
+def build_once(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
+    """``root/name``, made by ``fill`` into a temporary directory and renamed into place.
+
+    Other processes see it whole or not at all; when two build it at once,
+    the first rename wins and the other copy is dropped.
+    """
+    final = root / name
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    building = Path(tempfile.mkdtemp(dir=root, prefix=f".building-{name}-"))
+    try:
+        fill(building)
+        building.chmod(0o755)
+        building.rename(final)
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+        if not final.is_dir():
+            raise
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return final
 
 
 @dataclass
