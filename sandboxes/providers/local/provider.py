@@ -45,6 +45,10 @@ READY_TIMEOUT = 30.0
 AGENT_GRACE = 30.0  # beyond a command's timeout, before the host gives up on the agent
 Isolation = Literal["bwrap", "process"]
 
+# The bubblewrap processes this process started, by sandbox id: kept beyond the
+# provider that made them (a kept sandbox outlives it), reaped once they end.
+_CHILDREN: dict[str, subprocess.Popen[bytes]] = {}
+
 
 class LocalProvider(SandboxProvider):
     """Sandboxes isolated by bubblewrap, reachable from any process on this host."""
@@ -88,7 +92,6 @@ class LocalProvider(SandboxProvider):
         self.lifetime = lifetime
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._max_output: dict[str, int] = {}
         if isolation == "process":
             warnings.warn(
@@ -259,7 +262,7 @@ class LocalProvider(SandboxProvider):
         finally:
             os.close(ready_r)
             os.close(info_r)
-        self._children[sandbox_id] = process
+        _CHILDREN[sandbox_id] = process
         state = SandboxState(
             id=sandbox_id,
             labels=dict(config.labels),
@@ -314,14 +317,14 @@ class LocalProvider(SandboxProvider):
     def _forget(self, state: SandboxState, directory: Path) -> None:
         release_uid(state.uid)
         remove_state(directory)
-        child = self._children.pop(state.id, None)
+        child = _CHILDREN.pop(state.id, None)
         if child is not None:
             child.wait()
 
     def _reap(self) -> None:
-        for sandbox_id, child in list(self._children.items()):
+        for sandbox_id, child in list(_CHILDREN.items()):
             if child.poll() is not None:
-                del self._children[sandbox_id]
+                del _CHILDREN[sandbox_id]
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
         state = self._load(sandbox_id)
