@@ -88,6 +88,7 @@ class Manager:
         else:
             for provider in providers or ():
                 self.providers[provider.name] = provider
+        self.registered = set(self.providers)  # given, not built on first use
         self.default_provider = default_provider
         self.provider_options: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (provider_options or {}).items()}
         self.retry = RetryPolicy.from_options(retry)
@@ -97,6 +98,7 @@ class Manager:
 
     def register(self, provider: SandboxProvider, name: str | None = None) -> None:
         self.providers[name or provider.name] = provider
+        self.registered.add(name or provider.name)
 
     def set_resilience(
         self, *, retry: RetryPolicy | Mapping[str, Any] | bool | None = None, circuit_breaker: Mapping[str, Any] | None = None
@@ -135,15 +137,16 @@ class Manager:
         return guarded
 
     def resolve(self, name: str | None = None) -> str:
-        """Explicit name, SANDBOXES_PROVIDER, the default, a cloud with credentials, else local."""
+        """Explicit name, SANDBOXES_PROVIDER, the default, a registered provider,
+        a cloud with credentials, else local."""
         if name:
             return name
         chosen = os.environ.get("SANDBOXES_PROVIDER") or self.default_provider
         if chosen:
             return chosen
+        if self.registered:  # given to this Manager: they win over credentials found around
+            return sorted(self.registered, key=lambda n: CLOUD_ORDER.index(n) if n in CLOUD_ORDER else len(CLOUD_ORDER))[0]
         for cloud in CLOUD_ORDER:
-            if cloud in self.providers:
-                return cloud
             if has_credentials(cloud):
                 try:
                     provider_class(cloud)

@@ -282,3 +282,12 @@ def test_a_recorded_setup_failure_replays_without_its_result() -> None:
     assert record["type"] == "SetupFailed"
     with pytest.raises(ProviderError, match="setup command failed in a new e2b sandbox"):
         _raise_recorded(record)
+
+
+def test_a_manager_given_providers_uses_them_over_credentials_found_around(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxes.providers.local import LocalProvider
+
+    monkeypatch.delenv("SANDBOXES_PROVIDER", raising=False)
+    monkeypatch.setenv("E2B_API_KEY", "e2b_from_the_environment")
+    assert Manager([LocalProvider()]).resolve() == "local"
+    assert Manager().resolve() == "e2b"  # nothing given: credentials decide
