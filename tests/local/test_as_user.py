@@ -1,0 +1,33 @@
+"""The local provider's own suite, run again as an ordinary user.
+
+CI runs as root, where the local provider works without a user namespace;
+an ordinary user's sandboxes take the other path (bubblewrap in a user
+namespace, the agent sharing the workload's uid). Both must hold.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from tests.as_user import as_user, ordinary_user, readable_copy
+
+
+def test_the_local_suite_passes_as_an_ordinary_user() -> None:
+    user, python = ordinary_user()
+    copy = readable_copy(user, ["sandboxes", "pytest_sandboxes", "tests", "pyproject.toml"])
+    try:
+        env = {
+            "PATH": f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": user.pw_dir,
+            "PYTHONPATH": str(copy),
+            "LANG": "C.UTF-8",
+        }
+        selection = ["tests/local", "tests/conformance", "-k", "local or not (e2b or modal or daytona or cloudflare)"]
+        command = [python, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-n", "0"]
+        done = subprocess.run(as_user(user, command, env), cwd=copy, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"as {user.pw_name}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+        assert " passed" in done.stdout.splitlines()[-1]
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
