@@ -15,14 +15,21 @@ import anyio
 import pytest
 
 from sandboxes import Manager, Sandbox, SandboxConfig
-from sandboxes.errors import ProviderError, SandboxNotFoundError, SetupFailed, UnsupportedOperation
+from sandboxes.errors import (
+    ProviderError,
+    SandboxNotFoundError,
+    SetupFailed,
+    UnsupportedOperation,
+)
 from sandboxes.resilience import CircuitOpenError, RetryPolicy
 from sandboxes.resilient import ATTEMPT_LABEL
 from tests.emulators import cloudflare as cloudflare_emulator
 from tests.emulators import daytona as daytona_emulator
-from tests.emulators.e2b import E2BEmulator, open_emulator
+from tests.emulators.e2b import E2BEmulator
 from tests.emulators.modal import ModalEmulator
 from tests.emulators.modal import open_emulator as open_modal
+
+from .conftest import e2b_provider
 
 pytestmark = pytest.mark.anyio
 
@@ -50,20 +57,6 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def e2b_emulator() -> Iterator[E2BEmulator]:
-    with open_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(e2b_emulator: E2BEmulator) -> Iterator[E2BEmulator]:
-    e2b_emulator.clear_faults()
-    yield e2b_emulator
-    e2b_emulator.clear_faults()
-    assert not e2b_emulator.sandboxes, "a test left E2B sandboxes behind"
-
-
-@pytest.fixture(scope="module")
 def daytona() -> Iterator[Any]:
     with daytona_emulator.open_provider() as provider:
         yield provider
@@ -73,12 +66,6 @@ def daytona() -> Iterator[Any]:
 def modal_emulator() -> Iterator[ModalEmulator]:
     with open_modal() as running:
         yield running
-
-
-def e2b_provider(emulator: E2BEmulator, **options: Any) -> Any:
-    from sandboxes.providers.e2b import E2BProvider
-
-    return E2BProvider(**emulator.provider_options(), **options)
 
 
 def creates(emulator: E2BEmulator) -> int:

@@ -18,7 +18,12 @@ from sandboxes.errors import (
     UnsupportedOperation,
 )
 from sandboxes.models import ExecutionResult
-from sandboxes.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy, is_transient
+from sandboxes.resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryPolicy,
+    is_transient,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -11,32 +10,18 @@ import pytest
 from sandboxes import SandboxConfig
 from sandboxes.errors import ProviderError
 from sandboxes.pool import WarmPool
-from tests.emulators.e2b import E2BEmulator, open_emulator
+from tests.emulators.e2b import E2BEmulator
+
+from .conftest import e2b_provider
 
 pytestmark = pytest.mark.anyio
 
 CONFIG = SandboxConfig(labels={"pool": "test"})
 
 
-@pytest.fixture(scope="module")
-def module_emulator() -> Iterator[E2BEmulator]:
-    with open_emulator() as running:
-        yield running
-
-
-@pytest.fixture
-def emulator(module_emulator: E2BEmulator) -> Iterator[E2BEmulator]:
-    module_emulator.clear_faults()
-    yield module_emulator
-    module_emulator.clear_faults()
-    assert not module_emulator.sandboxes, "a pool test left sandboxes behind"
-
-
 @pytest.fixture
 def provider(emulator: E2BEmulator) -> Any:
-    from sandboxes.providers.e2b import E2BProvider
-
-    return E2BProvider(**emulator.provider_options())
+    return e2b_provider(emulator)
 
 
 async def until_ready(pool: WarmPool, count: int, config: SandboxConfig = CONFIG) -> None:
