@@ -7,7 +7,9 @@ sandbox is destroyed or its lifetime runs out. When it exits, bubblewrap's
 pid 1 exits and the kernel kills every process left in the pid namespace,
 daemons included.
 
-Standard library only: it runs under the host's Python, inside the sandbox.
+Standard library only, and only modules that load fast: it runs on the
+system's Python (else the host's), inside the sandbox, from bytecode the
+host compiled once (see ``layout.agent_bundle``).
 """
 
 import _signal as signal  # not `signal` or `socket`: both import enum, ~6 ms
@@ -71,8 +73,8 @@ def main() -> None:
         try:
             _thread.start_new_thread(agent.serve, (conn,))
         except RuntimeError:
-            # Every process slot is taken (a fork bomb, as an ordinary user whose
-            # agent shares the workload's limit; root's agent is exempt): answer inline.
+            # Every process slot is taken (a fork bomb: the agent shares the
+            # workload's uid and so its process limit): answer inline.
             agent.serve(conn)
     agent.shutdown()
 
