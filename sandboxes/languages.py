@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -272,7 +273,9 @@ for a do
   fi
 done
 """
-_tool_cache: dict[tuple[str, str], str | None] = {}  # (sandbox id, tool) -> None when it works, else why not
+# sandbox handle -> {tool: None when it works, else why not}; by handle, not id: ids
+# can repeat (cassette placeholders), and the cache goes with the handle.
+_tool_cache: weakref.WeakKeyDictionary[Sandbox, dict[str, str | None]] = weakref.WeakKeyDictionary()
 
 
 async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
@@ -282,7 +285,8 @@ async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
 
 async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[str, str]]:
     """(tool, why) for each tool not found by ``command -v``, or found but failing its probe."""
-    unknown = [tool for tool in dict.fromkeys(tools) if (sandbox.id, tool) not in _tool_cache]
+    known = _tool_cache.setdefault(sandbox, {})
+    unknown = [tool for tool in dict.fromkeys(tools) if tool not in known]
     if unknown:
         probes = [f"{tool}?{_PROBES[tool]}" if tool in _PROBES else tool for tool in unknown]
         result = await sandbox.execute(["/bin/sh", "-c", _CHECK_TOOLS, "sh", *probes], timeout=60)
@@ -291,9 +295,8 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
             tool, broken, first_line = line.partition("!")
             if tool in found:
                 found[tool] = f"is in the sandbox but does not run ({first_line.strip() or 'no output'})" if broken else "is not installed in the sandbox"
-        for tool, why in found.items():
-            _tool_cache[(sandbox.id, tool)] = why
-    return [(tool, why) for tool in tools if (why := _tool_cache[(sandbox.id, tool)]) is not None]
+        known.update(found)
+    return [(tool, why) for tool in tools if (why := known[tool]) is not None]
 
 
 def _missing(sandbox: Sandbox, language: Language, tool: str, why: str) -> ToolchainMissing:

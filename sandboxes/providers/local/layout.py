@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,13 @@ def _toolchain_root(binary: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = ()) -> Toolchains:
-    """Find the host's toolchains on ``host_path`` (cached: creation must stay fast)."""
+def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = (), rustup_home: str = "") -> Toolchains:
+    """Find the host's toolchains on ``host_path`` (cached: creation must stay fast).
+
+    ``rustup_home`` is where rustup keeps its toolchains for the caller
+    (``rustup_home_of(os.environ)``): part of the cache key, since a changed
+    HOME or RUSTUP_HOME changes it.
+    """
     binds: list[str] = []
     path: list[str] = []
     env: dict[str, str] = {}
@@ -81,8 +87,7 @@ def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = ()) -> Too
             if directory not in path:
                 path.append(directory)
         if tool in ("rustc", "cargo", "rustup"):
-            rustup_home = os.environ.get("RUSTUP_HOME") or os.path.expanduser("~/.rustup")
-            if os.path.isdir(rustup_home):
+            if rustup_home and os.path.isdir(rustup_home):
                 add(os.path.realpath(rustup_home))
                 env["RUSTUP_HOME"] = os.path.realpath(rustup_home)
         if tool == "go":
@@ -92,6 +97,11 @@ def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = ()) -> Too
     # Nested binds are covered by their parent.
     kept = tuple(b for b in binds if not any(b != o and b.startswith(o + "/") for o in binds))
     return Toolchains(binds=kept, path=tuple(path), env=tuple(sorted(env.items())))
+
+
+def rustup_home_of(environ: Mapping[str, str]) -> str:
+    """Where rustup looks for toolchains: $RUSTUP_HOME, else ~/.rustup."""
+    return environ.get("RUSTUP_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".rustup")
 
 
 def sandbox_env(toolchains: Toolchains, home: str = WORKSPACE) -> dict[str, str]:

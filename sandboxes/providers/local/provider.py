@@ -36,7 +36,7 @@ from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
-from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, sandbox_env
+from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
 
 MIB = 1024 * 1024
@@ -165,7 +165,7 @@ class LocalProvider(SandboxProvider):
         lifetime = config.lifetime or self.lifetime
         memory_mb = config.memory_mb or self.memory_mb
         network = bool(config.network)
-        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds)
+        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ))
         python = os.path.realpath(sys.executable) if config.image else agent_python()
         inside_uid = uid if uid is not None else os.getuid()
         inside_gid = uid if uid is not None else os.getgid()
