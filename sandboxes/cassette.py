@@ -25,6 +25,7 @@ import base64
 import builtins
 import difflib
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ SECRET_NAME_PATTERNS = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*")
 MIN_SECRET_LENGTH = 4  # shorter values would scrub ordinary text
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every env var of every cassette
 def looks_secret(name: str) -> bool:
     upper = name.upper()
     return any(fnmatch.fnmatchcase(upper, pattern) for pattern in (*CREDENTIAL_VARS, *SECRET_NAME_PATTERNS))
