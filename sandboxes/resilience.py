@@ -70,12 +70,18 @@ class RetryPolicy:
     Retry-After, which waits exactly what the provider asked. A Retry-After
     longer than ``max_delay`` is not waited out: the error is raised at once
     (creation then fails over) rather than blocking the caller for minutes.
+
+    ``attempt_timeout`` bounds one attempt of a call to the provider's control
+    plane (create, get, list, files, destroy): a call that hangs past it is a
+    lost answer, retried like a dropped connection. Commands are bounded by
+    their own timeout instead.
     """
 
     max_attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 30.0
     multiplier: float = 2.0
+    attempt_timeout: float | None = 300.0
     sleep: Callable[[float], Awaitable[Any]] = field(default=anyio.sleep, repr=False, compare=False)
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
@@ -87,6 +93,8 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be 0 or more seconds, not {getattr(self, name)!r}")
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be at least 1, not {self.multiplier!r}")
+        if self.attempt_timeout is not None and self.attempt_timeout <= 0:
+            raise ValueError(f"attempt_timeout must be more than 0 seconds (or None for no bound), not {self.attempt_timeout!r}")
 
     @classmethod
     def never(cls) -> RetryPolicy:

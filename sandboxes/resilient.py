@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .errors import RateLimitError, SetupFailed
+from .errors import ProviderError, RateLimitError, SetupFailed
 from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
@@ -67,14 +67,25 @@ class ResilientProvider(SandboxProvider):
         return self.inner.capabilities
 
     # -- plumbing ------------------------------------------------------------------------
-    async def _once(self, function: Callable[[], Awaitable[T]]) -> T:
+    async def _once(self, function: Callable[[], Awaitable[T]], *, bounded: bool = True) -> T:
+        """One attempt through the breaker; a control-plane call that hangs past ``attempt_timeout`` is lost."""
+        limit = self.retry.attempt_timeout if bounded else None
         with self.breaker.guard():
-            return await function()
+            if limit is None:
+                return await function()
+            with anyio.move_on_after(limit):
+                return await function()
+            raise ProviderError(f"{self.name} did not answer within {limit:g}s", provider=self.name)
 
     async def _retried(
-        self, what: str, function: Callable[[], Awaitable[T]], retry_if: Callable[[BaseException], bool] = is_transient
+        self,
+        what: str,
+        function: Callable[[], Awaitable[T]],
+        retry_if: Callable[[BaseException], bool] = is_transient,
+        *,
+        bounded: bool = True,
     ) -> T:
-        return await self.retry.run(lambda: self._once(function), retry_if=retry_if, what=f"{self.name}: {what}")
+        return await self.retry.run(lambda: self._once(function, bounded=bounded), retry_if=retry_if, what=f"{self.name}: {what}")
 
     @staticmethod
     def _public(info: SandboxInfo) -> SandboxInfo:
@@ -182,6 +193,7 @@ class ResilientProvider(SandboxProvider):
             f"run a command in {sandbox_id}",
             lambda: self.inner.execute_command(sandbox_id, command, env=env, cwd=cwd, timeout=timeout, stdin=stdin),
             retry_if=_rejected,
+            bounded=False,  # the command's own timeout bounds it
         )
 
     def stream_execution(

@@ -242,6 +242,32 @@ async def test_a_lost_answer_on_modal_leaves_no_orphan_although_the_sdk_resends(
         await provider.aclose()
 
 
+async def test_a_hung_modal_call_is_cut_at_the_attempt_timeout_and_retried(modal_emulator: ModalEmulator) -> None:
+    """Modal's SDK sets no deadline of its own: the retry policy's attempt_timeout bounds the hang."""
+    from sandboxes.providers.modal import ModalProvider
+
+    provider = ModalProvider()
+    try:
+        retry = RetryPolicy(sleep=Sleeps(), random=lambda: 1.0, base_delay=0.01, attempt_timeout=0.5)
+        instance, info = await manager(provider, retry=retry).create_sandbox(SandboxConfig(labels={"case": "modal-hang"}))
+        try:
+            modal_emulator.hang_next("SandboxListV2", seconds=30)
+            started = time.monotonic()
+            assert [found.id for found in await instance.list_sandboxes({"case": "modal-hang"})] == [info.id]
+            assert time.monotonic() - started < 10  # one attempt cut at 0.5 s, the next answered
+            assert modal_emulator.calls.count("SandboxListV2") >= 2
+        finally:
+            await instance.destroy_sandbox(info.id)
+    finally:
+        await provider.aclose()
+
+
+def test_attempt_timeout_must_be_positive_or_none() -> None:
+    assert RetryPolicy(attempt_timeout=None).attempt_timeout is None
+    with pytest.raises(ValueError, match="attempt_timeout must be more than 0 seconds"):
+        RetryPolicy(attempt_timeout=0)
+
+
 async def test_failed_setup_destroys_the_half_created_sandbox_and_is_not_failed_over(
     emulator: E2BEmulator, daytona: Any
 ) -> None:
