@@ -268,7 +268,7 @@ async def test_the_agent_holds_no_host_secret_and_as_root_cannot_be_read(provide
     monkeypatch.setenv("HOST_SECRET_TOKEN", "s3cr3t-4242")
     info = await provider.create_sandbox(SandboxConfig())  # started with the secret in the host's env
     try:
-        agent = await provider.execute_command(info.id, "pgrep -f agent.pyc")
+        agent = await provider.execute_command(info.id, "pgrep -f agent.main")
         pid = agent.stdout.split()[0]
         peek = await provider.execute_command(info.id, f"cat /proc/{pid}/environ /proc/{pid}/cmdline; head -c 16 /proc/{pid}/mem")
         assert "s3cr3t-4242" not in peek.stdout

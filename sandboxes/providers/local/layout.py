@@ -172,27 +172,38 @@ def agent_python() -> str:
 
 
 def agent_bundle(root: Path, python: str) -> Path:
-    """The agent compiled once to bytecode for ``python``, in ``root``.
+    """The agent's sources with their bytecode compiled once for ``python``, in ``root``.
 
-    Started from its source, Python would compile the agent again in every
-    new sandbox (its mount is read-only), which costs more than a third of
-    the time a sandbox takes to start.
+    Started from its source as a script, Python would compile the agent again
+    in every new sandbox (its mount is read-only), which costs more than a
+    third of the time a sandbox takes to start. Imported (``agent_argv``), it
+    loads the cached bytecode; an interpreter of another version (in an
+    ``image``) still runs it, compiled from the source.
     """
 
     def compile_into(building: Path) -> None:
-        pairs = [str(path) for source in AGENT_SOURCES for path in (source, building / (source.stem + ".pyc"))]
-        subprocess.run([python, "-E", "-s", "-S", "-c", COMPILE_ALL, *pairs], check=True, capture_output=True, timeout=60)
+        for source in AGENT_SOURCES:
+            shutil.copy2(source, building / source.name)  # same mtime: the bytecode stays valid
+        copies = [str(building / source.name) for source in AGENT_SOURCES]
+        subprocess.run([python, "-E", "-s", "-S", "-c", COMPILE_ALL, *copies], check=True, capture_output=True, timeout=60)
+        for path in building.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
     return build_once(root, f".agent-{_agent_digest(python)}", compile_into)
 
 
+def agent_argv(python: str, bundle: str) -> list[str]:
+    """The agent's command line: imported from ``bundle``, so its cached bytecode is used."""
+    return [python, "-E", "-s", "-S", "-c", f"import sys; sys.path[0] = {bundle!r}; import agent; agent.main()"]
+
+
 AGENT_SOURCES = (AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py")
-COMPILE_ALL = "import py_compile, sys\nfor s, c in zip(sys.argv[1::2], sys.argv[2::2]): py_compile.compile(s, cfile=c, doraise=True)"
+COMPILE_ALL = "import py_compile, sys\nfor source in sys.argv[1:]: py_compile.compile(source, doraise=True)"
 
 
 @functools.lru_cache(maxsize=4)
 def _agent_digest(python: str) -> str:
-    digest = hashlib.sha256(f"{python}\0{os.stat(python).st_mtime_ns}".encode())
+    digest = hashlib.sha256(f"{COMPILE_ALL}\0{python}\0{os.stat(python).st_mtime_ns}".encode())  # how it is built, too
     for source in AGENT_SOURCES:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -264,5 +275,5 @@ def bwrap_argv(
         argv += ["--ro-bind", os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_prefix)]
     argv += ["--bind", str(state_dir / "run"), SANDBOX_RUN_DIR]
     argv += ["--chdir", WORKSPACE, "--info-fd", str(info_fd)]
-    argv += ["--", python, "-E", "-s", "-S", f"{SANDBOX_AGENT_DIR}/agent.pyc"]
+    argv += ["--", *agent_argv(python, SANDBOX_AGENT_DIR)]
     return argv

@@ -36,7 +36,7 @@ from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
-from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
+from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
 
 MIB = 1024 * 1024
@@ -218,7 +218,7 @@ class LocalProvider(SandboxProvider):
             settings["socket"] = str(directory / "run" / "agent.sock")
             settings["cwd"] = workspace
             env["HOME"] = workspace
-            argv = [python, "-E", "-s", "-S", str(agent_bundle(cache_root(), python) / "agent.pyc")]
+            argv = agent_argv(python, str(agent_bundle(cache_root(), python)))
             os.close(info_w)
             info_w = -1
         log = open(directory / "log", "wb")
