@@ -77,7 +77,11 @@ def test_files_beside_the_source_and_cleanup(shared: sync.Sandbox) -> None:
     assert result.stdout.splitlines()[0] == "hello"
     run_dir = result.stdout.splitlines()[1]
     assert run_dir.startswith(langs.RUN_ROOT + "/")
-    assert shared.execute(["test", "-e", run_dir]).exit_code == 1  # removed afterwards
+    assert shared.execute(["test", "-e", run_dir]).exit_code == 0  # kept for a batch...
+    for _ in range(langs.CLEANUP_BATCH):
+        shared.run_code("pass", "python")
+    assert shared.execute(["test", "-e", run_dir]).exit_code == 1  # ...then removed with it
+    assert int(shared.execute(["sh", "-c", f"ls {langs.RUN_ROOT} | wc -l"]).stdout) < langs.CLEANUP_BATCH
     with pytest.raises(ValueError, match="relative"):
         shared.run_code("print(1)", "python", files={"../escape": "x"})
 
