@@ -12,6 +12,7 @@ A provider's ``stream_execution`` is an async generator decorated with
 
 from __future__ import annotations
 
+import codecs
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,25 @@ class ExitStatus:
 
 
 StreamItem = OutputChunk | ExitStatus
+
+
+class ChunkDecoder:
+    """Bytes of stdout and stderr to text chunks, never splitting a UTF-8 character.
+
+    ``decode`` keeps a character cut at the end of one piece of output for the
+    next; ``flush`` gives what is left once the command has ended.
+    """
+
+    def __init__(self) -> None:
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+
+    def decode(self, stream: str, data: bytes) -> OutputChunk | None:
+        text = self._decoders[stream].decode(data)
+        return OutputChunk(stream, text) if text else None  # type: ignore[arg-type]
+
+    def flush(self) -> list[OutputChunk]:
+        left = ((name, decoder.decode(b"", final=True)) for name, decoder in self._decoders.items())
+        return [OutputChunk(name, text) for name, text in left if text]  # type: ignore[arg-type]
 
 
 class CommandStream(AsyncIterator[OutputChunk]):

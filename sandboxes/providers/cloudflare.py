@@ -25,7 +25,6 @@ TLS context), so the provider works from any event loop, including trio.
 from __future__ import annotations
 
 import base64
-import codecs
 import json
 import os
 import posixpath
@@ -58,12 +57,11 @@ from ..models import (
     Command,
     ExecutionResult,
     OutputBuffer,
-    OutputChunk,
     SandboxConfig,
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, validate_command
-from ..streaming import ExitStatus, StreamItem, streaming
+from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from ..secrets import scrub
 from ._label_registry import Entry, LabelRegistry, default_state_dir
 
@@ -378,22 +376,19 @@ class CloudflareProvider(SandboxProvider):
     ) -> AsyncIterator[StreamItem]:
         """Yield output as the bridge streams it (SSE), stdout and stderr apart, then the exit status."""
         limit = timeout if timeout is not None else self.command_timeout
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+        decoder = ChunkDecoder()
         started = time.monotonic()
         exit_code, timed_out = -1, False  # as execute_command: no exit event means killed
         async for event, data in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if event in decoders:
-                text = decoders[event].decode(base64.b64decode(data))
-                if text:
-                    yield OutputChunk(event, text)  # type: ignore[arg-type]
+            if event in ("stdout", "stderr"):
+                if chunk := decoder.decode(event, base64.b64decode(data)):
+                    yield chunk
             elif event == "exit":
                 exit_code = int(json.loads(data).get("exit_code", -1))
             elif event == "error":
                 timed_out = self._timed_out(data, started, limit)
-        for name, decoder in decoders.items():
-            text = decoder.decode(b"", final=True)
-            if text:
-                yield OutputChunk(name, text)  # type: ignore[arg-type]
+        for chunk in decoder.flush():
+            yield chunk
         yield ExitStatus(exit_code, timed_out, (time.monotonic() - started) * 1000)
 
     # -- files ---------------------------------------------------------------------------

@@ -11,7 +11,6 @@ that no client outlives the loop of the code that uses it.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 import math
 import os
@@ -48,12 +47,11 @@ from ..models import (
     Command,
     ExecutionResult,
     OutputBuffer,
-    OutputChunk,
     SandboxConfig,
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, as_bytes, shell_command, validate_command
-from ..streaming import ExitStatus, StreamItem, streaming
+from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from ..secrets import scrub
 
 DEFAULT_APP = "pytest-sandboxes"
@@ -504,21 +502,18 @@ class ModalProvider(SandboxProvider):
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> AsyncIterator[StreamItem]:
-        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
+        decoder = ChunkDecoder()
         limit_seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
         started = time.monotonic()
         code: int | None = None
         async for kind, payload in self._events(sandbox_id, command, env, cwd, timeout, stdin):
             if kind == "exit" and isinstance(payload, int):
                 code = payload
-            elif kind in decoders and isinstance(payload, bytes):
-                text = decoders[kind].decode(payload)
-                if text:
-                    yield OutputChunk(kind, text)  # type: ignore[arg-type]
-        for kind, decoder in decoders.items():
-            text = decoder.decode(b"", final=True)
-            if text:
-                yield OutputChunk(kind, text)  # type: ignore[arg-type]
+            elif kind in ("stdout", "stderr") and isinstance(payload, bytes):
+                if chunk := decoder.decode(kind, payload):
+                    yield chunk
+        for chunk in decoder.flush():
+            yield chunk
         if code is not None:  # as execute_command reads it
             elapsed = time.monotonic() - started
             timed_out = _timed_out(code, elapsed, limit_seconds)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("pytest_asyncio", reason="pytest-asyncio is in the dev extra")
-
 ALIVE = """
 import os
 from sandboxes.providers.local import LocalProvider

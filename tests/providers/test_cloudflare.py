@@ -16,11 +16,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+import vcr
 
-vcr = pytest.importorskip("vcr")
-
-from sandboxes import SandboxConfig  # noqa: E402
-from sandboxes.errors import (  # noqa: E402
+from sandboxes import SandboxConfig
+from sandboxes.errors import (
     AuthenticationError,
     ProviderError,
     ProviderUnavailable,
@@ -28,8 +27,8 @@ from sandboxes.errors import (  # noqa: E402
     SandboxNotFoundError,
     UnsupportedOperation,
 )
-from sandboxes.providers.cloudflare import CloudflareProvider  # noqa: E402
-from tests.emulators.cloudflare import CloudflareBridgeEmulator, open_provider  # noqa: E402
+from sandboxes.providers.cloudflare import CloudflareProvider
+from tests.emulators.cloudflare import CloudflareBridgeEmulator, open_provider
 
 pytestmark = pytest.mark.anyio
 

@@ -17,12 +17,10 @@ from unittest import mock
 
 import anyio
 import pytest
+import vcr
 
-pytest.importorskip("daytona")
-vcr = pytest.importorskip("vcr")
-
-from sandboxes import SandboxConfig  # noqa: E402
-from sandboxes.errors import (  # noqa: E402
+from sandboxes import SandboxConfig
+from sandboxes.errors import (
     AuthenticationError,
     ProviderError,
     ProviderUnavailable,
@@ -30,8 +28,8 @@ from sandboxes.errors import (  # noqa: E402
     SandboxNotFoundError,
     UnsupportedOperation,
 )
-from sandboxes.providers.daytona import DaytonaProvider  # noqa: E402
-from tests.emulators.daytona import DaytonaEmulator, open_provider, provider_env  # noqa: E402
+from sandboxes.providers.daytona import DaytonaProvider
+from tests.emulators.daytona import DaytonaEmulator, open_provider, provider_env
 
 pytestmark = pytest.mark.anyio
 

@@ -28,12 +28,11 @@ from ...models import (
     Command,
     ExecutionResult,
     OutputBuffer,
-    OutputChunk,
     SandboxConfig,
     SandboxInfo,
 )
 from ...provider import SandboxProvider, as_bytes, validate_command
-from ...streaming import ExitStatus, StreamItem, streaming
+from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
 from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
@@ -494,25 +493,20 @@ class LocalProvider(SandboxProvider):
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> AsyncIterator[StreamItem]:
-        import codecs
-
-        decoders = {wire.STDOUT: codecs.getincrementaldecoder("utf-8")("replace"), wire.STDERR: codecs.getincrementaldecoder("utf-8")("replace")}
+        decoder = ChunkDecoder()
         names = {wire.STDOUT: "stdout", wire.STDERR: "stderr"}
         status = None
         async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind in decoders:
-                text = decoders[kind].decode(payload)
-                if text:
-                    yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+            if kind in names:
+                if chunk := decoder.decode(names[kind], payload):
+                    yield chunk
             elif kind == wire.EXIT:  # the agent's last frame: how the command ended
                 ended = json.loads(payload)
                 status = ExitStatus(ended["exit_code"], ended["timed_out"], ended["duration_ms"])
             elif kind == wire.ERROR:
                 raise _agent_error(json.loads(payload), self.name)
-        for kind, decoder in decoders.items():
-            text = decoder.decode(b"", final=True)
-            if text:
-                yield OutputChunk(names[kind], text)  # type: ignore[arg-type]
+        for chunk in decoder.flush():
+            yield chunk
         if status is not None:
             yield status
 
