@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
@@ -82,13 +82,22 @@ def host_labels() -> dict[str, str]:
     return {CREATED_BY[0]: CREATED_BY[1], HOST_LABEL: socket.gethostname()}
 
 
+def binary_stream(name: str) -> BinaryIO:
+    """The byte stream under sys.stdin/stdout/stderr (CliRunner's too).
+
+    Not ``click.get_binary_stream``, which click 8.5 deprecates.
+    """
+    stream = getattr(sys, name)
+    return stream.buffer if hasattr(stream, "buffer") else stream
+
+
 def piped_stdin() -> bytes | None:
     """Our stdin when it is a pipe or file with something in it (handed to the program), else None.
 
     Empty input is None: the program sees end-of-file either way, and
     providers that take no stdin (Daytona) can still run it.
     """
-    stream = click.get_binary_stream("stdin")
+    stream = binary_stream("stdin")
     if stream.isatty():
         return None
     return stream.read() or None
@@ -104,7 +113,7 @@ def stream_command(
     timeout: float | None = None,
 ) -> int:
     """Run argv with output shown live; the program's exit code (124 when it timed out)."""
-    out, err = click.get_binary_stream("stdout"), click.get_binary_stream("stderr")
+    out, err = binary_stream("stdout"), binary_stream("stderr")
     if not sandbox.async_sandbox.provider_instance.capabilities.streaming:
         # The provider cannot stream: say so, and show the output when the command ends.
         echo_err(f"note: provider {sandbox.provider} cannot stream output; it is shown when the command ends")

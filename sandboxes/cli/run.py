@@ -8,7 +8,7 @@ import click
 
 from .. import languages, sync
 from ..errors import SandboxError
-from ._util import ERROR_EXIT, echo_err, fail, host_labels, parse_pairs, piped_stdin, provider_option, reported, stream_command
+from ._util import ERROR_EXIT, binary_stream, echo_err, fail, host_labels, parse_pairs, piped_stdin, provider_option, reported, stream_command
 
 EXAMPLES = """
 \b
@@ -140,8 +140,8 @@ def _run_code(
     try:
         if prepared.failed is not None:
             failed = prepared.failed
-            click.get_binary_stream("stdout").write(failed.stdout.encode())
-            click.get_binary_stream("stderr").write(failed.stderr.encode())
+            binary_stream("stdout").write(failed.stdout.encode())
+            binary_stream("stderr").write(failed.stderr.encode())
             if failed.timed_out:
                 echo_err(f"Error: the build timed out after {timeout:g}s")
                 return 124
