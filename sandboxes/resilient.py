@@ -17,6 +17,7 @@ providers the token is checked after every creation. Setup commands run after th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -67,10 +68,10 @@ class ResilientProvider(SandboxProvider):
         return self.inner.capabilities
 
     # -- plumbing ------------------------------------------------------------------------
-    async def _once(self, function: Callable[[], Awaitable[T]], *, bounded: bool = True) -> T:
-        """One attempt through the breaker; a control-plane call that hangs past ``attempt_timeout`` is lost."""
+    async def _once(self, function: Callable[[], Awaitable[T]], *, bounded: bool = True, guarded: bool = True) -> T:
+        """One attempt through the breaker (unless not ``guarded``); a control-plane call that hangs past ``attempt_timeout`` is lost."""
         limit = self.retry.attempt_timeout if bounded else None
-        with self.breaker.guard():
+        with self.breaker.guard() if guarded else contextlib.nullcontext():
             if limit is None:
                 return await function()
             with anyio.move_on_after(limit):
@@ -160,7 +161,12 @@ class ResilientProvider(SandboxProvider):
         return self._public(info) if info is not None else None
 
     async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        return await self._retried(f"destroy sandbox {sandbox_id}", lambda: self.inner.destroy_sandbox(sandbox_id))
+        """Retried, but never refused by an open circuit: a refused destroy would leak the sandbox."""
+
+        return await self.retry.run(
+            lambda: self._once(lambda: self.inner.destroy_sandbox(sandbox_id), guarded=False),
+            what=f"{self.name}: destroy sandbox {sandbox_id}",
+        )
 
     async def health_check(self) -> bool:
         """False at once while the circuit is open; otherwise the provider's own check, retried."""

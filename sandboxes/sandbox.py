@@ -237,10 +237,13 @@ class Sandbox:
         await self._provider.download_file(self.id, remote_path, local_path)
 
     async def destroy(self) -> None:
-        """Destroy the sandbox; safe to call twice."""
+        """Destroy the sandbox; safe to call twice, and again after a failed attempt.
+
+        The handle counts as destroyed only once the provider has destroyed it.
+        """
         if not self._destroyed:
-            self._destroyed = True
             await self._provider.destroy_sandbox(self.id)
+            self._destroyed = True
 
     async def __aenter__(self) -> Sandbox:
         return self

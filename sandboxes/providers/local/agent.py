@@ -30,14 +30,41 @@ OUTBOX_LIMIT = 4 * 1024 * 1024
 TIMED_OUT_EXIT_CODE = 124
 
 
+def _undumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no process of the sandbox may trace the agent or
+    read its memory, also where it shares their uid (in a user namespace).
+
+    Through ``_ctypes`` alone: ``ctypes`` costs some 3 ms to import.
+    """
+    import _ctypes
+
+    class Int(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
+        _type_ = "i"
+
+    class Function(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = Int
+
+    class Libc:
+        _handle = _ctypes.dlopen(None)
+
+    prctl = Function(("prctl", Libc()))
+    if prctl(4, 0, 0, 0, 0) != 0 or prctl(3, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, PR_GET_DUMPABLE
+        raise OSError("the agent could not make itself undumpable")
+
+
 def main() -> None:
     settings = marshal.loads(sys.stdin.buffer.read())
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-    server.bind(settings["socket"])
-    server.listen(64)
+    # The host made the listening socket, in a directory the sandbox cannot
+    # see, and passed it in: nothing inside can replace or reach it. Neither it
+    # nor any other descriptor the host passed may reach a command.
+    for fd in settings["inherited_fds"]:
+        os.set_inheritable(fd, False)
+    server = socket.socket(fileno=settings["listen_fd"])
+    _undumpable()
     uid = settings.get("uid") if os.getuid() == 0 else None
     if uid is not None:
         os.chown(settings["cwd"], uid, settings["gid"])
@@ -109,6 +136,8 @@ class Agent:
                 self.write(conn, reader, **request)
             elif op == "read":
                 self.read(conn, **request)
+            elif op == "pack":
+                self.pack(conn, **request)
             elif op == "ping":
                 conn.sendall(wire.reply_frame(wire.OK, {"pid": os.getpid()}))
             elif op == "shutdown":
@@ -147,12 +176,67 @@ class Agent:
             os.chmod(target, mode)
         conn.sendall(wire.reply_frame(wire.OK, {}))
 
-    def read(self, conn: socket.socket, path: str) -> None:
-        target = self._path(path)
-        with open(target, "rb") as handle:
-            while data := handle.read(wire.MAX_FRAME):
+    def read(self, conn: socket.socket, path: str, limit: int) -> None:
+        """Send a regular file to its end, never more than ``limit`` bytes.
+
+        Its size is not trusted (files under /proc say 0, a file may grow):
+        past ``limit`` the reply is EFBIG. Anything but a regular file (a FIFO
+        that would block, a link to /dev/zero that never ends) is refused.
+        """
+        fd = _open_regular(self._path(path))
+        try:
+            sent = 0
+            while data := os.read(fd, min(wire.MAX_FRAME, limit + 1 - sent)):
+                sent += len(data)
+                if sent > limit:
+                    raise OSError(errno_EFBIG, f"larger than the limit of {limit} bytes (max_file_bytes)", path)
                 conn.sendall(wire.frame(wire.DATA, data))
+        finally:
+            os.close(fd)
         conn.sendall(wire.reply_frame(wire.OK, {}))
+
+    def pack(self, conn: socket.socket, path: str, limit: int) -> None:
+        """Stream a directory tree as a tar archive (regular files, directories, and the
+        names of links and special files, which the host skips); at most ``limit`` bytes.
+
+        Walked iteratively with ``lstat`` semantics; each file is opened without
+        following links and checked to be regular, so swapping one for a FIFO or a
+        link while the walk runs gets it skipped, never blocks or escapes.
+        """
+        import tarfile  # only when a tree is downloaded: it is slow to import
+
+        root = self._path(path)
+        if not os.path.isdir(root) or os.path.islink(root):
+            raise OSError(20, "Not a directory", path)  # ENOTDIR: the host reads it as a file
+        out = _FrameWriter(conn, limit)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            pending = [""]
+            while pending:
+                relative = pending.pop()
+                try:
+                    entries = sorted(os.scandir(os.path.join(root, relative)), key=lambda entry: entry.name)
+                except OSError:
+                    continue  # unreadable: left out, as tar would
+                for entry in entries:
+                    name = f"{relative}/{entry.name}" if relative else entry.name
+                    info = tarfile.TarInfo(name)
+                    info.mode = 0o755
+                    if entry.is_dir(follow_symlinks=False):
+                        info.type = tarfile.DIRTYPE
+                        tar.addfile(info)
+                        pending.append(name)
+                        continue
+                    try:
+                        fd = _open_regular(entry.path, follow=False)
+                    except OSError:
+                        info.type = tarfile.SYMTYPE if entry.is_symlink() else tarfile.FIFOTYPE
+                        tar.addfile(info)  # named, so the host can say what it skipped
+                        continue
+                    with open(fd, "rb") as handle:
+                        status = os.fstat(fd)
+                        info.size, info.mode = status.st_size, status.st_mode & 0o777
+                        tar.addfile(info, handle)  # exactly st_size bytes; an error if it shrank
+        conn.sendall(out.take() + wire.reply_frame(wire.OK, {}))
 
     # -- commands ------------------------------------------------------------
     def execute(
@@ -216,6 +300,50 @@ class Agent:
             kind, _ = reader.next()
             if kind == wire.EOF:
                 break
+
+
+errno_EFBIG = 27  # not `import errno`: every import is start-up time
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+
+
+def _open_regular(path: str, *, follow: bool = True) -> int:
+    """An fd open for reading on a regular file, else OSError (never blocks on a FIFO)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode & _S_IFMT
+        if mode != _S_IFREG:
+            if mode == 0o040000:
+                raise OSError(21, "Is a directory", path)  # EISDIR
+            raise OSError(22, "Not a regular file (a device, FIFO or socket): refused", path)  # EINVAL
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _FrameWriter:
+    """A write-only file over the connection: DATA frames, at most ``limit`` bytes in all."""
+
+    def __init__(self, conn: socket.socket, limit: int) -> None:
+        self.conn, self.limit, self.sent = conn, limit, 0
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.sent += len(data)
+        if self.sent > self.limit:
+            raise OSError(errno_EFBIG, f"the tree is larger than the limit of {self.limit} bytes (max_file_bytes)")
+        self.buffer += data
+        if len(self.buffer) >= wire.MAX_FRAME:
+            self.conn.sendall(self.take())
+        return len(data)
+
+    def take(self) -> bytes:
+        """The buffered bytes as frames, and an empty buffer."""
+        frames = b"".join(wire.chunked(wire.DATA, bytes(self.buffer)))
+        self.buffer.clear()
+        return frames
 
 
 class Child:
@@ -522,14 +650,13 @@ class _Reader:
 
 
 def _send_error(conn: socket.socket, error: BaseException) -> None:
-    kind = type(error).__name__
-    if isinstance(error, OSError) and error.filename is not None:
-        message = f"{error.strerror}: {error.filename}"
-    else:
-        message = str(error)
+    reply: dict[str, str | int | None] = {"type": type(error).__name__, "message": str(error)}
+    if isinstance(error, OSError) and error.errno is not None:
+        # The sandbox's own files said no: the caller's error, never the provider's.
+        reply.update(errno=error.errno, message=error.strerror or str(error), filename=error.filename)
     try:
         conn.setblocking(True)
-        conn.sendall(wire.reply_frame(wire.ERROR, {"type": kind, "message": message}))
+        conn.sendall(wire.reply_frame(wire.ERROR, reply))
     except OSError:
         pass
 

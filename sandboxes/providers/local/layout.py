@@ -23,8 +23,8 @@ from .state import build_once
 
 AGENT_DIR = Path(__file__).resolve().parent
 SANDBOX_AGENT_DIR = "/run/sandbox-agent"
-SANDBOX_RUN_DIR = "/run/sandbox"
 WORKSPACE = "/workspace"
+MIB = 1024 * 1024
 SYSTEM_PATH = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin"
 
 TOOLS = (
@@ -47,19 +47,51 @@ def _is_system(path: str) -> bool:
     return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
 
 
-def _toolchain_root(binary: str) -> str:
-    """The directory holding a toolchain: the parent of its ``bin`` directory."""
+# Directories that hold more than a toolchain: bound whole, they would show a
+# sandbox other sandboxes' sockets (~/.local/state), caches, or credentials.
+SHARED_DIRS = (".local", ".cargo", ".config", ".cache", ".npm", ".gem", ".ssh", ".aws", ".docker", "go")
+SECRET_NAMES = ("credentials", "credentials.toml", ".credentials.toml", ".netrc", ".git-credentials", ".pypirc", ".npmrc", "config.json", "auth.json")  # fmt: skip
+
+
+def _toolchain_root(binary: str, private: tuple[str, ...]) -> str:
+    """The directory to bind for a toolchain: the parent of its ``bin`` directory,
+    unless that parent holds more than the toolchain (a home, ``~/.local``,
+    ``~/.cargo`` with its credentials, or one of the ``private`` directories):
+    then only the ``bin`` directory itself.
+    """
     parent = os.path.dirname(binary)
-    return os.path.dirname(parent) if os.path.basename(parent) == "bin" else parent
+    if os.path.basename(parent) != "bin":
+        return parent
+    root = os.path.dirname(parent)
+    if _holds_more_than_a_toolchain(root, private):
+        return parent
+    return root
+
+
+def _holds_more_than_a_toolchain(directory: str, private: tuple[str, ...]) -> bool:
+    if os.path.basename(directory) in SHARED_DIRS or directory in _homes():
+        return True
+    if any(p == directory or p.startswith(directory.rstrip("/") + "/") for p in private):
+        return True
+    return any(os.path.lexists(os.path.join(directory, name)) for name in SECRET_NAMES)
+
+
+def _homes() -> set[str]:
+    homes = {os.path.realpath(os.path.expanduser("~")), "/root", "/home"}
+    return homes | {os.path.realpath(os.environ["HOME"])} if os.environ.get("HOME") else homes
 
 
 @functools.lru_cache(maxsize=8)
-def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = (), rustup_home: str = "") -> Toolchains:
+def discover_toolchains(
+    host_path: str, extra_dirs: tuple[str, ...] = (), rustup_home: str = "", private: tuple[str, ...] = ()
+) -> Toolchains:
     """Find the host's toolchains on ``host_path`` (cached: creation must stay fast).
 
     ``rustup_home`` is where rustup keeps its toolchains for the caller
     (``rustup_home_of(os.environ)``): part of the cache key, since a changed
-    HOME or RUSTUP_HOME changes it.
+    HOME or RUSTUP_HOME changes it. No bind may contain a ``private``
+    directory (the state and cache roots) unless the caller named it in
+    ``extra_dirs``; ``bwrap_argv`` then hides them.
     """
     binds: list[str] = []
     path: list[str] = []
@@ -80,9 +112,9 @@ def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = (), rustup
         real = os.path.realpath(found)
         if _is_system(found) and _is_system(real):
             continue
-        add(_toolchain_root(real))
+        add(_toolchain_root(real, private))
         if not _is_system(found):
-            add(_toolchain_root(found))
+            add(_toolchain_root(found, private))
             directory = os.path.dirname(found)
             if directory not in path:
                 path.append(directory)
@@ -220,12 +252,18 @@ def _system_mounts(etc: Path) -> list[str]:
     return args
 
 
+def _toolchain_tops(binds: tuple[str, ...]) -> list[str]:
+    """The top directories (such as /root) that become a tmpfs holding the toolchains' binds."""
+    return sorted({"/" + b.strip("/").split("/")[0] for b in binds} - {"/usr", "/opt", "/tmp"})
+
+
 def _toolchain_mounts(binds: tuple[str, ...]) -> list[str]:
     args: list[str] = []
-    tops = sorted({"/" + b.strip("/").split("/")[0] for b in binds} - {"/usr", "/opt", "/tmp"})
+    tops = _toolchain_tops(binds)
     for top in tops:
-        # A private home such as /root (0700) becomes a traversable, empty tmpfs.
-        args += ["--perms", "0755", "--tmpfs", top]
+        # A private home such as /root (0700) becomes a traversable, empty tmpfs
+        # (read-only once the binds are in: see bwrap_argv).
+        args += ["--size", str(MIB), "--perms", "0755", "--tmpfs", top]
     made: set[str] = set(tops)
     for directory in binds:
         parts = directory.strip("/").split("/")
@@ -247,14 +285,23 @@ def bwrap_argv(
     network: bool,
     workspace_bytes: int,
     tmp_bytes: int,
+    shm_bytes: int,
     image: str | None,
     python: str,
     agent: Path,
     etc: Path,
     info_fd: int,
+    hidden: tuple[str, ...] = (),
 ) -> list[str]:
-    """The whole bubblewrap command line that starts a sandbox's agent."""
-    argv = [bwrap, "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    """The whole bubblewrap command line that starts a sandbox's agent.
+
+    No host directory is writable from inside: / and every directory bwrap
+    makes are remounted read-only at the end; /workspace, /tmp and /dev/shm
+    are size-capped tmpfs mounts. ``hidden`` directories (the state and cache
+    roots) get an empty read-only tmpfs over them wherever a bind shows them.
+    bwrap dies with its parent, the lifetime watchdog (``provider.py``).
+    """
+    argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         argv.append("--unshare-user")
     if not network:
@@ -267,13 +314,18 @@ def bwrap_argv(
         argv += _system_mounts(etc)
         argv += _toolchain_mounts(toolchains.binds)
         argv += ["--ro-bind", str(state_dir / "passwd"), "/etc/passwd", "--ro-bind", str(state_dir / "group"), "/etc/group"]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     argv += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     argv += ["--size", str(workspace_bytes), "--perms", "0755", "--tmpfs", WORKSPACE]
     argv += ["--ro-bind", str(agent), SANDBOX_AGENT_DIR]
     if image and not _is_system(python):
         argv += ["--ro-bind", os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_prefix)]
-    argv += ["--bind", str(state_dir / "run"), SANDBOX_RUN_DIR]
+    for directory in hidden:
+        if any(directory == b or directory.startswith(b.rstrip("/") + "/") for b in toolchains.binds):
+            argv += ["--size", str(MIB), "--tmpfs", directory, "--remount-ro", directory]
+    for top in [] if image else _toolchain_tops(toolchains.binds):
+        argv += ["--remount-ro", top]
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--chdir", WORKSPACE, "--info-fd", str(info_fd)]
     argv += ["--", *agent_argv(python, SANDBOX_AGENT_DIR)]
     return argv

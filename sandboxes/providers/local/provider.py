@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import marshal
 import os
 import secrets
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import SocketStream
@@ -31,17 +36,19 @@ from ...models import (
     SandboxConfig,
     SandboxInfo,
 )
+from ..._extract import extract_tar
 from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
-from .layout import SANDBOX_RUN_DIR, WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
+from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
 
 MIB = 1024 * 1024
 MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
 READY_TIMEOUT = 30.0
-AGENT_GRACE = 30.0  # beyond a command's timeout, before the host gives up on the agent
+AGENT_GRACE = 2.0  # beyond a command's timeout, before the host gives up on the agent
+TIMED_OUT_EXIT_CODE = 124
 Isolation = Literal["bwrap", "process"]
 
 # The bubblewrap processes this process started, by sandbox id: kept beyond the
@@ -74,6 +81,8 @@ class LocalProvider(SandboxProvider):
         max_open_files: int = 1024,
         workspace_mb: int = 1024,
         tmp_mb: int = 512,
+        shm_mb: int = 64,
+        max_file_bytes: int = 1 << 30,
         lifetime: float = DEFAULT_LIFETIME_SECONDS,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS,
         extra_binds: tuple[str, ...] = (),
@@ -88,6 +97,8 @@ class LocalProvider(SandboxProvider):
         self.max_open_files = max_open_files
         self.workspace_mb = workspace_mb
         self.tmp_mb = tmp_mb
+        self.shm_mb = shm_mb
+        self.max_file_bytes = max_file_bytes
         self.lifetime = lifetime
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
@@ -164,7 +175,8 @@ class LocalProvider(SandboxProvider):
         lifetime = config.lifetime or self.lifetime
         memory_mb = config.memory_mb or self.memory_mb
         network = bool(config.network)
-        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ))
+        private = (str(self.root), str(cache_root()))
+        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ), private)
         python = os.path.realpath(sys.executable) if config.image else agent_python()
         inside_uid = uid if uid is not None else os.getuid()
         inside_gid = uid if uid is not None else os.getgid()
@@ -174,7 +186,6 @@ class LocalProvider(SandboxProvider):
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         settings = {
-            "socket": f"{SANDBOX_RUN_DIR}/agent.sock",
             "uid": uid,
             "gid": uid,
             "deadline": time.time() + lifetime,
@@ -205,21 +216,29 @@ class LocalProvider(SandboxProvider):
                 network=network,
                 workspace_bytes=self.workspace_mb * MIB,
                 tmp_bytes=self.tmp_mb * MIB,
+                shm_bytes=self.shm_mb * MIB,
                 image=config.image,
                 python=python,
                 agent=agent_bundle(cache_root(), python),
                 etc=etc_snapshot(cache_root()),
                 info_fd=info_w,
+                hidden=private,
             )
+            # The lifetime is kept from outside: the sandbox cannot stop this
+            # watchdog, and bwrap (--die-with-parent) takes every process of
+            # the sandbox with it when the watchdog kills it.
+            argv = [_watchdog(), "-s", "KILL", f"{lifetime:.3f}", *argv]
             workspace = WORKSPACE
         else:
             workspace = tempfile.mkdtemp(prefix=f"{sandbox_id}-", dir=directory)
-            settings["socket"] = str(directory / "run" / "agent.sock")
             settings["cwd"] = workspace
             env["HOME"] = workspace
             argv = agent_argv(python, str(agent_bundle(cache_root(), python)))
             os.close(info_w)
             info_w = -1
+        listener = _listen(directory)
+        settings["listen_fd"] = listener.fileno()
+        settings["inherited_fds"] = [listener.fileno(), ready_w]
         log = open(directory / "log", "wb")
         try:
             process = subprocess.Popen(
@@ -227,7 +246,7 @@ class LocalProvider(SandboxProvider):
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
-                pass_fds=tuple(fd for fd in (info_w, ready_w) if fd >= 0),
+                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno()) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
                 cwd=str(directory),
@@ -236,6 +255,7 @@ class LocalProvider(SandboxProvider):
             raise ProviderUnavailable(f"cannot start bubblewrap: {error}", provider=self.name) from error
         finally:
             log.close()
+            listener.close()
             if info_w >= 0:
                 os.close(info_w)
             os.close(ready_w)
@@ -369,11 +389,10 @@ class LocalProvider(SandboxProvider):
 
     def _shutdown_process_sandbox(self, state: SandboxState) -> None:
         """Without a pid namespace, end the agent's command trees through the agent."""
-        import socket
-
-        with socket.socket(socket.AF_UNIX) as conn:
+        with socket.socket(socket.AF_UNIX) as conn, _short_socket_path(self.root / state.id) as path:
+            conn.settimeout(5)
             try:
-                conn.connect(_socket_path(self.root / state.id))
+                conn.connect(path)
                 conn.sendall(wire.request_frame({"op": "shutdown"}))
                 conn.recv(64)
             except OSError:
@@ -440,7 +459,14 @@ class LocalProvider(SandboxProvider):
                     except (anyio.EndOfStream, anyio.BrokenResourceError):
                         received = b""
                 if received is None:
-                    raise ProviderError(f"sandbox {sandbox_id}'s agent did not end a command past its timeout", provider=self.name)
+                    # The agent is stopped or starved: by the sandbox's own
+                    # content, since nothing else reaches it. It can no longer
+                    # be trusted to end the command, so the sandbox ends.
+                    await anyio.to_thread.run_sync(self._destroy, sandbox_id)
+                    note = f"sandbox: the agent of sandbox {sandbox_id} stopped answering (stopped or starved by its workload); the sandbox was destroyed\n"
+                    yield wire.STDERR, note.encode()
+                    yield wire.EXIT, json.dumps({"exit_code": TIMED_OUT_EXIT_CODE, "timed_out": True, "duration_ms": (timeout + AGENT_GRACE) * 1000}).encode()
+                    return
                 if not received:
                     with anyio.move_on_after(2):  # the agent is gone: is the sandbox?
                         while self._load(sandbox_id) is not None:
@@ -512,6 +538,10 @@ class LocalProvider(SandboxProvider):
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         stream = await self._connect(sandbox_id)
+        with self._file_deadline(sandbox_id, path):
+            await self._write(stream, sandbox_id, path, data)
+
+    async def _write(self, stream: SocketStream, sandbox_id: str, path: str, data: bytes) -> None:
         async with stream:
             await stream.send(wire.request_frame({"op": "write", "path": path}))
             for piece in wire.chunked(wire.STDIN, bytes(data)):
@@ -525,51 +555,112 @@ class LocalProvider(SandboxProvider):
         raise ProviderError(f"sandbox {sandbox_id} ended while writing {path}", provider=self.name)
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
+        """The file's bytes: a regular file only, at most ``max_file_bytes`` (else EFBIG)."""
+        chunks: list[bytes] = []
+        await self._receive(sandbox_id, "read", path, chunks.append)
+        return b"".join(chunks)
+
+    async def download_file(self, sandbox_id: str, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        """A file, or a directory tree streamed by the agent as tar, written by the host's own rules.
+
+        Nothing of the archive's metadata is trusted (``sandboxes._extract``): only
+        regular files and directories, no special bits, owned by the caller. The
+        archive never touches a file the sandbox could swap.
+        """
+        with tempfile.SpooledTemporaryFile(max_size=8 * MIB) as archive:
+            try:
+                await self._receive(sandbox_id, "pack", remote_path, archive.write)
+            except NotADirectoryError:
+                await super().download_file(sandbox_id, remote_path, local_path)
+                return
+            archive.seek(0)
+            await anyio.to_thread.run_sync(lambda: extract_tar(archive, Path(local_path), max_bytes=self.max_file_bytes))
+
+    async def _receive(self, sandbox_id: str, op: str, path: str, sink: Callable[[bytes], object]) -> None:
+        """Run a file operation whose answer is DATA frames, at most ``max_file_bytes`` of them."""
+        limit = self.max_file_bytes
         stream = await self._connect(sandbox_id)
-        chunks = []
-        async with stream:
-            await stream.send(wire.request_frame({"op": "read", "path": path}))
-            async for kind, payload in self._frames(stream):
-                if kind == wire.DATA:
-                    chunks.append(payload)
-                elif kind == wire.OK:
-                    return b"".join(chunks)
-                elif kind == wire.ERROR:
-                    raise _agent_error(json.loads(payload), self.name)
+        received = 0
+        with self._file_deadline(sandbox_id, path):
+            async with stream:
+                await stream.send(wire.request_frame({"op": op, "path": path, "limit": limit}))
+                async for kind, payload in self._frames(stream):
+                    if kind == wire.DATA:
+                        received += len(payload)
+                        if received > limit:  # the host's own count: it trusts no byte total from inside
+                            raise OSError(errno.EFBIG, f"larger than max_file_bytes ({limit} bytes); raise LocalProvider(max_file_bytes=...)", path)
+                        sink(payload)
+                    elif kind == wire.OK:
+                        return
+                    elif kind == wire.ERROR:
+                        raise _agent_error(json.loads(payload), self.name)
         raise ProviderError(f"sandbox {sandbox_id} ended while reading {path}", provider=self.name)
+
+    @contextlib.contextmanager
+    def _file_deadline(self, sandbox_id: str, path: str) -> Iterator[None]:
+        """A file operation on an agent that stopped answering fails within the command timeout."""
+        with anyio.move_on_after(self.command_timeout) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise TimeoutError(f"sandbox {sandbox_id}'s agent did not answer within {self.command_timeout:g}s while handling {path}")
 
 
 def _socket_path(directory: Path) -> str:
     return str(directory / "run" / "agent.sock")
 
 
-async def _connect_unix(directory: Path) -> SocketStream:
+@contextlib.contextmanager
+def _short_socket_path(directory: Path) -> Iterator[str]:
+    """The agent's socket path, through /proc when it is too long for a unix socket (108 bytes)."""
     path = _socket_path(directory)
     if len(path) < 100:
-        return await anyio.connect_unix(path)
-    # A unix socket path is limited to 108 bytes: go through a short /proc path.
+        yield path
+        return
     fd = os.open(directory / "run", os.O_PATH | os.O_DIRECTORY)
     try:
-        return await anyio.connect_unix(f"/proc/self/fd/{fd}/agent.sock")
+        yield f"/proc/self/fd/{fd}/agent.sock"
     finally:
         os.close(fd)
 
 
-_FILE_ERRORS = {
-    "FileNotFoundError": FileNotFoundError,
-    "PermissionError": PermissionError,
-    "IsADirectoryError": IsADirectoryError,
-    "NotADirectoryError": NotADirectoryError,
-    "FileExistsError": FileExistsError,
-}
+def _listen(directory: Path) -> socket.socket:
+    """The agent's listening socket, made by the host in the sandbox's state dir.
+
+    That dir is never visible inside a sandbox, so no workload can replace the
+    socket or point it elsewhere; the agent gets the descriptor, not the path.
+    """
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _short_socket_path(directory) as path:
+            server.bind(path)
+        server.listen(64)
+    except BaseException:
+        server.close()
+        raise
+    server.set_inheritable(True)
+    return server
 
 
-def _agent_error(error: dict[str, str], provider: str) -> Exception:
-    kind = _FILE_ERRORS.get(error.get("type", ""))
-    if kind is not None:
-        return kind(error["message"])
-    if error.get("type") == "OSError" and "No space left" in error.get("message", ""):
-        return OSError(error["message"])
+async def _connect_unix(directory: Path) -> SocketStream:
+    with _short_socket_path(directory) as path:
+        return await anyio.connect_unix(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _watchdog() -> str:
+    """coreutils' ``timeout``, which kills a sandbox at the end of its lifetime."""
+    found = shutil.which("timeout", path=os.defpath + ":/usr/bin:/bin")
+    if found is None:
+        raise ProviderUnavailable("the local provider needs coreutils' `timeout` (apt-get install coreutils)", provider="local")
+    return found
+
+
+def _agent_error(error: dict[str, Any], provider: str) -> Exception:
+    """An error the agent reported: ``OSError`` (by errno, so ``FileNotFoundError`` and
+    the rest) when the sandbox's own files caused it, which is the caller's error and is
+    never retried; ``ProviderError`` only when the agent itself failed."""
+    if isinstance(error.get("errno"), int):
+        return OSError(error["errno"], error.get("message") or "", error.get("filename"))
     return ProviderError(f"sandbox agent error: {error.get('type')}: {error.get('message')}", provider=provider)
 
 
