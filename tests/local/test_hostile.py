@@ -6,20 +6,29 @@ limits here are small so that a weak sandbox could not take the machine down.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import AsyncIterator
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import anyio
 import pytest
 
-from sandboxes import SandboxConfig, SandboxNotFoundError
+from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local.state import remove_tree
+from sandboxes.resilient import ResilientProvider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
 
+MIB = 1024 * 1024
 SMALL = {"max_processes": 64, "memory_mb": 256, "workspace_mb": 64, "tmp_mb": 32, "max_file_mb": 16}
 
 
@@ -276,3 +285,202 @@ async def test_the_agent_holds_no_host_secret_and_as_root_cannot_be_read(provide
             assert "Permission denied" in peek.stderr
     finally:
         await provider.destroy_sandbox(info.id)
+
+
+# -- the host's side of the sandbox: state, sockets, credentials ---------------------------
+
+
+@pytest.fixture
+def fake_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A home with a tool in ~/.local/bin and one in ~/.cargo/bin beside credentials, and the
+    sandboxes' state under ~/.local/state, as an ordinary user's machine has them.
+
+    Under /var/tmp, not /tmp: a sandbox's own /tmp would hide binds under the host's.
+    """
+    home = Path(tempfile.mkdtemp(prefix="sandboxes-home-", dir="/var/tmp"))
+    for tool, output in (("bun", "stub-bun"), ("deno", "stub-deno")):
+        directory = home / (".local/bin" if tool == "bun" else ".cargo/bin")
+        directory.mkdir(parents=True)
+        (directory / tool).write_text(f"#!/bin/sh\necho {output}\n")
+        (directory / tool).chmod(0o755)
+    (home / ".cargo/credentials.toml").write_text('[registry]\ntoken = "cargo-secret-token"\n')
+    (home / ".local/share").mkdir()
+    (home / ".local/share/secret.txt").write_text("local-share-secret")
+    home.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home}/.local/bin:{home}/.cargo/bin:{os.environ['PATH']}")
+    for variable in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "SANDBOXES_LOCAL_STATE_DIR", "SANDBOXES_LOCAL_CACHE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    try:
+        yield home
+    finally:
+        remove_tree(home)
+
+
+@pytest.mark.parametrize("bind_home", [False, True], ids=["tools", "home-bound"])
+async def test_no_sandbox_reaches_another_sandboxs_socket_or_host_credentials(fake_home: Path, bind_home: bool) -> None:
+    provider = LocalProvider(**SMALL, extra_binds=(str(fake_home),) if bind_home else ())
+    victim = await provider.create_sandbox(SandboxConfig())
+    attacker = await provider.create_sandbox(SandboxConfig())
+    try:
+        state = provider.root
+        assert state.is_relative_to(fake_home) and (state / victim.id / "run" / "agent.sock").exists()
+        tools = await provider.execute_command(attacker.id, "bun; deno")
+        assert tools.stdout == "stub-bun\nstub-deno\n", tools.describe()  # the tools were found and bound
+        probe = (
+            f"ls -a {fake_home}/.local {fake_home}/.cargo; cat {fake_home}/.cargo/credentials.toml {fake_home}/.local/share/secret.txt; "
+            f"ls -R {state}; find / -xdev -name 'agent.sock' 2>/dev/null; "
+            f"python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{state}/{victim.id}/run/agent.sock'); print('CONNECTED')\""
+        )
+        result = await provider.execute_command(attacker.id, probe)
+        seen = result.stdout + result.stderr
+        if not bind_home:  # a home the caller binds on purpose shows its files, but never the state
+            assert "cargo-secret-token" not in seen and "local-share-secret" not in seen
+        assert "agent.sock" not in result.stdout and "CONNECTED" not in seen and victim.id not in result.stdout
+        if not bind_home:  # only the tools' own bin directories are bound
+            listing = await provider.execute_command(attacker.id, f"ls -A {fake_home}/.local {fake_home}/.cargo")
+            assert listing.stdout.split() == [f"{fake_home}/.cargo:", "bin", f"{fake_home}/.local:", "bin"], listing.stdout
+        assert (await provider.execute_command(victim.id, "echo intact")).stdout == "intact\n"
+    finally:
+        await provider.destroy_sandbox(attacker.id)
+        await provider.destroy_sandbox(victim.id)
+
+
+DEVICES = {f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom", "tty")}
+
+
+async def test_no_host_directory_is_writable_from_inside(provider: LocalProvider, box: str) -> None:
+    """Every writable mount inside is one of the sandbox's own capped tmpfs mounts."""
+    mounts = await provider.execute_command(box, "cat /proc/self/mountinfo")
+    writable = {}
+    for line in mounts.stdout.splitlines():
+        fields = line.split()
+        point, options, fstype = fields[4], fields[5], fields[fields.index("-") + 1]
+        if fstype == "devtmpfs" and point in DEVICES:
+            continue  # the device nodes bwrap binds: a write goes to the device, never to a directory
+        if "rw" in options.split(","):
+            writable[point] = fstype
+    assert set(writable) <= {"/workspace", "/tmp", "/dev/shm", "/dev/pts", "/dev/mqueue", "/proc"}, writable
+    assert all(fstype in ("tmpfs", "devpts", "mqueue", "proc") for fstype in writable.values()), writable
+    attempt = await provider.execute_command(box, "for d in / /run /etc /dev /root /usr /var; do touch $d/planted 2>/dev/null && echo WROTE $d; done; ls /run")
+    assert "WROTE" not in attempt.stdout, attempt.stdout
+    assert "sandbox\n" not in attempt.stdout  # no /run/sandbox: the state dir is never bound in
+
+
+async def test_root_and_shm_are_capped() -> None:
+    provider = LocalProvider(**{**SMALL, "max_file_mb": 64}, shm_mb=8)
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        fill = await provider.execute_command(info.id, "head -c 20000000 /dev/zero > /dev/shm/fill; echo rc=$?; du -k /dev/shm/fill; mkdir /big", timeout=30)
+    finally:
+        await provider.destroy_sandbox(info.id)
+    assert fill.stdout.splitlines()[0] != "rc=0" and "No space left" in fill.stderr, fill.describe()
+    assert int(fill.stdout.split()[-2]) <= 8 * 1024 + 4
+    assert "Read-only file system" in fill.stderr
+
+
+async def test_a_deep_tree_inside_does_not_break_destroy_list_or_gc() -> None:
+    deep = "python3 -c \"import os\nfor _ in range(1200):\n  os.mkdir('d'); os.chdir('d')\nprint('deep')\""
+    for isolation in ("bwrap", "process"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # process isolation warns that it isolates nothing
+            provider = LocalProvider(**SMALL, isolation=isolation)  # type: ignore[arg-type]
+        info = await provider.create_sandbox(SandboxConfig())
+        made = await provider.execute_command(info.id, deep)
+        assert made.stdout == "deep\n", made.describe()
+        await provider.execute_command(info.id, "cd /tmp 2>/dev/null || exit 0; " + deep.replace("'d'", "'t'"))
+        assert info.id in [found.id for found in await provider.list_sandboxes()]
+        assert await provider.destroy_sandbox(info.id)
+        assert not (provider.root / info.id).exists()
+
+
+# -- reads and downloads ----------------------------------------------------------------------
+
+
+async def test_reads_take_regular_files_only_and_never_past_the_cap(box: str) -> None:
+    provider = LocalProvider(**SMALL, max_file_bytes=MIB)
+    await provider.execute_command(box, "ln -s /dev/zero zero; mkfifo fifo; head -c 2000000 /dev/zero > big; mkdir tree; cp big tree/")
+    with anyio.fail_after(10):
+        with pytest.raises(OSError, match="Not a regular file") as zero:
+            await provider.read_file(box, "zero")
+        with pytest.raises(OSError, match="Not a regular file"):
+            await provider.read_file(box, "fifo")
+        with pytest.raises(IsADirectoryError):
+            await provider.read_file(box, "tree")
+        with pytest.raises(OSError) as big:
+            await provider.read_file(box, "big")
+        assert big.value.errno == errno.EFBIG and "max_file_bytes" in str(big.value)
+        with pytest.raises(OSError) as tree, tempfile.TemporaryDirectory() as target:
+            await provider.download_file(box, "tree", target)
+        assert tree.value.errno == errno.EFBIG
+    assert not isinstance(zero.value, SandboxError)
+    status = await provider.read_file(box, "/proc/self/status")  # st_size 0: read to its end all the same
+    assert b"Pid:" in status
+    growing = await provider.execute_command(box, "yes > growing 2>/dev/null & sleep 0.3; echo started")
+    assert growing.stdout == "started\n"
+    with anyio.fail_after(20), pytest.raises(OSError) as endless:
+        await provider.read_file(box, "growing")
+    assert endless.value.errno == errno.EFBIG
+
+
+async def test_errors_from_sandbox_content_are_the_callers_and_never_open_the_circuit(provider: LocalProvider) -> None:
+    resilient = ResilientProvider(provider, RetryPolicy(max_attempts=3, base_delay=0.01), CircuitBreaker("local", failure_threshold=2))
+    info = await resilient.create_sandbox(SandboxConfig())
+    try:
+        await resilient.execute_command(info.id, "ln -s loop loop")
+        for _ in range(3):
+            with pytest.raises(OSError) as loop:
+                await resilient.read_file(info.id, "loop/x")
+            assert loop.value.errno == errno.ELOOP and not isinstance(loop.value, SandboxError)
+            with pytest.raises(OSError) as readonly:
+                await resilient.write_file(info.id, "/usr/planted", b"x")
+            assert readonly.value.errno in (errno.EROFS, errno.EACCES)
+        assert resilient.breaker.state == "closed" and resilient.breaker.failures == 0
+        # Even with the circuit open, destroying is never refused, and the sandbox is gone.
+        for _ in range(2):
+            resilient.breaker.record_failure(ProviderError("outage", provider="local"))
+        assert resilient.breaker.state == "open"
+        assert await resilient.destroy_sandbox(info.id)
+        assert await provider.get_sandbox(info.id) is None
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+# -- the agent is out of the workload's reach -------------------------------------------------
+
+AGENT_PID = "$PPID"  # a command's shell is the agent's child
+
+
+async def test_a_stopped_agent_cannot_hold_a_command_or_the_lifetime(provider: LocalProvider) -> None:
+    info = await provider.create_sandbox(SandboxConfig())
+    marker = "stopped-agent-marker-3141"
+    await provider.execute_command(info.id, f"sh -c 'sleep 300 # {marker}' >/dev/null 2>&1 &")
+    started = time.monotonic()
+    result = await provider.execute_command(info.id, f"kill -STOP {AGENT_PID}; sleep 30", timeout=3)
+    elapsed = time.monotonic() - started
+    assert result.timed_out and result.exit_code == 124, result.describe()
+    assert elapsed < 3 + 2 + 1, f"took {elapsed:.1f}s"
+    assert await provider.get_sandbox(info.id) is None
+    assert _processes_with_marker(marker) == []
+
+
+async def test_the_lifetime_is_kept_from_outside_the_sandbox(provider: LocalProvider) -> None:
+    marker = "lifetime-marker-2718"
+    info = await provider.create_sandbox(SandboxConfig(lifetime=2))
+    started = time.monotonic()
+    with pytest.raises(SandboxNotFoundError, match="ended while a command was running"):
+        await provider.execute_command(info.id, f"sh -c 'sleep 300 # {marker}' >/dev/null 2>&1 & kill -STOP {AGENT_PID}; sleep 30", timeout=20)
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 10
+    while _processes_with_marker(marker) and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+    assert _processes_with_marker(marker) == []
+    assert await provider.get_sandbox(info.id) is None
+
+
+async def test_the_agent_cannot_be_traced_or_read_in_either_mode(provider: LocalProvider, box: str) -> None:
+    pid = (await provider.execute_command(box, f"echo {AGENT_PID}")).stdout.strip()
+    assert pid.isdigit()
+    peek = await provider.execute_command(box, f"head -c 16 /proc/{pid}/mem; cat /proc/{pid}/environ; ls /proc/{pid}/fd; grep -c . /proc/{pid}/maps")
+    assert peek.stdout.strip() in ("", "0"), peek.describe()
+    assert peek.stderr.count("Permission denied") >= 3, peek.stderr

@@ -42,7 +42,7 @@ from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
 from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
-from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, state_root
+from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
 MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
@@ -230,7 +230,8 @@ class LocalProvider(SandboxProvider):
             argv = [_watchdog(), "-s", "KILL", f"{lifetime:.3f}", *argv]
             workspace = WORKSPACE
         else:
-            workspace = tempfile.mkdtemp(prefix=f"{sandbox_id}-", dir=directory)
+            # Outside the (0700) state dir, so that as root the sandbox's own uid can enter it.
+            workspace = tempfile.mkdtemp(prefix=f"sandboxes-{sandbox_id}-")
             settings["cwd"] = workspace
             env["HOME"] = workspace
             argv = agent_argv(python, str(agent_bundle(cache_root(), python)))
@@ -336,6 +337,8 @@ class LocalProvider(SandboxProvider):
     def _forget(self, state: SandboxState, directory: Path) -> None:
         release_uid(state.uid)
         remove_state(directory)
+        if state.isolation == "process":
+            remove_tree(Path(state.workspace))
         child = _CHILDREN.pop(state.id, None)
         if child is not None:
             child.wait()
@@ -543,10 +546,13 @@ class LocalProvider(SandboxProvider):
 
     async def _write(self, stream: SocketStream, sandbox_id: str, path: str, data: bytes) -> None:
         async with stream:
-            await stream.send(wire.request_frame({"op": "write", "path": path}))
-            for piece in wire.chunked(wire.STDIN, bytes(data)):
-                await stream.send(piece)
-            await stream.send(wire.frame(wire.EOF))
+            try:
+                await stream.send(wire.request_frame({"op": "write", "path": path}))
+                for piece in wire.chunked(wire.STDIN, bytes(data)):
+                    await stream.send(piece)
+                await stream.send(wire.frame(wire.EOF))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # the agent refused before taking it all (a read-only path, say): its answer says why
             async for kind, payload in self._frames(stream):
                 if kind == wire.OK:
                     return

@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -139,7 +139,73 @@ def release_uid(uid: int | None) -> None:
 
 
 def remove_state(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    remove_tree(directory)
+
+
+def remove_tree(top: Path) -> None:
+    """Remove a directory tree, however deep, never following links; errors are ignored.
+
+    Iterative with an explicit stack: a sandbox's workspace 1,200 levels deep
+    would make a recursive removal (``shutil.rmtree`` before 3.12) raise
+    RecursionError. Directories are entered by descriptor, so a link swapped
+    in during the walk is removed, never followed.
+    """
+    try:
+        root_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        try:
+            os.unlink(top)
+        except OSError:
+            pass
+        return
+    # Each level: its fd, its name in the level above, and the names left to remove.
+    stack: list[tuple[int, str | None, Iterator[str]]] = [(root_fd, None, _names(root_fd))]
+    while stack:
+        fd, name, names = stack[-1]
+        child = next((c for c in (_remove_or_open(fd, name) for name in names) if c is not None), None)
+        if child is not None:
+            stack.append((child[0], child[1], _names(child[0])))
+            continue
+        stack.pop()
+        os.close(fd)
+        if stack and name is not None:
+            try:
+                os.rmdir(name, dir_fd=stack[-1][0])
+            except OSError:
+                pass
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass
+
+
+def _names(fd: int) -> Iterator[str]:
+    try:
+        return iter(os.listdir(fd))
+    except OSError:
+        return iter(())
+
+
+def _remove_or_open(parent: int, name: str) -> tuple[int, str] | None:
+    """Unlink ``name``; when it is a directory, an fd on it (to empty it first) instead."""
+    try:
+        os.unlink(name, dir_fd=parent)
+        return None
+    except IsADirectoryError:
+        pass
+    except OSError:
+        return None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent), name
+    except PermissionError:
+        try:  # a directory without r or x: its owner may restore them
+            os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=False)
+            return os.open(name, flags, dir_fd=parent), name
+        except OSError:
+            return None
+    except OSError:
+        return None
 
 
 def _read(path: Path) -> str | None:
