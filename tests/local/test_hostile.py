@@ -484,3 +484,55 @@ async def test_the_agent_cannot_be_traced_or_read_in_either_mode(provider: Local
     peek = await provider.execute_command(box, f"head -c 16 /proc/{pid}/mem; cat /proc/{pid}/environ; ls /proc/{pid}/fd; grep -c . /proc/{pid}/maps")
     assert peek.stdout.strip() in ("", "0"), peek.describe()
     assert peek.stderr.count("Permission denied") >= 3, peek.stderr
+
+
+# -- the kernel's attack surface ----------------------------------------------------------------
+
+SYSCALL_PROBE = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {"keyctl": (250, 0), "bpf": (321, 0), "userfaultfd": (323, 0), "io_uring_setup": (425, 8),
+         "open_by_handle_at": (304, -100), "perf_event_open": (298, 0), "unshare_user": (272, 0x10000000)}
+for name, (number, arg) in calls.items():
+    buf = ctypes.create_string_buffer(256)
+    second = ctypes.cast(buf, ctypes.c_void_p) if name in ("io_uring_setup", "open_by_handle_at") else 0
+    result = libc.syscall(number, arg, second, 0, 0, 0)
+    print(name, "ALLOWED" if result >= 0 else errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers are x86_64's")
+async def test_kernel_interfaces_that_break_sandboxes_are_refused(provider: LocalProvider, box: str) -> None:
+    result = await provider.execute_command(box, ["python3", "-c", SYSCALL_PROBE])
+    answers = dict(line.split() for line in result.stdout.splitlines())
+    assert set(answers) == {"keyctl", "bpf", "userfaultfd", "io_uring_setup", "open_by_handle_at", "perf_event_open", "unshare_user"}, result.describe()
+    assert "ALLOWED" not in answers.values(), answers
+    nested = await provider.execute_command(box, "unshare -Ur true; echo rc=$?; grep Seccomp: /proc/self/status")
+    assert "rc=0" not in nested.stdout.split() and "Seccomp:\t2" in nested.stdout, nested.describe()
+
+
+async def test_no_cgroup_release_agent_or_cgroup_fs_to_abuse(provider: LocalProvider, box: str) -> None:
+    """The classic cgroup v1 escape: mount a hierarchy, set release_agent to a host program."""
+    attack = (
+        "ls /sys/fs/cgroup 2>&1; mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1; echo mount=$?; "
+        "stat -f -c fstype=%T /tmp/cg"
+    )
+    result = await provider.execute_command(box, attack)
+    lines = result.stdout.splitlines()
+    assert "mount=0" not in lines and "fstype=tmpfs" in lines, result.describe()  # still the plain /tmp
+
+
+async def test_sysv_ipc_is_not_shared_between_sandboxes(provider: LocalProvider) -> None:
+    first = await provider.create_sandbox(SandboxConfig())
+    second = await provider.create_sandbox(SandboxConfig())
+    try:
+        made = await provider.execute_command(first.id, "ipcmk -M 4096 -p 0666 && ipcmk -Q -p 0666 && ipcs -m -q")
+        assert made.success and "0x" in made.stdout, made.describe()
+        seen = await provider.execute_command(second.id, "ipcs -m -q | grep -c 0x")
+        assert seen.stdout.strip() == "0", seen.describe()
+        host = subprocess.run(["ipcs", "-m", "-q"], capture_output=True, text=True).stdout
+        keys = [line.split()[0] for line in made.stdout.splitlines() if line.startswith("0x")]
+        assert not any(key in host for key in keys if key != "0x00000000")
+    finally:
+        await provider.destroy_sandbox(first.id)
+        await provider.destroy_sandbox(second.id)

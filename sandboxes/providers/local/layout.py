@@ -291,6 +291,7 @@ def bwrap_argv(
     agent: Path,
     etc: Path,
     info_fd: int,
+    seccomp_fd: int,
     hidden: tuple[str, ...] = (),
 ) -> list[str]:
     """The whole bubblewrap command line that starts a sandbox's agent.
@@ -299,11 +300,14 @@ def bwrap_argv(
     makes are remounted read-only at the end; /workspace, /tmp and /dev/shm
     are size-capped tmpfs mounts. ``hidden`` directories (the state and cache
     roots) get an empty read-only tmpfs over them wherever a bind shows them.
-    bwrap dies with its parent, the lifetime watchdog (``provider.py``).
+    bwrap dies with its parent, the lifetime watchdog (``provider.py``). Every
+    process inside runs under the seccomp filter of ``seccomp.py``.
     """
     argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
-        argv.append("--unshare-user")
+        # No user namespace may be made inside (the seccomp filter refuses it too,
+        # and is what refuses it as root, where bwrap makes none).
+        argv += ["--unshare-user", "--disable-userns"]
     if not network:
         argv.append("--unshare-net")
     argv += ["--hostname", "sandbox"]
@@ -326,6 +330,6 @@ def bwrap_argv(
     for top in [] if image else _toolchain_tops(toolchains.binds):
         argv += ["--remount-ro", top]
     argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
-    argv += ["--chdir", WORKSPACE, "--info-fd", str(info_fd)]
+    argv += ["--chdir", WORKSPACE, "--info-fd", str(info_fd), "--seccomp", str(seccomp_fd)]
     argv += ["--", *agent_argv(python, SANDBOX_AGENT_DIR)]
     return argv

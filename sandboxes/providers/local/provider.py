@@ -41,6 +41,7 @@ from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .etc import etc_snapshot
+from .seccomp import seccomp_filter
 from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, remove_tree, state_root
 
@@ -185,6 +186,9 @@ class LocalProvider(SandboxProvider):
             env["PWD"] = config.working_dir
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
+        seccomp_fd = -1
+        if self.isolation == "bwrap":
+            seccomp_fd = os.open(seccomp_filter(cache_root(), deny_userns=True), os.O_RDONLY)
         settings = {
             "uid": uid,
             "gid": uid,
@@ -222,6 +226,7 @@ class LocalProvider(SandboxProvider):
                 agent=agent_bundle(cache_root(), python),
                 etc=etc_snapshot(cache_root()),
                 info_fd=info_w,
+                seccomp_fd=seccomp_fd,
                 hidden=private,
             )
             # The lifetime is kept from outside: the sandbox cannot stop this
@@ -247,7 +252,7 @@ class LocalProvider(SandboxProvider):
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
-                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno()) if fd >= 0),
+                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
                 cwd=str(directory),
@@ -257,6 +262,8 @@ class LocalProvider(SandboxProvider):
         finally:
             log.close()
             listener.close()
+            if seccomp_fd >= 0:
+                os.close(seccomp_fd)
             if info_w >= 0:
                 os.close(info_w)
             os.close(ready_w)
