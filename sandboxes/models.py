@@ -108,6 +108,7 @@ class ExecutionResult:
     timed_out: bool = False
     truncated: bool = False
     command: Command | None = field(default=None, repr=False)
+    oom_killed: bool = False  # the sandbox's memory limit killed part of this command (where the provider can tell)
 
     @property
     def success(self) -> bool:
@@ -123,6 +124,8 @@ class ExecutionResult:
         """A readable account for failure messages: exit code and output tails."""
         if self.timed_out:
             head = f"command timed out after {self.duration_ms / 1000:.1f}s"
+        elif self.oom_killed:
+            head = f"command exited with code {self.exit_code}, killed for exceeding the sandbox's memory limit"
         else:
             head = f"command exited with code {self.exit_code}"
         if self.command is not None:

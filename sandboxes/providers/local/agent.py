@@ -65,6 +65,9 @@ def main() -> None:
         os.set_inheritable(fd, False)
     server = socket.socket(fileno=settings["listen_fd"])
     _undumpable()
+    cgroups = Cgroups(settings["cgroup"]) if settings.get("cgroup") else None
+    if cgroups is not None:
+        cgroups.enter()
     uid = settings.get("uid") if os.getuid() == 0 else None
     if uid is not None:
         os.chown(settings["cwd"], uid, settings["gid"])
@@ -81,7 +84,7 @@ def main() -> None:
         os.setgid(settings["gid"])
         os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process")
+    agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process", cgroups=cgroups)
     ready_fd = settings["ready_fd"]
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
@@ -107,8 +110,9 @@ def main() -> None:
 
 
 class Agent:
-    def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool) -> None:
+    def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool, cgroups: "Cgroups | None" = None) -> None:
         self.env = env
+        self.cgroups = cgroups
         self.cwd = cwd
         self.own_uid = own_uid  # the sandbox has a uid of its own, no other process has it
         self.track_commands = track_commands  # no pid namespace to end them all
@@ -261,9 +265,13 @@ class Agent:
             os.write(script_fd, script.encode())
             os.lseek(script_fd, 0, os.SEEK_SET)
             argv = ["/bin/sh", "/dev/fd/3"]
+        cgroups = self.cgroups
+        group = cgroups.command() if cgroups is not None else None
         try:
-            child = Child.spawn(argv, full_env, workdir, stdin, script_fd)
+            child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group)
         except OSError as error:
+            if cgroups is not None and group is not None:
+                cgroups.done(group)
             if isinstance(error, (FileNotFoundError, NotADirectoryError)) and not os.path.isdir(workdir):
                 message, code = f"sandbox: working directory not found: {cwd}\n", 1
             elif isinstance(error, FileNotFoundError):
@@ -284,13 +292,18 @@ class Agent:
         timed_out, vanished = _pump(child, conn, reader, stdin, timeout, started)
         if timed_out or vanished:
             kill_tree(child.pid)
+            if cgroups is not None and group is not None:
+                cgroups.kill(group)  # everything it started: setsid and double-forked daemons too
         code = child.wait()
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else (128 - code if code < 0 else code)
+        oom_killed = False
+        if cgroups is not None and group is not None:
+            oom_killed = cgroups.oom_killed(group)
+            cgroups.done(group)
         if not vanished:
             try:
-                conn.sendall(
-                    wire.reply_frame(wire.EXIT, {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started)})
-                )
+                status = {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started), "oom_killed": oom_killed}
+                conn.sendall(wire.reply_frame(wire.EXIT, status))
             except OSError:
                 pass
 
@@ -360,7 +373,16 @@ class Child:
         self.returncode: int | None = None
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, script_fd: int | None) -> "Child":
+    def spawn(
+        cls,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        want_stdin: bool,
+        script_fd: int | None,
+        cgroups: "Cgroups | None" = None,
+        group: str | None = None,
+    ) -> "Child":
         executable = _which(argv[0], env.get("PATH", ""), cwd)
         ours: list[int] = []  # the parent's ends, closed if the spawn fails
         theirs: list[int] = []  # the child's ends, closed once it has them
@@ -379,14 +401,27 @@ class Child:
             actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
             if script_fd is not None:
                 actions.append((os.POSIX_SPAWN_DUP2, script_fd, 3))
+            if cgroups is not None and group is not None and cgroups.v2:
+                # cgroup v2 keeps a process's threads together: the child moves
+                # itself before it runs the command (fd 9 is its cgroup.procs).
+                procs = cgroups.procs_fd(group)
+                theirs.append(procs)
+                actions.append((os.POSIX_SPAWN_DUP2, procs, 9))
+                argv = ["/bin/sh", "-c", 'echo 0 >&9 || exit 125; exec 9>&-; exec "$@"', "sh", executable, *argv[1:]]
+                executable = "/bin/sh"
             with cls._spawning:
                 os.chdir(cwd)
+                moved = cgroups is not None and group is not None and not cgroups.v2
                 try:
+                    if moved:
+                        cgroups.enter_command(group)  # type: ignore[union-attr]  # v1: this thread, so its child
                     pid = os.posix_spawn(
                         executable, argv, env, file_actions=actions, setsid=True,
                         setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                     )  # fmt: skip
                 finally:
+                    if moved:
+                        cgroups.leave_command()  # type: ignore[union-attr]
                     os.chdir("/")
         except BaseException:
             for fd in ours:
@@ -409,6 +444,117 @@ class Child:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
+
+
+class Cgroups:
+    """The sandbox's cgroups, reached through directory fds the host opened
+    (``cgroups.py`` on the host made them; /sys is not mounted inside).
+
+    The agent lives in an unlimited cgroup of its own; each command gets
+    ``work/cmd-N``, under the sandbox's memory and process limits, so the OOM
+    killer takes the workload and never the agent, and a timeout kills all
+    that the command started, however it detached itself.
+    """
+
+    def __init__(self, spec: dict[str, object]) -> None:
+        self.v2 = spec["version"] == 2
+        self.agent_fds: list[int] = spec["agent"]  # type: ignore[assignment]
+        self.work_fds: list[int] = spec["work"]  # type: ignore[assignment]
+        self.memory_fd: int = spec["memory"]  # type: ignore[assignment]
+        self.count = 0
+        self.finished: list[str] = []
+        self.lock = _thread.allocate_lock()
+
+    def enter(self) -> None:
+        for fd in self.agent_fds:
+            _write_at(fd, "cgroup.procs", "0")
+
+    def command(self) -> str:
+        """A new command's cgroup, after removing finished ones that are empty."""
+        with self.lock:
+            self.count += 1
+            name = f"cmd-{self.count}"
+            finished, self.finished = self.finished, []
+        for old in finished:
+            if not self._remove(old):
+                with self.lock:
+                    self.finished.append(old)  # background processes still live in it
+        for fd in self.work_fds:
+            os.mkdir(name, 0o755, dir_fd=fd)
+        return name
+
+    def _remove(self, name: str) -> bool:
+        removed = True
+        for fd in self.work_fds:
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                removed = False
+        return removed
+
+    def enter_command(self, name: str) -> None:
+        for fd in self.work_fds:
+            _write_at(fd, f"{name}/tasks", "0")  # cgroup v1 moves one thread
+
+    def leave_command(self) -> None:
+        for fd in self.agent_fds:
+            _write_at(fd, "tasks", "0")
+
+    def procs_fd(self, name: str) -> int:
+        return os.open(f"{name}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.work_fds[0])
+
+    def kill(self, name: str) -> None:
+        if self.v2:
+            try:
+                _write_at(self.work_fds[0], f"{name}/cgroup.kill", "1")
+                return
+            except OSError:
+                pass  # a kernel before 5.14: kill them one by one
+        me = os.getpid()
+        for _ in range(100):
+            pids = {int(pid) for fd in self.work_fds for pid in _read_at(fd, f"{name}/cgroup.procs").split()} - {me}
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.001)
+
+    def oom_killed(self, name: str) -> bool:
+        text = _read_at(self.memory_fd, f"{name}/memory.events" if self.v2 else f"{name}/memory.oom_control")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value) > 0
+        return False
+
+    def done(self, name: str) -> None:
+        if not self._remove(name):
+            with self.lock:
+                self.finished.append(name)
+
+
+def _write_at(directory: int, path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_at(directory: int, path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
 
 
 def _which(name: str, path: str, cwd: str) -> str:

@@ -184,13 +184,13 @@ def _probe(directory: str) -> str | None:
         try:
             os.mkdir(probe)
         except OSError as error:
-            _PROBES[key] = f"cannot make a cgroup in {directory} as uid {os.geteuid()} ({error.strerror})"
+            _PROBES[key] = f"cannot make a cgroup in {directory} as uid {os.geteuid()}: {error.strerror}"
         else:
             try:
                 os.rmdir(probe)
                 _PROBES[key] = None
             except OSError as error:
-                _PROBES[key] = f"cannot remove the cgroup {probe} it made ({error.strerror})"
+                _PROBES[key] = f"cannot remove the cgroup {probe} it made: {error.strerror}"
     return _PROBES[key]
 
 
@@ -251,6 +251,11 @@ def find_cgroup_parent(configured: str | None = None) -> CgroupParent | None:
     cgroup in each hierarchy, when it can make cgroups there (as root it
     can). cgroup v2 when its hierarchy has the memory and pids controllers,
     else the v1 memory and pids hierarchies.
+
+    Checks by making and removing a probe cgroup (once per process and
+    directory). On v2 it enables memory and pids in the parent's
+    ``cgroup.subtree_control`` when they are not yet: possible only in a
+    cgroup without processes (a delegated one), or the root.
     """
     return _discover(configured)[0]
 

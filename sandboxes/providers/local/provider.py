@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import marshal
 import os
 import secrets
@@ -40,6 +41,8 @@ from ..._extract import extract_tar
 from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
+from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
+from .cgroups import describe as cgroups_describe
 from .etc import etc_snapshot
 from .seccomp import seccomp_filter
 from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
@@ -50,6 +53,8 @@ MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
 READY_TIMEOUT = 30.0
 AGENT_GRACE = 2.0  # beyond a command's timeout, before the host gives up on the agent
 TIMED_OUT_EXIT_CODE = 124
+AS_HEADROOM = 64 << 30
+log = logging.getLogger("sandboxes")
 Isolation = Literal["bwrap", "process"]
 
 # The bubblewrap processes this process started, by sandbox id: kept beyond the
@@ -87,6 +92,7 @@ class LocalProvider(SandboxProvider):
         lifetime: float = DEFAULT_LIFETIME_SECONDS,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS,
         extra_binds: tuple[str, ...] = (),
+        cgroup_parent: str | None = None,
     ) -> None:
         if isolation not in ("bwrap", "process"):
             raise ValueError(f"isolation must be 'bwrap' or 'process', not {isolation!r}")
@@ -103,6 +109,7 @@ class LocalProvider(SandboxProvider):
         self.lifetime = lifetime
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
+        self.cgroup_parent = cgroup_parent  # else $SANDBOXES_CGROUP_PARENT, else this process's own cgroup
         self._max_output: dict[str, int] = {}
         if isolation == "process":
             warnings.warn(
@@ -168,6 +175,10 @@ class LocalProvider(SandboxProvider):
             uid = allocate_uid(directory) if as_root else None
             return self._spawn(config, sandbox_id, directory, uid, as_root)
         except BaseException:
+            parent = find_cgroup_parent(self.cgroup_parent) if self.isolation == "bwrap" else None
+            if parent is not None:
+                with contextlib.suppress(OSError):
+                    parent.sandbox(cgroup_name(sandbox_id)).remove()
             release_uid(uid)
             remove_state(directory)
             raise
@@ -201,10 +212,22 @@ class LocalProvider(SandboxProvider):
                 "RLIMIT_NPROC": self.max_processes,
                 "RLIMIT_FSIZE": self.max_file_mb * MIB,
                 "RLIMIT_NOFILE": self.max_open_files,
-                "RLIMIT_DATA": memory_mb * MIB,
                 "RLIMIT_CORE": 0,
             },
         }
+        cgroup = self._cgroup(sandbox_id, memory_mb, uid)
+        if cgroup is None:
+            # No cgroup: per process only. RLIMIT_AS bounds shared mappings too,
+            # but V8 (tsx) reserves over 32 GiB of address space, hence the headroom.
+            settings["limits"].update(RLIMIT_DATA=memory_mb * MIB, RLIMIT_AS=memory_mb * MIB + AS_HEADROOM)  # type: ignore[attr-defined]
+        cgroup_fds = cgroup.open_fds() if cgroup is not None else {}
+        if cgroup is not None:
+            settings["cgroup"] = {
+                "version": cgroup.version,
+                "agent": [fd for key, fd in sorted(cgroup_fds.items()) if key.endswith(".agent")],
+                "work": [fd for key, fd in sorted(cgroup_fds.items()) if key.endswith(".work")],
+                "memory": next(fd for key, fd in sorted(cgroup_fds.items()) if key.endswith(".work") and ("memory" in key or key.startswith("unified"))),
+            }
         if self.isolation == "bwrap":
             (directory / "passwd").write_text(
                 "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -244,7 +267,7 @@ class LocalProvider(SandboxProvider):
             info_w = -1
         listener = _listen(directory)
         settings["listen_fd"] = listener.fileno()
-        settings["inherited_fds"] = [listener.fileno(), ready_w]
+        settings["inherited_fds"] = [listener.fileno(), ready_w, *cgroup_fds.values()]
         log = open(directory / "log", "wb")
         try:
             process = subprocess.Popen(
@@ -252,7 +275,7 @@ class LocalProvider(SandboxProvider):
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
-                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd) if fd >= 0),
+                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, *cgroup_fds.values()) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
                 cwd=str(directory),
@@ -262,8 +285,9 @@ class LocalProvider(SandboxProvider):
         finally:
             log.close()
             listener.close()
-            if seccomp_fd >= 0:
-                os.close(seccomp_fd)
+            for fd in (seccomp_fd, *cgroup_fds.values()):
+                if fd >= 0:
+                    os.close(fd)
             if info_w >= 0:
                 os.close(info_w)
             os.close(ready_w)
@@ -302,9 +326,25 @@ class LocalProvider(SandboxProvider):
             network=network,
             image=config.image,
             workspace=workspace,
+            extra={"cgroup": cgroup.paths()} if cgroup is not None else {},
         )
         state.save(directory)
         return state
+
+    def _cgroup(self, sandbox_id: str, memory_mb: int, uid: int | None) -> SandboxCgroup | None:
+        """The sandbox's cgroup (memory and processes limited per sandbox), or None where none can be had."""
+        if self.isolation != "bwrap":
+            return None
+        parent = find_cgroup_parent(self.cgroup_parent)
+        if parent is None:
+            return None
+        return parent.create(cgroup_name(sandbox_id), memory_bytes=memory_mb * MIB, pids_max=self.max_processes, owner_uid=uid)
+
+    def describe_limits(self) -> str:
+        """One line for `sandboxes providers`: how memory and processes are limited here."""
+        if self.isolation == "process":
+            return "rlimits per process (no cgroup in process isolation)"
+        return cgroups_describe(self.cgroup_parent)
 
     def _start_failure(self, directory: Path) -> ProviderError:
         log = (directory / "log").read_text(errors="replace").strip()
@@ -342,6 +382,12 @@ class LocalProvider(SandboxProvider):
         return state
 
     def _forget(self, state: SandboxState, directory: Path) -> None:
+        paths = state.extra.get("cgroup")
+        if isinstance(paths, list):
+            try:
+                SandboxCgroup.from_paths(paths).remove()
+            except OSError as error:
+                log.warning("could not remove the cgroups of sandbox %s: %s", state.id, error)
         release_uid(state.uid)
         remove_state(directory)
         if state.isolation == "process":
@@ -512,6 +558,7 @@ class LocalProvider(SandboxProvider):
                 result.exit_code = status["exit_code"]
                 result.timed_out = status["timed_out"]
                 result.duration_ms = status["duration_ms"]
+                result.oom_killed = bool(status.get("oom_killed"))
             elif kind == wire.ERROR:
                 raise _agent_error(json.loads(payload), self.name)
         result.stdout, result.stderr = out.text(), err.text()
