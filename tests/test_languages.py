@@ -147,3 +147,20 @@ def test_a_tool_that_is_there_but_does_not_run_is_a_toolchain_missing(tmp_path_f
         assert sandbox.run_code("print('fine')", "python").stdout == "fine\n"
     finally:
         sandbox.destroy()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_language_survives_the_per_process_limits_where_no_cgroup_can_be_had(
+    tmp_path_factory: pytest.TempPathFactory, language: str
+) -> None:
+    """Without a cgroup, memory is bounded by RLIMIT_DATA and RLIMIT_AS: java and V8 reserve
+    large address ranges, and must still run."""
+    provider = LocalProvider(state_dir=tmp_path_factory.mktemp("rlimits-state"), cgroup_parent="off")
+    info = sync.portal().call(provider.create_sandbox, SandboxConfig())
+    sandbox = sync.Sandbox(AsyncSandbox(provider, info))
+    try:
+        assert info.metadata["limits"].startswith("per process")
+        result = sandbox.run_code(program(language), language, timeout=120)
+        assert (result.exit_code, result.stdout) == (0, PAYLOAD), result.describe()
+    finally:
+        sandbox.destroy()

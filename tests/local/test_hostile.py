@@ -237,7 +237,11 @@ async def test_daemons_do_not_outlive_the_sandbox(provider: LocalProvider) -> No
 
 async def test_timeout_kills_the_whole_process_tree(provider: LocalProvider, box: str) -> None:
     marker = "tree-marker-5512"
-    command = f"sh -c 'trap \"\" TERM; sleep 100 # {marker}' & sh -c 'sleep 100 # {marker}' & wait"
+    daemon = f"import os\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n    os.execvp('sh', ['sh', '-c', 'sleep 100 # {marker}'])"
+    command = (
+        f"sh -c 'trap \"\" TERM; sleep 100 # {marker}' & sh -c 'sleep 100 # {marker}' & "
+        f"setsid sh -c 'sleep 100 # {marker}' & python3 -c \"{daemon}\"; wait"
+    )
     result = await provider.execute_command(box, command, timeout=1)
     assert result.timed_out
     left = await provider.execute_command(box, f"ps -eo args | grep -c '[#] {marker}'")
@@ -536,3 +540,27 @@ async def test_sysv_ipc_is_not_shared_between_sandboxes(provider: LocalProvider)
     finally:
         await provider.destroy_sandbox(first.id)
         await provider.destroy_sandbox(second.id)
+
+
+# -- memory and processes per sandbox ---------------------------------------------------------
+
+
+async def test_memory_is_limited_per_sandbox_shared_mappings_and_many_processes_included(provider: LocalProvider, box: str) -> None:
+    info = await provider.get_sandbox(box)
+    assert info is not None
+    if info.metadata["limits"] != "per sandbox (cgroup)":
+        pytest.skip(f"no cgroup here: {info.metadata['limits']}")
+    shared = "import mmap\nm = mmap.mmap(-1, 600 << 20)\nfor i in range(0, 600 << 20, 4096): m[i] = 1\nprint('filled')"
+    result = await provider.execute_command(box, ["python3", "-c", shared], timeout=60)
+    assert result.oom_killed and result.exit_code == 137 and "filled" not in result.stdout, result.describe()
+    many = "for i in 1 2 3 4; do python3 -c 'x = bytearray(100 << 20); import time; time.sleep(3)' & done; wait; echo survived"
+    crowd = await provider.execute_command(box, many, timeout=60)
+    assert crowd.oom_killed, crowd.describe()  # four processes of 100 MiB do not fit in 256 MiB together
+    alone = await provider.execute_command(box, ["python3", "-c", "x = bytearray(200 << 20)"], timeout=60)
+    assert alone.success, alone.describe()
+    # Files in /workspace and /tmp are memory too: 90 MiB of them leave no room for those 200 MiB.
+    fill = "for i in 1 2 3 4; do head -c 15000000 /dev/zero > f$i; done; for i in 1 2; do head -c 15000000 /dev/zero > /tmp/f$i; done"
+    assert (await provider.execute_command(box, fill)).success
+    squeezed = await provider.execute_command(box, ["python3", "-c", "x = bytearray(200 << 20)"], timeout=60)
+    assert squeezed.oom_killed, squeezed.describe()
+    assert (await provider.execute_command(box, "rm -f /tmp/f* f*; echo alive")).stdout == "alive\n"

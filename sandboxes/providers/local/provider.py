@@ -366,7 +366,12 @@ class LocalProvider(SandboxProvider):
             created_at=state.created_at,
             expires_at=state.expires_at,
             image=state.image,
-            metadata={"isolation": state.isolation, "network": state.network, "workspace": state.workspace},
+            metadata={
+                "isolation": state.isolation,
+                "network": state.network,
+                "workspace": state.workspace,
+                "limits": "per sandbox (cgroup)" if state.extra.get("cgroup") else "per process (rlimits: no cgroup could be had)",
+            },
         )
 
     def _load(self, sandbox_id: str) -> SandboxState | None:
