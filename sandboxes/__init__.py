@@ -1,6 +1,7 @@
 """Run untrusted, often AI-written, code in sandboxes: local (bubblewrap) or cloud."""
 
 from .errors import (
+    SharedHostNetworkWarning,
     AuthenticationError,
     CassetteError,
     CommandFailed,
@@ -22,6 +23,7 @@ from .sandbox import Sandbox, run, run_many
 __version__ = "0.1.0"
 
 __all__ = [
+    "SharedHostNetworkWarning",
     "AuthenticationError",
     "Capabilities",
     "CassetteError",

@@ -192,6 +192,8 @@ class _StrictTarInfo(tarfile.TarInfo):
             raise tarfile.ReadError("the archive is empty or cut short (no end-of-archive marker)") from None
         except tarfile.InvalidHeaderError as error:
             raise tarfile.ReadError(f"invalid header at byte {archive.offset}: {error}") from None
+        except (ValueError, OverflowError) as error:  # from a pax record such as GNU.sparse.size=x
+            raise tarfile.ReadError(f"invalid header at byte {archive.offset}: {error}") from None
 
 
 def process_umask() -> int:
@@ -275,8 +277,13 @@ class _Extractor:
                     count += 1
                     if count > MAX_MEMBERS:
                         raise OSError(errno.EFBIG, f"the archive from the sandbox has more than {MAX_MEMBERS} members")
+                    # tar.offset: where the next header starts, past this member's declared
+                    # data. Checked before tarfile skips there: it would spin, block after
+                    # block, on a huge declared size that the stream does not hold.
+                    if tar.offset > stream.max_bytes:
+                        raise _cap_error(stream.max_bytes, f"member {member.name!r} of {member.size} bytes goes past")
                     try:
-                        self._member(tar, member, stream)
+                        self._member(tar, member)
                     except _Skip as skip:
                         self.report.skipped.append(f"{member.name}: {skip}")
                         log.debug("download: skipped %r: %s", member.name, skip)
@@ -287,7 +294,7 @@ class _Extractor:
         return self.report
 
     # -- one member ------------------------------------------------------------
-    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, stream: _Budget) -> None:
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         kind = _member_kind(member)
         parts = _normalize(member.name)
         if kind == "dir":
@@ -297,8 +304,6 @@ class _Extractor:
             return
         if not parts:
             raise _Skip("names the target directory itself")
-        if member.size > stream.left:
-            raise _cap_error(self.max_bytes, f"{member.name!r} ({member.size} bytes) goes past")
         parent = self._parent_fd(parts[:-1])
         fd = self._open_file(parent, parts[-1], self.file_modes[bool(member.mode & 0o111)])
         try:

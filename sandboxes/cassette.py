@@ -582,6 +582,7 @@ class CassetteProvider(SandboxProvider):
             return ExecutionResult(
                 stdout=r.get("stdout", ""), stderr=r.get("stderr", ""), exit_code=int(r.get("exit_code", 0)),
                 timed_out=bool(r.get("timed_out", False)), truncated=bool(r.get("truncated", False)), command=command,
+                oom_killed=bool(r.get("oom_killed", False)),
             )  # fmt: skip
         assert self.inner is not None
         started = time.perf_counter()
@@ -594,8 +595,12 @@ class CassetteProvider(SandboxProvider):
         self._record(
             "execute",
             args,
-            {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr, "timed_out": result.timed_out, "truncated": result.truncated},
-        )
+            {
+                "exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
+                "timed_out": result.timed_out, "truncated": result.truncated,
+                **({"oom_killed": True} if result.oom_killed else {}),  # only when set: older cassettes stay as they are
+            },
+        )  # fmt: skip
         return result
 
     @streaming

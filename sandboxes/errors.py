@@ -91,3 +91,11 @@ class SetupFailed(CommandFailed):
         self.result = result
         self.provider = provider
         SandboxError.__init__(self, f"setup command failed in a new {provider} sandbox:\n{result.describe()}")
+
+
+class SharedHostNetworkWarning(UserWarning):
+    """A networked local sandbox shares the host's network: its own could not be made here.
+
+    Its code can then reach the host's loopback services and abstract sockets.
+    The message says why (slirp4netns missing, /dev/net/tun closed to this user).
+    """

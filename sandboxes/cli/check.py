@@ -28,7 +28,9 @@ def provider_status(name: str) -> tuple[bool, str]:
         return False, str(error)
     if name == "local":
         try:
-            return True, "isolation: " + cls().describe_isolation()  # type: ignore[attr-defined]
+            local = cls()
+            parts = (local.describe_isolation(), local.describe_limits(), local.describe_network())  # type: ignore[attr-defined]
+            return True, "isolation: " + "; ".join(parts)
         except ProviderUnavailable as error:
             return False, str(error)
     if not has_credentials(name):

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError
+from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError, SharedHostNetworkWarning
 from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local.state import remove_tree
 from sandboxes.resilient import ResilientProvider
@@ -108,42 +108,77 @@ async def test_output_flood_is_capped(box: str) -> None:
     assert result.stdout.startswith("flood\n")
 
 
-async def test_no_network_by_default_and_network_when_asked(provider: LocalProvider) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    accepted: list[bytes] = []
+def _serve_once(host: str) -> tuple[socket.socket, int]:
+    """A host server that greets whoever connects (in a thread), and its port."""
+    server = socket.create_server((host, 0))
+    server.settimeout(20)
 
     def serve() -> None:
-        server.settimeout(20)
         try:
             conn, _ = server.accept()
             with conn:
                 conn.sendall(b"hello from host\n")
-                accepted.append(b"x")
         except OSError:
             pass
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    probe = f"import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=3); print(s.recv(100).decode(), end='')"
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def _host_address() -> str:
+    """This host's own non-loopback address (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 9))
+        return probe.getsockname()[0]
+
+
+def _connect_probe(address: str, port: int) -> list[str]:
+    code = f"import socket; s = socket.create_connection(({address!r}, {port}), timeout=3); print(s.recv(100).decode(), end='')"
+    return ["python3", "-c", code]
+
+
+ABSTRACT_PROBE = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('\\0sandboxes-host-abstract'); print('CONNECTED')"
+
+
+async def test_no_network_by_default_and_its_own_network_when_asked(provider: LocalProvider) -> None:
+    loopback, loopback_port = _serve_once("127.0.0.1")
+    everywhere, everywhere_port = _serve_once("0.0.0.0")
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind("\0sandboxes-host-abstract")
+    abstract.listen(1)
     try:
         closed = await provider.create_sandbox(SandboxConfig())
         try:
-            result = await provider.execute_command(closed.id, ["python3", "-c", probe], timeout=10)
-            assert not result.success
-            assert "hello from host" not in result.stdout
+            result = await provider.execute_command(closed.id, _connect_probe("127.0.0.1", loopback_port), timeout=10)
+            assert not result.success and "hello from host" not in result.stdout
             dns = await provider.execute_command(closed.id, ["python3", "-c", "import socket; socket.getaddrinfo('pypi.org', 443)"], timeout=10)
             assert not dns.success
         finally:
             await provider.destroy_sandbox(closed.id)
-        opened = await provider.create_sandbox(SandboxConfig(network=True))
+        own_network = provider.describe_network().startswith("network=True: own network")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SharedHostNetworkWarning)
+            opened = await provider.create_sandbox(SandboxConfig(network=True))
         try:
-            result = await provider.execute_command(opened.id, ["python3", "-c", probe], timeout=10)
-            assert result.stdout == "hello from host\n", result.describe()
+            shared = [w for w in caught if issubclass(w.category, SharedHostNetworkWarning)]
+            if not own_network:  # slirp4netns cannot run here: said in a warning and the metadata
+                assert shared and opened.metadata["network_mode"] == "host"
+                result = await provider.execute_command(opened.id, _connect_probe("127.0.0.1", loopback_port), timeout=10)
+                assert result.stdout == "hello from host\n", result.describe()
+                return
+            assert not shared and opened.metadata["network_mode"] == "slirp4netns"
+            outbound = await provider.execute_command(opened.id, _connect_probe(_host_address(), everywhere_port), timeout=10)
+            assert outbound.stdout == "hello from host\n", outbound.describe()
+            for address in ("127.0.0.1", "10.0.2.2"):
+                blocked = await provider.execute_command(opened.id, _connect_probe(address, loopback_port), timeout=10)
+                assert "hello from host" not in blocked.stdout, address
+            reach = await provider.execute_command(opened.id, ["python3", "-c", ABSTRACT_PROBE], timeout=10)
+            assert "CONNECTED" not in reach.stdout
         finally:
             await provider.destroy_sandbox(opened.id)
     finally:
-        server.close()
+        for server in (loopback, everywhere, abstract):
+            server.close()
 
 
 async def test_host_environment_and_secrets_are_invisible(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
@@ -564,3 +599,40 @@ async def test_memory_is_limited_per_sandbox_shared_mappings_and_many_processes_
     squeezed = await provider.execute_command(box, ["python3", "-c", "x = bytearray(200 << 20)"], timeout=60)
     assert squeezed.oom_killed, squeezed.describe()
     assert (await provider.execute_command(box, "rm -f /tmp/f* f*; echo alive")).stdout == "alive\n"
+
+
+async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalProvider) -> None:
+    """/proc/self/fd/N, resolved by the agent, is the agent's: its descriptors on the host's
+    cgroups must not let a sandbox read or write another sandbox's cgroup, nor start a command there."""
+    victim = await provider.create_sandbox(SandboxConfig())
+    attacker = await provider.create_sandbox(SandboxConfig())
+    try:
+        await provider.execute_command(attacker.id, "for i in $(seq 3 40); do ln -s /proc/self/fd/$i/../.. up$i; ln -s /proc/self/fd/$i fd$i; done")
+        leaked = []
+        for i in range(3, 41):
+            for path in (f"up{i}/sandboxes-{victim.id}/work/memory.limit_in_bytes", f"up{i}/sandboxes-{victim.id}/work/pids.max", f"fd{i}/pids.max", f"fd{i}/memory.limit_in_bytes"):
+                try:
+                    leaked.append((path, await provider.read_file(attacker.id, path)))
+                except OSError:
+                    pass
+                try:
+                    await provider.write_file(attacker.id, path, b"1")
+                    leaked.append((path, b"written"))
+                except OSError:
+                    pass
+            target = Path(tempfile.mkdtemp(prefix="sandboxes-deputy-"))
+            try:
+                await provider.download_file(attacker.id, f"up{i}", target)
+            except OSError:
+                pass
+            finally:
+                found = [p.name for p in target.rglob("*")] if target.exists() else []
+                remove_tree(target)
+            assert not any(name.startswith(("cgroup.", "memory.", "pids.")) for name in found), found[:10]
+            ran = await provider.execute_command(attacker.id, "pwd; ls", cwd=f"up{i}")
+            assert ran.exit_code != 0 or "cgroup.procs" not in ran.stdout, ran.describe()
+        assert leaked == []
+        assert (await provider.execute_command(victim.id, "echo intact")).stdout == "intact\n"
+    finally:
+        await provider.destroy_sandbox(attacker.id)
+        await provider.destroy_sandbox(victim.id)

@@ -112,6 +112,7 @@ def main() -> None:
 class Agent:
     def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool, cgroups: "Cgroups | None" = None) -> None:
         self.env = env
+        SAFE_CWD[0] = cwd
         self.cgroups = cgroups
         self.cwd = cwd
         self.own_uid = own_uid  # the sandbox has a uid of its own, no other process has it
@@ -162,11 +163,13 @@ class Agent:
 
     def write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None = None) -> None:
         target = self._path(path)
-        parent = os.path.dirname(target)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+        parent = _open_dir(os.path.dirname(target))
         try:
+            fd = _checked(_open(os.path.basename(target), os.O_WRONLY | os.O_CREAT, 0o644 if mode is None else mode, dir_fd=parent), path)
+        finally:
+            os.close(parent)
+        try:
+            os.ftruncate(fd, 0)
             while True:
                 kind, payload = reader.next()
                 if kind == wire.EOF:
@@ -174,10 +177,10 @@ class Agent:
                 view = memoryview(payload)
                 while view:
                     view = view[os.write(fd, view) :]
+            if mode is not None:
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        if mode is not None:
-            os.chmod(target, mode)
         conn.sendall(wire.reply_frame(wire.OK, {}))
 
     def read(self, conn: socket.socket, path: str, limit: int) -> None:
@@ -209,37 +212,48 @@ class Agent:
         """
         import tarfile  # only when a tree is downloaded: it is slow to import
 
-        root = self._path(path)
-        if not os.path.isdir(root) or os.path.islink(root):
-            raise OSError(20, "Not a directory", path)  # ENOTDIR: the host reads it as a file
+        target = self._path(path)
+        try:
+            root = _checked(_open(target, os.O_RDONLY | os.O_DIRECTORY), path)
+        except NotADirectoryError:
+            raise OSError(20, "Not a directory", path) from None  # ENOTDIR: the host reads it as a file
         out = _FrameWriter(conn, limit)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            pending = [""]
-            while pending:
-                relative = pending.pop()
-                try:
-                    entries = sorted(os.scandir(os.path.join(root, relative)), key=lambda entry: entry.name)
-                except OSError:
-                    continue  # unreadable: left out, as tar would
-                for entry in entries:
-                    name = f"{relative}/{entry.name}" if relative else entry.name
-                    info = tarfile.TarInfo(name)
-                    info.mode = 0o755
-                    if entry.is_dir(follow_symlinks=False):
-                        info.type = tarfile.DIRTYPE
-                        tar.addfile(info)
-                        pending.append(name)
-                        continue
+        pending = [(root, "")]  # directory fds, entered by name only: a swapped-in link is never followed
+        try:
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                while pending:
+                    directory, relative = pending.pop()
                     try:
-                        fd = _open_regular(entry.path, follow=False)
+                        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
                     except OSError:
-                        info.type = tarfile.SYMTYPE if entry.is_symlink() else tarfile.FIFOTYPE
-                        tar.addfile(info)  # named, so the host can say what it skipped
-                        continue
-                    with open(fd, "rb") as handle:
-                        status = os.fstat(fd)
-                        info.size, info.mode = status.st_size, status.st_mode & 0o777
-                        tar.addfile(info, handle)  # exactly st_size bytes; an error if it shrank
+                        entries = []  # unreadable: left out, as tar would
+                    for entry in entries:
+                        name = f"{relative}/{entry.name}" if relative else entry.name
+                        info = tarfile.TarInfo(name)
+                        info.mode = 0o755
+                        if entry.is_dir(follow_symlinks=False):
+                            info.type = tarfile.DIRTYPE
+                            tar.addfile(info)
+                            try:
+                                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                                pending.append((os.open(entry.name, flags, dir_fd=directory), name))
+                            except OSError:
+                                pass
+                            continue
+                        try:
+                            fd = _open_regular(entry.name, follow=False, dir_fd=directory)
+                        except OSError:
+                            info.type = tarfile.SYMTYPE if entry.is_symlink() else tarfile.FIFOTYPE
+                            tar.addfile(info)  # named, so the host can say what it skipped
+                            continue
+                        with open(fd, "rb") as handle:
+                            status = os.fstat(fd)
+                            info.size, info.mode = status.st_size, status.st_mode & 0o777
+                            tar.addfile(info, handle)  # exactly st_size bytes; an error if it shrank
+                    os.close(directory)
+        finally:
+            for directory, _ in pending:
+                os.close(directory)
         conn.sendall(out.take() + wire.reply_frame(wire.OK, {}))
 
     # -- commands ------------------------------------------------------------
@@ -317,12 +331,68 @@ class Agent:
 
 errno_EFBIG = 27  # not `import errno`: every import is start-up time
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
+# The file systems of descriptors the agent holds for the host (its cgroup
+# directories). A link to /proc/self/fd/N resolves, in the agent, to those:
+# nothing the agent opens or enters for a request may lie on one of them.
+FOREIGN_DEVICES: set[int] = set()
+SAFE_CWD: list[str] = [""]  # the agent's own working directory, set at start
 
 
-def _open_regular(path: str, *, follow: bool = True) -> int:
+_OPENAT2: list[object] = []
+RESOLVE_NO_MAGICLINKS = 0x02
+
+
+def _open(path: str, flags: int, mode: int = 0, dir_fd: int | None = None) -> int:
+    """``os.open`` through openat2(RESOLVE_NO_MAGICLINKS): a link into /proc/self/fd/N
+    (which, resolved by the agent, would lead to its descriptors on the host's
+    cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP.
+    ``ctypes`` is imported on the first call only."""
+    if not _OPENAT2:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _OPENAT2.extend((ctypes, libc))
+    ctypes, libc = _OPENAT2
+    how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, RESOLVE_NO_MAGICLINKS)  # type: ignore[attr-defined]
+    fd = libc.syscall(ctypes.c_long(437), ctypes.c_long(-100 if dir_fd is None else dir_fd), path.encode(), ctypes.byref(how), ctypes.c_size_t(24))  # type: ignore[attr-defined]
+    if fd < 0:
+        error = ctypes.get_errno()  # type: ignore[attr-defined]
+        raise OSError(error, os.strerror(error), path)
+    return fd
+
+
+def _checked(fd: int, path: str) -> int:
+    """``fd`` when it lies inside the sandbox; closed and refused when a /proc magic link led out."""
+    if os.fstat(fd).st_dev in FOREIGN_DEVICES:
+        os.close(fd)
+        raise OSError(13, "Permission denied: the path leads out of the sandbox through /proc", path)  # EACCES
+    return fd
+
+
+def _open_dir(path: str) -> int:
+    """An fd on a directory of the sandbox, made with its parents when missing, one checked step at a time."""
+    fd = _checked(_open("/", os.O_RDONLY | os.O_DIRECTORY), "/")
+    for part in [p for p in path.split("/") if p]:
+        try:
+            try:
+                step = _open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                step = _open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = _checked(step, path)
+    return fd
+
+
+def _open_regular(path: str, *, follow: bool = True, dir_fd: int | None = None) -> int:
     """An fd open for reading on a regular file, else OSError (never blocks on a FIFO)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    fd = _checked(_open(path, flags, dir_fd=dir_fd), path)
     try:
         mode = os.fstat(fd).st_mode & _S_IFMT
         if mode != _S_IFREG:
@@ -410,7 +480,14 @@ class Child:
                 argv = ["/bin/sh", "-c", 'echo 0 >&9 || exit 125; exec 9>&-; exec "$@"', "sh", executable, *argv[1:]]
                 executable = "/bin/sh"
             with cls._spawning:
-                os.chdir(cwd)
+                if cwd == SAFE_CWD[0]:
+                    os.chdir(cwd)  # the sandbox's own workspace: the agent's default, no link in it
+                else:
+                    directory = _checked(_open(cwd, os.O_RDONLY | os.O_DIRECTORY), cwd)
+                    try:
+                        os.fchdir(directory)
+                    finally:
+                        os.close(directory)
                 moved = cgroups is not None and group is not None and not cgroups.v2
                 try:
                     if moved:
@@ -460,6 +537,8 @@ class Cgroups:
         self.v2 = spec["version"] == 2
         self.agent_fds: list[int] = spec["agent"]  # type: ignore[assignment]
         self.work_fds: list[int] = spec["work"]  # type: ignore[assignment]
+        for fd in self.agent_fds + self.work_fds:
+            FOREIGN_DEVICES.add(os.fstat(fd).st_dev)
         self.memory_fd: int = spec["memory"]  # type: ignore[assignment]
         self.count = 0
         self.finished: list[str] = []

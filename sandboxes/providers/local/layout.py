@@ -282,7 +282,7 @@ def bwrap_argv(
     toolchains: Toolchains,
     state_dir: Path,
     as_root: bool,
-    network: bool,
+    network: str,
     workspace_bytes: int,
     tmp_bytes: int,
     shm_bytes: int,
@@ -308,7 +308,7 @@ def bwrap_argv(
         # No user namespace may be made inside (the seccomp filter refuses it too,
         # and is what refuses it as root, where bwrap makes none).
         argv += ["--unshare-user", "--disable-userns"]
-    if not network:
+    if network != "host":  # "none", or "slirp4netns" attached to this namespace once it exists
         argv.append("--unshare-net")
     argv += ["--hostname", "sandbox"]
     if image:
@@ -318,6 +318,8 @@ def bwrap_argv(
         argv += _system_mounts(etc)
         argv += _toolchain_mounts(toolchains.binds)
         argv += ["--ro-bind", str(state_dir / "passwd"), "/etc/passwd", "--ro-bind", str(state_dir / "group"), "/etc/group"]
+        if network == "slirp4netns":
+            argv += ["--ro-bind", str(state_dir / "resolv.conf"), "/etc/resolv.conf"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     argv += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     argv += ["--size", str(workspace_bytes), "--perms", "0755", "--tmpfs", WORKSPACE]

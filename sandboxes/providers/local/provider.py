@@ -26,7 +26,7 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import SocketStream
 
-from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SetupFailed
+from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SetupFailed, SharedHostNetworkWarning
 from ...models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
     DEFAULT_LIFETIME_SECONDS,
@@ -43,6 +43,7 @@ from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
 from .cgroups import describe as cgroups_describe
+from . import network as network_setup
 from .etc import etc_snapshot
 from .seccomp import seccomp_filter
 from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
@@ -186,7 +187,7 @@ class LocalProvider(SandboxProvider):
     def _spawn(self, config: SandboxConfig, sandbox_id: str, directory: Path, uid: int | None, as_root: bool) -> SandboxState:
         lifetime = config.lifetime or self.lifetime
         memory_mb = config.memory_mb or self.memory_mb
-        network = bool(config.network)
+        network = self._network_mode(bool(config.network))
         private = (str(self.root), str(cache_root()))
         toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ), private)
         python = os.path.realpath(sys.executable) if config.image else agent_python()
@@ -235,6 +236,7 @@ class LocalProvider(SandboxProvider):
                 "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
             )
             (directory / "group").write_text(f"root:x:0:\nsandbox:x:{inside_gid}:\nnogroup:x:65534:\n")
+            (directory / "resolv.conf").write_text(network_setup.RESOLV_CONF)
             argv = bwrap_argv(
                 bwrap=find_bwrap(),
                 toolchains=toolchains,
@@ -266,8 +268,10 @@ class LocalProvider(SandboxProvider):
             os.close(info_w)
             info_w = -1
         listener = _listen(directory)
+        # slirp4netns exits once the sandbox's last holder of this pipe (its agent) is gone.
+        exit_r, exit_w = os.pipe() if network == "slirp4netns" else (-1, -1)
         settings["listen_fd"] = listener.fileno()
-        settings["inherited_fds"] = [listener.fileno(), ready_w, *cgroup_fds.values()]
+        settings["inherited_fds"] = [fd for fd in (listener.fileno(), ready_w, exit_w, *cgroup_fds.values()) if fd >= 0]
         log = open(directory / "log", "wb")
         try:
             process = subprocess.Popen(
@@ -275,7 +279,7 @@ class LocalProvider(SandboxProvider):
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
-                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, *cgroup_fds.values()) if fd >= 0),
+                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, exit_w, *cgroup_fds.values()) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
                 cwd=str(directory),
@@ -285,7 +289,7 @@ class LocalProvider(SandboxProvider):
         finally:
             log.close()
             listener.close()
-            for fd in (seccomp_fd, *cgroup_fds.values()):
+            for fd in (seccomp_fd, exit_w, *cgroup_fds.values()):
                 if fd >= 0:
                     os.close(fd)
             if info_w >= 0:
@@ -306,6 +310,8 @@ class LocalProvider(SandboxProvider):
             pid = process.pid
             if self.isolation == "bwrap":
                 pid = json.loads(_read_with_timeout(info_r, READY_TIMEOUT))["child-pid"]
+            if network == "slirp4netns":
+                network_setup.attach(pid, exit_fd=exit_r, in_user_namespace=not as_root)
         except BaseException:
             _kill(process.pid)
             process.wait()
@@ -313,6 +319,8 @@ class LocalProvider(SandboxProvider):
         finally:
             os.close(ready_r)
             os.close(info_r)
+            if exit_r >= 0:
+                os.close(exit_r)
         _CHILDREN[sandbox_id] = process
         state = SandboxState(
             id=sandbox_id,
@@ -323,13 +331,37 @@ class LocalProvider(SandboxProvider):
             pid_start=process_start(pid) or "",
             isolation=self.isolation,
             uid=uid,
-            network=network,
+            network=network != "none",
             image=config.image,
             workspace=workspace,
-            extra={"cgroup": cgroup.paths()} if cgroup is not None else {},
+            extra={"network": network, **({"cgroup": cgroup.paths()} if cgroup is not None else {})},
         )
         state.save(directory)
         return state
+
+    def _network_mode(self, wanted: bool) -> str:
+        """"none"; for a networked sandbox "slirp4netns" (its own network, no way to the
+        host's loopback), or "host" where slirp4netns cannot run here, with a warning."""
+        if not wanted:
+            return "none"
+        if self.isolation == "process":
+            return "host"
+        reason = network_setup.user_network_unavailable()
+        if reason is None:
+            return "slirp4netns"
+        warnings.warn(
+            f"network=True shares the host's network with the sandbox (its loopback services and abstract sockets too): {reason}",
+            SharedHostNetworkWarning,
+            stacklevel=4,
+        )
+        return "host"
+
+    def describe_network(self) -> str:
+        """One line for `sandboxes providers`: what network=True gives here."""
+        reason = network_setup.user_network_unavailable() if self.isolation == "bwrap" else "process isolation has no namespaces"
+        if reason is None:
+            return "network=True: own network namespace through slirp4netns (no host loopback); default none"
+        return f"network=True: SHARES THE HOST'S NETWORK ({reason}); default none"
 
     def _cgroup(self, sandbox_id: str, memory_mb: int, uid: int | None) -> SandboxCgroup | None:
         """The sandbox's cgroup (memory and processes limited per sandbox), or None where none can be had."""
@@ -369,6 +401,7 @@ class LocalProvider(SandboxProvider):
             metadata={
                 "isolation": state.isolation,
                 "network": state.network,
+                "network_mode": state.extra.get("network", "none"),
                 "workspace": state.workspace,
                 "limits": "per sandbox (cgroup)" if state.extra.get("cgroup") else "per process (rlimits: no cgroup could be had)",
             },
