@@ -92,6 +92,7 @@ def test_source_never_reaches_a_shell(shared: sync.Sandbox) -> None:
     assert shared.execute("ls /tmp/pwned /tmp/pwned2").exit_code != 0
 
 
+@pytest.mark.filterwarnings("ignore::sandboxes.SharedHostNetworkWarning")  # as an ordinary user here
 def test_deps_node_package_json_with_a_local_dependency(shared: sync.Sandbox) -> None:
     files = {
         "package.json": '{"name": "app", "version": "1.0.0", "dependencies": {"greet": "file:./greet"}}',
@@ -102,6 +103,7 @@ def test_deps_node_package_json_with_a_local_dependency(shared: sync.Sandbox) ->
     assert (result.exit_code, result.stdout) == (0, "hello deps\n"), result.stderr
 
 
+@pytest.mark.filterwarnings("ignore::sandboxes.SharedHostNetworkWarning")  # as an ordinary user here
 def test_deps_go_mod_with_a_local_module(shared: sync.Sandbox) -> None:
     files = {
         "go.mod": "module example.com/app\n\ngo 1.18\n\nrequire example.com/greet v0.0.0\n\nreplace example.com/greet => ./greet\n",
