@@ -17,6 +17,10 @@ Rules (see ``extract_tar``):
   nothing group- or world-writable, no chown (all belongs to the caller), and
   no times from the archive (files and directories keep the time they are
   written);
+* what is already below the target is never followed nor replaced: a symbolic
+  link, a special file or a file with other hard links (or another owner) in
+  the way makes that member skipped; a regular file of the caller's is
+  overwritten (the later of two members of one name wins, as with tar);
 * the uncompressed archive stream (headers, padding, and the data of every
   member, skipped or not) may not exceed ``max_bytes``; so the data written
   cannot either.
@@ -168,12 +172,13 @@ def _open_stream(source: typing.BinaryIO, max_bytes: int) -> _Budget:
             break
         head += piece
     raw: typing.Any = _Head(head, source)
+    # Closed by _Budget.close (extract_tar's finally); ``source`` itself stays open.
     if head.startswith(b"\x1f\x8b"):
         raw = gzip.GzipFile(fileobj=raw, mode="rb")
     elif head.startswith(b"BZh"):
         raw = bz2.BZ2File(raw)
     elif head.startswith(b"\xfd7zXZ\x00"):
-        raw = lzma.LZMAFile(raw)
+        raw = lzma.LZMAFile(raw)  # noqa: SIM115
     return _Budget(raw, max_bytes)
 
 
@@ -185,15 +190,22 @@ class _StrictTarInfo(tarfile.TarInfo):
     """
 
     @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, archive: tarfile.TarFile) -> typing.Self:
         try:
             return super().fromtarfile(archive)
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
-            raise tarfile.ReadError("the archive is empty or cut short (no end-of-archive marker)") from None
-        except tarfile.InvalidHeaderError as error:
+        except tarfile.HeaderError as error:
+            if isinstance(error, _END_OF_ARCHIVE):
+                raise  # a zero block: the archive's proper end
+            if isinstance(error, _CUT_SHORT):
+                raise tarfile.ReadError("the archive is empty or cut short (no end-of-archive marker)") from None
             raise tarfile.ReadError(f"invalid header at byte {archive.offset}: {error}") from None
         except (ValueError, OverflowError) as error:  # from a pax record such as GNU.sparse.size=x
             raise tarfile.ReadError(f"invalid header at byte {archive.offset}: {error}") from None
+
+
+# tarfile's header errors below HeaderError (typeshed does not list them).
+_END_OF_ARCHIVE: type[Exception] = getattr(tarfile, "EOFHeaderError")  # noqa: B009
+_CUT_SHORT: tuple[type[Exception], ...] = (getattr(tarfile, "EmptyHeaderError"), getattr(tarfile, "TruncatedHeaderError"))  # noqa: B009
 
 
 def process_umask() -> int:
@@ -273,7 +285,7 @@ class _Extractor:
             with tarfile.open(fileobj=typing.cast(typing.BinaryIO, stream), mode="r|", tarinfo=_StrictTarInfo) as tar:
                 count = 0
                 while (member := tar.next()) is not None:
-                    tar.members.clear()  # stream mode keeps every TarInfo otherwise
+                    tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
                     count += 1
                     if count > MAX_MEMBERS:
                         raise OSError(errno.EFBIG, f"the archive from the sandbox has more than {MAX_MEMBERS} members")

@@ -8,10 +8,14 @@ on top of ``write_file``/``read_file``/``execute_command``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import io
 import os
+import secrets
 import shlex
-import tarfile
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -19,6 +23,7 @@ from typing import ClassVar
 
 import anyio
 
+from ._extract import extract_tar, process_umask
 from .errors import SandboxNotFoundError, UnsupportedOperation
 from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .streaming import StreamItem, streaming
@@ -29,6 +34,8 @@ class SandboxProvider(ABC):
 
     name: ClassVar[str] = "abstract"
     capabilities: Capabilities = Capabilities()
+    max_file_bytes: int = 1 << 30
+    """Most bytes ``download_file`` brings onto the host at once (a file, or a directory's archive)."""
 
     # -- lifecycle -----------------------------------------------------------
     @abstractmethod
@@ -126,15 +133,24 @@ class SandboxProvider(ABC):
             raise FileNotFoundError(f"no such local file or directory: {local}")
 
     async def download_file(self, sandbox_id: str, remote_path: str, local_path: str | os.PathLike[str]) -> None:
-        """Copy a file or directory tree out of the sandbox."""
+        """Copy a file or directory tree out of the sandbox.
+
+        Nothing the sandbox sends is trusted (see ``sandboxes._extract``): only
+        regular files and directories are written, with modes 0o644/0o755 less
+        the umask, owned by the caller, never through a symbolic link; other
+        members are skipped (logged at debug level on the "sandboxes" logger).
+        More than ``max_file_bytes`` raises ``OSError(EFBIG)``.
+        """
         local = Path(local_path)
         probe = await self.execute_command(sandbox_id, ["test", "-d", remote_path])
         if probe.exit_code != 0:
             data = await self.read_file(sandbox_id, remote_path)
+            if len(data) > self.max_file_bytes:
+                raise _too_big(remote_path, len(data), self.max_file_bytes)
             local.parent.mkdir(parents=True, exist_ok=True)
-            await anyio.Path(local).write_bytes(data)
+            await anyio.to_thread.run_sync(_write_new_file, local, data)
             return
-        archive = f"/tmp/.sandboxes-download-{os.getpid()}-{id(local)}.tar"
+        archive = f"/tmp/.sandboxes-download-{secrets.token_hex(16)}.tar"
         packed = await self.execute_command(sandbox_id, ["tar", "-cf", archive, "-C", remote_path, "."])
         if packed.exit_code != 0:
             raise PermissionError(f"cannot read directory {remote_path} in the sandbox: {packed.stderr.strip()}")
@@ -142,9 +158,9 @@ class SandboxProvider(ABC):
             data = await self.read_file(sandbox_id, archive)
         finally:
             await self.execute_command(sandbox_id, ["rm", "-f", archive])
-        local.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            _safe_extract(tar, local)
+        if len(data) > self.max_file_bytes:
+            raise _too_big(remote_path, len(data), self.max_file_bytes)
+        await anyio.to_thread.run_sync(functools.partial(extract_tar, io.BytesIO(data), local, max_bytes=self.max_file_bytes))
 
     # -- helpers for subclasses ------------------------------------------------
     def _not_found(self, sandbox_id: str) -> SandboxNotFoundError:
@@ -154,17 +170,43 @@ class SandboxProvider(ABC):
         return f"<{type(self).__name__}>"
 
 
-def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
-    """Extract without letting a member land outside ``target`` (the sandbox is untrusted)."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(target, filter="data")
-        return
-    root = target.resolve()
-    for member in tar.getmembers():
-        destination = (root / member.name).resolve()
-        if not (member.isfile() or member.isdir()) or not destination.is_relative_to(root):
-            raise PermissionError(f"refusing to extract {member.name!r} from the sandbox outside {target}")
-    tar.extractall(target)
+def _too_big(remote_path: str, size: int, cap: int) -> OSError:
+    return OSError(
+        errno.EFBIG,
+        f"{remote_path} in the sandbox is {size} bytes, past the download cap of {cap} bytes; "
+        f"raise it with the provider's max_file_bytes (provider.max_file_bytes = <bytes>)",
+    )
+
+
+def _write_new_file(local: Path, data: bytes) -> None:
+    """Write ``data`` to ``local`` as a plain file of the caller's, mode 0o644 less the umask.
+
+    A symbolic link (or anything but a regular file) at ``local`` is refused,
+    not followed; the file is truncated only once it is known to be regular.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(local, flags, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(error.errno, f"refusing to write {local}: it is a symbolic link") from None
+        if error.errno == errno.ENXIO:
+            raise OSError(error.errno, f"refusing to write {local}: it is not a regular file") from None
+        raise
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise OSError(errno.EEXIST, f"refusing to write {local}: it is not a regular file")
+        os.ftruncate(fd, 0)
+        # Also clears setuid/setgid of a file that was there. Someone else's file we may
+        # write to refuses: the kernel drops those bits on our write then.
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, 0o644 & ~process_umask())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def shell_command(command: Command) -> str:
