@@ -270,7 +270,24 @@ async def test_daemons_do_not_outlive_the_sandbox(provider: LocalProvider) -> No
     assert _processes_with_marker(marker) == []
 
 
-async def test_timeout_kills_the_whole_process_tree(provider: LocalProvider, box: str) -> None:
+@pytest.mark.parametrize("limits", ["cgroup", "subreaper"])
+async def test_timeout_kills_the_whole_process_tree(limits: str) -> None:
+    """With a cgroup, the command's own cgroup is killed; without one, the agent is a
+    subreaper and kills what it adopted from the command as well as its tree."""
+    provider = LocalProvider(**SMALL, cgroup_parent=None if limits == "cgroup" else "off")
+    box = (await provider.create_sandbox(SandboxConfig())).id
+    try:
+        await _timeout_kills_everything_it_started(provider, box)
+        # Orphans that end are reaped: no zombies pile up in the sandbox.
+        await provider.execute_command(box, "for i in $(seq 30); do (sh -c 'exit 0' &); done")
+        await anyio.sleep(2.5)
+        zombies = await provider.execute_command(box, "ps -eo stat= | grep -c '^Z'")
+        assert zombies.stdout.strip() == "0", zombies.describe()
+    finally:
+        await provider.destroy_sandbox(box)
+
+
+async def _timeout_kills_everything_it_started(provider: LocalProvider, box: str) -> None:
     marker = "tree-marker-5512"
     daemon = f"import os\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n    os.execvp('sh', ['sh', '-c', 'sleep 100 # {marker}'])"
     command = (

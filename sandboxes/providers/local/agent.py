@@ -30,12 +30,8 @@ OUTBOX_LIMIT = 4 * 1024 * 1024
 TIMED_OUT_EXIT_CODE = 124
 
 
-def _undumpable() -> None:
-    """prctl(PR_SET_DUMPABLE, 0): no process of the sandbox may trace the agent or
-    read its memory, also where it shares their uid (in a user namespace).
-
-    Through ``_ctypes`` alone: ``ctypes`` costs some 3 ms to import.
-    """
+def _prctl(option: int, value: int) -> int:
+    """prctl(option, value), through ``_ctypes`` alone: ``ctypes`` costs some 3 ms to import."""
     import _ctypes
 
     class Int(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
@@ -48,8 +44,13 @@ def _undumpable() -> None:
     class Libc:
         _handle = _ctypes.dlopen(None)
 
-    prctl = Function(("prctl", Libc()))
-    if prctl(4, 0, 0, 0, 0) != 0 or prctl(3, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, PR_GET_DUMPABLE
+    return Function(("prctl", Libc()))(option, value, 0, 0, 0)  # type: ignore[no-any-return]
+
+
+def _undumpable() -> None:
+    """PR_SET_DUMPABLE 0: no process of the sandbox may trace the agent or read its
+    memory, also where it shares their uid (in a user namespace)."""
+    if _prctl(4, 0) != 0 or _prctl(3, 0) != 0:  # PR_SET_DUMPABLE, PR_GET_DUMPABLE
         raise OSError("the agent could not make itself undumpable")
 
 
@@ -85,6 +86,8 @@ def main() -> None:
         os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process", cgroups=cgroups)
+    if cgroups is None and _prctl(36, 1) == 0:  # PR_SET_CHILD_SUBREAPER: a command's orphans become ours
+        agent.adopts = True
     ready_fd = settings["ready_fd"]
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
@@ -93,10 +96,12 @@ def main() -> None:
         remaining = deadline - time.time()
         if remaining <= 0:
             break
-        server.settimeout(min(remaining, 60.0))
+        server.settimeout(min(remaining, 1.0 if agent.adopts else 60.0))
         try:
             fd, _ = server._accept()
         except TimeoutError:
+            if agent.adopts:
+                agent.reap_adopted()
             continue
         conn = socket.socket(fileno=fd)
         conn.settimeout(None)
@@ -118,6 +123,20 @@ class Agent:
         self.own_uid = own_uid  # the sandbox has a uid of its own, no other process has it
         self.track_commands = track_commands  # no pid namespace to end them all
         self.spawned: list[int] = []
+        # Without a cgroup, the agent is a subreaper: what a command leaves behind
+        # (a daemon that left its session) is adopted by it, so a timeout can find it.
+        self.adopts = False
+        self.running: dict[int, bytes] = {}  # command pid -> its start time (/proc stat field 22)
+
+    def reap_adopted(self) -> None:
+        """Reap adopted orphans that ended (never a command: its thread waits for it)."""
+        with Child._spawning:  # no command is between its spawn and its entry in ``running``
+            for pid, parent, state, _ in _processes():
+                if parent == os.getpid() and state == b"Z" and pid not in self.running:
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
 
     def shutdown(self) -> None:
         """End every process of the sandbox, then the agent."""
@@ -282,7 +301,7 @@ class Agent:
         cgroups = self.cgroups
         group = cgroups.command() if cgroups is not None else None
         try:
-            child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group)
+            child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
         except OSError as error:
             if cgroups is not None and group is not None:
                 cgroups.done(group)
@@ -305,10 +324,12 @@ class Agent:
             self.spawned.append(child.pid)
         timed_out, vanished = _pump(child, conn, reader, stdin, timeout, started)
         if timed_out or vanished:
-            kill_tree(child.pid)
+            since = self.running.get(child.pid) if self.adopts else None
+            kill_tree(child.pid, adopted_since=since, commands=set(self.running))
             if cgroups is not None and group is not None:
                 cgroups.kill(group)  # everything it started: setsid and double-forked daemons too
         code = child.wait()
+        self.running.pop(child.pid, None)
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else (128 - code if code < 0 else code)
         oom_killed = False
         if cgroups is not None and group is not None:
@@ -452,6 +473,7 @@ class Child:
         script_fd: int | None,
         cgroups: "Cgroups | None" = None,
         group: str | None = None,
+        running: dict[int, bytes] | None = None,
     ) -> "Child":
         executable = _which(argv[0], env.get("PATH", ""), cwd)
         ours: list[int] = []  # the parent's ends, closed if the spawn fails
@@ -500,6 +522,8 @@ class Child:
                     if moved:
                         cgroups.leave_command()  # type: ignore[union-attr]
                     os.chdir("/")
+                if running is not None:
+                    running[pid] = _start_time(pid)
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -518,8 +542,11 @@ class Child:
 
     def wait(self) -> int:
         if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped already: it was killed
+                self.returncode = -9
         return self.returncode
 
 
@@ -804,10 +831,12 @@ def _discard(fds: list[int]) -> None:
                 os.close(fd)
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a command's whole process tree: descendants, its group and session."""
+def kill_tree(pid: int, *, adopted_since: bytes | None = None, commands: set[int] | frozenset[int] = frozenset()) -> None:
+    """SIGKILL a command's whole process tree: descendants, its group and session, and,
+    where the agent is a subreaper (no cgroup), the orphans it adopted since the command
+    started that are no command's own, with their trees (a daemon that left the session)."""
     for _ in range(20):
-        victims = _tree(pid)
+        victims = _tree(pid, adopted_since, commands)
         if not victims:
             return
         for victim in victims:
@@ -817,10 +846,9 @@ def kill_tree(pid: int) -> None:
                 pass
 
 
-def _tree(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    by_session: set[int] = set()
-    me = os.getpid()
+def _processes() -> list[tuple[int, int, bytes, list[bytes]]]:
+    """(pid, ppid, state, the stat fields after the command name) of every process we can see."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -830,15 +858,33 @@ def _tree(root: int) -> set[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
-        state, ppid, pgid, sid = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
-        pid = int(entry)
+        found.append((int(entry), int(fields[1]), fields[0], fields))
+    return found
+
+
+def _start_time(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return stat[stat.rindex(b")") + 2 :].split()[19]
+    except OSError:
+        return b""
+
+
+def _tree(root: int, adopted_since: bytes | None = None, commands: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    me = os.getpid()
+    stack = [root]
+    for pid, ppid, state, fields in _processes():
         if state == b"Z" or pid == me:
             continue
         children.setdefault(ppid, []).append(pid)
-        if sid == root or pgid == root:
-            by_session.add(pid)
-    found = set(by_session)
-    stack = [root]
+        if int(fields[3]) == root or int(fields[2]) == root:  # its session or its group
+            found.add(pid)
+        if adopted_since and ppid == me and pid not in commands and int(fields[19]) >= int(adopted_since):
+            stack.append(pid)
+            found.add(pid)
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in found:
