@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -623,6 +624,11 @@ async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalPr
     cgroups must not let a sandbox read or write another sandbox's cgroup, nor start a command there."""
     victim = await provider.create_sandbox(SandboxConfig())
     attacker = await provider.create_sandbox(SandboxConfig())
+    host_dir = Path(tempfile.mkdtemp(prefix="sandboxes-host-only-", dir="/var/tmp"))
+    host_dir.chmod(0o755)
+    host_only = host_dir / "program"  # a program only the host has (a binary: a script's path is opened again by its interpreter)
+    shutil.copy("/bin/echo", host_only)
+    host_only.chmod(0o755)
     try:
         await provider.execute_command(attacker.id, "for i in $(seq 3 40); do ln -s /proc/self/fd/$i/../.. up$i; ln -s /proc/self/fd/$i fd$i; done")
         leaked = []
@@ -648,8 +654,11 @@ async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalPr
             assert not any(name.startswith(("cgroup.", "memory.", "pids.")) for name in found), found[:10]
             ran = await provider.execute_command(attacker.id, "pwd; ls", cwd=f"up{i}")
             assert ran.exit_code != 0 or "cgroup.procs" not in ran.stdout, ran.describe()
+            climbed = await provider.execute_command(attacker.id, [f"./fd{i}/" + "../" * 24 + str(host_only).lstrip("/"), "HOST-ONLY"])
+            assert "HOST-ONLY" not in climbed.stdout, climbed.describe()
         assert leaked == []
         assert (await provider.execute_command(victim.id, "echo intact")).stdout == "intact\n"
     finally:
+        remove_tree(host_dir)
         await provider.destroy_sandbox(attacker.id)
         await provider.destroy_sandbox(victim.id)

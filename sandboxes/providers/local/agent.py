@@ -356,6 +356,7 @@ _S_IFMT, _S_IFREG = 0o170000, 0o100000
 # directories). A link to /proc/self/fd/N resolves, in the agent, to those:
 # nothing the agent opens or enters for a request may lie on one of them.
 FOREIGN_DEVICES: set[int] = set()
+FOREIGN_FDS: list[int] = []  # closed in a command's child before it resolves its program's path
 SAFE_CWD: list[str] = [""]  # the agent's own working directory, set at start
 
 
@@ -493,6 +494,9 @@ class Child:
             actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
             if script_fd is not None:
                 actions.append((os.POSIX_SPAWN_DUP2, script_fd, 3))
+            # The child resolves the program's path with the agent's descriptors: close the
+            # host's first, or a path through /proc/self/fd/N/.. would lead onto the host.
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in FOREIGN_FDS]
             if cgroups is not None and group is not None and cgroups.v2:
                 # cgroup v2 keeps a process's threads together: the child moves
                 # itself before it runs the command (fd 9 is its cgroup.procs).
@@ -566,6 +570,7 @@ class Cgroups:
         self.work_fds: list[int] = spec["work"]  # type: ignore[assignment]
         for fd in self.agent_fds + self.work_fds:
             FOREIGN_DEVICES.add(os.fstat(fd).st_dev)
+            FOREIGN_FDS.append(fd)
         self.memory_fd: int = spec["memory"]  # type: ignore[assignment]
         self.count = 0
         self.finished: list[str] = []
