@@ -238,6 +238,18 @@ def _nobody_python() -> str:
             return python
     pytest.skip("no Python that user nobody can run")
 
+def _start_agent_as_nobody(program: str, fds: dict[str, int]) -> subprocess.Popen[bytes]:
+    """``program`` as nobody with the cgroup fds passed in (and closed here)."""
+    try:
+        return subprocess.Popen(
+            _as_nobody([_nobody_python(), "-c", program, json.dumps(fds)], {}),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=tuple(fds.values()),
+        )  # fmt: skip
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 
 def _as_nobody(argv: list[str], env: dict[str, str]) -> list[str]:
     assignments = [f"{k}={v}" for k, v in {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **env}.items()]
@@ -460,14 +472,7 @@ def test_v1_an_agent_on_the_sandbox_uid_runs_a_command_through_a_thread(parent: 
     assert os.stat(os.path.join(cgroup.work_dir("memory"), "memory.limit_in_bytes")).st_uid == 0
     assert os.stat(os.path.join(cgroup.work_dir("pids"), "pids.max")).st_uid == 0
     fds = cgroup.open_fds()
-    try:
-        agent = subprocess.Popen(
-            _as_nobody([_nobody_python(), "-c", V1_AGENT, json.dumps(fds)], {}),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=tuple(fds.values()),
-        )  # fmt: skip
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    agent = _start_agent_as_nobody(V1_AGENT, fds)
     processes.append(agent)
     cgroup.place(agent.pid)
     out, _ = agent.communicate(b"go\n", timeout=30)
@@ -620,14 +625,7 @@ def test_v2_directories_placement_and_cgroup_kill(
     assert os.stat(os.path.join(top, "agent", "cgroup.procs")).st_uid == 0, "no way back out of the limits"
     fds = cgroup.open_fds()
     assert sorted(fds) == ["unified.agent", "unified.work"]
-    try:
-        agent = subprocess.Popen(
-            _as_nobody([_nobody_python(), "-c", V2_AGENT, json.dumps(fds)], {}),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=tuple(fds.values()),
-        )  # fmt: skip
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    agent = _start_agent_as_nobody(V2_AGENT, fds)
     processes.append(agent)
     cgroup.place(agent.pid)
     assert _cgroup_of(agent.pid)["unified"].endswith(f"/{cgroup.name}/agent")
