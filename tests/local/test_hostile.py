@@ -662,3 +662,30 @@ async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalPr
         remove_tree(host_dir)
         await provider.destroy_sandbox(attacker.id)
         await provider.destroy_sandbox(victim.id)
+
+
+async def test_a_command_that_closes_its_output_still_times_out_alone(provider: LocalProvider, box: str) -> None:
+    started = time.monotonic()
+    result = await provider.execute_command(box, "exec >&- 2>&-; sleep 30", timeout=2)
+    assert result.timed_out and result.exit_code == 124 and time.monotonic() - started < 3.5, result.describe()
+    assert "stopped answering" not in result.stderr  # the agent answered: the sandbox lives on
+    assert (await provider.execute_command(box, "echo alive")).stdout == "alive\n"
+    quiet = await provider.execute_command(box, "exec >&- 2>&-; sleep 0.3; exit 5", timeout=10)
+    assert (quiet.exit_code, quiet.timed_out) == (5, False)
+
+
+async def test_path_lookup_cannot_probe_the_hosts_files(provider: LocalProvider, box: str) -> None:
+    """PATH entries through the agent's /proc/self/fd/N: found or not, the answer is the same."""
+    host_dir = Path(tempfile.mkdtemp(prefix="sandboxes-host-path-", dir="/var/tmp"))
+    host_dir.chmod(0o755)
+    shutil.copy("/bin/true", host_dir / "true")
+    up = "/.." * 24
+    try:
+        answers = set()
+        for fd in range(3, 40):
+            for directory in (str(host_dir), "/var/tmp/no-such-dir"):
+                result = await provider.execute_command(box, ["true"], env={"PATH": f"/proc/self/fd/{fd}{up}{directory}:/usr/bin"})
+                answers.add((result.exit_code, result.stderr))
+        assert len(answers) == 1, answers
+    finally:
+        remove_tree(host_dir)

@@ -30,21 +30,48 @@ OUTBOX_LIMIT = 4 * 1024 * 1024
 TIMED_OUT_EXIT_CODE = 124
 
 
-def _prctl(option: int, value: int) -> int:
-    """prctl(option, value), through ``_ctypes`` alone: ``ctypes`` costs some 3 ms to import."""
+_LIBC: list[object] = []
+_FUNCTIONS: dict[str, object] = {}
+
+
+def _libc_function(name: str) -> "object":
+    """``_make_libc_function(name)``, made once."""
+    if name not in _FUNCTIONS:
+        _FUNCTIONS[name] = _make_libc_function(name)
+    return _FUNCTIONS[name]
+
+
+def _make_libc_function(name: str) -> "object":
+    """A libc function returning a C long, through ``_ctypes`` alone (``ctypes`` costs some
+    3 ms to import). Its arguments are Python ints (passed as C ``long``) or bytes."""
     import _ctypes
 
-    class Int(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
-        _type_ = "i"
+    if not _LIBC:
 
-    class Function(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = Int
+        class Long(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
+            _type_ = "l"
 
-    class Libc:
-        _handle = _ctypes.dlopen(None)
+        class Function(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Long
 
-    return Function(("prctl", Libc()))(option, value, 0, 0, 0)  # type: ignore[no-any-return]
+        class Libc:
+            _handle = _ctypes.dlopen(None)
+
+        _LIBC.extend((Long, Function, Libc()))
+    long, function, libc = _LIBC
+    call = function((name, libc))  # type: ignore[operator]
+    return lambda *args: call(*(long(a) if isinstance(a, int) else a for a in args))  # type: ignore[operator]
+
+
+def _errno() -> int:
+    import _ctypes
+
+    return _ctypes.get_errno()  # type: ignore[no-any-return,attr-defined]
+
+
+def _prctl(option: int, value: int) -> int:
+    return _libc_function("prctl")(option, value, 0, 0, 0)  # type: ignore[operator,no-any-return]
 
 
 def _undumpable() -> None:
@@ -360,28 +387,20 @@ FOREIGN_FDS: list[int] = []  # closed in a command's child before it resolves it
 SAFE_CWD: list[str] = [""]  # the agent's own working directory, set at start
 
 
-_OPENAT2: list[object] = []
 RESOLVE_NO_MAGICLINKS = 0x02
+SYS_OPENAT2 = 437  # the same number on every architecture
 
 
 def _open(path: str, flags: int, mode: int = 0, dir_fd: int | None = None) -> int:
     """``os.open`` through openat2(RESOLVE_NO_MAGICLINKS): a link into /proc/self/fd/N
     (which, resolved by the agent, would lead to its descriptors on the host's
-    cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP.
-    ``ctypes`` is imported on the first call only."""
-    if not _OPENAT2:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        _OPENAT2.extend((ctypes, libc))
-    ctypes, libc = _OPENAT2
-    how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, mode, RESOLVE_NO_MAGICLINKS)  # type: ignore[attr-defined]
-    fd = libc.syscall(ctypes.c_long(437), ctypes.c_long(-100 if dir_fd is None else dir_fd), path.encode(), ctypes.byref(how), ctypes.c_size_t(24))  # type: ignore[attr-defined]
+    cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP."""
+    how = b"".join(v.to_bytes(8, sys.byteorder) for v in (flags | os.O_CLOEXEC, mode, RESOLVE_NO_MAGICLINKS))
+    fd = _libc_function("syscall")(SYS_OPENAT2, -100 if dir_fd is None else dir_fd, os.fsencode(path), how, len(how))  # type: ignore[operator]
     if fd < 0:
-        error = ctypes.get_errno()  # type: ignore[attr-defined]
+        error = _errno()
         raise OSError(error, os.strerror(error), path)
-    return fd
+    return fd  # type: ignore[no-any-return]
 
 
 def _checked(fd: int, path: str) -> int:
@@ -676,8 +695,15 @@ def _which(name: str, path: str, cwd: str) -> str:
         return os.path.join(cwd, name)
     for directory in path.split(":"):
         candidate = os.path.join(cwd, directory or ".", name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
+        try:  # never through a /proc magic link: that would probe the host's files
+            fd = _checked(_open(candidate, os.O_PATH), candidate)
+        except OSError:
+            continue
+        try:
+            if os.access(f"/proc/self/fd/{fd}", os.X_OK) and not os.path.isdir(f"/proc/self/fd/{fd}"):
+                return candidate
+        finally:
+            os.close(fd)
     raise FileNotFoundError(2, "command not found", name)
 
 
@@ -797,8 +823,22 @@ def _pump(child, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, A
                 except BlockingIOError:
                     pass
             poller.modify(client, select.POLLIN | (select.POLLOUT if outbox else 0))
-        if exited_at is None:
-            child.wait()
+        # Its pipes are closed but it may still run (`exec >&-`): wait within the deadline.
+        pause = 0.001
+        while exited_at is None and child.poll() is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return True, False
+            for fd, events in poller.poll(1000 * (pause if deadline is None else min(pause, deadline - now))):
+                if fd == client and events & _READABLE:
+                    try:
+                        data = conn.recv(CHUNK * 4)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return False, True
+                    take(reader.feed(data))
+            pause = min(pause * 2, 0.05)
         return False, False
     except (BrokenPipeError, ConnectionResetError):
         outbox.clear()
