@@ -58,9 +58,10 @@ AS_HEADROOM = 64 << 30
 log = logging.getLogger("sandboxes")
 Isolation = Literal["bwrap", "process"]
 
-# The bubblewrap processes this process started, by sandbox id: kept beyond the
-# provider that made them (a kept sandbox outlives it), reaped once they end.
-_CHILDREN: dict[str, subprocess.Popen[bytes]] = {}
+# The processes this process started for each sandbox (its watchdog and bwrap,
+# its slirp4netns), by sandbox id: kept beyond the provider that made them (a
+# kept sandbox outlives it), reaped once they end.
+_CHILDREN: dict[str, list[subprocess.Popen[bytes]]] = {}
 
 
 class LocalProvider(SandboxProvider):
@@ -310,8 +311,9 @@ class LocalProvider(SandboxProvider):
             pid = process.pid
             if self.isolation == "bwrap":
                 pid = json.loads(_read_with_timeout(info_r, READY_TIMEOUT))["child-pid"]
+            helpers = [process]
             if network == "slirp4netns":
-                network_setup.attach(pid, exit_fd=exit_r, in_user_namespace=not as_root)
+                helpers.append(network_setup.attach(pid, exit_fd=exit_r, in_user_namespace=not as_root))
         except BaseException:
             _kill(process.pid)
             process.wait()
@@ -321,7 +323,7 @@ class LocalProvider(SandboxProvider):
             os.close(info_r)
             if exit_r >= 0:
                 os.close(exit_r)
-        _CHILDREN[sandbox_id] = process
+        _CHILDREN[sandbox_id] = helpers
         state = SandboxState(
             id=sandbox_id,
             labels=dict(config.labels),
@@ -430,13 +432,16 @@ class LocalProvider(SandboxProvider):
         remove_state(directory)
         if state.isolation == "process":
             remove_tree(Path(state.workspace))
-        child = _CHILDREN.pop(state.id, None)
-        if child is not None:
-            child.wait()
+        for child in _CHILDREN.pop(state.id, []):
+            try:
+                child.wait(timeout=5)  # slirp4netns ends once the sandbox's last process has
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def _reap(self) -> None:
-        for sandbox_id, child in list(_CHILDREN.items()):
-            if child.poll() is not None:
+        for sandbox_id, children in list(_CHILDREN.items()):
+            if all(child.poll() is not None for child in children):
                 del _CHILDREN[sandbox_id]
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
