@@ -37,7 +37,8 @@ def programs(count: int) -> list[str]:
     """Small, distinct, correct programs: a function and the asserts that check it."""
     made = []
     for i in range(count):
-        made.append(textwrap.dedent(f"""
+        made.append(
+            textwrap.dedent(f"""
             def solve(xs):
                 return sorted(x * {i % 7 + 1} for x in xs if x % {i % 3 + 2} != 0)
 
@@ -47,7 +48,8 @@ def programs(count: int) -> list[str]:
                 assert sum(range({i})) == {sum(range(i))}
 
             check(solve)
-            """))
+            """)
+        )
     return made
 
 
@@ -57,7 +59,7 @@ def _unsafe_execute(program: str, result: list, timeout: float) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(program, {})
         result.append("passed")
-    except BaseException as error:  # noqa: BLE001 - a verdict, as in the harness
+    except BaseException as error:
         result.append(f"failed: {error}")
 
 
@@ -82,7 +84,7 @@ def baseline(progs: list[str]) -> float:
 
 
 # -- the same checks as a pytest suite with the sandbox fixture ---------------------------------------
-SUITE = '''
+SUITE = """
 import json
 from pathlib import Path
 
@@ -96,10 +98,10 @@ def test_program(sandbox, index):
     sandbox.write_file("/workspace/main.py", PROGRAMS[index])
     result = sandbox.execute(["python3", "main.py"], cwd="/workspace")
     assert result.exit_code == 0, result.stderr
-'''
+"""
 
 
-UNSANDBOXED_SUITE = '''
+UNSANDBOXED_SUITE = """
 import json
 import sys
 from pathlib import Path
@@ -115,7 +117,7 @@ PROGRAMS = json.loads(Path(__file__).with_name("programs.json").read_text())
 @pytest.mark.parametrize("index", range(len(PROGRAMS)))
 def test_program(index):
     assert _check_correctness(PROGRAMS[index])
-'''
+"""
 
 
 def run_pytest(directory: Path, *args: str) -> float:

@@ -55,9 +55,7 @@ def spec_for(node: pytest.Item | pytest.Function | Any) -> MarkerSpec:
 
 def _check(marker: pytest.Mark, where: str) -> dict[str, Any]:
     if marker.args:
-        raise pytest.UsageError(
-            f"{where}: @pytest.mark.sandbox takes keyword arguments only, got positional {marker.args!r}; valid keys: {', '.join(KEYS)}"
-        )
+        raise pytest.UsageError(f"{where}: @pytest.mark.sandbox takes keyword arguments only, got positional {marker.args!r}; valid keys: {', '.join(KEYS)}")
     unknown = [k for k in marker.kwargs if k not in KEYS]
     if unknown:
         raise pytest.UsageError(f"{where}: unknown @pytest.mark.sandbox key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(KEYS)}")

@@ -60,7 +60,9 @@ def add_options(parser: pytest.Parser) -> None:
             group.addoption(option.flag, action="store_true", default=None, dest=f"sandbox_{option.dest}", help=option.help + f" [env {option.env}]")
             parser.addini(option.ini, option.help, type="bool", default=None)
         else:
-            group.addoption(option.flag, action="store", default=None, dest=f"sandbox_{option.dest}", metavar=option.dest.upper(), help=option.help + f" [env {option.env}]")
+            group.addoption(
+                option.flag, action="store", default=None, dest=f"sandbox_{option.dest}", metavar=option.dest.upper(), help=option.help + f" [env {option.env}]"
+            )
             parser.addini(option.ini, option.help, default=None)
 
 
@@ -117,7 +119,9 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
         names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
         bad = [n for n in names if n not in PROVIDERS]
         if bad or not names:
-            raise pytest.UsageError(f"{origin}={text!r}: unknown provider {', '.join(map(repr, bad)) or '(none given)'}; valid providers: {', '.join(PROVIDERS)}")
+            raise pytest.UsageError(
+                f"{origin}={text!r}: unknown provider {', '.join(map(repr, bad)) or '(none given)'}; valid providers: {', '.join(PROVIDERS)}"
+            )
         return names
     if option.dest == "record_mode":
         if text not in MODES:

@@ -44,7 +44,7 @@ def _extra_secrets() -> dict[str, str]:
     """Credentials handed to providers in code (Sandbox.configure(e2b_api_key=...))."""
     manager = Sandbox._manager
     found: dict[str, str] = {}
-    for name, options in (manager.provider_options.items() if manager else ()):
+    for name, options in manager.provider_options.items() if manager else ():
         for key, value in options.items():
             if isinstance(value, str) and looks_secret(key):
                 found[f"{name}.{key}"] = value

@@ -38,7 +38,7 @@ def summary_lines(state: SessionState) -> list[str]:
             str(state.left_behind.get(name, 0)),
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in rows]
     for name, count in sorted(state.swept.items()):
         if count:
             lines.append(f"{name}: the session-end sweep destroyed {count} sandbox(es) a test or crashed worker left behind")

@@ -1,7 +1,6 @@
 """Run untrusted, often AI-written, code in sandboxes: local (bubblewrap) or cloud."""
 
 from .errors import (
-    SharedHostNetworkWarning,
     AuthenticationError,
     CassetteError,
     CommandFailed,
@@ -11,6 +10,7 @@ from .errors import (
     SandboxError,
     SandboxNotFoundError,
     SetupFailed,
+    SharedHostNetworkWarning,
     ToolchainMissing,
     UnsupportedOperation,
 )
@@ -23,7 +23,6 @@ from .sandbox import Sandbox, run, run_many
 __version__ = "0.1.0"
 
 __all__ = [
-    "SharedHostNetworkWarning",
     "AuthenticationError",
     "Capabilities",
     "CassetteError",
@@ -44,6 +43,7 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxProvider",
     "SetupFailed",
+    "SharedHostNetworkWarning",
     "ToolchainMissing",
     "UnsupportedOperation",
     "run",

@@ -104,8 +104,7 @@ def extract_tar(source: typing.BinaryIO, target: Path, *, max_bytes: int) -> Ext
 def _cap_error(max_bytes: int, what: str) -> OSError:
     return OSError(
         errno.EFBIG,
-        f"{what} the download cap of {max_bytes} bytes; raise it with the provider's "
-        f"max_file_bytes (provider.max_file_bytes = <bytes>)",
+        f"{what} the download cap of {max_bytes} bytes; raise it with the provider's max_file_bytes (provider.max_file_bytes = <bytes>)",
     )
 
 

@@ -226,10 +226,7 @@ class Cassette:
         if existed and mode != "rewrite":
             self.recorded = self._load()
         if mode == "none" and not existed:
-            raise CassetteError(
-                f"no cassette at {self.path} and the record mode is 'none' (replay only).\n"
-                f"To record it: {self.rerecord_hint}"
-            )
+            raise CassetteError(f"no cassette at {self.path} and the record mode is 'none' (replay only).\nTo record it: {self.rerecord_hint}")
         self.existed = existed
         self._used: set[int] = set()
         self.new: list[Interaction] = []
@@ -345,8 +342,17 @@ def _short(text: str, limit: int = 300) -> str:
 # -- errors recorded and raised again ---------------------------------------------------
 _ERROR_TYPES: dict[str, type[BaseException]] = {
     name: getattr(builtins, name)
-    for name in ("FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError", "FileExistsError",
-                 "OSError", "ValueError", "TypeError", "TimeoutError")  # fmt: skip
+    for name in (
+        "FileNotFoundError",
+        "PermissionError",
+        "IsADirectoryError",
+        "NotADirectoryError",
+        "FileExistsError",
+        "OSError",
+        "ValueError",
+        "TypeError",
+        "TimeoutError",
+    )
 }
 _ERROR_TYPES.update({name: getattr(_errors, name) for name in _errors.__dict__ if isinstance(getattr(_errors, name), type)})
 
@@ -522,10 +528,7 @@ class CassetteProvider(SandboxProvider):
     async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
         args = {"labels": _plain_labels(labels)}
         if (played := self._replay("list", args)) is not None:
-            return [
-                SandboxInfo(id=item["sandbox"], provider=self.name, labels=dict(item.get("labels") or {}))
-                for item in played.result.get("sandboxes") or []
-            ]
+            return [SandboxInfo(id=item["sandbox"], provider=self.name, labels=dict(item.get("labels") or {})) for item in played.result.get("sandboxes") or []]
         assert self.inner is not None
         found = await self.inner.list_sandboxes(labels)
         self._record("list", args, {"sandboxes": [{"sandbox": self._placeholder(i.id), "labels": _plain_labels(i.labels)} for i in found]})

@@ -60,12 +60,8 @@ def provider_class(name: str) -> type[SandboxProvider]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name == module_name:
-            raise ProviderUnavailable(
-                f"the {name} provider is not part of this version of pytest-sandboxes", provider=name
-            ) from None
-        raise ProviderUnavailable(
-            f"the {name} provider needs the {error.name!r} package: pip install 'pytest-sandboxes[{name}]'", provider=name
-        ) from None
+            raise ProviderUnavailable(f"the {name} provider is not part of this version of pytest-sandboxes", provider=name) from None
+        raise ProviderUnavailable(f"the {name} provider needs the {error.name!r} package: pip install 'pytest-sandboxes[{name}]'", provider=name) from None
     cls: type[SandboxProvider] = getattr(module, class_name)
     return cls
 
@@ -100,9 +96,7 @@ class Manager:
         self.providers[name or provider.name] = provider
         self.registered.add(name or provider.name)
 
-    def set_resilience(
-        self, *, retry: RetryPolicy | Mapping[str, Any] | bool | None = None, circuit_breaker: Mapping[str, Any] | None = None
-    ) -> None:
+    def set_resilience(self, *, retry: RetryPolicy | Mapping[str, Any] | bool | None = None, circuit_breaker: Mapping[str, Any] | None = None) -> None:
         """New retry or circuit settings, for what is created from now on (breakers start closed)."""
         if retry is not None:
             self.retry = RetryPolicy.from_options(retry)
@@ -131,9 +125,7 @@ class Manager:
             return raw
         guarded = self._guarded.get(name)
         if guarded is None or guarded.inner is not raw:
-            guarded = self._guarded[name] = ResilientProvider(
-                raw, self.retry, self.breaker(name), sdk_resends_creation=raw.name in SDK_RESENDS_CREATION
-            )
+            guarded = self._guarded[name] = ResilientProvider(raw, self.retry, self.breaker(name), sdk_resends_creation=raw.name in SDK_RESENDS_CREATION)
         return guarded
 
     def resolve(self, name: str | None = None) -> str:
@@ -183,9 +175,7 @@ class Manager:
                 if name == candidates[-1]:
                     if len(candidates) == 1:
                         raise
-                    raise type(error)(
-                        "every provider failed to create a sandbox:\n  " + "\n  ".join(errors), provider=name
-                    ) from error
+                    raise type(error)("every provider failed to create a sandbox:\n  " + "\n  ".join(errors), provider=name) from error
                 log.warning("creating a sandbox on %s failed (%s: %s); failing over", name, type(error).__name__, error)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -72,7 +72,7 @@ class SandboxProvider(ABC):
         """True when the provider answers; must not create anything."""
         return True
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: a provider with nothing to close does not override it
         """Release clients and connections held by the provider."""
 
     # -- commands ------------------------------------------------------------

@@ -146,7 +146,12 @@ class RetryPolicy:
                     raise
                 log.info(
                     "%s failed (%s: %s); retrying in %.2fs (attempt %d of %d)",
-                    what, type(error).__name__, error, wait, attempt + 1, self.max_attempts,
+                    what,
+                    type(error).__name__,
+                    error,
+                    wait,
+                    attempt + 1,
+                    self.max_attempts,
                 )
             await self.sleep(wait)
             attempt += 1
@@ -234,7 +239,10 @@ class CircuitBreaker:
             if self._opened_at is None or self._trial:
                 log.warning(
                     "circuit of provider %r open for %gs after %d consecutive failures (last: %s)",
-                    self.provider, self.reset_timeout, self.failures, self.last_error,
+                    self.provider,
+                    self.reset_timeout,
+                    self.failures,
+                    self.last_error,
                 )
             self._opened_at = self.clock()
             self._trial = False

@@ -106,7 +106,7 @@ class ResilientProvider(SandboxProvider):
             try:
                 return await self._once(lambda: self.inner.create_sandbox(attempt_config))
             except BaseException as error:
-                if not isinstance(error, Exception) or is_transient(error) and not _rejected(error):
+                if not isinstance(error, Exception) or (is_transient(error) and not _rejected(error)):
                     lost.append(error)
                 raise
 
@@ -134,7 +134,7 @@ class ResilientProvider(SandboxProvider):
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
                 left = await self.inner.list_sandboxes({ATTEMPT_LABEL: token})
-            except Exception as error:  # noqa: BLE001 - the creation's own error matters more
+            except Exception as error:
                 log.warning("%s: could not look for sandboxes a failed creation left behind: %s", self.name, error)
                 return
             for info in left:
@@ -145,7 +145,7 @@ class ResilientProvider(SandboxProvider):
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:
             await self.inner.destroy_sandbox(sandbox_id)
-        except Exception as error:  # noqa: BLE001 - reported, the caller's error is raised
+        except Exception as error:
             log.warning("%s: could not destroy sandbox %s: %s", self.name, sandbox_id, error)
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:

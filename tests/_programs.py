@@ -42,7 +42,7 @@ def program(language: str) -> str:
         body = "".join(f"\tfmt.Println({_dq(line)})\n" for line in lines)
         return 'package main\n\nimport "fmt"\n\n' + _block() + "func main() {\n" + body + "}\n"
     if language == "rust":
-        body = "".join(f"    println!(\"{{}}\", {_dq(line)});\n" for line in lines)
+        body = "".join(f'    println!("{{}}", {_dq(line)});\n' for line in lines)
         return _block() + "fn main() {\n" + body + "}\n"
     if language == "bash":
         return "#!/bin/bash\n# it's \"quoted\" $HOME `x`\ncat <<'MARK'\n" + RAW + "\nMARK\n"
@@ -80,13 +80,24 @@ ECHO_OUT = "HELLO 'X' $HOME\n" + "|".join(ECHO_ARGS) + "\n"
 
 BROKEN = {
     "go": "package main\n\nfunc main() { undefined_thing() }\n",
-    "rust": "fn main() { let x: i32 = \"no\"; }\n",
+    "rust": 'fn main() { let x: i32 = "no"; }\n',
     "c": "int main(void) { return undefined_thing; }\n",
     "cpp": "int main() { return undefined_thing; }\n",
-    "java": "public class Broken { public static void main(String[] a) { int x = \"no\"; } }\n",
+    "java": 'public class Broken { public static void main(String[] a) { int x = "no"; } }\n',
     "typescript": "const x: number = ;\n",
 }
 BROKEN_MARK = {"go": "undefined", "rust": "mismatched types", "c": "undefined_thing", "cpp": "undefined_thing", "java": "incompatible types", "typescript": ""}
 
-EXTENSIONS = {"python": "py", "javascript": "js", "typescript": "ts", "go": "go", "rust": "rs", "bash": "sh", "c": "c", "cpp": "cpp", "java": "java", "ruby": "rb"}
+EXTENSIONS = {
+    "python": "py",
+    "javascript": "js",
+    "typescript": "ts",
+    "go": "go",
+    "rust": "rs",
+    "bash": "sh",
+    "c": "c",
+    "cpp": "cpp",
+    "java": "java",
+    "ruby": "rb",
+}
 LANGUAGES = list(EXTENSIONS)

@@ -107,7 +107,9 @@ def test_the_helper_has_network_and_the_owner_labels_only(provider: LocalProvide
     script = 'import os, socket, sys\nsocket.create_connection((sys.argv[1], 443), timeout=10).close()\nprint("helper online")\n'
     address = _address("pypi.org")
     steps = langs.Deps(manifests=("probe.txt",), install=(("python3", "probe.py", address),))
-    probe = langs.Language(name="probe", source="main.py", install_hint="-", deps=(steps,), recipes=(langs.Recipe(requires=("python3",), run=("python3", "{src}")),))
+    probe = langs.Language(
+        name="probe", source="main.py", install_hint="-", deps=(steps,), recipes=(langs.Recipe(requires=("python3",), run=("python3", "{src}")),)
+    )
     with creations(provider) as created:
         prepared = sync.portal().call(
             lambda: langs.prepare_code(offline.async_sandbox, "print('ran offline')", probe, files={"probe.txt": "", "probe.py": script}, deps=True, timeout=60)

@@ -385,7 +385,7 @@ def test_a_member_larger_than_the_cap_is_refused_before_writing(target: Path) ->
 @pytest.mark.timeout(60)
 def test_a_declared_size_the_stream_does_not_hold_fails_fast(target: Path) -> None:
     header = member("liar", size=10**15)[0].tobuf(tarfile.GNU_FORMAT)  # 1 PB declared, nothing follows
-    for data in (header, header + b"\0" * 1024, archive(member("skipped", tarfile.SYMTYPE, link="x")) [:512] + header):
+    for data in (header, header + b"\0" * 1024, archive(member("skipped", tarfile.SYMTYPE, link="x"))[:512] + header):
         with pytest.raises(OSError) as caught:
             extract(data, target / "x", max_bytes=1 << 30)
         assert caught.value.errno == errno.EFBIG

@@ -55,7 +55,7 @@ def test_aliases_and_extensions_resolve() -> None:
 
 
 def test_unknown_language_lists_the_known_ones(shared: sync.Sandbox) -> None:
-    with pytest.raises(ValueError, match="unknown language 'cobol'.*python.*javascript.*ruby"):
+    with pytest.raises(ValueError, match=r"unknown language 'cobol'.*python.*javascript.*ruby"):
         shared.run_code("DISPLAY 'x'.", "cobol")
     with pytest.raises(ValueError, match="--lang"):
         langs.language_for_file("notes.txt")
@@ -66,7 +66,7 @@ def test_missing_toolchain_names_the_tool_and_how_to_install(shared: sync.Sandbo
         name="cobol", source="main.cob", install_hint="apt-get install gnucobol",
         recipes=(langs.Recipe(requires=("cobc",), build=(("cobc", "-x", "{src}"),), run=("./main",)),),
     )  # fmt: skip
-    with pytest.raises(ToolchainMissing, match="'cobc' is not installed.*apt-get install gnucobol") as caught:
+    with pytest.raises(ToolchainMissing, match=r"'cobc' is not installed.*apt-get install gnucobol") as caught:
         sync.portal().call(lambda: langs.prepare_code(shared.async_sandbox, "x", cobol))
     assert (caught.value.language, caught.value.tool) == ("cobol", "cobc")
 
@@ -122,8 +122,8 @@ def test_timeout_applies_to_the_run(shared: sync.Sandbox) -> None:
 
 
 RUSTUP_WITHOUT_TOOLCHAIN = (
-    "#!/bin/sh\necho \"error: rustup could not choose a version of $(basename \"$0\") to run, because one wasn't specified "
-    "explicitly, and no default is configured.\" >&2\nexit 1\n"
+    '#!/bin/sh\necho "error: rustup could not choose a version of $(basename "$0") to run, because one wasn\'t specified '
+    'explicitly, and no default is configured." >&2\nexit 1\n'
 )
 
 
@@ -152,9 +152,7 @@ def test_a_tool_that_is_there_but_does_not_run_is_a_toolchain_missing(tmp_path_f
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_every_language_survives_the_per_process_limits_where_no_cgroup_can_be_had(
-    tmp_path_factory: pytest.TempPathFactory, language: str
-) -> None:
+def test_every_language_survives_the_per_process_limits_where_no_cgroup_can_be_had(tmp_path_factory: pytest.TempPathFactory, language: str) -> None:
     """Without a cgroup, memory is bounded by RLIMIT_DATA and RLIMIT_AS: java and V8 reserve
     large address ranges, and must still run."""
     provider = LocalProvider(state_dir=tmp_path_factory.mktemp("rlimits-state"), cgroup_parent="off")

@@ -112,7 +112,7 @@ def test_a_cassette_recorded_before_stream_statuses_still_replays(tmp_path: Path
         "- op: create\n  args: {image: null, labels: {}, env: {}, lifetime: null, memory_mb: null, cpus: null,"
         " network: null, working_dir: null, setup_commands: []}\n  result: {sandbox: sandbox-1}\n"
         "- op: stream\n  args: {sandbox: sandbox-1, command: echo old, env: {}, cwd: null, timeout: null}\n"
-        "  result:\n    chunks: [{stream: stdout, data: \"old\\n\"}]\n    ended: {complete: true}\n"
+        '  result:\n    chunks: [{stream: stdout, data: "old\\n"}]\n    ended: {complete: true}\n'
     )
 
     async def replay() -> None:

@@ -38,12 +38,14 @@ def provider_status(name: str) -> tuple[bool, str]:
     return True, "credentials found"
 
 
-@click.command(epilog="""
+@click.command(
+    epilog="""
 \b
 Examples:
   sandboxes providers
   sandboxes providers --json
-""")
+"""
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def providers(as_json: bool) -> None:
     """Show which providers are available here, why not, and the local isolation."""
@@ -59,12 +61,14 @@ def providers(as_json: bool) -> None:
     click.echo(f"default for the library: {default}; for the CLI: local (or -p / $SANDBOXES_PROVIDER)")
 
 
-@click.command(epilog="""
+@click.command(
+    epilog="""
 \b
 Examples:
   sandboxes test            # every available provider
   sandboxes test -p local
-""")
+"""
+)
 @provider_option(default=None)
 def test(provider: str | None) -> None:
     """Check providers live: create a sandbox, run echo, destroy it, with timings."""

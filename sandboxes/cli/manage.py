@@ -58,13 +58,16 @@ def _age(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-@click.command("list", epilog="""
+@click.command(
+    "list",
+    epilog="""
 \b
 Examples:
   sandboxes list
   sandboxes list -p local -l project=demo
   sandboxes list --json | jq '.[].id'
-""")
+""",
+)
 @provider_option(default=None)
 @click.option("-l", "--label", "labels", multiple=True, metavar="K=V", help="Only sandboxes carrying this label (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON array instead of a table.")
@@ -92,16 +95,19 @@ def list_command(provider: str | None, labels: tuple[str, ...], as_json: bool) -
         table.append((info.id, info.provider, info.state, _age(created), _age(expires), ",".join(f"{k}={v}" for k, v in sorted(info.labels.items()))))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
-@click.command("exec", epilog="""
+@click.command(
+    "exec",
+    epilog="""
 \b
 Examples:
   sandboxes exec sb-1a2b3c4d5e6f "ls -la"
   sandboxes exec sb-1a2b3c4d5e6f -e DEBUG=1 -- python3 script.py --verbose
   echo hello | sandboxes exec sb-1a2b3c4d5e6f cat
-""")
+""",
+)
 @click.argument("sandbox_id")
 @click.argument("command", nargs=-1, required=True)
 @provider_option()
@@ -122,12 +128,14 @@ def exec_command(sandbox_id: str, command: tuple[str, ...], provider: str, env: 
     click.get_current_context().exit(status)
 
 
-@click.command(epilog="""
+@click.command(
+    epilog="""
 \b
 Examples:
   sandboxes destroy sb-1a2b3c4d5e6f
   sandboxes destroy sb-1a2b3c4d5e6f sb-0f9e8d7c6b5a -p local
-""")
+"""
+)
 @click.argument("sandbox_ids", nargs=-1, required=True, metavar="ID...")
 @provider_option()
 def destroy(sandbox_ids: tuple[str, ...], provider: str) -> None:
@@ -156,14 +164,16 @@ def parse_age(value: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-@click.command(epilog="""
+@click.command(
+    epilog="""
 \b
 Examples:
   sandboxes gc                        # this host's CLI/test sandboxes older than 1h
   sandboxes gc --older-than 0s        # all of them, whatever their age
   sandboxes gc -l run=ci-1234 --older-than 10m
   sandboxes gc --all --dry-run        # what every sandbox on every provider would be
-""")
+"""
+)
 @provider_option(default=None)
 @click.option("-l", "--label", "labels", multiple=True, metavar="K=V", help="Only sandboxes carrying this label (repeatable).")
 @click.option("--older-than", default="1h", show_default=True, help="Only sandboxes at least this old: 30s, 15m, 1h, 2d.")

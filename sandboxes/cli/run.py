@@ -87,7 +87,11 @@ def run(
             language = languages.get_language(lang)
             code = piped_stdin()
             if not code:
-                fail(f"--lang {lang}: no source on stdin; pipe the source on stdin, for example: cat main.{language.extensions[0].lstrip('.')} | sandboxes run --lang {lang}", 2)
+                fail(
+                    f"--lang {lang}: no source on stdin; pipe the source on stdin, "
+                    f"for example: cat main.{language.extensions[0].lstrip('.')} | sandboxes run --lang {lang}",
+                    2,
+                )
             if deps:
                 fail("--deps needs --file: the manifests are read from the file's directory", 2)
         elif command:
@@ -134,9 +138,7 @@ def _run_code(
     timeout: float | None,
     deps: bool,
 ) -> int:
-    prepared = sync.portal().call(
-        lambda: languages.prepare_code(sandbox.async_sandbox, code, language, files=files, timeout=timeout, deps=deps)
-    )
+    prepared = sync.portal().call(lambda: languages.prepare_code(sandbox.async_sandbox, code, language, files=files, timeout=timeout, deps=deps))
     try:
         if prepared.failed is not None:
             failed = prepared.failed
@@ -161,10 +163,7 @@ def _run_code(
 def _deps_note(sandbox: sync.Sandbox) -> str:
     """What --deps does about network here, said on stderr before it installs."""
     if languages.installs_elsewhere(sandbox.async_sandbox):
-        return (
-            "note: --deps installs the dependencies in a separate sandbox with network access, then copies them in; "
-            "the program runs without network"
-        )
+        return "note: --deps installs the dependencies in a separate sandbox with network access, then copies them in; the program runs without network"
     if sandbox.info.metadata.get("network"):
         return "note: --deps installs the dependencies inside the sandbox, which has network access (--network)"
     return f"note: --deps installs the dependencies inside the sandbox, which needs network access on provider {sandbox.provider}"

@@ -48,6 +48,7 @@ class LoopThread:
 
     async def run(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Await ``function(*args)`` run on the private loop, from any loop or thread."""
+
         async def call() -> T:
             return await function(*args)  # the coroutine is made and run on the private loop
 

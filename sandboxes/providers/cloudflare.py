@@ -61,8 +61,8 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, validate_command
-from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from ..secrets import scrub
+from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from ._label_registry import Entry, LabelRegistry, default_state_dir
 
 WORKSPACE = "/workspace"
@@ -101,11 +101,7 @@ class CloudflareProvider(SandboxProvider):
     ) -> None:
         url = base_url or os.environ.get("CLOUDFLARE_SANDBOX_BASE_URL")
         token = api_token or os.environ.get("CLOUDFLARE_API_TOKEN")
-        missing = [
-            name
-            for name, value in (("CLOUDFLARE_SANDBOX_BASE_URL", url), ("CLOUDFLARE_API_TOKEN", token))
-            if not value
-        ]
+        missing = [name for name, value in (("CLOUDFLARE_SANDBOX_BASE_URL", url), ("CLOUDFLARE_API_TOKEN", token)) if not value]
         if missing:
             raise ProviderUnavailable(
                 f"Cloudflare needs {' and '.join(missing)}: set the Sandbox Bridge Worker's URL and its API token "
@@ -401,9 +397,7 @@ class CloudflareProvider(SandboxProvider):
         if not _in_workspace(remote):
             raise PermissionError(f"the Cloudflare bridge writes files only inside {WORKSPACE}, not {path}")
         async with self._client() as client:
-            response = await client.put(
-                self._file_url(sandbox_id, remote), content=bytes(data), headers={"Content-Type": "application/octet-stream"}
-            )
+            response = await client.put(self._file_url(sandbox_id, remote), content=bytes(data), headers={"Content-Type": "application/octet-stream"})
             await self._check(response, path)
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
@@ -418,9 +412,7 @@ class CloudflareProvider(SandboxProvider):
 
     async def _read_by_exec(self, sandbox_id: str, remote: str, path: str) -> bytes:
         """Outside /workspace the file route refuses; ``base64`` in the sandbox can still read."""
-        result = await self.execute_command(
-            sandbox_id, ["sh", "-c", 'test -d "$1" && { echo "is a directory" >&2; exit 21; }; base64 -w0 "$1"', "sh", remote]
-        )
+        result = await self.execute_command(sandbox_id, ["sh", "-c", 'test -d "$1" && { echo "is a directory" >&2; exit 21; }; base64 -w0 "$1"', "sh", remote])
         if result.exit_code == 21:
             raise IsADirectoryError(f"is a directory in the sandbox: {path}")
         if result.exit_code != 0:

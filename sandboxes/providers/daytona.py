@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import daytona as sdk  # the [daytona] extra; a ModuleNotFoundError names it for the manager
 
 from ..errors import (
     AuthenticationError,
@@ -55,8 +56,6 @@ from ..models import (
 from ..provider import SandboxProvider, validate_command
 from ..secrets import scrub
 from ._loop_thread import LoopThread
-
-import daytona as sdk  # the [daytona] extra; a ModuleNotFoundError names it for the manager
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox
@@ -191,9 +190,7 @@ class DaytonaProvider(SandboxProvider):
         if isinstance(error, sdk.DaytonaNotFoundError) and sandbox_id is not None:
             return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'daytona' ({message})")
         if isinstance(error, sdk.DaytonaAuthenticationError | sdk.DaytonaForbiddenError):
-            return AuthenticationError(
-                f"{where}; check DAYTONA_API_KEY (the key itself is never shown)", provider=self.name
-            )
+            return AuthenticationError(f"{where}; check DAYTONA_API_KEY (the key itself is never shown)", provider=self.name)
         if isinstance(error, sdk.DaytonaRateLimitError) or status == 429:
             return RateLimitError(where, provider=self.name, retry_after=_retry_after(getattr(error, "headers", {})))
         if isinstance(error, sdk.DaytonaBadRequestError | sdk.DaytonaUnprocessableEntityError):
@@ -233,9 +230,7 @@ class DaytonaProvider(SandboxProvider):
         extra = dict(config.provider_config)
         unknown = set(extra) - PROVIDER_CONFIG_KEYS
         if unknown:
-            raise ValueError(
-                f"unknown Daytona provider_config keys {sorted(unknown)}: use {', '.join(sorted(PROVIDER_CONFIG_KEYS))}"
-            )
+            raise ValueError(f"unknown Daytona provider_config keys {sorted(unknown)}: use {', '.join(sorted(PROVIDER_CONFIG_KEYS))}")
         if LANGUAGE_LABEL in config.labels:
             raise ValueError(f"the label {LANGUAGE_LABEL!r} is reserved by Daytona; choose another key")
         lifetime = config.lifetime or self.lifetime
@@ -258,9 +253,7 @@ class DaytonaProvider(SandboxProvider):
         }
         if config.image:
             wanted = {k: v for k, v in resources.items() if v is not None}
-            return sdk.CreateSandboxFromImageParams(
-                image=config.image, resources=sdk.Resources(**wanted) if wanted else None, **common
-            )
+            return sdk.CreateSandboxFromImageParams(image=config.image, resources=sdk.Resources(**wanted) if wanted else None, **common)
         if any(v is not None for v in resources.values()):
             raise UnsupportedOperation(
                 self.name,
@@ -370,9 +363,7 @@ class DaytonaProvider(SandboxProvider):
         """Run a command; stdout and stderr come back merged in ``stdout``."""
         validate_command(command)
         if stdin is not None:
-            raise UnsupportedOperation(
-                self.name, "stdin", "Daytona's execute API takes no input: write it with write_file and redirect from it"
-            )
+            raise UnsupportedOperation(self.name, "stdin", "Daytona's execute API takes no input: write it with write_file and redirect from it")
         limit = timeout if timeout is not None else self.command_timeout
         handle = await self._handle(sandbox_id)
         script = shlex.join(command) if not isinstance(command, str) else command

@@ -74,8 +74,8 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, as_bytes, shell_command, validate_command
-from ..streaming import ExitStatus, StreamItem, streaming
 from ..secrets import Secret, scrub
+from ..streaming import ExitStatus, StreamItem, streaming
 
 API_KEY_VARIABLE = "E2B_API_KEY"
 MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit; longer commands go through a file
@@ -129,8 +129,7 @@ class E2BProvider(SandboxProvider):
         key = api_key or os.environ.get(API_KEY_VARIABLE)
         if not key:
             raise ProviderUnavailable(
-                f"the e2b provider needs an API key: set {API_KEY_VARIABLE} "
-                "(https://e2b.dev/dashboard?tab=keys) or pass api_key=",
+                f"the e2b provider needs an API key: set {API_KEY_VARIABLE} (https://e2b.dev/dashboard?tab=keys) or pass api_key=",
                 provider=self.name,
             )
         self.__key = Secret(key)
@@ -170,14 +169,10 @@ class E2BProvider(SandboxProvider):
         try:
             return await call(*args, client=client, **kwargs)
         except (httpx.HTTPError, OSError) as error:
-            raise ProviderError(
-                f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name
-            ) from None
+            raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
         except Exception as error:
             if _is_transport_error(error):
-                raise ProviderError(
-                    f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name
-                ) from None
+                raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
             raise
 
     def _api_failure(self, response: Response[Any], action: str) -> SandboxError:
@@ -211,14 +206,10 @@ class E2BProvider(SandboxProvider):
         if "permission denied" in text.lower():
             return PermissionError(errno.EACCES, f"permission denied in e2b sandbox {sandbox_id}", path or "")
         if isinstance(error, AuthenticationException):
-            return AuthenticationError(
-                f"e2b rejected the credentials: {text} (check {API_KEY_VARIABLE})", provider=self.name
-            )
+            return AuthenticationError(f"e2b rejected the credentials: {text} (check {API_KEY_VARIABLE})", provider=self.name)
         if isinstance(error, RateLimitException):
             return RateLimitError(f"e2b is rate limiting: {text}", provider=self.name)
-        if isinstance(error, (SandboxException, ServiceBusyException, httpx.HTTPError, OSError)) or _is_transport_error(
-            error
-        ):
+        if isinstance(error, (SandboxException, ServiceBusyException, httpx.HTTPError, OSError)) or _is_transport_error(error):
             return ProviderError(f"e2b failed on sandbox {sandbox_id}: {self._describe(error)}", provider=self.name)
         return error
 
@@ -298,15 +289,11 @@ class E2BProvider(SandboxProvider):
         self._max_output[sandbox_id] = config.max_output_bytes
         try:
             if Version(ref.envd_version) < Version("0.1.0"):
-                raise ProviderError(
-                    f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name
-                )
+                raise ProviderError(f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name)
             if config.working_dir:
                 made = await self.execute_command(sandbox_id, ["mkdir", "-p", config.working_dir])
                 if not made.success:
-                    raise ProviderError(
-                        f"cannot create the working directory in a new sandbox:\n{made.describe()}", provider=self.name
-                    )
+                    raise ProviderError(f"cannot create the working directory in a new sandbox:\n{made.describe()}", provider=self.name)
                 self._workdirs[sandbox_id] = config.working_dir
             for command in config.setup_commands:
                 result = await self.execute_command(sandbox_id, command)
@@ -381,9 +368,7 @@ class E2BProvider(SandboxProvider):
         )
 
     async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        response = await self._api(
-            f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id
-        )
+        response = await self._api(f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id)
         self._forget(sandbox_id)
         if response.status_code == 404:
             return False
@@ -441,9 +426,7 @@ class E2BProvider(SandboxProvider):
         except Exception as error:
             if cwd and isinstance(error, InvalidArgumentException) and "cwd" in str(error):
                 # envd refuses to start in a missing directory: a result, as on the local provider
-                return ExecutionResult(
-                    stderr=f"sandbox: working directory not found: {cwd}\n", exit_code=1, command=command
-                )
+                return ExecutionResult(stderr=f"sandbox: working directory not found: {cwd}\n", exit_code=1, command=command)
             raise self._translate(error, sandbox_id) from None
 
     async def _finish(self, sandbox_id: str, handle: Any, timeout: float, stdin: bytes | None) -> tuple[int, bool]:

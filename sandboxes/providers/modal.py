@@ -51,8 +51,8 @@ from ..models import (
     SandboxInfo,
 )
 from ..provider import SandboxProvider, argv_command, as_bytes, shell_command, validate_command
-from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from ..secrets import scrub
+from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 
 DEFAULT_APP = "pytest-sandboxes"
 DEFAULT_WORKDIR = "/workspace"
@@ -103,8 +103,7 @@ def _load_credentials(token_id: str | None, token_secret: str | None) -> _Creden
     if token_id and token_secret:
         return _Credentials(str(token_id), str(token_secret))
     raise ProviderUnavailable(
-        "Modal credentials are missing: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, "
-        f"or run `modal token new` to write {path}",
+        f"Modal credentials are missing: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new` to write {path}",
         provider="modal",
     )
 
@@ -174,9 +173,7 @@ class ModalProvider(SandboxProvider):
             return session
         await self._close_stale()
         with self._errors():
-            client = await modal.Client.from_credentials.aio(
-                self._credentials.token_id, self._credentials.token_secret
-            )
+            client = await modal.Client.from_credentials.aio(self._credentials.token_id, self._credentials.token_secret)
             try:
                 app = await modal.App.lookup.aio(self.app_name, create_if_missing=True, client=client)
             except BaseException:
@@ -238,9 +235,7 @@ class ModalProvider(SandboxProvider):
                 provider=self.name,
             ) from None
         except modal_errors.ResourceExhaustedError as error:
-            raise RateLimitError(
-                self._say("Modal asked to slow down", error), provider=self.name, retry_after=_retry_after(error)
-            ) from None
+            raise RateLimitError(self._say("Modal asked to slow down", error), provider=self.name, retry_after=_retry_after(error)) from None
         except modal_errors.ConflictError as error:
             if sandbox_id is not None:  # the sandbox has finished: it is gone for commands and files
                 self._forget(sandbox_id)
@@ -250,7 +245,7 @@ class ModalProvider(SandboxProvider):
             raise SandboxError(self._say("Modal refused the request as invalid", error)) from None
         except modal_errors.ClientClosed as error:
             raise ProviderError(self._say("the Modal client was closed", error), provider=self.name) from None
-        except (modal_errors.Error, GRPCError, StreamTerminatedError, asyncio.TimeoutError) as error:
+        except (TimeoutError, modal_errors.Error, GRPCError, StreamTerminatedError) as error:
             raise ProviderError(self._say("Modal failed", error), provider=self.name) from None
 
     def _say(self, what: str, error: BaseException) -> str:
@@ -334,9 +329,7 @@ class ModalProvider(SandboxProvider):
         meta = _parse_meta(tags.pop(META_TAG, None))
         self._meta.setdefault(handle.object_id, meta)
         expires = meta.created_at + meta.lifetime if meta.created_at and meta.lifetime else None
-        return SandboxInfo(
-            id=handle.object_id, provider=self.name, labels=tags, created_at=meta.created_at, expires_at=expires
-        )
+        return SandboxInfo(id=handle.object_id, provider=self.name, labels=tags, created_at=meta.created_at, expires_at=expires)
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
         session = await self._session()
@@ -352,10 +345,7 @@ class ModalProvider(SandboxProvider):
         found: list[SandboxInfo] = []
         with self._errors():
             handles = [
-                handle
-                async for handle in modal.Sandbox.list.aio(
-                    app_id=session.app.app_id, tags=dict(labels) if labels else None, client=session.client
-                )
+                handle async for handle in modal.Sandbox.list.aio(app_id=session.app.app_id, tags=dict(labels) if labels else None, client=session.client)
             ]
         for handle in handles:
             try:
@@ -411,9 +401,7 @@ class ModalProvider(SandboxProvider):
             argv = ["sh", script]
         seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
         with self._errors(sandbox_id):
-            process = await handle.exec.aio(
-                *argv, workdir=directory, env=dict(env) if env else None, timeout=seconds, text=False
-            )
+            process = await handle.exec.aio(*argv, workdir=directory, env=dict(env) if env else None, timeout=seconds, text=False)
         queue: asyncio.Queue[tuple[str, bytes | BaseException | None]] = asyncio.Queue(maxsize=64)
 
         async def pump(name: str, reader: Any) -> None:
@@ -422,7 +410,7 @@ class ModalProvider(SandboxProvider):
                     if part:
                         await queue.put((name, part))
                 await queue.put((name, None))
-            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            except BaseException as error:
                 await queue.put((name, error))
 
         async def feed(data: bytes) -> None:
@@ -509,9 +497,8 @@ class ModalProvider(SandboxProvider):
         async for kind, payload in self._events(sandbox_id, command, env, cwd, timeout, stdin):
             if kind == "exit" and isinstance(payload, int):
                 code = payload
-            elif kind in ("stdout", "stderr") and isinstance(payload, bytes):
-                if chunk := decoder.decode(kind, payload):
-                    yield chunk
+            elif kind in ("stdout", "stderr") and isinstance(payload, bytes) and (chunk := decoder.decode(kind, payload)):
+                yield chunk
         for chunk in decoder.flush():
             yield chunk
         if code is not None:  # as execute_command reads it
@@ -568,9 +555,9 @@ async def _close_quietly(session: _Session) -> None:
     for handle in list(session.handles.values()):
         try:
             await handle.detach.aio()
-        except Exception:  # noqa: BLE001 - closing is best effort
+        except Exception:
             pass
     try:
         await session.client.close.aio()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass

@@ -28,7 +28,9 @@ def cli(_isolated_state: Path) -> CLI:
     """``cli("run", "echo hi", input=b"...")``: the installed command, in this test's state dir."""
     command = sandboxes_command()
 
-    def invoke(*args: str, input: bytes | None = None, env: Mapping[str, str] | None = None, timeout: float = 120, path: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    def invoke(
+        *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None, timeout: float = 120, path: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         full_env = {**os.environ, **(env or {})}
         if path is not None:
             full_env["PATH"] = path

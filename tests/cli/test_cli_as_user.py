@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import sandboxes
-
 from tests.as_user import as_user, ordinary_user
 
 from .conftest import one_line_error

@@ -91,7 +91,7 @@ def test_deps_without_a_manifest_is_an_error(cli: CLI, tmp_path: Path) -> None:
     assert "requirements.txt" in one_line(result)
 
 
-def one_line(result) -> str:  # noqa: ANN001
+def one_line(result) -> str:
     from .conftest import one_line_error
 
     return one_line_error(result)

@@ -58,7 +58,7 @@ async def test_stdout_stderr_and_exit_code_are_apart(provider: SandboxProvider, 
 
 
 async def test_argument_list_runs_without_a_shell(provider: SandboxProvider, sandbox_id: str) -> None:
-    tricky = "it's \"$HOME\" `whoami` $(id) \\ ;|&"
+    tricky = 'it\'s "$HOME" `whoami` $(id) \\ ;|&'
     result = await provider.execute_command(sandbox_id, ["printf", "%s", tricky])
     assert result.success
     assert result.stdout == tricky
@@ -66,9 +66,7 @@ async def test_argument_list_runs_without_a_shell(provider: SandboxProvider, san
 
 async def test_env_and_cwd(provider: SandboxProvider, sandbox_id: str) -> None:
     await provider.execute_command(sandbox_id, "mkdir -p sub/dir")
-    result = await provider.execute_command(
-        sandbox_id, 'echo "$GREETING $OTHER"; pwd', env={"GREETING": "hello world", "OTHER": "a'b"}, cwd="sub/dir"
-    )
+    result = await provider.execute_command(sandbox_id, 'echo "$GREETING $OTHER"; pwd', env={"GREETING": "hello world", "OTHER": "a'b"}, cwd="sub/dir")
     assert result.success, result.describe()
     lines = result.stdout.splitlines()
     assert lines[0] == "hello world a'b"

@@ -40,8 +40,8 @@ async def test_stream_ends_with_the_exit_code(provider: SandboxProvider, sandbox
     assert (result.exit_code, result.stdout, result.stderr, result.timed_out) == (3, "out\n", "err\n", False)
     assert result.duration_ms > 0
 
-    ok = provider.stream_execution(sandbox_id, ["printf", "%s", "it's \"$HOME\""])
-    assert (await ok.wait()).stdout == "it's \"$HOME\""
+    ok = provider.stream_execution(sandbox_id, ["printf", "%s", 'it\'s "$HOME"'])
+    assert (await ok.wait()).stdout == 'it\'s "$HOME"'
     assert (ok.exit_code, ok.timed_out, ok.success) == (0, False, True)
 
 

@@ -283,10 +283,14 @@ class DaytonaEmulator(HttpEmulator):
                 data = json.dumps({"message": f"file not found: {path}", "statusCode": 404, "code": "FILE_NOT_FOUND", "source": "DAYTONA_DAEMON"}).encode()
                 name, content_type = "error", "application/json"
             except IsADirectoryError:
-                data = json.dumps({"message": f"path is a directory: {path}", "statusCode": 400, "code": "INVALID_FILE_PATH", "source": "DAYTONA_DAEMON"}).encode()
+                data = json.dumps(
+                    {"message": f"path is a directory: {path}", "statusCode": 400, "code": "INVALID_FILE_PATH", "source": "DAYTONA_DAEMON"}
+                ).encode()
                 name, content_type = "error", "application/json"
             except PermissionError:
-                data = json.dumps({"message": f"permission denied: {path}", "statusCode": 403, "code": "FILE_ACCESS_DENIED", "source": "DAYTONA_DAEMON"}).encode()
+                data = json.dumps(
+                    {"message": f"permission denied: {path}", "statusCode": 403, "code": "FILE_ACCESS_DENIED", "source": "DAYTONA_DAEMON"}
+                ).encode()
                 name, content_type = "error", "application/json"
             head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\nContent-Type: {content_type}\r\n\r\n'
             parts.append(head.encode() + data + b"\r\n")

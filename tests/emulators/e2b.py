@@ -54,7 +54,7 @@ ENVD_PORT = "49983"
 READ_CHUNK = 64 * 1024
 DRAIN_AFTER_EXIT = 0.2  # output a finished command left in its pipes is collected this long
 
-__all__ = ["E2BEmulator", "FAKE_API_KEY", "open_emulator", "open_provider"]
+__all__ = ["FAKE_API_KEY", "E2BEmulator", "open_emulator", "open_provider"]
 
 
 @dataclass
@@ -70,11 +70,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, target: str, method: str, path: str) -> bool:
-        return (
-            self.target in (target, "any")
-            and (self.path is None or self.path in path)
-            and (self.method is None or self.method.upper() == method)
-        )
+        return self.target in (target, "any") and (self.path is None or self.path in path) and (self.method is None or self.method.upper() == method)
 
 
 @dataclass
@@ -176,9 +172,7 @@ class E2BEmulator:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="e2b-emulator"
-        )
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="e2b-emulator")
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -225,15 +219,11 @@ class E2BEmulator:
         for _ in range(count):
             self._add(Fault("fail", target, path, method, status, retry_after, message, headers=headers))
 
-    def hang_next(
-        self, *, seconds: float | None = None, target: str = "api", path: str | None = None, method: str | None = None
-    ) -> None:
+    def hang_next(self, *, seconds: float | None = None, target: str = "api", path: str | None = None, method: str | None = None) -> None:
         """Hold the next matching request without answering (until ``seconds`` or shutdown)."""
         self._add(Fault("hang", target, path, method, seconds=seconds))
 
-    def drop_next(
-        self, *, target: str = "api", path: str | None = None, method: str | None = None, after: bool = False
-    ) -> None:
+    def drop_next(self, *, target: str = "api", path: str | None = None, method: str | None = None, after: bool = False) -> None:
         """Close the connection of the next matching request without an answer.
 
         With ``after=True`` the request is served first (the sandbox is
@@ -349,11 +339,7 @@ class E2BEmulator:
             return await self._connect(request, parts[2])
         if len(parts) == 2 and parts[0] == "sandboxes":
             if method == "DELETE":
-                return (
-                    Response(status_code=204)
-                    if self._remove(parts[1])
-                    else _error(404, f"sandbox {parts[1]} not found")
-                )
+                return Response(status_code=204) if self._remove(parts[1]) else _error(404, f"sandbox {parts[1]} not found")
             if method == "GET":
                 sandbox = self.live(parts[1])
                 if sandbox is None:
@@ -425,11 +411,7 @@ class E2BEmulator:
             for key, value in urllib.parse.parse_qsl(query["metadata"], keep_blank_values=True):
                 wanted[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
         states = set((query.get("state") or "running,paused").split(","))
-        found = [
-            s
-            for s in self._all_live()
-            if "running" in states and all(s.metadata.get(k) == v for k, v in wanted.items())
-        ]
+        found = [s for s in self._all_live() if "running" in states and all(s.metadata.get(k) == v for k, v in wanted.items())]
         found.sort(key=lambda s: (s.started_at, s.id))
         limit = min(int(query.get("limit") or 100), self.page_size)
         start = int(base64.urlsafe_b64decode(query["nextToken"]).decode()) if query.get("nextToken") else 0
@@ -497,9 +479,7 @@ class E2BEmulator:
         return _error(405, "method not allowed")
 
     # -- envd processes --------------------------------------------------------------------------
-    def argv(
-        self, sandbox: EmulatedSandbox, config: process_pb.ProcessConfig, status_fd: int | None = None
-    ) -> list[str]:
+    def argv(self, sandbox: EmulatedSandbox, config: process_pb.ProcessConfig, status_fd: int | None = None) -> list[str]:
         argv = [config.cmd, *config.args]
         if self._bwrap is None:
             return argv
@@ -656,9 +636,7 @@ class _ProcessService(Process):
             lingering.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
         sandbox.processes.pop(process.pid, None)
         if code < 0:
-            status = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated"}.get(
-                signal.Signals(-code), signal.Signals(-code).name
-            )
+            status = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated"}.get(signal.Signals(-code), signal.Signals(-code).name)
             end = process_pb.ProcessEvent.EndEvent(exit_code=-1, exited=False, status=f"signal: {status}")
         else:
             end = process_pb.ProcessEvent.EndEvent(exit_code=code, exited=True, status=f"exit status {code}")
@@ -671,9 +649,7 @@ class _ProcessService(Process):
         if process.status_fd is None:
             return await process.proc.wait()
         reader = asyncio.StreamReader()
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(process.status_fd, "rb", 0)
-        )
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(process.status_fd, "rb", 0))
         try:
             while line := await reader.readline():
                 with contextlib.suppress(ValueError):
@@ -710,9 +686,7 @@ class _ProcessService(Process):
 
     async def list(self, request: process_pb.ListRequest, ctx: Any) -> process_pb.ListResponse:
         sandbox = self._sandbox(ctx)
-        return process_pb.ListResponse(
-            processes=[process_pb.ProcessInfo(config=p.config, pid=p.pid) for p in sandbox.processes.values()]
-        )
+        return process_pb.ListResponse(processes=[process_pb.ProcessInfo(config=p.config, pid=p.pid) for p in sandbox.processes.values()])
 
 
 async def _discard(message: dict[str, Any]) -> None:

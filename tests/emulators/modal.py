@@ -234,7 +234,7 @@ class ModalEmulator:
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
-        except BaseException as error:  # noqa: BLE001 - reported to start()
+        except BaseException as error:
             self._startup_error = error
             self._ready.set()
         finally:
@@ -427,7 +427,7 @@ class ModalEmulator:
         for state in sandbox.execs.values():
             try:
                 await asyncio.wait_for(state.finished.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         sandbox.finished.set()
         shutil.rmtree(sandbox.root, ignore_errors=True)
@@ -487,13 +487,10 @@ class ModalEmulator:
 
     async def _supervise(self, state: ExecState, timeout: float | None) -> None:
         process = state.process
-        pumps = [
-            asyncio.create_task(self._pump(state, index, stream))
-            for index, stream in enumerate((process.stdout, process.stderr))
-        ]
+        pumps = [asyncio.create_task(self._pump(state, index, stream)) for index, stream in enumerate((process.stdout, process.stderr))]
         try:
             await asyncio.wait_for(process.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             state.timed_out = True
             _kill_group(process)
             await process.wait()
@@ -606,18 +603,14 @@ class ControlPlane(_Unimplemented, ModalClientBase):
         await self._begin(stream, "AuthTokenGet")
         await stream.send_message(api_pb2.AuthTokenGetResponse(token=_jwt({"exp": int(time.time()) + 3600})))
 
-    async def EnvironmentGetOrCreate(
-        self, stream: Stream[api_pb2.EnvironmentGetOrCreateRequest, api_pb2.EnvironmentGetOrCreateResponse]
-    ) -> None:
+    async def EnvironmentGetOrCreate(self, stream: Stream[api_pb2.EnvironmentGetOrCreateRequest, api_pb2.EnvironmentGetOrCreateResponse]) -> None:
         request = await self._begin(stream, "EnvironmentGetOrCreate")
         settings = api_pb2.EnvironmentSettings(image_builder_version=BUILDER_VERSION)
         metadata = api_pb2.EnvironmentMetadata(name=request.deployment_name or "main", settings=settings)
         response = api_pb2.EnvironmentGetOrCreateResponse(environment_id="en-emulated", metadata=metadata)
         await stream.send_message(response)
 
-    async def AppGetOrCreate(
-        self, stream: Stream[api_pb2.AppGetOrCreateRequest, api_pb2.AppGetOrCreateResponse]
-    ) -> None:
+    async def AppGetOrCreate(self, stream: Stream[api_pb2.AppGetOrCreateRequest, api_pb2.AppGetOrCreateResponse]) -> None:
         request = await self._begin(stream, "AppGetOrCreate")
         key = (request.environment_name, request.app_name)
         app_id = self.emulator.apps.get(key)
@@ -627,18 +620,14 @@ class ControlPlane(_Unimplemented, ModalClientBase):
             app_id = self.emulator.apps[key] = self.emulator.new_id("ap")
         await stream.send_message(api_pb2.AppGetOrCreateResponse(app_id=app_id))
 
-    async def ImageGetOrCreate(
-        self, stream: Stream[api_pb2.ImageGetOrCreateRequest, api_pb2.ImageGetOrCreateResponse]
-    ) -> None:
+    async def ImageGetOrCreate(self, stream: Stream[api_pb2.ImageGetOrCreateRequest, api_pb2.ImageGetOrCreateResponse]) -> None:
         request = await self._begin(stream, "ImageGetOrCreate")
         image_id = "im-" + uuid.uuid5(uuid.NAMESPACE_OID, request.image.SerializeToString().hex()).hex[:20]
         self.emulator.images[image_id] = request.image
         result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
         await stream.send_message(api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=result))
 
-    async def SandboxCreateV2(
-        self, stream: Stream[api_pb2.SandboxCreateV2Request, api_pb2.SandboxCreateV2Response]
-    ) -> None:
+    async def SandboxCreateV2(self, stream: Stream[api_pb2.SandboxCreateV2Request, api_pb2.SandboxCreateV2Response]) -> None:
         request = await self._begin(stream, "SandboxCreateV2")
         sandbox = self.emulator.create_sandbox(request)
         await stream.send_message(
@@ -650,9 +639,7 @@ class ControlPlane(_Unimplemented, ModalClientBase):
             )
         )
 
-    async def SandboxGetTaskIdV2(
-        self, stream: Stream[api_pb2.SandboxGetTaskIdRequest, api_pb2.SandboxGetTaskIdResponse]
-    ) -> None:
+    async def SandboxGetTaskIdV2(self, stream: Stream[api_pb2.SandboxGetTaskIdRequest, api_pb2.SandboxGetTaskIdResponse]) -> None:
         request = await self._begin(stream, "SandboxGetTaskIdV2")
         sandbox = self.emulator.sandbox(request.sandbox_id)
         if sandbox.running:
@@ -680,16 +667,14 @@ class ControlPlane(_Unimplemented, ModalClientBase):
         if sandbox.running and request.timeout > 0:
             try:
                 await asyncio.wait_for(sandbox.finished.wait(), request.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         metadata = api_pb2.SandboxHandleMetadata(app_id=sandbox.app_id)
         if sandbox.result is not None:
             metadata.result.CopyFrom(sandbox.result)
         await stream.send_message(api_pb2.SandboxWaitResponse(result=sandbox.result, metadata=metadata))
 
-    async def SandboxTerminateV2(
-        self, stream: Stream[api_pb2.SandboxTerminateRequest, api_pb2.SandboxTerminateResponse]
-    ) -> None:
+    async def SandboxTerminateV2(self, stream: Stream[api_pb2.SandboxTerminateRequest, api_pb2.SandboxTerminateResponse]) -> None:
         request = await self._begin(stream, "SandboxTerminateV2")
         sandbox = self.emulator.sandbox(request.sandbox_id)
         await self.emulator._finish(sandbox, api_pb2.GenericResult.GENERIC_STATUS_TERMINATED)
@@ -701,9 +686,7 @@ class ControlPlane(_Unimplemented, ModalClientBase):
         sandbox.tags = {t.tag_name: t.tag_value for t in request.tags}
         await stream.send_message(empty_pb2.Empty())
 
-    async def SandboxTagsGetV2(
-        self, stream: Stream[api_pb2.SandboxTagsGetRequest, api_pb2.SandboxTagsGetResponse]
-    ) -> None:
+    async def SandboxTagsGetV2(self, stream: Stream[api_pb2.SandboxTagsGetRequest, api_pb2.SandboxTagsGetResponse]) -> None:
         request = await self._begin(stream, "SandboxTagsGetV2")
         sandbox = self.emulator.sandbox(request.sandbox_id)
         tags = [api_pb2.SandboxTag(tag_name=k, tag_value=v) for k, v in sandbox.tags.items()]
@@ -751,25 +734,19 @@ class CommandRouter(_Unimplemented, TaskCommandRouterBase):
         await self.emulator.disturb(self.emulator.check(method), stream)
         return request
 
-    async def TaskExecStart(
-        self, stream: Stream[sr_pb2.TaskExecStartRequest, sr_pb2.TaskExecStartResponse]
-    ) -> None:
+    async def TaskExecStart(self, stream: Stream[sr_pb2.TaskExecStartRequest, sr_pb2.TaskExecStartResponse]) -> None:
         request = await self._begin(stream, "TaskExecStart")
         await self.emulator.start_exec(request)
         await stream.send_message(sr_pb2.TaskExecStartResponse())
 
-    async def TaskExecStdioRead(
-        self, stream: Stream[sr_pb2.TaskExecStdioReadRequest, sr_pb2.TaskExecStdioReadResponse]
-    ) -> None:
+    async def TaskExecStdioRead(self, stream: Stream[sr_pb2.TaskExecStdioReadRequest, sr_pb2.TaskExecStdioReadResponse]) -> None:
         request = await self._begin(stream, "TaskExecStdioRead")
         state = self.emulator.exec_of(request.task_id, request.exec_id)
         index = 0 if request.file_descriptor == sr_pb2.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT else 1
         offset = request.offset
         while True:
             async with state.changed:
-                await state.changed.wait_for(
-                    lambda: len(state.output[index]) > offset or state.output_closed[index]
-                )
+                await state.changed.wait_for(lambda at=offset: len(state.output[index]) > at or state.output_closed[index])
                 data = bytes(state.output[index][offset : offset + STDIO_CHUNK])
                 closed = state.output_closed[index] and offset + len(data) >= len(state.output[index])
             if data:
@@ -792,17 +769,13 @@ class CommandRouter(_Unimplemented, TaskCommandRouterBase):
         else:
             await stream.send_message(sr_pb2.TaskExecPollResponse())
 
-    async def TaskExecStdinWrite(
-        self, stream: Stream[sr_pb2.TaskExecStdinWriteRequest, sr_pb2.TaskExecStdinWriteResponse]
-    ) -> None:
+    async def TaskExecStdinWrite(self, stream: Stream[sr_pb2.TaskExecStdinWriteRequest, sr_pb2.TaskExecStdinWriteResponse]) -> None:
         request = await self._begin(stream, "TaskExecStdinWrite")
         state = self.emulator.exec_of(request.task_id, request.exec_id)
         await self.emulator.write_stdin(state, request.offset, request.data, request.eof)
         await stream.send_message(sr_pb2.TaskExecStdinWriteResponse())
 
-    async def TaskExecStdinWriteStream(
-        self, stream: Stream[sr_pb2.TaskExecStdinWriteStreamRequest, sr_pb2.TaskExecStdinWriteStreamResponse]
-    ) -> None:
+    async def TaskExecStdinWriteStream(self, stream: Stream[sr_pb2.TaskExecStdinWriteStreamRequest, sr_pb2.TaskExecStdinWriteStreamResponse]) -> None:
         first = await self._begin(stream, "TaskExecStdinWriteStream")
         if first is None or first.WhichOneof("payload") != "start":
             raise GRPCError(Status.INVALID_ARGUMENT, "the first message must be `start`")
@@ -817,14 +790,10 @@ class CommandRouter(_Unimplemented, TaskCommandRouterBase):
                 await self.emulator.write_stdin(state, offset, b"", True)
         await stream.send_message(sr_pb2.TaskExecStdinWriteStreamResponse())
 
-    async def TaskExecStdinStatus(
-        self, stream: Stream[sr_pb2.TaskExecStdinStatusRequest, sr_pb2.TaskExecStdinStatusResponse]
-    ) -> None:
+    async def TaskExecStdinStatus(self, stream: Stream[sr_pb2.TaskExecStdinStatusRequest, sr_pb2.TaskExecStdinStatusResponse]) -> None:
         request = await self._begin(stream, "TaskExecStdinStatus")
         state = self.emulator.exec_of(request.task_id, request.exec_id)
-        await stream.send_message(
-            sr_pb2.TaskExecStdinStatusResponse(num_bytes_written=state.stdin_written, closed=state.stdin_closed)
-        )
+        await stream.send_message(sr_pb2.TaskExecStdinStatusResponse(num_bytes_written=state.stdin_written, closed=state.stdin_closed))
 
 
 ControlPlane.fill(ModalClientBase)

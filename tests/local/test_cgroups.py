@@ -238,6 +238,7 @@ def _nobody_python() -> str:
             return python
     pytest.skip("no Python that user nobody can run")
 
+
 def _start_agent_as_nobody(program: str, fds: dict[str, int]) -> subprocess.Popen[bytes]:
     """``program`` as nobody with the cgroup fds passed in (and closed here)."""
     try:
@@ -248,7 +249,6 @@ def _start_agent_as_nobody(program: str, fds: dict[str, int]) -> subprocess.Pope
     finally:
         for fd in fds.values():
             os.close(fd)
-
 
 
 def _as_nobody(argv: list[str], env: dict[str, str]) -> list[str]:

@@ -182,7 +182,7 @@ async def test_no_network_by_default_and_its_own_network_when_asked(provider: Lo
             server.close()
 
 
-async def test_host_environment_and_secrets_are_invisible(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+async def test_host_environment_and_secrets_are_invisible(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("E2B_API_KEY", "e2b_supersecret_value")
     monkeypatch.setenv("MY_HOST_SECRET", "host-only-secret")
     secret_file = tmp_path / "host-secret.txt"
@@ -190,9 +190,7 @@ async def test_host_environment_and_secrets_are_invisible(monkeypatch: pytest.Mo
     provider = LocalProvider()
     info = await provider.create_sandbox(SandboxConfig(env={"VISIBLE": "yes"}))
     try:
-        result = await provider.execute_command(
-            info.id, f"env; cat /proc/1/environ; cat /proc/1/cmdline; cat {secret_file}; cat /etc/shadow; ls /work /home"
-        )
+        result = await provider.execute_command(info.id, f"env; cat /proc/1/environ; cat /proc/1/cmdline; cat {secret_file}; cat /etc/shadow; ls /work /home")
         everything = result.stdout + result.stderr
         assert "VISIBLE=yes" in result.stdout
         assert "supersecret" not in everything
@@ -292,8 +290,7 @@ async def _timeout_kills_everything_it_started(provider: LocalProvider, box: str
     marker = "tree-marker-5512"
     daemon = f"import os\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n    os.execvp('sh', ['sh', '-c', 'sleep 100 # {marker}'])"
     command = (
-        f"sh -c 'trap \"\" TERM; sleep 100 # {marker}' & sh -c 'sleep 100 # {marker}' & "
-        f"setsid sh -c 'sleep 100 # {marker}' & python3 -c \"{daemon}\"; wait"
+        f"sh -c 'trap \"\" TERM; sleep 100 # {marker}' & sh -c 'sleep 100 # {marker}' & setsid sh -c 'sleep 100 # {marker}' & python3 -c \"{daemon}\"; wait"
     )
     result = await provider.execute_command(box, command, timeout=1)
     assert result.timed_out
@@ -570,10 +567,7 @@ async def test_kernel_interfaces_that_break_sandboxes_are_refused(provider: Loca
 
 async def test_no_cgroup_release_agent_or_cgroup_fs_to_abuse(provider: LocalProvider, box: str) -> None:
     """The classic cgroup v1 escape: mount a hierarchy, set release_agent to a host program."""
-    attack = (
-        "ls /sys/fs/cgroup 2>&1; mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1; echo mount=$?; "
-        "stat -f -c fstype=%T /tmp/cg"
-    )
+    attack = "ls /sys/fs/cgroup 2>&1; mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1; echo mount=$?; stat -f -c fstype=%T /tmp/cg"
     result = await provider.execute_command(box, attack)
     lines = result.stdout.splitlines()
     assert "mount=0" not in lines and "fstype=tmpfs" in lines, result.describe()  # still the plain /tmp
@@ -633,7 +627,12 @@ async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalPr
         await provider.execute_command(attacker.id, "for i in $(seq 3 40); do ln -s /proc/self/fd/$i/../.. up$i; ln -s /proc/self/fd/$i fd$i; done")
         leaked = []
         for i in range(3, 41):
-            for path in (f"up{i}/sandboxes-{victim.id}/work/memory.limit_in_bytes", f"up{i}/sandboxes-{victim.id}/work/pids.max", f"fd{i}/pids.max", f"fd{i}/memory.limit_in_bytes"):
+            for path in (
+                f"up{i}/sandboxes-{victim.id}/work/memory.limit_in_bytes",
+                f"up{i}/sandboxes-{victim.id}/work/pids.max",
+                f"fd{i}/pids.max",
+                f"fd{i}/memory.limit_in_bytes",
+            ):
                 try:
                     leaked.append((path, await provider.read_file(attacker.id, path)))
                 except OSError:

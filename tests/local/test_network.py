@@ -38,7 +38,9 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="run as root: the tests make network namespaces (unshare --net) and enter them (nsenter)"),
     pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="slirp4netns is not installed (apt-get install slirp4netns)"),
-    pytest.mark.skipif(not (shutil.which("unshare") and shutil.which("nsenter") and shutil.which("ip")), reason="needs unshare and nsenter (util-linux) and ip (iproute2)"),
+    pytest.mark.skipif(
+        not (shutil.which("unshare") and shutil.which("nsenter") and shutil.which("ip")), reason="needs unshare and nsenter (util-linux) and ip (iproute2)"
+    ),
 ]
 
 PROBE_PY = r'''

@@ -402,9 +402,7 @@ def test_without_the_filter_the_attack_gets_further(name: str, outcomes: Callabl
         pytest.skip(f"{name}: this kernel refuses it unfiltered too ({_describe(got)}), so the control shows nothing here")
 
 
-def test_a_user_namespace_alone_is_allowed_only_without_deny_userns(
-    bwrap: str, filters: dict[bool, Path], probes: list[dict[str, Any]]
-) -> None:
+def test_a_user_namespace_alone_is_allowed_only_without_deny_userns(bwrap: str, filters: dict[bool, Path], probes: list[dict[str, Any]]) -> None:
     wanted = {"unshare_newuser", "clone_newuser", "unshare_newnet", "clone_newnet", "clone3_newuser"}
     chosen = [p for p in probes if p["name"] in wanted]
     lenient = _run_probes(bwrap, filters[False], "nobody" if ROOT else "userns", chosen)

@@ -23,7 +23,7 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
 
 
 @pytest.fixture
-def live_sandboxes() -> "callable":
+def live_sandboxes() -> callable:
     """The local sandboxes alive in this test's private state dir (ids)."""
 
     def alive() -> list[str]:

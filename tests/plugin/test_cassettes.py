@@ -133,4 +133,6 @@ def test_several_providers_parametrize_and_skip_what_cannot_run(pytester: pytest
     result.assert_outcomes(passed=3, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED *sandbox provider 'e2b' unavailable: *E2B_API_KEY is not set*"])
     collected = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--sandbox-provider=local,e2b")
-    collected.stdout.fnmatch_lines(["test_suite.py::test_program[[]local[]]", "test_suite.py::test_program[[]e2b[]]", "test_suite.py::test_local_only", "test_suite.py::test_plain"])
+    collected.stdout.fnmatch_lines(
+        ["test_suite.py::test_program[[]local[]]", "test_suite.py::test_program[[]e2b[]]", "test_suite.py::test_local_only", "test_suite.py::test_plain"]
+    )

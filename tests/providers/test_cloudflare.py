@@ -100,9 +100,7 @@ async def test_streaming_delivers_output_as_it_is_produced(provider: CloudflareP
     assert arrivals[0][2] < arrivals[1][2] - 0.4, "the first line waited for the end: not streamed"
 
 
-async def test_env_goes_through_a_session_and_cwd_through_exec(
-    provider: CloudflareProvider, emulator: CloudflareBridgeEmulator, sandbox_id: str
-) -> None:
+async def test_env_goes_through_a_session_and_cwd_through_exec(provider: CloudflareProvider, emulator: CloudflareBridgeEmulator, sandbox_id: str) -> None:
     await provider.execute_command(sandbox_id, ["mkdir", "-p", "src"])
     before = len(emulator.requests)
     result = await provider.execute_command(sandbox_id, ["sh", "-c", 'echo "$WHO"; pwd'], env={"WHO": "me"}, cwd="src")

@@ -84,9 +84,7 @@ async def test_rejected_key_never_appears_in_errors_or_repr(emulator: DaytonaEmu
 
 # -- what goes over the wire ----------------------------------------------------------------
 async def test_labels_env_lifetime_and_network_use_native_fields(provider: DaytonaProvider, emulator: DaytonaEmulator) -> None:
-    info = await provider.create_sandbox(
-        SandboxConfig(labels={"team": "evals"}, env={"MODE": "test"}, lifetime=300, network=False)
-    )
+    info = await provider.create_sandbox(SandboxConfig(labels={"team": "evals"}, env={"MODE": "test"}, lifetime=300, network=False))
     try:
         body = emulator.sandboxes[info.id].body
         assert body["labels"]["team"] == "evals"

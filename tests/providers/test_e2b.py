@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -55,9 +56,7 @@ def test_missing_key_is_unavailable_naming_the_variable(monkeypatch: pytest.Monk
     assert provider_class("e2b") is E2BProvider
 
 
-async def test_configured_by_the_sdk_environment_variables(
-    emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_configured_by_the_sdk_environment_variables(emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in emulator.environ().items():
         monkeypatch.setenv(name, value)
     provider = E2BProvider()
@@ -131,9 +130,7 @@ async def test_hung_request_is_a_provider_error_after_the_request_timeout(emulat
     assert time.monotonic() - started < 4
 
 
-async def test_envd_failure_on_files_is_a_provider_error(
-    e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str
-) -> None:
+async def test_envd_failure_on_files_is_a_provider_error(e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str) -> None:
     emulator.fail_next(500, target="envd", path="/files")
     with pytest.raises(ProviderError):
         await e2b.read_file(sandbox_id, "anything.txt")
@@ -252,9 +249,7 @@ async def test_command_longer_than_an_argument_may_be(e2b: E2BProvider, sandbox_
     assert (await e2b.execute_command(sandbox_id, "ls /tmp/.sandboxes-cmd-* 2>/dev/null | wc -l")).stdout.strip() == "0"
 
 
-async def test_stopping_a_stream_early_ends_the_command(
-    e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str
-) -> None:
+async def test_stopping_a_stream_early_ends_the_command(e2b: E2BProvider, emulator: E2BEmulator, sandbox_id: str) -> None:
     async for chunk in e2b.stream_execution(sandbox_id, "echo first; sleep 30"):
         assert chunk.data == "first\n"
         break
@@ -268,7 +263,7 @@ async def test_file_errors_carry_the_path(e2b: E2BProvider, sandbox_id: str) -> 
     await e2b.write_file(sandbox_id, "/tmp/deep/er/file.txt", b"x")
     with pytest.raises(IsADirectoryError, match="/tmp/deep/er"):
         await e2b.read_file(sandbox_id, "/tmp/deep/er")
-    with pytest.raises(FileNotFoundError, match="/tmp/deep/none.txt"):
+    with pytest.raises(FileNotFoundError, match=re.escape("/tmp/deep/none.txt")):
         await e2b.read_file(sandbox_id, "/tmp/deep/none.txt")
     with pytest.raises(PermissionError, match="/etc/passwd"):
         await e2b.write_file(sandbox_id, "/etc/passwd", b"no")
@@ -285,9 +280,7 @@ async def test_sandboxes_do_not_share_tmp(e2b: E2BProvider, sandbox_id: str) -> 
         await e2b.destroy_sandbox(other.id)
 
 
-async def test_background_processes_outlive_their_command_until_destroy(
-    e2b: E2BProvider, emulator: E2BEmulator
-) -> None:
+async def test_background_processes_outlive_their_command_until_destroy(e2b: E2BProvider, emulator: E2BEmulator) -> None:
     info = await e2b.create_sandbox(SandboxConfig())
     started = time.monotonic()
     launched = await e2b.execute_command(info.id, "sleep 0.3 && echo later > /tmp/bg.txt & sleep 60 & echo launched")

@@ -53,13 +53,10 @@ def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch,
     assert raised.value.provider == "modal"
 
 
-async def test_credentials_from_the_modal_config_file(
-    emulator: ModalEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+async def test_credentials_from_the_modal_config_file(emulator: ModalEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "modal.toml"
     config.write_text(
-        '[other]\ntoken_id = "ak-other"\ntoken_secret = "as-other"\n\n'
-        '[work]\ntoken_id = "ak-from-file"\ntoken_secret = "as-from-file"\nactive = true\n'
+        '[other]\ntoken_id = "ak-other"\ntoken_secret = "as-other"\n\n[work]\ntoken_id = "ak-from-file"\ntoken_secret = "as-from-file"\nactive = true\n'
     )
     monkeypatch.delenv("MODAL_TOKEN_ID")
     monkeypatch.delenv("MODAL_TOKEN_SECRET")
@@ -73,9 +70,7 @@ async def test_credentials_from_the_modal_config_file(
         await provider.aclose()
 
 
-async def test_rejected_token_is_an_authentication_error_without_the_secret(
-    emulator: ModalEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_rejected_token_is_an_authentication_error_without_the_secret(emulator: ModalEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(emulator, "expected_tokens", (TOKEN_ID, "as-the-right-one"))
     provider = ModalProvider()
     try:
@@ -114,9 +109,7 @@ async def test_tokens_never_in_repr_errors_or_the_sandbox(emulator: ModalEmulato
         (Status.RESOURCE_EXHAUSTED, RateLimitError),
     ],
 )
-async def test_create_faults_map_to_the_taxonomy(
-    emulator: ModalEmulator, provider: ModalProvider, status: Status, expected: type[Exception]
-) -> None:
+async def test_create_faults_map_to_the_taxonomy(emulator: ModalEmulator, provider: ModalProvider, status: Status, expected: type[Exception]) -> None:
     await provider.health_check()  # open the client first: the fault is for the create call
     emulator.fail_next(status, "injected", method="SandboxCreateV2")
     with pytest.raises(expected) as raised:
@@ -125,9 +118,7 @@ async def test_create_faults_map_to_the_taxonomy(
     assert await provider.list_sandboxes({"fault": status.name}) == []
 
 
-async def test_invalid_argument_is_not_an_infrastructure_error(
-    emulator: ModalEmulator, provider: ModalProvider
-) -> None:
+async def test_invalid_argument_is_not_an_infrastructure_error(emulator: ModalEmulator, provider: ModalProvider) -> None:
     await provider.health_check()
     emulator.fail_next(Status.INVALID_ARGUMENT, "bad image", method="SandboxCreateV2")
     with pytest.raises(SandboxError, match="bad image") as raised:
@@ -135,9 +126,7 @@ async def test_invalid_argument_is_not_an_infrastructure_error(
     assert not isinstance(raised.value, ProviderError)  # never retried or failed over
 
 
-async def test_throttling_with_a_retry_policy_is_waited_out_by_the_sdk(
-    emulator: ModalEmulator, provider: ModalProvider
-) -> None:
+async def test_throttling_with_a_retry_policy_is_waited_out_by_the_sdk(emulator: ModalEmulator, provider: ModalProvider) -> None:
     info = await provider.create_sandbox(SandboxConfig())
     emulator.fail_next(Status.RESOURCE_EXHAUSTED, "slow down", method="SandboxTerminateV2", times=2, retry_after=0.05)
     assert await provider.destroy_sandbox(info.id) is True
@@ -209,9 +198,7 @@ async def test_list_follows_every_page(emulator: ModalEmulator, provider: ModalP
 
 
 async def test_config_reaches_the_wire(emulator: ModalEmulator, provider: ModalProvider) -> None:
-    config = SandboxConfig(
-        image="python:3.12-slim", env={"MODE": "test"}, lifetime=90.5, cpus=1.5, memory_mb=768, labels={"k": "v"}
-    )
+    config = SandboxConfig(image="python:3.12-slim", env={"MODE": "test"}, lifetime=90.5, cpus=1.5, memory_mb=768, labels={"k": "v"})
     info = await provider.create_sandbox(config)
     state = emulator.sandboxes[info.id]
     assert state.timeout_secs == 91

@@ -268,9 +268,7 @@ def test_attempt_timeout_must_be_positive_or_none() -> None:
         RetryPolicy(attempt_timeout=0)
 
 
-async def test_failed_setup_destroys_the_half_created_sandbox_and_is_not_failed_over(
-    emulator: E2BEmulator, daytona: Any
-) -> None:
+async def test_failed_setup_destroys_the_half_created_sandbox_and_is_not_failed_over(emulator: E2BEmulator, daytona: Any) -> None:
     guarded = manager(e2b_provider(emulator), daytona)
     before = creates(emulator)
     daytona_creates = daytona.emulator.requests.count(("POST", "/sandbox"))
@@ -354,6 +352,8 @@ async def test_every_provider_failing_names_each_error(emulator: E2BEmulator) ->
         assert "e2b: E2B answered 500" in message and "e2b is down" in message
         assert "cloudflare: cloudflare (503" in message
         assert not cloudflare.emulator.containers
+
+
 # -- the Sandbox API uses the same policy --------------------------------------------------------------
 
 

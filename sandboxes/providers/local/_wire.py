@@ -10,7 +10,6 @@ the host must not unmarshal what a sandbox could forge.
 """
 
 import marshal
-
 from _json import encode_basestring_ascii as _quote
 
 HEADER = b"H"  # client -> agent: JSON request

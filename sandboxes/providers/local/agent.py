@@ -101,7 +101,7 @@ def main() -> None:
         os.chown(settings["cwd"], uid, settings["gid"])
     for name, value in settings["limits"].items():
         limit = getattr(resource, name)
-        soft, hard = resource.getrlimit(limit)
+        _soft, hard = resource.getrlimit(limit)
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(limit, (value, value))
     if uid is not None:
@@ -178,7 +178,7 @@ class Agent:
     def serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn)
         try:
-            kind, payload = reader.next()
+            _kind, payload = reader.next()
             request = wire.decode_request(payload)
             op = request.pop("op")
             if op == "exec":
@@ -710,7 +710,7 @@ def _which(name: str, path: str, cwd: str) -> str:
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def _pump(child, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, ANN202 - hot loop
+def _pump(child, conn, reader, want_stdin, timeout, started):
     """Move bytes between the command and the socket until the command ends.
 
     Returns (timed_out, client_vanished). Never blocks on one side while the
@@ -738,7 +738,7 @@ def _pump(child, conn, reader, want_stdin, timeout, started):  # noqa: ANN001, A
     outbox = bytearray()
     paused = False
 
-    def take(frames) -> None:  # noqa: ANN001
+    def take(frames) -> None:
         nonlocal stdin_eof, stdin_polled
         for kind, payload in frames:
             if kind == wire.STDIN:

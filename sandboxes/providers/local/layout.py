@@ -50,7 +50,9 @@ def _is_system(path: str) -> bool:
 # Directories that hold more than a toolchain: bound whole, they would show a
 # sandbox other sandboxes' sockets (~/.local/state), caches, or credentials.
 SHARED_DIRS = (".local", ".cargo", ".config", ".cache", ".npm", ".gem", ".ssh", ".aws", ".docker", "go")
-SECRET_NAMES = ("credentials", "credentials.toml", ".credentials.toml", ".netrc", ".git-credentials", ".pypirc", ".npmrc", "config.json", "auth.json")  # fmt: skip
+SECRET_NAMES = (
+    "credentials", "credentials.toml", ".credentials.toml", ".netrc", ".git-credentials", ".pypirc", ".npmrc", "config.json", "auth.json",
+)  # fmt: skip
 
 
 def _toolchain_root(binary: str, private: tuple[str, ...]) -> str:
@@ -82,9 +84,7 @@ def _homes() -> set[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def discover_toolchains(
-    host_path: str, extra_dirs: tuple[str, ...] = (), rustup_home: str = "", private: tuple[str, ...] = ()
-) -> Toolchains:
+def discover_toolchains(host_path: str, extra_dirs: tuple[str, ...] = (), rustup_home: str = "", private: tuple[str, ...] = ()) -> Toolchains:
     """Find the host's toolchains on ``host_path`` (cached: creation must stay fast).
 
     ``rustup_home`` is where rustup keeps its toolchains for the caller
@@ -118,10 +118,9 @@ def discover_toolchains(
             directory = os.path.dirname(found)
             if directory not in path:
                 path.append(directory)
-        if tool in ("rustc", "cargo", "rustup"):
-            if rustup_home and os.path.isdir(rustup_home):
-                add(os.path.realpath(rustup_home))
-                env["RUSTUP_HOME"] = os.path.realpath(rustup_home)
+        if tool in ("rustc", "cargo", "rustup") and rustup_home and os.path.isdir(rustup_home):
+            add(os.path.realpath(rustup_home))
+            env["RUSTUP_HOME"] = os.path.realpath(rustup_home)
         if tool == "go":
             env["GOTOOLCHAIN"] = "local"
     for directory in extra_dirs:

@@ -139,7 +139,11 @@ def _probe() -> tuple[str | None, _Slirp | None]:
     try:
         os.close(os.open(TUN, os.O_RDWR | os.O_CLOEXEC))
     except FileNotFoundError:
-        return f"{TUN} does not exist and slirp4netns needs it: load the tun module (modprobe tun), or pass the device into this container (docker run --device {TUN}).", None
+        return (
+            f"{TUN} does not exist and slirp4netns needs it: load the tun module (modprobe tun), "
+            f"or pass the device into this container (docker run --device {TUN}).",
+            None,
+        )
     except OSError as error:
         return (
             f"{TUN} cannot be opened by uid {os.geteuid()} ({error.strerror}) and slirp4netns needs it: "
@@ -244,7 +248,13 @@ def _start(argv: list[str], target: list[str], *, exit_fd: int, namespaces: tupl
         _kill(process)
         _drain(process.stdout.fileno(), output)
         process.stdout.close()
-        why = f"it was not ready within {timeout:g}s" if ready == "timeout" else f"it exited with status {status}" if status is not None else "it closed its ready pipe"
+        why = (
+            f"it was not ready within {timeout:g}s"
+            if ready == "timeout"
+            else f"it exited with status {status}"
+            if status is not None
+            else "it closed its ready pipe"
+        )
         text = output.decode(errors="replace").strip() or "no output"
         raise ProviderError(f"slirp4netns could not network the sandbox of pid {pid} ({why}): {text}", provider="local")
     finally:

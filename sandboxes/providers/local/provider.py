@@ -26,6 +26,7 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import SocketStream
 
+from ..._extract import extract_tar
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SetupFailed, SharedHostNetworkWarning
 from ...models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
@@ -37,16 +38,15 @@ from ...models import (
     SandboxConfig,
     SandboxInfo,
 )
-from ..._extract import extract_tar
 from ...provider import SandboxProvider, as_bytes, validate_command
 from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
 from . import _wire as wire
+from . import network as network_setup
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
 from .cgroups import describe as cgroups_describe
-from . import network as network_setup
 from .etc import etc_snapshot
-from .seccomp import seccomp_filter
 from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
+from .seccomp import seccomp_filter
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
@@ -115,8 +115,7 @@ class LocalProvider(SandboxProvider):
         self._max_output: dict[str, int] = {}
         if isolation == "process":
             warnings.warn(
-                "isolation='process' runs code with resource limits only: no namespaces, "
-                "so it can read what your user can read and reach the network",
+                "isolation='process' runs code with resource limits only: no namespaces, so it can read what your user can read and reach the network",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -273,7 +272,7 @@ class LocalProvider(SandboxProvider):
         exit_r, exit_w = os.pipe() if network == "slirp4netns" else (-1, -1)
         settings["listen_fd"] = listener.fileno()
         settings["inherited_fds"] = [fd for fd in (listener.fileno(), ready_w, exit_w, *cgroup_fds.values()) if fd >= 0]
-        log = open(directory / "log", "wb")
+        log = open(directory / "log", "wb")  # noqa: SIM115 - handed to Popen, closed right after it starts
         try:
             process = subprocess.Popen(
                 argv,
@@ -342,7 +341,7 @@ class LocalProvider(SandboxProvider):
         return state
 
     def _network_mode(self, wanted: bool) -> str:
-        """"none"; for a networked sandbox "slirp4netns" (its own network, no way to the
+        """ "none"; for a networked sandbox "slirp4netns" (its own network, no way to the
         host's loopback), or "host" where slirp4netns cannot run here, with a warning."""
         if not wanted:
             return "none"

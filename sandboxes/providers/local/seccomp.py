@@ -168,10 +168,8 @@ def _personality_rules() -> tuple[Rule, ...]:
     32 bits set (0xffffffff).
     """
     others = [bit for bit in range(32) if not (1 << bit) & PERSONALITY_BITS]
-    mixed = (
-        Rule("personality", when=(Arg(0, _CMP_MASKED_EQ, (1 << bit) | (1 << after), 1 << bit),))
-        for bit, after in zip(others, [*others[1:], others[0]])
-    )
+    pairs = zip(others, [*others[1:], others[0]], strict=True)
+    mixed = (Rule("personality", when=(Arg(0, _CMP_MASKED_EQ, (1 << bit) | (1 << after), 1 << bit),)) for bit, after in pairs)
     low = 1 << others[0]
     partial = (Rule("personality", when=(Arg(0, _CMP_MASKED_EQ, low | flag, low),)) for flag in (0x8, 0x20000))
     return (Rule("personality", when=(Arg(0, _CMP_GT, 0xFFFFFFFF),)), *mixed, *partial)
