@@ -101,7 +101,7 @@ def resolve(config: pytest.Config) -> Settings:
         values[option.dest] = _parse(option, raw, origin, base)
     if "provider" in values:
         values["providers"] = values.pop("provider")
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]  # each value was parsed to its field's type above
 
 
 def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:

@@ -124,7 +124,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if rep.failed and uses and call.excinfo is not None and hasattr(rep.longrepr, "addsection"):
             section = report.failure_section(item, call.excinfo)
             if section:
-                rep.longrepr.addsection("sandbox results", section)  # type: ignore[union-attr]
+                rep.longrepr.addsection("sandbox results", section)  # type: ignore[union-attr]  # a failed call's longrepr is a report object, not a str
     return rep
 
 
@@ -140,7 +140,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     state.close_pools()
     if is_worker(config):
-        config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]
+        config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]  # set by pytest-xdist on its workers only
     else:
         _sweep(state)
     if state.providers:

@@ -77,7 +77,7 @@ class _Skip(Exception):
     """This member is not extracted; the message says why."""
 
 
-def extract_tar(source: typing.BinaryIO, target: Path, *, max_bytes: int) -> ExtractReport:
+def extract_tar(source: typing.IO[bytes], target: Path, *, max_bytes: int) -> ExtractReport:
     """Extract the tar archive read from ``source`` below ``target``.
 
     ``target`` is created (with its parents) when missing. A plain tar or one
@@ -115,7 +115,7 @@ def _corrupt(error: BaseException) -> OSError:
 class _Head:
     """``source`` with the bytes already read from it put back in front."""
 
-    def __init__(self, head: bytes, source: typing.BinaryIO) -> None:
+    def __init__(self, head: bytes, source: typing.IO[bytes]) -> None:
         self._head = head
         self._source = source
 
@@ -159,7 +159,7 @@ class _Budget:
         return data
 
 
-def _open_stream(source: typing.BinaryIO, max_bytes: int) -> _Budget:
+def _open_stream(source: typing.IO[bytes], max_bytes: int) -> _Budget:
     """The archive as tar bytes, decompressed here so that the cap counts what tarfile reads."""
     head = b""
     while len(head) < 6:
@@ -177,7 +177,7 @@ def _open_stream(source: typing.BinaryIO, max_bytes: int) -> _Budget:
     elif head.startswith(b"BZh"):
         raw = bz2.BZ2File(raw)
     elif head.startswith(b"\xfd7zXZ\x00"):
-        raw = lzma.LZMAFile(raw)  # noqa: SIM115
+        raw = lzma.LZMAFile(raw)  # noqa: SIM115 - read by the caller, which closes the archive
     return _Budget(raw, max_bytes)
 
 
@@ -203,8 +203,8 @@ class _StrictTarInfo(tarfile.TarInfo):
 
 
 # tarfile's header errors below HeaderError (typeshed does not list them).
-_END_OF_ARCHIVE: type[Exception] = getattr(tarfile, "EOFHeaderError")  # noqa: B009
-_CUT_SHORT: tuple[type[Exception], ...] = (getattr(tarfile, "EmptyHeaderError"), getattr(tarfile, "TruncatedHeaderError"))  # noqa: B009
+_END_OF_ARCHIVE: type[Exception] = getattr(tarfile, "EOFHeaderError")  # noqa: B009 - private in tarfile, untyped in typeshed
+_CUT_SHORT: tuple[type[Exception], ...] = (getattr(tarfile, "EmptyHeaderError"), getattr(tarfile, "TruncatedHeaderError"))  # noqa: B009 - private in tarfile, untyped in typeshed
 
 
 def process_umask() -> int:
@@ -281,7 +281,7 @@ class _Extractor:
 
     def run(self, stream: _Budget) -> ExtractReport:
         try:
-            with tarfile.open(fileobj=typing.cast(typing.BinaryIO, stream), mode="r|", tarinfo=_StrictTarInfo) as tar:
+            with tarfile.open(fileobj=typing.cast(typing.IO[bytes], stream), mode="r|", tarinfo=_StrictTarInfo) as tar:
                 count = 0
                 while (member := tar.next()) is not None:
                     tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise

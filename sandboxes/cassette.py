@@ -131,7 +131,7 @@ def _plain_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
 
 
 # -- the YAML form ------------------------------------------------------------------
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's when present: ~10x faster
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's when present (~10x faster): chosen at run time
     """Block scalars for multi-line text, so recorded output reads as it printed."""
 
 
@@ -396,7 +396,7 @@ class CassetteProvider(SandboxProvider):
             raise ValueError("a provider is needed unless the cassette only replays")
         self.inner = inner
         self.cassette = cassette
-        self.name = name or (inner.name if inner is not None else (cassette.provider if cassette else None)) or "replay"  # type: ignore[misc]
+        self.name = name or (inner.name if inner is not None else (cassette.provider if cassette else None)) or "replay"  # type: ignore[misc]  # a ClassVar on providers; a wrapper takes its inner one's name
         self.stats = stats if stats is not None else CassetteStats()
         self._placeholders: dict[str, str] = {}  # live id -> placeholder
         self._live_ids: dict[str, str] = {}  # placeholder -> live id
@@ -408,7 +408,7 @@ class CassetteProvider(SandboxProvider):
         return f"<CassetteProvider {self.name} mode={self.cassette.mode if self.cassette else 'live'}>"
 
     @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
+    def capabilities(self) -> Capabilities:  # type: ignore[override]  # the inner provider's, or the recorded ones
         if self.inner is not None:
             return self.inner.capabilities
         names = set(self.cassette.capabilities or ()) if self.cassette else set()

@@ -292,7 +292,7 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
     if unknown:
         probes = [f"{tool}?{_PROBES[tool]}" if tool in _PROBES else tool for tool in unknown]
         result = await sandbox.execute(["/bin/sh", "-c", _CHECK_TOOLS, "sh", *probes], timeout=60)
-        found = {tool: None for tool in unknown}
+        found: dict[str, str | None] = dict.fromkeys(unknown)
         for line in result.stdout.splitlines():
             tool, broken, first_line = line.partition("!")
             if tool in found:

@@ -173,7 +173,7 @@ class WarmPool:
             return
         self._closing = True
         group, self._group = self._group, None
-        await group.__aexit__(*(_exiting or (None, None, None)))  # type: ignore[arg-type]
+        await group.__aexit__(*(_exiting or (None, None, None)))  # type: ignore[arg-type]  # (None, None, None) is what __aexit__ gets on a clean exit
         with anyio.CancelScope(shield=True):
             for slot in self._slots.values():
                 while True:

@@ -55,7 +55,7 @@ class ResilientProvider(SandboxProvider):
         sdk_resends_creation: bool = False,
     ) -> None:
         self.inner = inner
-        self.name = inner.name  # type: ignore[misc]
+        self.name = inner.name  # type: ignore[misc]  # a ClassVar on providers; a wrapper takes its inner one's name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
         self.sdk_resends_creation = sdk_resends_creation
@@ -64,7 +64,7 @@ class ResilientProvider(SandboxProvider):
         return f"<ResilientProvider {self.inner!r} circuit={self.breaker.state}>"
 
     @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
+    def capabilities(self) -> Capabilities:  # type: ignore[override]  # the inner provider's
         return self.inner.capabilities
 
     # -- plumbing ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import os
 from collections.abc import Generator, Mapping, Sequence
@@ -176,9 +177,9 @@ class Sandbox:
             self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
         )
 
-    async def execute_many(self, commands: Sequence[Command], *, stop_on_error: bool = False, **options: Any) -> list[ExecutionResult]:
+    async def execute_many(self, commands: Sequence[Command], *, stop_on_error: bool = False, **options: Any) -> builtins.list[ExecutionResult]:
         """Run commands one after another in this sandbox."""
-        results = []
+        results: builtins.list[ExecutionResult] = []
         for command in commands:
             result = await self.execute(command, **options)
             results.append(result)

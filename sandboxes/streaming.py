@@ -53,11 +53,11 @@ class ChunkDecoder:
 
     def decode(self, stream: str, data: bytes) -> OutputChunk | None:
         text = self._decoders[stream].decode(data)
-        return OutputChunk(stream, text) if text else None  # type: ignore[arg-type]
+        return OutputChunk(stream, text) if text else None  # type: ignore[arg-type]  # stream is "stdout" or "stderr": the decoders' keys
 
     def flush(self) -> list[OutputChunk]:
         left = ((name, decoder.decode(b"", final=True)) for name, decoder in self._decoders.items())
-        return [OutputChunk(name, text) for name, text in left if text]  # type: ignore[arg-type]
+        return [OutputChunk(name, text) for name, text in left if text]  # type: ignore[arg-type]  # names are the decoders' keys
 
 
 class CommandStream(AsyncIterator[OutputChunk]):

@@ -8,11 +8,12 @@ without an event loop of their own.
 from __future__ import annotations
 
 import atexit
+import builtins
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -124,7 +125,7 @@ class Sandbox:
     def execute(self, command: Command, **options: Any) -> ExecutionResult:
         return portal().call(lambda: self._inner.execute(command, **options))
 
-    def execute_many(self, commands: Sequence[Command], **options: Any) -> list[ExecutionResult]:
+    def execute_many(self, commands: Sequence[Command], **options: Any) -> builtins.list[ExecutionResult]:
         return portal().call(lambda: self._inner.execute_many(commands, **options))
 
     def stream(self, command: Command, **options: Any) -> BlockingStream:
@@ -212,7 +213,7 @@ class BlockingStream(Iterator[OutputChunk]):
         return self._stream.result
 
 
-def _pull(stream: CommandStream) -> Iterator[OutputChunk]:
+def _pull(stream: CommandStream) -> Generator[OutputChunk, None, None]:
     """The chunks, one portal call each.
 
     A generator that holds the stream but not its BlockingStream (no cycle):

@@ -87,8 +87,8 @@ def binary_stream(name: str) -> BinaryIO:
 
     Not ``click.get_binary_stream``, which click 8.5 deprecates.
     """
-    stream = getattr(sys, name)
-    return stream.buffer if hasattr(stream, "buffer") else stream
+    stream: BinaryIO = getattr(sys, name)
+    return getattr(stream, "buffer", stream)
 
 
 def piped_stdin() -> bytes | None:

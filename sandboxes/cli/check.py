@@ -28,8 +28,11 @@ def provider_status(name: str) -> tuple[bool, str]:
         return False, str(error)
     if name == "local":
         try:
+            from ..providers.local import LocalProvider
+
             local = cls()
-            parts = (local.describe_isolation(), local.describe_limits(), local.describe_network())  # type: ignore[attr-defined]
+            assert isinstance(local, LocalProvider)
+            parts = (local.describe_isolation(), local.describe_limits(), local.describe_network())
             return True, "isolation: " + "; ".join(parts)
         except ProviderUnavailable as error:
             return False, str(error)

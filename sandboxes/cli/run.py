@@ -101,9 +101,8 @@ def run(
     args = list(command) if language is not None else []
     with reported(ERROR_EXIT):
         all_labels = {**host_labels(), **label_map}
-        options = {"labels": all_labels, "image": image, "network": True if network else None}
         found = sync.Sandbox.find(label_map, provider) if reuse else None
-        sandbox = found or sync.Sandbox.create(provider, **options)
+        sandbox = found or sync.Sandbox.create(provider, labels=all_labels, image=image, network=True if network else None)
     if deps:
         echo_err(_deps_note(sandbox))
     keep = keep or reuse

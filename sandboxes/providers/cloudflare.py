@@ -424,7 +424,7 @@ class CloudflareProvider(SandboxProvider):
 
 async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """Parse a text/event-stream body into (event, data) pairs."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     async for line in response.aiter_lines():
         if not line:
             if data:

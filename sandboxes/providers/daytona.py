@@ -253,7 +253,11 @@ class DaytonaProvider(SandboxProvider):
         }
         if config.image:
             wanted = {k: v for k, v in resources.items() if v is not None}
-            return sdk.CreateSandboxFromImageParams(image=config.image, resources=sdk.Resources(**wanted) if wanted else None, **common)
+            return sdk.CreateSandboxFromImageParams(
+                image=config.image,
+                resources=sdk.Resources(**wanted) if wanted else None,  # type: ignore[arg-type]  # the SDK types gpu as an enum; we pass its count
+                **common,
+            )
         if any(v is not None for v in resources.values()):
             raise UnsupportedOperation(
                 self.name,
@@ -343,7 +347,7 @@ class DaytonaProvider(SandboxProvider):
 
         async def close_client() -> None:
             if self._client is not None:
-                await self._client.close()
+                await self._client.close()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
                 self._client = None
 
         self._handles.clear()

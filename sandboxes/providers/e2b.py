@@ -167,7 +167,8 @@ class E2BProvider(SandboxProvider):
         """One control-plane request; transport failures become ProviderError."""
         client = get_api_client(ConnectionConfig(**self._params()))
         try:
-            return await call(*args, client=client, **kwargs)
+            response: Response[Any] = await call(*args, client=client, **kwargs)
+            return response
         except (httpx.HTTPError, OSError) as error:
             raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
         except Exception as error:
@@ -607,8 +608,8 @@ def _message(content: bytes | str) -> str:
         body = json.loads(text)
     except ValueError:
         return text.strip()[:500]
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    if isinstance(body, dict) and isinstance(message := body.get("message"), str):
+        return message
     return text.strip()[:500]
 
 

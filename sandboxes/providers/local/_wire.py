@@ -9,8 +9,15 @@ interpreter and the host is trusted. Replies (agent -> host) are JSON, since
 the host must not unmarshal what a sandbox could forge.
 """
 
+from __future__ import annotations
+
 import marshal
 from _json import encode_basestring_ascii as _quote
+
+TYPE_CHECKING = False  # not `typing`: it costs milliseconds, and this module's import time is the agent's
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 HEADER = b"H"  # client -> agent: JSON request
 STDIN = b"I"  # client -> agent: bytes for the command's stdin / a file's contents
@@ -33,11 +40,12 @@ def request_frame(request: dict[str, object]) -> bytes:
     return frame(HEADER, marshal.dumps(request))
 
 
-def decode_request(payload: bytes) -> dict[str, object]:
-    return marshal.loads(payload)
+def decode_request(payload: bytes) -> dict[str, Any]:
+    request: dict[str, Any] = marshal.loads(payload)
+    return request
 
 
-def reply_frame(kind: bytes, reply: dict[str, str | int | float | bool | None]) -> bytes:
+def reply_frame(kind: bytes, reply: Mapping[str, str | int | float | bool | None]) -> bytes:
     """A JSON reply of flat scalars, without importing json (which costs ~10 ms)."""
     return frame(kind, ("{" + ",".join(f"{_quote(k)}:{_scalar(v)}" for k, v in reply.items()) + "}").encode())
 

@@ -12,8 +12,9 @@ system's Python (else the host's), inside the sandbox, from bytecode the
 host compiled once (see ``layout.agent_bundle``).
 """
 
-import _signal as signal  # not `signal` or `socket`: both import enum, ~6 ms
-import _socket as socket
+from __future__ import annotations
+
+import _socket as socket  # not `socket` nor `signal`: both import enum, ~6 ms
 import _thread  # not `threading` (nor `selectors`): start-up time is creation time
 import marshal
 import os
@@ -22,7 +23,16 @@ import select
 import sys
 import time
 
-import _wire as wire
+TYPE_CHECKING = False  # not `typing`: it costs milliseconds, and import time is creation time
+if TYPE_CHECKING:  # the type checker reads the modules the agent's own imports below stand for
+    import signal
+    from typing import Any
+
+    from . import _wire as wire
+else:
+    import _signal as signal
+
+    import _wire as wire  # the agent runs with its own directory as sys.path[0]
 
 CHUNK = 65536
 DRAIN_QUIET_SECONDS = 0.02
@@ -30,48 +40,48 @@ OUTBOX_LIMIT = 4 * 1024 * 1024
 TIMED_OUT_EXIT_CODE = 124
 
 
-_LIBC: list[object] = []
-_FUNCTIONS: dict[str, object] = {}
+_LIBC: list[Any] = []
+_FUNCTIONS: dict[str, Any] = {}
 
 
-def _libc_function(name: str) -> "object":
+def _libc_function(name: str) -> Any:
     """``_make_libc_function(name)``, made once."""
     if name not in _FUNCTIONS:
         _FUNCTIONS[name] = _make_libc_function(name)
     return _FUNCTIONS[name]
 
 
-def _make_libc_function(name: str) -> "object":
+def _make_libc_function(name: str) -> Any:
     """A libc function returning a C long, through ``_ctypes`` alone (``ctypes`` costs some
     3 ms to import). Its arguments are Python ints (passed as C ``long``) or bytes."""
     import _ctypes
 
     if not _LIBC:
 
-        class Long(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
+        class Long(_ctypes._SimpleCData):  # type: ignore[type-arg]  # generic only in typeshed, not at run time
             _type_ = "l"
 
-        class Function(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
+        class Function(_ctypes.CFuncPtr):
             _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
             _restype_ = Long
 
         class Libc:
-            _handle = _ctypes.dlopen(None)
+            _handle = _ctypes.dlopen(None)  # type: ignore[arg-type]  # dlopen(NULL): the program itself, libc with it
 
         _LIBC.extend((Long, Function, Libc()))
     long, function, libc = _LIBC
-    call = function((name, libc))  # type: ignore[operator]
-    return lambda *args: call(*(long(a) if isinstance(a, int) else a for a in args))  # type: ignore[operator]
+    call = function((name, libc))
+    return lambda *args: call(*(long(a) if isinstance(a, int) else a for a in args))
 
 
 def _errno() -> int:
     import _ctypes
 
-    return _ctypes.get_errno()  # type: ignore[no-any-return,attr-defined]
+    return _ctypes.get_errno()
 
 
 def _prctl(option: int, value: int) -> int:
-    return _libc_function("prctl")(option, value, 0, 0, 0)  # type: ignore[operator,no-any-return]
+    return int(_libc_function("prctl")(option, value, 0, 0, 0))
 
 
 def _undumpable() -> None:
@@ -125,7 +135,7 @@ def main() -> None:
             break
         server.settimeout(min(remaining, 1.0 if agent.adopts else 60.0))
         try:
-            fd, _ = server._accept()
+            fd, _ = server._accept()  # type: ignore[attr-defined]  # the bare accept: we wrap the fd ourselves
         except TimeoutError:
             if agent.adopts:
                 agent.reap_adopted()
@@ -142,7 +152,7 @@ def main() -> None:
 
 
 class Agent:
-    def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool, cgroups: "Cgroups | None" = None) -> None:
+    def __init__(self, env: dict[str, str], cwd: str, own_uid: bool, track_commands: bool, cgroups: Cgroups | None = None) -> None:
         self.env = env
         SAFE_CWD[0] = cwd
         self.cgroups = cgroups
@@ -207,7 +217,7 @@ class Agent:
     def _path(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
 
-    def write(self, conn: socket.socket, reader: "_Reader", path: str, mode: int | None = None) -> None:
+    def write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None = None) -> None:
         target = self._path(path)
         parent = _open_dir(os.path.dirname(target))
         try:
@@ -266,7 +276,7 @@ class Agent:
         out = _FrameWriter(conn, limit)
         pending = [(root, "")]  # directory fds, entered by name only: a swapped-in link is never followed
         try:
-            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # a write-only object of our own, not an IO
                 while pending:
                     directory, relative = pending.pop()
                     try:
@@ -306,7 +316,7 @@ class Agent:
     def execute(
         self,
         conn: socket.socket,
-        reader: "_Reader",
+        reader: _Reader,
         argv: list[str],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -370,7 +380,7 @@ class Agent:
                 pass
 
     @staticmethod
-    def _drain_stdin(reader: "_Reader", stdin: bool) -> None:
+    def _drain_stdin(reader: _Reader, stdin: bool) -> None:
         while stdin:
             kind, _ = reader.next()
             if kind == wire.EOF:
@@ -396,11 +406,11 @@ def _open(path: str, flags: int, mode: int = 0, dir_fd: int | None = None) -> in
     (which, resolved by the agent, would lead to its descriptors on the host's
     cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP."""
     how = b"".join(v.to_bytes(8, sys.byteorder) for v in (flags | os.O_CLOEXEC, mode, RESOLVE_NO_MAGICLINKS))
-    fd = _libc_function("syscall")(SYS_OPENAT2, -100 if dir_fd is None else dir_fd, os.fsencode(path), how, len(how))  # type: ignore[operator]
+    fd = int(_libc_function("syscall")(SYS_OPENAT2, -100 if dir_fd is None else dir_fd, os.fsencode(path), how, len(how)))
     if fd < 0:
         error = _errno()
         raise OSError(error, os.strerror(error), path)
-    return fd  # type: ignore[no-any-return]
+    return fd
 
 
 def _checked(fd: int, path: str) -> int:
@@ -491,10 +501,10 @@ class Child:
         cwd: str,
         want_stdin: bool,
         script_fd: int | None,
-        cgroups: "Cgroups | None" = None,
+        cgroups: Cgroups | None = None,
         group: str | None = None,
         running: dict[int, bytes] | None = None,
-    ) -> "Child":
+    ) -> Child:
         executable = _which(argv[0], env.get("PATH", ""), cwd)
         ours: list[int] = []  # the parent's ends, closed if the spawn fails
         theirs: list[int] = []  # the child's ends, closed once it has them
@@ -503,7 +513,7 @@ class Child:
                 stdin_r, stdin_w = os.pipe()
                 ours.append(stdin_w)
                 theirs.append(stdin_r)
-                actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0)]
+                actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, stdin_r, 0)]
             else:
                 actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
             out_r, out_w = os.pipe()
@@ -533,17 +543,17 @@ class Child:
                         os.fchdir(directory)
                     finally:
                         os.close(directory)
-                moved = cgroups is not None and group is not None and not cgroups.v2
+                mover = cgroups if cgroups is not None and group is not None and not cgroups.v2 else None
                 try:
-                    if moved:
-                        cgroups.enter_command(group)  # type: ignore[union-attr]  # v1: this thread, so its child
+                    if mover is not None and group is not None:
+                        mover.enter_command(group)  # v1: this thread, so the child it spawns
                     pid = os.posix_spawn(
                         executable, argv, env, file_actions=actions, setsid=True,
                         setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                     )  # fmt: skip
                 finally:
-                    if moved:
-                        cgroups.leave_command()  # type: ignore[union-attr]
+                    if mover is not None:
+                        mover.leave_command()
                     os.chdir("/")
                 if running is not None:
                     running[pid] = _start_time(pid)
@@ -583,14 +593,14 @@ class Cgroups:
     that the command started, however it detached itself.
     """
 
-    def __init__(self, spec: dict[str, object]) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
         self.v2 = spec["version"] == 2
-        self.agent_fds: list[int] = spec["agent"]  # type: ignore[assignment]
-        self.work_fds: list[int] = spec["work"]  # type: ignore[assignment]
+        self.agent_fds: list[int] = spec["agent"]
+        self.work_fds: list[int] = spec["work"]
         for fd in self.agent_fds + self.work_fds:
             FOREIGN_DEVICES.add(os.fstat(fd).st_dev)
             FOREIGN_FDS.append(fd)
-        self.memory_fd: int = spec["memory"]  # type: ignore[assignment]
+        self.memory_fd: int = spec["memory"]
         self.count = 0
         self.finished: list[str] = []
         self.lock = _thread.allocate_lock()
@@ -710,7 +720,7 @@ def _which(name: str, path: str, cwd: str) -> str:
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def _pump(child, conn, reader, want_stdin, timeout, started):
+def _pump(child: Child, conn: socket.socket, reader: _Reader, want_stdin: bool, timeout: float | None, started: float) -> tuple[bool, bool]:
     """Move bytes between the command and the socket until the command ends.
 
     Returns (timed_out, client_vanished). Never blocks on one side while the
@@ -738,7 +748,7 @@ def _pump(child, conn, reader, want_stdin, timeout, started):
     outbox = bytearray()
     paused = False
 
-    def take(frames) -> None:
+    def take(frames: list[tuple[bytes, bytes]]) -> None:
         nonlocal stdin_eof, stdin_polled
         for kind, payload in frames:
             if kind == wire.STDIN:

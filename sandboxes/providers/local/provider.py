@@ -201,7 +201,7 @@ class LocalProvider(SandboxProvider):
         seccomp_fd = -1
         if self.isolation == "bwrap":
             seccomp_fd = os.open(seccomp_filter(cache_root(), deny_userns=True), os.O_RDONLY)
-        settings = {
+        settings: dict[str, Any] = {
             "uid": uid,
             "gid": uid,
             "deadline": time.time() + lifetime,
@@ -220,7 +220,7 @@ class LocalProvider(SandboxProvider):
         if cgroup is None:
             # No cgroup: per process only. RLIMIT_AS bounds shared mappings too,
             # but V8 (tsx) reserves over 32 GiB of address space, hence the headroom.
-            settings["limits"].update(RLIMIT_DATA=memory_mb * MIB, RLIMIT_AS=memory_mb * MIB + AS_HEADROOM)  # type: ignore[attr-defined]
+            settings["limits"].update(RLIMIT_DATA=memory_mb * MIB, RLIMIT_AS=memory_mb * MIB + AS_HEADROOM)
         cgroup_fds = cgroup.open_fds() if cgroup is not None else {}
         if cgroup is not None:
             settings["cgroup"] = {
