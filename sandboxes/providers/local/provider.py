@@ -471,6 +471,11 @@ class LocalProvider(SandboxProvider):
     async def destroy_sandbox(self, sandbox_id: str) -> bool:
         return await anyio.to_thread.run_sync(self._destroy, sandbox_id)
 
+    def _kill_sandbox(self, sandbox_id: str) -> None:
+        state = self._load(sandbox_id)
+        if state is not None:
+            _kill(state.pid)
+
     def _destroy(self, sandbox_id: str) -> bool:
         state = self._load(sandbox_id)
         if state is None:
@@ -560,7 +565,9 @@ class LocalProvider(SandboxProvider):
                     # The agent is stopped or starved: by the sandbox's own
                     # content, since nothing else reaches it. It can no longer
                     # be trusted to end the command, so the sandbox ends.
-                    await anyio.to_thread.run_sync(self._destroy, sandbox_id)
+                    # Killed at once (its init, and so every process in it); its
+                    # state is swept by the next call that finds it dead.
+                    self._kill_sandbox(sandbox_id)
                     note = f"sandbox: the agent of sandbox {sandbox_id} stopped answering (stopped or starved by its workload); the sandbox was destroyed\n"
                     yield wire.STDERR, note.encode()
                     yield wire.EXIT, json.dumps({"exit_code": TIMED_OUT_EXIT_CODE, "timed_out": True, "duration_ms": (timeout + AGENT_GRACE) * 1000}).encode()
