@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-HEADER = b"H"  # client -> agent: JSON request
+HEADER = b"H"  # client -> agent: the (last part of the) marshalled request
+HEADER_PART = b"h"  # client -> agent: a part of a request too large for one frame
 STDIN = b"I"  # client -> agent: bytes for the command's stdin / a file's contents
 EOF = b"E"  # client -> agent: end of STDIN data
 STDOUT = b"O"  # agent -> client
@@ -37,7 +38,11 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def request_frame(request: dict[str, object]) -> bytes:
-    return frame(HEADER, marshal.dumps(request))
+    """The request in frames: HEADER_PART for all but its last MAX_FRAME bytes, then HEADER,
+    so a command or an environment of any size fits."""
+    body = marshal.dumps(request)
+    last = (len(body) - 1) // MAX_FRAME * MAX_FRAME if body else 0
+    return b"".join(chunked(HEADER_PART, body[:last])) + frame(HEADER, body[last:])
 
 
 def decode_request(payload: bytes) -> dict[str, Any]:

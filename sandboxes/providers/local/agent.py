@@ -188,8 +188,12 @@ class Agent:
     def serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn)
         try:
-            _kind, payload = reader.next()
-            request = wire.decode_request(payload)
+            parts = []
+            kind, payload = reader.next()
+            while kind == wire.HEADER_PART:
+                parts.append(payload)
+                kind, payload = reader.next()
+            request = wire.decode_request(b"".join(parts) + payload)
             op = request.pop("op")
             if op == "exec":
                 self.execute(conn, reader, **request)
