@@ -126,6 +126,14 @@ def main() -> None:
     if cgroups is None and _prctl(36, 1) == 0:  # PR_SET_CHILD_SUBREAPER: a command's orphans become ours
         agent.adopts = True
     ready_fd = settings["ready_fd"]
+    if settings.get("workdir"):
+        try:  # the default cwd of every command, made as the sandbox's own user
+            os.close(_open_dir(settings["workdir"]))
+        except OSError as error:
+            os.write(ready_fd, f"workdir:{error.strerror}\n".encode())
+            os._exit(1)
+        agent.cwd = settings["workdir"]
+        SAFE_CWD[0] = agent.cwd
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     deadline = settings["deadline"]

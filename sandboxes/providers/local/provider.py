@@ -157,6 +157,9 @@ class LocalProvider(SandboxProvider):
         return info
 
     def _start(self, config: SandboxConfig) -> SandboxState:
+        workdir = config.working_dir
+        if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir):
+            raise ValueError(f"working_dir must be an absolute path inside the sandbox (such as /workspace/app), not {workdir!r}")
         image = config.image
         if image is not None and not os.path.isdir(image):
             raise ValueError(
@@ -195,7 +198,7 @@ class LocalProvider(SandboxProvider):
         inside_gid = uid if uid is not None else os.getgid()
         env = {**sandbox_env(toolchains), **config.env}
         if config.working_dir:
-            env["PWD"] = config.working_dir
+            env["PWD"] = os.path.normpath(config.working_dir)
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         seccomp_fd = -1
@@ -207,6 +210,7 @@ class LocalProvider(SandboxProvider):
             "deadline": time.time() + lifetime,
             "env": env,
             "cwd": WORKSPACE,
+            "workdir": os.path.normpath(config.working_dir) if config.working_dir else None,
             "ready_fd": ready_w,
             "isolation": self.isolation,
             "limits": {
@@ -303,6 +307,11 @@ class LocalProvider(SandboxProvider):
             except BrokenPipeError:
                 pass
             ready = _read_with_timeout(ready_r, READY_TIMEOUT)
+            if ready.startswith(b"workdir:"):
+                raise ValueError(
+                    f"working_dir {config.working_dir!r} cannot be made in the sandbox ({ready[8:].decode(errors='replace').strip()}); "
+                    "it must lie in a writable place: /workspace, /tmp or /dev/shm"
+                )
             if ready != b"ready\n":
                 process.kill()
                 process.wait()
