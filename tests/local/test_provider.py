@@ -36,6 +36,6 @@ async def test_a_working_dir_that_is_not_absolute_is_refused_before_anything_sta
 
 async def test_a_working_dir_where_nothing_may_be_written_is_the_callers_error(tmp_path: Path) -> None:
     provider = LocalProvider(state_dir=tmp_path)
-    with pytest.raises(ValueError, match="cannot be made in the sandbox.*writable place"):
+    with pytest.raises(ValueError, match=r"cannot be made in the sandbox.*writable place"):
         await provider.create_sandbox(SandboxConfig(working_dir="/srv/app"))
     assert list(tmp_path.glob("sb-*")) == []
