@@ -18,13 +18,15 @@ Examples:
   echo 5 | sandboxes run --file square.py       # piped input is the program's stdin
   cat main.rs | sandboxes run --lang rust       # source on stdin
   sandboxes run "python3 -c 'print(42)'"        # a shell command
+  sandboxes run ls -la /                        # several words: joined with spaces, run by the shell (as ssh does)
+  sandboxes run -e NAME=value -t 30 'echo $NAME' # options come before the command
   sandboxes run --file main.py --deps           # install requirements.txt first (with network; the program runs without)
   sandboxes run --file app.py -l project=demo --reuse
   sandboxes run --file app.py -e DEBUG=1 -t 60 --keep
 """
 
 
-@click.command(epilog=EXAMPLES)
+@click.command(epilog=EXAMPLES, context_settings={"allow_interspersed_args": False})
 @click.argument("command", nargs=-1)
 @click.option("-f", "--file", "file", type=click.Path(dir_okay=False, path_type=Path), help="Source file to run; its extension gives the language.")
 @click.option("--lang", "--language", "lang", help=f"Language of --file or of source read from stdin: {', '.join(languages.known_languages())}.")
@@ -58,8 +60,10 @@ def run(
 ) -> None:
     """Run a command, a source file (--file) or source from stdin (--lang) in a sandbox.
 
-    With --file or --lang, COMMAND is the program's arguments. Output streams
-    live and the exit code is the program's.
+    Options come first: everything from the command's first word on belongs
+    to it, as with docker run and ssh. Several words are joined with spaces and
+    run by the shell, as ssh does. With --file or --lang, COMMAND is the
+    program's arguments. Output streams live and the exit code is the program's.
     """
     env_vars = parse_pairs(env, "-e")
     label_map = parse_pairs(labels, "-l")
@@ -113,7 +117,7 @@ def run(
                 assert code is not None
                 code_status = _run_code(sandbox, code, language, files, args, env_vars, stdin, timeout, deps)
             else:
-                argv = list(command) if len(command) > 1 else ["/bin/sh", "-c", command[0]]
+                argv = ["/bin/sh", "-c", " ".join(command)]
                 code_status = stream_command(sandbox, argv, env=env_vars, stdin=stdin, timeout=timeout)
     finally:
         if keep:

@@ -19,9 +19,17 @@ def test_command_exit_code_and_separate_streams(cli: CLI) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
 
 
-def test_several_arguments_run_without_a_shell(cli: CLI) -> None:
-    result = cli("run", "--", "printf", "%s|", "$HOME", "a b")
-    assert (result.returncode, result.stdout) == (0, b"$HOME|a b|")
+def test_several_words_are_joined_and_run_by_the_shell_as_ssh_does(cli: CLI) -> None:
+    result = cli("run", "printf", "'%s|'", "'$HOME'", '"a b"', "$HOME")
+    assert (result.returncode, result.stdout) == (0, b"$HOME|a b|/workspace|")
+    assert cli("run", "exit", "3").returncode == 3
+
+
+def test_options_come_before_the_command_and_the_rest_is_the_commands(cli: CLI) -> None:
+    result = cli("run", "-e", "WHO=x", "ls", "-la", "/")  # -l is not --label once the command has begun
+    assert result.returncode == 0 and b"workspace" in result.stdout, result.stderr
+    labelled = cli("run", "echo", "-l", "k=v", "-t", "5")
+    assert (labelled.returncode, labelled.stdout) == (0, b"-l k=v -t 5\n")
 
 
 def test_piped_stdin_reaches_the_command(cli: CLI) -> None:
