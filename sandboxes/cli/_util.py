@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -143,7 +144,17 @@ def exit_status(exit_code: int, timed_out: bool, timeout: float | None) -> int:
     if exit_code < 0:  # a provider's "killed, no status" (a signal, the sandbox ended)
         echo_err(f"Error: the command was killed (exit status {exit_code})")
         return ERROR_EXIT
+    if exit_code > 128 and (name := _signal_name(exit_code - 128)):
+        # Nothing else would say it: a crash prints nothing of its own.
+        echo_err(f"note: exit status {exit_code} is 128 + {name}: the program was killed by {name}")
     return exit_code
+
+
+def _signal_name(number: int) -> str | None:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None
 
 
 def echo_err(message: str) -> None:

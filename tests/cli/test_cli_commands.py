@@ -201,3 +201,10 @@ def test_exit_status_comes_with_the_stream_no_status_files(cli: CLI) -> None:
         assert b"status" not in left.stdout, left.stdout  # no wrapper, no status file left behind
     finally:
         cli("destroy", sandbox_id)
+
+
+def test_a_crash_says_which_signal_ended_it(cli: CLI) -> None:
+    result = cli("run", "python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)'")
+    assert result.returncode == 139
+    assert b"killed by SIGSEGV" in result.stderr
+    assert b"killed by" not in cli("run", "exit 3").stderr
