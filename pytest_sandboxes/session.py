@@ -21,7 +21,7 @@ WORKER_LABEL = "sandboxes_worker"
 
 CREDENTIALS_HINT = {
     "e2b": "E2B_API_KEY is not set",
-    "modal": "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET or run `modal token set`",
+    "modal": "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
     "daytona": "DAYTONA_API_KEY is not set",
     "cloudflare": "CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN must both be set",
 }

@@ -14,7 +14,7 @@ from ._util import check_provider, fail, host_labels, provider_option
 
 _CREDENTIALS = {
     "e2b": "set E2B_API_KEY",
-    "modal": "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (or run `modal token set`)",
+    "modal": "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
     "daytona": "set DAYTONA_API_KEY",
     "cloudflare": "set CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN",
 }

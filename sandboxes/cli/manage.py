@@ -171,7 +171,7 @@ Examples:
   sandboxes gc                        # this host's CLI/test sandboxes older than 1h
   sandboxes gc --older-than 0s        # all of them, whatever their age
   sandboxes gc -l run=ci-1234 --older-than 10m
-  sandboxes gc --all --dry-run        # what every sandbox on every provider would be
+  sandboxes gc --all --dry-run        # list every sandbox on every provider that --all would destroy
 """
 )
 @provider_option(default=None)
