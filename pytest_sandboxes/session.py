@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from sandboxes.provider import SandboxProvider
 from .options import Settings
 
 RUN_LABEL = "sandboxes_run"
+HOST_LABEL = "sandboxes_host"
 WORKER_LABEL = "sandboxes_worker"
 
 CREDENTIALS_HINT = {
@@ -66,7 +68,9 @@ class SessionState:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {RUN_LABEL: self.run_id, WORKER_LABEL: self.worker}
+        # The host, so `sandboxes gc` finds what a killed run left; under the
+        # reserved prefix, so cassettes recorded on one machine replay on another.
+        return {RUN_LABEL: self.run_id, WORKER_LABEL: self.worker, HOST_LABEL: socket.gethostname()}
 
     def reason(self, name: str) -> str | None:
         if name not in self._reasons:

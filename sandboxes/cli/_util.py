@@ -19,6 +19,7 @@ from ..manager import PROVIDERS
 DEFAULT_PROVIDER = "local"
 CREATED_BY = ("created-by", "sandboxes-cli")
 HOST_LABEL = "host"
+TEST_HOST_LABEL = "sandboxes_host"  # what the pytest plugin sets (reserved prefix: kept out of cassettes)
 TIMEOUT_EXIT = 124  # as timeout(1)
 ERROR_EXIT = 125  # as docker run: the sandbox, not the program, failed
 MISSING_TOOL_EXIT = 127

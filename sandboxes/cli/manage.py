@@ -18,6 +18,7 @@ from ._util import (
     DEFAULT_PROVIDER,
     ERROR_EXIT,
     HOST_LABEL,
+    TEST_HOST_LABEL,
     check_provider,
     echo_err,
     fail,
@@ -182,8 +183,9 @@ Examples:
 def gc(provider: str | None, labels: tuple[str, ...], older_than: str, everything: bool, dry_run: bool) -> None:
     """Destroy sandboxes this machine's runs left behind.
 
-    By default: sandboxes labelled host=<this host> (set by the CLI and the
-    pytest plugin) at least --older-than old; -l narrows, --all widens.
+    By default: sandboxes made on this host by the CLI or the pytest plugin
+    (labels host= or sandboxes_host=) at least --older-than old; -l narrows,
+    --all widens.
     """
     label_map = parse_pairs(labels, "-l")
     min_age = parse_age(older_than)
@@ -192,7 +194,8 @@ def gc(provider: str | None, labels: tuple[str, ...], older_than: str, everythin
     destroyed = 0
     with reported():
         for info in _list(_providers(provider), label_map, strict=provider is not None):
-            if not everything and info.labels.get(HOST_LABEL) != host and CREATED_BY[0] not in info.labels:
+            made_here = host in (info.labels.get(HOST_LABEL), info.labels.get(TEST_HOST_LABEL))
+            if not everything and not made_here and CREATED_BY[0] not in info.labels:
                 continue
             if not everything and info.labels.get(HOST_LABEL, host) != host:
                 continue

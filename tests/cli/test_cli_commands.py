@@ -208,3 +208,13 @@ def test_a_crash_says_which_signal_ended_it(cli: CLI) -> None:
     assert result.returncode == 139
     assert b"killed by SIGSEGV" in result.stderr
     assert b"killed by" not in cli("run", "exit 3").stderr
+
+
+def test_gc_finds_what_a_pytest_run_left_behind(cli: CLI, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_fails(sandbox):\n    sandbox.execute('true')\n    assert False\n")
+    pytester.runpytest_subprocess("--sandbox-keep", "-p", "no:cacheprovider").assert_outcomes(failed=1)
+    left = json.loads(cli("list", "--json").stdout)
+    assert len(left) == 1
+    swept = cli("gc", "--older-than", "0s")
+    assert swept.stdout == f"destroyed {left[0]['id']} (local)\n".encode(), swept.stderr
+    assert json.loads(cli("list", "--json").stdout) == []
