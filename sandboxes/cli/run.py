@@ -15,6 +15,7 @@ EXAMPLES = """
 Examples:
   sandboxes run --file main.go                  # language from the extension
   sandboxes run --file main.py -- arg1 arg2     # arguments for the program
+  sandboxes run --file main.py --with util.py --with data/   # files it imports or reads, beside it
   echo 5 | sandboxes run --file square.py       # piped input is the program's stdin
   cat main.rs | sandboxes run --lang rust       # source on stdin
   sandboxes run "python3 -c 'print(42)'"        # a shell command
@@ -29,6 +30,13 @@ Examples:
 @click.command(epilog=EXAMPLES, context_settings={"allow_interspersed_args": False})
 @click.argument("command", nargs=-1)
 @click.option("-f", "--file", "file", type=click.Path(dir_okay=False, path_type=Path), help="Source file to run; its extension gives the language.")
+@click.option(
+    "--with",
+    "siblings",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A file or directory to put beside --file's source (repeatable): modules it imports, data it reads.",
+)
 @click.option("--lang", "--language", "lang", help=f"Language of --file or of source read from stdin: {', '.join(languages.known_languages())}.")
 @provider_option()
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Environment variable for the program (repeatable).")
@@ -47,6 +55,7 @@ Examples:
 def run(
     command: tuple[str, ...],
     file: Path | None,
+    siblings: tuple[Path, ...],
     lang: str | None,
     provider: str,
     env: tuple[str, ...],
@@ -102,6 +111,10 @@ def run(
             stdin = piped_stdin()
         else:
             fail("nothing to run: give a COMMAND, --file PATH, or --lang LANG with source on stdin (see sandboxes run --help)", 2)
+        if siblings:
+            if language is None:
+                fail("--with puts files beside a program's source: give --file (or --lang)", 2)
+            files = {**files, **_sibling_files(siblings)}
     args = list(command) if language is not None else []
     with reported(ERROR_EXIT):
         all_labels = {**host_labels(), **label_map}
@@ -128,6 +141,20 @@ def run(
             except SandboxError as error:
                 echo_err(f"warning: could not destroy sandbox {sandbox.id}: {error}")
     click.get_current_context().exit(code_status)
+
+
+def _sibling_files(paths: tuple[Path, ...]) -> dict[str, bytes]:
+    """What --with names, by the relative name each gets beside the source: a file by
+    its name, a directory's regular files below the directory's name."""
+    files: dict[str, bytes] = {}
+    for path in paths:
+        if path.is_dir():
+            for member in sorted(path.rglob("*")):
+                if member.is_file() and not member.is_symlink():
+                    files[f"{path.name}/{member.relative_to(path).as_posix()}"] = member.read_bytes()
+        else:
+            files[path.name] = path.read_bytes()
+    return files
 
 
 def _run_code(

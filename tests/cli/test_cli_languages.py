@@ -95,3 +95,15 @@ def one_line(result) -> str:
     from .conftest import one_line_error
 
     return one_line_error(result)
+
+
+def test_with_puts_modules_and_data_beside_the_source(cli: CLI, tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("import helper\nprint(helper.greet(open('data/name.txt').read().strip()))\n")
+    (tmp_path / "helper.py").write_text("def greet(name):\n    return f'hello {name}'\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "name.txt").write_text("sibling\n")
+    alone = cli("run", "--file", str(tmp_path / "main.py"))
+    assert alone.returncode != 0 and b"helper" in alone.stderr  # not found: only what --with names goes along
+    result = cli("run", "--file", str(tmp_path / "main.py"), "--with", str(tmp_path / "helper.py"), "--with", str(tmp_path / "data"))
+    assert (result.returncode, result.stdout) == (0, b"hello sibling\n"), result.stderr
+    assert cli("run", "--with", str(tmp_path / "helper.py"), "true").returncode == 2
