@@ -39,3 +39,28 @@ async def test_a_working_dir_where_nothing_may_be_written_is_the_callers_error(t
     with pytest.raises(ValueError, match=r"cannot be made in the sandbox.*writable place"):
         await provider.create_sandbox(SandboxConfig(working_dir="/srv/app"))
     assert list(tmp_path.glob("sb-*")) == []
+
+
+SPIN = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\nprint(round(time.process_time(), 2))"
+
+
+async def test_cpus_is_enforced_by_the_cgroup_cpu_controller(tmp_path: Path) -> None:
+    provider = LocalProvider(state_dir=tmp_path)
+    info = await provider.create_sandbox(SandboxConfig(cpus=0.25))
+    try:
+        if not info.metadata.get("cpus_enforced"):
+            pytest.skip("no cgroup cpu controller here (the test of the warning covers that case)")
+        used = float((await provider.execute_command(info.id, ["python3", "-c", SPIN])).stdout)
+        assert used < 1.5 * 0.25 + 0.2, f"{used}s of CPU in 1.5 s at cpus=0.25"
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_cpus_that_cannot_be_enforced_is_said(tmp_path: Path) -> None:
+    provider = LocalProvider(state_dir=tmp_path, cgroup_parent="off")
+    with pytest.warns(RuntimeWarning, match=r"cpus=0.5 is not enforced"):
+        info = await provider.create_sandbox(SandboxConfig(cpus=0.5))
+    try:
+        assert info.metadata["cpus_enforced"] is False
+    finally:
+        await provider.destroy_sandbox(info.id)

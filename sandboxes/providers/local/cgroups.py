@@ -79,6 +79,8 @@ from dataclasses import dataclass, field
 PREFIX = "sandboxes-"
 ENV_PARENT = "SANDBOXES_CGROUP_PARENT"
 CONTROLLERS = ("memory", "pids")
+CPU = "cpu"  # optional: enforces a sandbox's cpus where the host has it
+CPU_PERIOD_US = 100_000
 UNIFIED = "unified"
 DISABLED = ("off", "none", "no", "false", "0")
 KILL_TIMEOUT = 5.0
@@ -214,7 +216,7 @@ class CgroupParent:
         origin = f" ({self.origin})" if self.origin else ""
         return f"cgroup v{self.version} ({controllers}) under {where}{origin}"
 
-    def create(self, name: str, *, memory_bytes: int, pids_max: int, owner_uid: int | None) -> SandboxCgroup:
+    def create(self, name: str, *, memory_bytes: int, pids_max: int, owner_uid: int | None, cpus: float | None = None) -> SandboxCgroup:
         """Make the cgroups of one sandbox: ``name`` holds the agent, ``name/work`` the limits.
 
         ``owner_uid``: the sandbox's own uid (root callers), given ``work/`` and
@@ -227,7 +229,7 @@ class CgroupParent:
         sandbox = self.sandbox(name)
         made: list[str] = []
         try:
-            sandbox._build(self.controllers, memory_bytes, pids_max, owner_uid, made)
+            sandbox._build(self.controllers, memory_bytes, pids_max, owner_uid, made, cpus)
         except BaseException:
             if made:  # only what this call made: never a namesake's
                 with contextlib.suppress(OSError):
@@ -332,7 +334,15 @@ def _discover_v1(mounts: list[_Mount], own: dict[str, str], value: str | None, o
             return None, f"{reason} ({origin})"
         dirs[key] = directory
         cgroups[key] = cgroup
-    return CgroupParent(1, dirs, cgroups=cgroups, origin=origin), None
+    controllers = set(CONTROLLERS)
+    cpu_cgroup = value if value is not None else own.get("cpu")
+    cpu_mount = _mount_of(mounts, "cgroup", "cpu", cpu_cgroup) if cpu_cgroup is not None else None
+    if cpu_cgroup is not None and cpu_mount is not None and not set(CONTROLLERS) & set(cpu_mount.options):
+        directory = cpu_mount.directory(cpu_cgroup)
+        if directory is not None and os.path.isdir(directory) and not _probe(directory):
+            dirs[CPU], cgroups[CPU] = directory, cpu_cgroup  # optional: where it can be had, cpus is enforced
+            controllers.add(CPU)
+    return CgroupParent(1, dirs, controllers=frozenset(controllers), cgroups=cgroups, origin=origin), None
 
 
 def _discover_v2(mounts: list[_Mount], own: dict[str, str], value: str | None, origin: str) -> tuple[CgroupParent | None, str | None]:
@@ -351,7 +361,8 @@ def _discover_v2(mounts: list[_Mount], own: dict[str, str], value: str | None, o
     if reason := _probe(directory):
         return None, f"{reason} ({origin})"
     enabled = _read(posixpath.join(directory, "cgroup.subtree_control")).split()
-    wanted = [c for c in CONTROLLERS if c not in enabled]
+    controllers = set(CONTROLLERS) | ({CPU} if CPU in available else set())
+    wanted = [c for c in sorted(controllers) if c not in enabled]
     if wanted:
         try:
             _write(posixpath.join(directory, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
@@ -369,7 +380,8 @@ def _discover_v2(mounts: list[_Mount], own: dict[str, str], value: str | None, o
                 f"cannot move processes from this process's cgroup {mine} into {cgroup} ({origin}): "
                 f"cgroup v2 needs write access to {place}/cgroup.procs; run this process inside the delegated cgroup"
             )
-    return CgroupParent(2, {UNIFIED: directory}, cgroups={UNIFIED: cgroup}, origin=origin, local_events="memory_localevents" in mount.options), None
+    local_events = "memory_localevents" in mount.options
+    return CgroupParent(2, {UNIFIED: directory}, controllers=frozenset(controllers), cgroups={UNIFIED: cgroup}, origin=origin, local_events=local_events), None
 
 
 def _common_ancestor(a: str, b: str) -> str:
@@ -434,9 +446,9 @@ class SandboxCgroup:
                 versions.add(2)
                 local_events = "memory_localevents" in mount.options
             else:
-                key = ",".join(c for c in CONTROLLERS if c in mount.options)
+                key = ",".join(c for c in CONTROLLERS if c in mount.options) or (CPU if CPU in mount.options else "")
                 if not key:
-                    raise ValueError(f"{path} is in neither the memory nor the pids hierarchy")
+                    raise ValueError(f"{path} is in none of the memory, pids and cpu hierarchies")
                 versions.add(1)
             tops[key] = path
         if len(versions) != 1:
@@ -477,11 +489,11 @@ class SandboxCgroup:
         return fds
 
     # -- making ------------------------------------------------------------------------------
-    def _build(self, controllers: frozenset[str], memory_bytes: int, pids_max: int, owner_uid: int | None, made: list[str]) -> None:
+    def _build(self, controllers: frozenset[str], memory_bytes: int, pids_max: int, owner_uid: int | None, made: list[str], cpus: float | None = None) -> None:
         for key, top in sorted(self.tops.items()):
-            here = set(key.split(",")) if self.version == 1 else set(CONTROLLERS)
+            here = set(key.split(",")) if self.version == 1 else set(controllers)
             here &= controllers
-            enable = " ".join("+" + c for c in CONTROLLERS if c in here) if self.version == 2 else ""
+            enable = " ".join("+" + c for c in (*CONTROLLERS, CPU) if c in here) if self.version == 2 else ""
             _mkdir(top)
             made.append(top)
             with contextlib.suppress(OSError):
@@ -496,6 +508,13 @@ class SandboxCgroup:
                 self._limit_memory(work, memory_bytes)
             if "pids" in here:
                 _write(posixpath.join(work, "pids.max"), str(pids_max))
+            if CPU in here and cpus is not None:
+                quota = max(1000, round(cpus * CPU_PERIOD_US))
+                if self.version == 2:
+                    _write(posixpath.join(work, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+                else:
+                    _write(posixpath.join(work, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                    _write(posixpath.join(work, "cpu.cfs_quota_us"), str(quota))
             if enable:
                 _write(posixpath.join(work, "cgroup.subtree_control"), enable)
             if owner_uid is not None:

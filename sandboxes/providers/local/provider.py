@@ -220,7 +220,15 @@ class LocalProvider(SandboxProvider):
                 "RLIMIT_CORE": 0,
             },
         }
-        cgroup = self._cgroup(sandbox_id, memory_mb, uid)
+        cgroup = self._cgroup(sandbox_id, memory_mb, uid, config.cpus)
+        cpus_enforced = config.cpus is not None and cgroup is not None and "cpu" in cgroup.tops
+        if config.cpus is not None and not cpus_enforced:
+            warnings.warn(
+                f"cpus={config.cpus:g} is not enforced by the local provider here: no cgroup cpu controller can be had "
+                "(as an ordinary user, delegate one with SANDBOXES_CGROUP_PARENT); the sandbox may use every CPU",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         if cgroup is None:
             # No cgroup: per process only. RLIMIT_AS bounds shared mappings too,
             # but V8 (tsx) reserves over 32 GiB of address space, hence the headroom.
@@ -344,7 +352,11 @@ class LocalProvider(SandboxProvider):
             network=network != "none",
             image=config.image,
             workspace=workspace,
-            extra={"network": network, **({"cgroup": cgroup.paths()} if cgroup is not None else {})},
+            extra={
+                "network": network,
+                **({"cgroup": cgroup.paths()} if cgroup is not None else {}),
+                **({"cpus": config.cpus, "cpus_enforced": cpus_enforced} if config.cpus is not None else {}),
+            },
         )
         state.save(directory)
         return state
@@ -373,14 +385,15 @@ class LocalProvider(SandboxProvider):
             return "network=True: own network namespace through slirp4netns (no host loopback); default none"
         return f"network=True: SHARES THE HOST'S NETWORK ({reason}); default none"
 
-    def _cgroup(self, sandbox_id: str, memory_mb: int, uid: int | None) -> SandboxCgroup | None:
-        """The sandbox's cgroup (memory and processes limited per sandbox), or None where none can be had."""
+    def _cgroup(self, sandbox_id: str, memory_mb: int, uid: int | None, cpus: float | None) -> SandboxCgroup | None:
+        """The sandbox's cgroup (memory and processes limited per sandbox, and cpus where the
+        cpu controller can be had), or None where none can be had."""
         if self.isolation != "bwrap":
             return None
         parent = find_cgroup_parent(self.cgroup_parent)
         if parent is None:
             return None
-        return parent.create(cgroup_name(sandbox_id), memory_bytes=memory_mb * MIB, pids_max=self.max_processes, owner_uid=uid)
+        return parent.create(cgroup_name(sandbox_id), memory_bytes=memory_mb * MIB, pids_max=self.max_processes, owner_uid=uid, cpus=cpus)
 
     def describe_limits(self) -> str:
         """One line for `sandboxes providers`: how memory and processes are limited here."""
@@ -414,6 +427,7 @@ class LocalProvider(SandboxProvider):
                 "network_mode": state.extra.get("network", "none"),
                 "workspace": state.workspace,
                 "limits": "per sandbox (cgroup)" if state.extra.get("cgroup") else "per process (rlimits: no cgroup could be had)",
+                **({"cpus": state.extra["cpus"], "cpus_enforced": state.extra.get("cpus_enforced")} if "cpus" in state.extra else {}),
             },
         )
 
@@ -434,7 +448,7 @@ class LocalProvider(SandboxProvider):
         if isinstance(paths, list):
             try:
                 SandboxCgroup.from_paths(paths).remove()
-            except OSError as error:
+            except (OSError, ValueError) as error:  # never let a cgroup stop the rest of the clean-up
                 log.warning("could not remove the cgroups of sandbox %s: %s", state.id, error)
         release_uid(state.uid)
         remove_state(directory)
