@@ -450,7 +450,8 @@ class ModalEmulator:
         if sandbox.network_blocked:
             args.append("--unshare-net")
         if argv and argv[0] == FS_TOOLS:
-            argv = [sys.executable, "-c", FS_TOOL_SOURCE, *argv[1:]]
+            # The interpreter itself, not a virtualenv's link to it: a venv under /tmp is hidden here.
+            argv = [os.path.realpath(sys.executable), "-c", FS_TOOL_SOURCE, *argv[1:]]
         return [*args, "--chdir", workdir, "--", *argv]
 
     async def start_exec(self, request: sr_pb2.TaskExecStartRequest) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,21 @@ async def test_cpus_that_cannot_be_enforced_is_said(tmp_path: Path) -> None:
         assert info.metadata["cpus_enforced"] is False
     finally:
         await provider.destroy_sandbox(info.id)
+
+
+async def test_a_toolchain_under_tmp_is_seen_inside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtualenv or tool under the host's /tmp is bound over the sandbox's own /tmp, not hidden by it."""
+    tool_dir = Path(tempfile.mkdtemp(prefix="sandboxes-tool-", dir="/tmp")) / "bin"
+    tool_dir.mkdir()
+    (tool_dir / "deno").write_text("#!/bin/sh\necho stub-deno-in-tmp\n")
+    (tool_dir / "deno").chmod(0o755)
+    tool_dir.parent.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool_dir}:{os.environ['PATH']}")
+    provider = LocalProvider(state_dir=tmp_path)
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        result = await provider.execute_command(info.id, "deno; touch /tmp/still-writable && echo writable")
+        assert result.stdout == "stub-deno-in-tmp\nwritable\n", result.describe()
+    finally:
+        await provider.destroy_sandbox(info.id)
+        shutil.rmtree(tool_dir.parent)

@@ -251,6 +251,10 @@ def _system_mounts(etc: Path) -> list[str]:
     return args
 
 
+def _under_tmp(directory: str) -> bool:
+    return directory == "/tmp" or directory.startswith("/tmp/")
+
+
 def _toolchain_tops(binds: tuple[str, ...]) -> list[str]:
     """The top directories (such as /root) that become a tmpfs holding the toolchains' binds."""
     return sorted({"/" + b.strip("/").split("/")[0] for b in binds} - {"/usr", "/opt", "/tmp"})
@@ -315,12 +319,14 @@ def bwrap_argv(
         argv += ["--overlay-src", image, "--tmp-overlay", "/"]
     else:
         argv += _system_mounts(etc)
-        argv += _toolchain_mounts(toolchains.binds)
+        argv += _toolchain_mounts(tuple(b for b in toolchains.binds if not _under_tmp(b)))
         argv += ["--ro-bind", str(state_dir / "passwd"), "/etc/passwd", "--ro-bind", str(state_dir / "group"), "/etc/group"]
         if network == "slirp4netns":
             argv += ["--ro-bind", str(state_dir / "resolv.conf"), "/etc/resolv.conf"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
     argv += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    for directory in [] if image else [b for b in toolchains.binds if _under_tmp(b)]:
+        argv += ["--ro-bind", directory, directory]  # after the sandbox's own /tmp, or it would hide them (a venv in /tmp)
     argv += ["--size", str(workspace_bytes), "--perms", "0755", "--tmpfs", WORKSPACE]
     argv += ["--ro-bind", str(agent), SANDBOX_AGENT_DIR]
     if image and not _is_system(python):
