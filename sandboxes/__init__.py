@@ -18,7 +18,7 @@ from .manager import Manager
 from .models import Capabilities, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
-from .sandbox import Sandbox, run, run_many
+from .sandbox import Sandbox, run, run_many, session
 
 __version__ = "0.1.0"
 
@@ -48,4 +48,5 @@ __all__ = [
     "UnsupportedOperation",
     "run",
     "run_many",
+    "session",
 ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import inspect
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -273,6 +274,24 @@ class _Creation:
         if self._sandbox is not None:
             with anyio.CancelScope(shield=True):
                 await self._sandbox.destroy()
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[Manager]:
+    """``async with sandboxes.session():`` closes every provider client it used on exit.
+
+    Cloud SDKs keep HTTP sessions open; without this, an asyncio program that
+    used one sees "Unclosed client session" at exit. The next call after the
+    block starts afresh.
+    """
+    manager = Sandbox._ensure_manager()
+    try:
+        yield manager
+    finally:
+        with anyio.CancelScope(shield=True):
+            await manager.aclose()
+        if Sandbox._manager is manager:
+            Sandbox._manager = None
 
 
 async def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:

@@ -278,3 +278,15 @@ def test_cassette_holds_no_secret() -> None:
     assert CASSETTE_KEY not in text
     assert "authorization" not in text.lower()
     assert "Bearer" not in text
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["session", "no-session"])
+async def test_a_session_closes_the_cloud_clients_at_its_end(emulator: DaytonaEmulator, closed: bool) -> None:
+    body = "    sandbox = await Sandbox.create('daytona')\n    print((await sandbox.execute('echo hi')).stdout, end='')\n    await sandbox.destroy()\n"
+    if closed:
+        body = "    async with sandboxes.session():\n" + "".join("    " + line + "\n" for line in body.splitlines())
+    code = "import asyncio, sandboxes\nfrom sandboxes import Sandbox\nasync def main():\n" + body + "asyncio.run(main())\n"
+    env = {**os.environ, **provider_env(emulator), "PYTHONPATH": str(ROOT)}
+    done = await anyio.run_process([sys.executable, "-c", code], env=env, check=False)
+    assert done.returncode == 0 and done.stdout == b"hi\n", done.stderr.decode()
+    assert (b"Unclosed" not in done.stderr) == closed, done.stderr.decode()
