@@ -3,8 +3,8 @@
 Clients such as aiohttp's bind their sessions and pooled connections to the
 loop they were first used on. A provider outlives loops (pytest runs each
 async test on a fresh one; the sync facade has its own), so such a client
-lives on a private loop thread, and callers on any loop, or on trio, await
-its results. The client is created, used and closed on that one loop.
+lives on a private loop thread, and callers on any asyncio loop, or on none
+(the blocking facade), await its results. asyncio is the supported loop. The client is created, used and closed on that one loop.
 """
 
 from __future__ import annotations
@@ -91,5 +91,5 @@ def _on_asyncio() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return False  # trio, or no loop at all
+        return False  # no asyncio loop running
     return True

@@ -19,7 +19,8 @@ and what it does not (see ``capabilities``):
   configuration fixes them): asking raises ``UnsupportedOperation``.
 
 Each operation uses its own short-lived ``httpx.AsyncClient`` (sharing one
-TLS context), so the provider works from any event loop, including trio.
+TLS context), so the provider works from any asyncio loop and from the
+blocking facade.
 """
 
 from __future__ import annotations

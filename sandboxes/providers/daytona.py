@@ -14,8 +14,8 @@ What Daytona gives and what it does not (see ``capabilities``):
 - Labels are Daytona labels, so ``find`` works from any process.
 
 The SDK's aiohttp client is bound to one event loop, so it lives on a
-private loop thread (``_loop_thread``) and this provider works from any loop,
-from trio, and from the blocking facade.
+private loop thread (``_loop_thread``) and this provider works from any
+asyncio loop and from the blocking facade.
 """
 
 from __future__ import annotations
