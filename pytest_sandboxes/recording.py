@@ -18,6 +18,7 @@ import pytest
 import sandboxes.sync as sync
 from sandboxes.cassette import Cassette, CassetteProvider, Interaction, Scrubber, looks_secret
 from sandboxes.errors import CassetteError
+from sandboxes.manager import current_manager
 from sandboxes.sandbox import Sandbox
 
 from .cassettes import PROVIDER_PARAM, cassette_path, rerecord_command
@@ -42,7 +43,7 @@ class TestProvider(CassetteProvider):
 
 def _extra_secrets() -> dict[str, str]:
     """Credentials handed to providers in code (Sandbox.configure(e2b_api_key=...))."""
-    manager = Sandbox._manager
+    manager = current_manager()
     found: dict[str, str] = {}
     for name, options in manager.provider_options.items() if manager else ():
         for key, value in options.items():

@@ -12,7 +12,7 @@ import pytest
 
 from sandboxes.cassette import CassetteStats
 from sandboxes.errors import ProviderUnavailable
-from sandboxes.manager import has_credentials, provider_class
+from sandboxes.manager import get_manager, has_credentials, provider_class
 from sandboxes.provider import SandboxProvider
 
 from .options import Settings
@@ -91,9 +91,8 @@ class SessionState:
             reason = self.reason(name)
             if reason:
                 raise ProviderUnavailable(reason, provider=name)
-            from sandboxes.sandbox import Sandbox
 
-            self.providers[name] = Sandbox._ensure_manager().get_provider(name)
+            self.providers[name] = get_manager().get_provider(name)
         return self.providers[name]
 
     def pool_for(self, wrapped: Any) -> Any:

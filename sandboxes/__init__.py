@@ -14,7 +14,7 @@ from .errors import (
     ToolchainMissing,
     UnsupportedOperation,
 )
-from .manager import Manager
+from .manager import Manager, get_manager, reset_manager
 from .models import Capabilities, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
@@ -46,6 +46,8 @@ __all__ = [
     "SharedHostNetworkWarning",
     "ToolchainMissing",
     "UnsupportedOperation",
+    "get_manager",
+    "reset_manager",
     "run",
     "run_many",
     "session",

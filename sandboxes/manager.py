@@ -182,3 +182,29 @@ class Manager:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+
+
+_current: Manager | None = None
+
+
+def get_manager() -> Manager:
+    """The process's Manager (providers, default, resilience), made on first use."""
+    global _current
+    if _current is None:
+        _current = Manager()
+    return _current
+
+
+def current_manager() -> Manager | None:
+    """The process's Manager if one was made, without making one."""
+    return _current
+
+
+def reset_manager() -> None:
+    """Forget the process's Manager: the next use starts afresh (tests, a new configuration).
+
+    It does not close the old one's clients: ``async with sandboxes.session()``
+    or ``await get_manager().aclose()`` first does that.
+    """
+    global _current
+    _current = None

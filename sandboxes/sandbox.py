@@ -8,12 +8,12 @@ import inspect
 import os
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
 from .errors import SandboxNotFoundError
-from .manager import PROVIDERS, Manager
+from .manager import PROVIDERS, Manager, current_manager, get_manager, reset_manager
 from .models import Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import RetryPolicy
@@ -39,8 +39,6 @@ class Sandbox:
     ``await Sandbox.create()`` gives a handle you destroy yourself;
     ``async with Sandbox.create() as sb`` destroys it on exit, also on error.
     """
-
-    _manager: ClassVar[Manager | None] = None
 
     def __init__(self, provider: SandboxProvider, info: SandboxInfo, *, command_timeout: float | None = None) -> None:
         self._provider = provider
@@ -74,9 +72,7 @@ class Sandbox:
     # -- class-level entry points ---------------------------------------------
     @classmethod
     def _ensure_manager(cls) -> Manager:
-        if cls._manager is None:
-            cls._manager = Manager()
-        return cls._manager
+        return get_manager()
 
     @classmethod
     def configure(
@@ -290,8 +286,8 @@ async def session() -> AsyncIterator[Manager]:
     finally:
         with anyio.CancelScope(shield=True):
             await manager.aclose()
-        if Sandbox._manager is manager:
-            Sandbox._manager = None
+        if current_manager() is manager:
+            reset_manager()
 
 
 async def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:

@@ -34,9 +34,9 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("SANDBOXES_LOCAL_STATE_DIR", str(state))
     monkeypatch.delenv("SANDBOXES_PROVIDER", raising=False)
-    sandboxes.Sandbox._manager = None
+    sandboxes.reset_manager()
     yield state
-    sandboxes.Sandbox._manager = None
+    sandboxes.reset_manager()
     leftovers = [p.name for p in state.iterdir() if p.name.startswith("sb-")] if state.exists() else []
     if leftovers:
         from sandboxes.providers.local import LocalProvider

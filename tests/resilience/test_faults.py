@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sandboxes import Manager, Sandbox, SandboxConfig
+from sandboxes import Manager, Sandbox, SandboxConfig, get_manager
 from sandboxes.errors import (
     ProviderError,
     SandboxNotFoundError,
@@ -382,5 +382,5 @@ async def test_sandbox_calls_go_through_the_managers_policy(configured: E2BEmula
             await Sandbox.list({"case": "api"}, provider="e2b")
         with pytest.raises(CircuitOpenError):
             await Sandbox.find({"case": "api"}, provider="e2b")
-        Sandbox._ensure_manager().breaker("e2b").record_success()  # as a successful trial would
+        get_manager().breaker("e2b").record_success()  # as a successful trial would
     assert not emulator.sandboxes

@@ -298,3 +298,12 @@ def test_a_manager_given_providers_uses_them_over_credentials_found_around(monke
     monkeypatch.setenv("E2B_API_KEY", "e2b_from_the_environment")
     assert Manager([LocalProvider()]).resolve() == "local"
     assert Manager().resolve() == "e2b"  # nothing given: credentials decide
+
+
+def test_the_manager_is_reached_and_reset_through_functions() -> None:
+    import sandboxes
+
+    first = sandboxes.get_manager()
+    assert sandboxes.get_manager() is first
+    sandboxes.reset_manager()
+    assert sandboxes.get_manager() is not first
