@@ -91,10 +91,20 @@ class Manager:
         self.circuit_options = breaker_options(circuit_breaker)
         self.breakers: dict[str, CircuitBreaker] = {}
         self._guarded: dict[str, ResilientProvider] = {}
+        # Providers replaced by configure/register: sandboxes made earlier may still use
+        # them, so they are closed with the manager (aclose, sandboxes.session()), not at once.
+        self.retired: list[SandboxProvider] = []
 
     def register(self, provider: SandboxProvider, name: str | None = None) -> None:
+        self.retire(name or provider.name)
         self.providers[name or provider.name] = provider
         self.registered.add(name or provider.name)
+
+    def retire(self, name: str) -> None:
+        """Drop the provider of that name (it is rebuilt, or replaced); it is closed with the manager."""
+        old = self.providers.pop(name, None)
+        if old is not None:
+            self.retired.append(old)
 
     def set_resilience(self, *, retry: RetryPolicy | Mapping[str, Any] | bool | None = None, circuit_breaker: Mapping[str, Any] | None = None) -> None:
         """New retry or circuit settings, for what is created from now on (breakers start closed)."""
@@ -180,7 +190,9 @@ class Manager:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
-        for provider in self.providers.values():
+        """Close every provider this manager built or was given, and those it replaced."""
+        retired, self.retired = self.retired, []
+        for provider in [*self.providers.values(), *retired]:
             await provider.aclose()
 
 

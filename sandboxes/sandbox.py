@@ -110,7 +110,7 @@ class Sandbox:
             if name not in PROVIDERS:
                 raise TypeError(f"unknown configure option {key!r}: name a provider ({', '.join(PROVIDERS)})")
             manager.provider_options.setdefault(name, {}).update(options)
-            manager.providers.pop(name, None)  # rebuilt with the new options on next use
+            manager.retire(name)  # rebuilt with the new options on next use; the old one is closed with the manager
         return manager
 
     @classmethod

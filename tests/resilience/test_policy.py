@@ -307,3 +307,22 @@ def test_the_manager_is_reached_and_reset_through_functions() -> None:
     assert sandboxes.get_manager() is first
     sandboxes.reset_manager()
     assert sandboxes.get_manager() is not first
+
+
+async def test_providers_replaced_by_configure_are_closed_with_the_manager() -> None:
+    import sandboxes
+    from sandboxes import SandboxProvider
+    from sandboxes.providers.local import LocalProvider
+
+    closed: list[str] = []
+
+    class Closing(LocalProvider):
+        async def aclose(self) -> None:
+            closed.append(str(id(self)))
+
+    first, second = Closing(), Closing()
+    async with sandboxes.session():
+        sandboxes.Sandbox.configure(providers=[first])
+        sandboxes.Sandbox.configure(providers=[second])  # replaces the first
+        assert isinstance(sandboxes.get_manager().get_provider("local"), SandboxProvider)
+    assert sorted(closed) == sorted([str(id(first)), str(id(second))])
