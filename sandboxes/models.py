@@ -58,25 +58,26 @@ class SandboxConfig:
         timeout_seconds: float | None = None,
         cpu_cores: float | None = None,
     ) -> None:
+        from . import _validate as check  # here: _validate imports Command from this module
+
+        if image is not None and not isinstance(image, str):
+            raise TypeError(f"image must be a string, not {type(image).__name__} ({image!r})")
         self.image = image
-        self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
-        self.env = {**(env_vars or {}), **(env or {})}
-        self.lifetime = lifetime if lifetime is not None else timeout_seconds
-        self.memory_mb = memory_mb
-        self.cpus = cpus if cpus is not None else cpu_cores
+        self.labels = check.labels(labels)
+        self.env = {**check.environment(env_vars, "env_vars"), **check.environment(env)}
+        self.lifetime = check.seconds(lifetime if lifetime is not None else timeout_seconds, "lifetime")
+        self.memory_mb = check.positive(memory_mb, "memory_mb", int)
+        self.cpus = check.positive(cpus if cpus is not None else cpu_cores, "cpus")
         if network not in (None, True, False):
             raise ValueError(f"network must be None, True or False, not {network!r}")
         self.network = network
-        self.working_dir = working_dir
-        self.setup_commands = list(setup_commands or [])
-        self.command_timeout = command_timeout
+        self.working_dir = check.optional_path(working_dir, "working_dir")
+        self.setup_commands = check.commands(setup_commands, "setup_commands")
+        self.command_timeout = check.seconds(command_timeout, "command_timeout")
         if max_output_bytes < 2:
             raise ValueError("max_output_bytes must be at least 2")
         self.max_output_bytes = max_output_bytes
         self.provider_config = dict(provider_config or {})
-        for name, value in (("lifetime", self.lifetime), ("command_timeout", command_timeout)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
 
     @property
     def env_vars(self) -> dict[str, str]:
