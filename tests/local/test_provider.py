@@ -32,7 +32,7 @@ async def test_working_dir_is_made_and_is_every_commands_cwd_from_any_process(tm
 @pytest.mark.parametrize("working_dir", ["app", "./app", "", "/work\0space"])
 async def test_a_working_dir_that_is_not_absolute_is_refused_before_anything_starts(tmp_path: Path, working_dir: str) -> None:
     provider = LocalProvider(state_dir=tmp_path)
-    with pytest.raises(ValueError, match="working_dir (must be an absolute path|must be a non-empty|contains a NUL)"):
+    with pytest.raises(ValueError, match=r"working_dir (must be an absolute path|must be a non-empty|contains a NUL)"):
         await provider.create_sandbox(SandboxConfig(working_dir=working_dir))
     assert list(tmp_path.glob("sb-*")) == []
 
