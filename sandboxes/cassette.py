@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -40,6 +41,7 @@ import yaml
 
 from . import errors as _errors
 from .errors import CassetteError
+from .languages import RUN_ROOT
 from .models import Capabilities, Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .streaming import CommandStream, ExitStatus, StreamItem, streaming
@@ -167,6 +169,8 @@ def _key(op: str, args: Mapping[str, Any]) -> str:
 
 
 _UNMATCHED_ARGS = {"timeout", "stdin_text", "size"}
+RUN_DIR_PREFIX = RUN_ROOT + "/"  # where run_code puts each run, under a random name
+_RUN_DIR = re.compile(re.escape(RUN_DIR_PREFIX) + r"[0-9a-f]{12}")
 """Recorded for the reader but not part of a match (a timeout differs between runs)."""
 
 
@@ -401,6 +405,7 @@ class CassetteProvider(SandboxProvider):
         self._placeholders: dict[str, str] = {}  # live id -> placeholder
         self._live_ids: dict[str, str] = {}  # placeholder -> live id
         self._configs: dict[str, SandboxConfig] = {}  # placeholder -> config (new_episodes)
+        self._run_dirs: dict[str, str] = {}  # a live run_code directory -> its placeholder
         if cassette is not None and inner is not None and cassette.capabilities is None:
             cassette.capabilities = inner.capabilities.supported()
 
@@ -415,6 +420,15 @@ class CassetteProvider(SandboxProvider):
         return Capabilities(**{k: True for k in names if k in Capabilities.__dataclass_fields__})
 
     # -- ids ----------------------------------------------------------------------------------
+    def _stable(self, value: Any) -> Any:
+        """``value`` with each random run directory of ``run_code`` replaced by a placeholder
+        numbered in order of first use, so a replay, which makes new random names, matches."""
+        if isinstance(value, str):
+            return _RUN_DIR.sub(lambda found: self._run_dirs.setdefault(found.group(0), f"{RUN_DIR_PREFIX}run-{len(self._run_dirs) + 1}"), value)
+        if isinstance(value, list):
+            return [self._stable(item) for item in value]
+        return value
+
     def _placeholder(self, sandbox_id: str) -> str:
         if sandbox_id in self._live_ids:  # already a placeholder
             return sandbox_id
@@ -555,9 +569,9 @@ class CassetteProvider(SandboxProvider):
     ) -> dict[str, Any]:
         args: dict[str, Any] = {
             "sandbox": self._placeholder(sandbox_id),
-            "command": command if isinstance(command, str) else [str(part) for part in command],
+            "command": self._stable(command if isinstance(command, str) else [str(part) for part in command]),
             "env": self._scrub_env(env),
-            "cwd": cwd,
+            "cwd": self._stable(cwd),
             "timeout": timeout,
         }
         data = _as_bytes(stdin)
@@ -650,7 +664,7 @@ class CassetteProvider(SandboxProvider):
 
     # -- files ---------------------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        args = {"sandbox": self._placeholder(sandbox_id), "path": path, "data": digest(data), "size": len(data)}
+        args = {"sandbox": self._placeholder(sandbox_id), "path": self._stable(path), "data": digest(data), "size": len(data)}
         if self._replay("write_file", args) is not None:
             return
         assert self.inner is not None
@@ -662,7 +676,7 @@ class CassetteProvider(SandboxProvider):
         self._record("write_file", args, {})
 
     async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        args = {"sandbox": self._placeholder(sandbox_id), "path": path}
+        args = {"sandbox": self._placeholder(sandbox_id), "path": self._stable(path)}
         if (played := self._replay("read_file", args)) is not None:
             return _unpayload(played.result.get("data") or {"text": ""})
         assert self.inner is not None

@@ -136,3 +136,22 @@ def test_several_providers_parametrize_and_skip_what_cannot_run(pytester: pytest
     collected.stdout.fnmatch_lines(
         ["test_suite.py::test_program[[]local[]]", "test_suite.py::test_program[[]e2b[]]", "test_suite.py::test_local_only", "test_suite.py::test_plain"]
     )
+
+
+RUN_CODE_SUITE = """
+def test_solution(sandbox):
+    result = sandbox.run_code("print(sum([1, 2, 3]))", "python")
+    assert result.stdout == "6\\n"
+    built = sandbox.run_code('#include <stdio.h>\\nint main(void) { printf("%d\\\\n", 6 * 7); return 0; }', "c")
+    assert built.stdout == "42\\n"
+"""
+
+
+def test_run_code_records_and_replays_offline(pytester: pytest.Pytester, live_sandboxes) -> None:
+    """The README's plugin example: run_code's run directories get stable names, so replay matches."""
+    pytester.makepyfile(test_suite=RUN_CODE_SUITE)
+    pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=once").assert_outcomes(passed=1)
+    text = (pytester.path / "sandbox_cassettes" / "test_suite" / "local" / "test_solution.yaml").read_text()
+    assert "/tmp/sandboxes-run/run-1" in text and "/tmp/sandboxes-run/run-2" in text
+    replayed = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=none")
+    replayed.assert_outcomes(passed=1)
