@@ -75,6 +75,7 @@ class Language:
     deps: tuple[Deps, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     deps_source: str | None = None  # where the source goes when a manifest wants a project layout
+    keeps_name: bool = False  # the source may keep the user's file name (tracebacks and compiler errors show it)
 
 
 _HOST_HINT = "the local provider uses the host's toolchains found on PATH; on a cloud provider pick an image that has it (--image)"
@@ -85,6 +86,7 @@ LANGUAGES: tuple[Language, ...] = (
         aliases=("py", "python3"),
         extensions=(".py",),
         source="main.py",
+        keeps_name=True,
         recipes=(Recipe(requires=("python3",), run=("python3", "{src}")),),
         deps=(
             Deps(
@@ -164,6 +166,7 @@ LANGUAGES: tuple[Language, ...] = (
         aliases=("sh", "shell"),
         extensions=(".sh", ".bash"),
         source="main.sh",
+        keeps_name=True,
         recipes=(Recipe(requires=("bash",), run=("bash", "{src}")), Recipe(requires=("sh",), run=("sh", "{src}"))),
         install_hint="apt-get install bash",
     ),
@@ -171,6 +174,7 @@ LANGUAGES: tuple[Language, ...] = (
         name="c",
         extensions=(".c",),
         source="main.c",
+        keeps_name=True,
         recipes=(
             Recipe(requires=("gcc",), build=(("gcc", "-O1", "-o", "{out}", "{src}", "-lm"),), run=("{out}",)),
             Recipe(requires=("cc",), build=(("cc", "-O1", "-o", "{out}", "{src}", "-lm"),), run=("{out}",)),
@@ -182,6 +186,7 @@ LANGUAGES: tuple[Language, ...] = (
         aliases=("c++", "cxx"),
         extensions=(".cpp", ".cc", ".cxx", ".c++"),
         source="main.cpp",
+        keeps_name=True,
         recipes=(
             Recipe(requires=("g++",), build=(("g++", "-O1", "-o", "{out}", "{src}"),), run=("{out}",)),
             Recipe(requires=("c++",), build=(("c++", "-O1", "-o", "{out}", "{src}"),), run=("{out}",)),
@@ -201,6 +206,7 @@ LANGUAGES: tuple[Language, ...] = (
         aliases=("rb",),
         extensions=(".rb",),
         source="main.rb",
+        keeps_name=True,
         recipes=(Recipe(requires=("ruby",), run=("ruby", "{src}")),),
         deps=(
             Deps(
@@ -356,6 +362,11 @@ def _fill(argv: Argv, values: Mapping[str, str]) -> list[str]:
     return [part.format_map(values) if "{" in part else part for part in argv]
 
 
+def _plain_name(name: str) -> bool:
+    """A file name that is safe as one argument: no directory, no option-like start."""
+    return "/" not in name and not name.startswith((".", "-")) and name.isprintable() and len(name) <= 255
+
+
 async def prepare_code(
     sandbox: Sandbox,
     code: str | bytes,
@@ -364,10 +375,13 @@ async def prepare_code(
     files: Mapping[str, str | bytes] | None = None,
     timeout: float | None = None,
     deps: bool = False,
+    name: str | None = None,
 ) -> PreparedRun:
     """Write the source (and ``files``), install deps when asked, and build.
 
-    Split from running so that the CLI can stream the run step live.
+    Split from running so that the CLI can stream the run step live. ``name``,
+    the user's file name, is the source's name where the language allows it,
+    so that tracebacks and compiler errors name the file the user knows.
     """
     lang = language if isinstance(language, Language) else get_language(language)
     recipe = await _choose(sandbox, lang)
@@ -378,6 +392,8 @@ async def prepare_code(
             raise ValueError(f"files keys are paths relative to the program's directory, not {name!r}")
     manifests = [d for d in lang.deps if any(m in files for m in d.manifests)] if deps else []
     source = lang.deps_source if manifests and lang.deps_source else lang.source
+    if name and lang.keeps_name and not manifests and _plain_name(name) and name not in files:
+        source = name
     program = {source: code, **files}
     values = {"src": source, "out": "./main.bin", "dir": directory}
     env = {k: v.format_map(values) for k, v in lang.env}

@@ -128,7 +128,7 @@ def run(
         with reported(ERROR_EXIT):
             if language is not None:
                 assert code is not None
-                code_status = _run_code(sandbox, code, language, files, args, env_vars, stdin, timeout, deps)
+                code_status = _run_code(sandbox, code, language, files, args, env_vars, stdin, timeout, deps, file.name if file else None)
             else:
                 argv = ["/bin/sh", "-c", " ".join(command)]
                 code_status = stream_command(sandbox, argv, env=env_vars, stdin=stdin, timeout=timeout)
@@ -167,8 +167,9 @@ def _run_code(
     stdin: bytes | None,
     timeout: float | None,
     deps: bool,
+    name: str | None,
 ) -> int:
-    prepared = sync.portal().call(lambda: languages.prepare_code(sandbox.async_sandbox, code, language, files=files, timeout=timeout, deps=deps))
+    prepared = sync.portal().call(lambda: languages.prepare_code(sandbox.async_sandbox, code, language, files=files, timeout=timeout, deps=deps, name=name))
     try:
         if prepared.failed is not None:
             failed = prepared.failed

@@ -107,3 +107,11 @@ def test_with_puts_modules_and_data_beside_the_source(cli: CLI, tmp_path: Path) 
     result = cli("run", "--file", str(tmp_path / "main.py"), "--with", str(tmp_path / "helper.py"), "--with", str(tmp_path / "data"))
     assert (result.returncode, result.stdout) == (0, b"hello sibling\n"), result.stderr
     assert cli("run", "--with", str(tmp_path / "helper.py"), "true").returncode == 2
+
+
+def test_a_traceback_names_the_users_file(cli: CLI, tmp_path: Path) -> None:
+    source = tmp_path / "solver.py"
+    source.write_text("def solve():\n    raise ValueError('boom')\n\nsolve()\n")
+    result = cli("run", "--file", str(source))
+    assert result.returncode == 1
+    assert b'solver.py", line 2, in solve' in result.stderr, result.stderr
