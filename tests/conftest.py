@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import sandboxes
+from sandboxes import SandboxConfig
+from sandboxes.providers.local import LocalProvider
 
 pytest_plugins = ["pytester"]  # the plugin tests run real pytest sessions
 
@@ -45,6 +47,16 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         for name in leftovers:
             provider._destroy(name)
         pytest.fail(f"test left local sandboxes behind: {leftovers}")
+
+
+@pytest.fixture
+async def box(provider: LocalProvider) -> AsyncIterator[str]:
+    """A sandbox's id on the module's own ``provider`` fixture, destroyed afterwards."""
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        yield info.id
+    finally:
+        await provider.destroy_sandbox(info.id)
 
 
 def pytest_report_header() -> str:

@@ -20,12 +20,12 @@ import os
 import stat
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sandboxes import SandboxConfig, _extract
+from sandboxes import _extract
 from sandboxes._extract import MAX_DEPTH, ExtractReport, extract_tar
 from sandboxes.provider import SandboxProvider
 from sandboxes.providers.local import LocalProvider
@@ -480,15 +480,6 @@ def test_a_bad_pax_record_is_an_os_error(target: Path) -> None:
 @pytest.fixture
 def provider() -> LocalProvider:
     return LocalProvider(workspace_mb=64, tmp_mb=64, max_file_mb=16)
-
-
-@pytest.fixture
-async def box(provider: LocalProvider) -> AsyncIterator[str]:
-    info = await provider.create_sandbox(SandboxConfig())
-    try:
-        yield info.id
-    finally:
-        await provider.destroy_sandbox(info.id)
 
 
 HOSTILE_TREE = """

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -36,15 +36,6 @@ SMALL = {"max_processes": 64, "memory_mb": 256, "workspace_mb": 64, "tmp_mb": 32
 @pytest.fixture
 def provider() -> LocalProvider:
     return LocalProvider(**SMALL)
-
-
-@pytest.fixture
-async def box(provider: LocalProvider) -> AsyncIterator[str]:
-    info = await provider.create_sandbox(SandboxConfig())
-    try:
-        yield info.id
-    finally:
-        await provider.destroy_sandbox(info.id)
 
 
 def _processes_with_marker(marker: str) -> list[int]:
