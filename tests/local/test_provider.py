@@ -85,3 +85,18 @@ async def test_a_toolchain_under_tmp_is_seen_inside(tmp_path: Path, monkeypatch:
     finally:
         await provider.destroy_sandbox(info.id)
         shutil.rmtree(tool_dir.parent)
+
+
+async def test_without_openat2_the_agent_gets_no_cgroup_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 5.6 the agent cannot refuse /proc magic links, so it must hold nothing of the host's."""
+    from sandboxes.providers.local import provider as local
+
+    monkeypatch.setattr(local, "_openat2_works", lambda: False)
+    provider = LocalProvider(state_dir=tmp_path)
+    assert "no openat2" in provider.describe_limits()
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        assert info.metadata["limits"].startswith("per process")
+        assert (await provider.execute_command(info.id, "echo fine")).stdout == "fine\n"
+    finally:
+        await provider.destroy_sandbox(info.id)

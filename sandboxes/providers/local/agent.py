@@ -410,17 +410,25 @@ SAFE_CWD: list[str] = [""]  # the agent's own working directory, set at start
 
 
 RESOLVE_NO_MAGICLINKS = 0x02
+ENOSYS = 38
 SYS_OPENAT2 = 437  # the same number on every architecture
 
 
 def _open(path: str, flags: int, mode: int = 0, dir_fd: int | None = None) -> int:
     """``os.open`` through openat2(RESOLVE_NO_MAGICLINKS): a link into /proc/self/fd/N
     (which, resolved by the agent, would lead to its descriptors on the host's
-    cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP."""
+    cgroups, and with ``..`` on to the host's whole tree) is refused with ELOOP.
+
+    A kernel without openat2 (before 5.6) gets plain ``os.open``: the host gives
+    the agent no cgroup descriptors there (``provider._openat2_works``), so no
+    magic link leads anywhere a plain open should not.
+    """
     how = b"".join(v.to_bytes(8, sys.byteorder) for v in (flags | os.O_CLOEXEC, mode, RESOLVE_NO_MAGICLINKS))
     fd = int(_libc_function("syscall")(SYS_OPENAT2, -100 if dir_fd is None else dir_fd, os.fsencode(path), how, len(how)))
     if fd < 0:
         error = _errno()
+        if error == ENOSYS and not FOREIGN_FDS:
+            return os.open(path, flags | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         raise OSError(error, os.strerror(error), path)
     return fd
 

@@ -388,7 +388,7 @@ class LocalProvider(SandboxProvider):
     def _cgroup(self, sandbox_id: str, memory_mb: int, uid: int | None, cpus: float | None) -> SandboxCgroup | None:
         """The sandbox's cgroup (memory and processes limited per sandbox, and cpus where the
         cpu controller can be had), or None where none can be had."""
-        if self.isolation != "bwrap":
+        if self.isolation != "bwrap" or not _openat2_works():
             return None
         parent = find_cgroup_parent(self.cgroup_parent)
         if parent is None:
@@ -399,6 +399,8 @@ class LocalProvider(SandboxProvider):
         """One line for `sandboxes providers`: how memory and processes are limited here."""
         if self.isolation == "process":
             return "rlimits per process (no cgroup in process isolation)"
+        if not _openat2_works():
+            return "rlimits per process (this kernel has no openat2, which the agent needs to hold cgroup descriptors safely)"
         return cgroups_describe(self.cgroup_parent)
 
     def _start_failure(self, directory: Path) -> ProviderError:
@@ -776,6 +778,21 @@ def _listen(directory: Path) -> socket.socket:
 async def _connect_unix(directory: Path) -> SocketStream:
     with _short_socket_path(directory) as path:
         return await anyio.connect_unix(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _openat2_works() -> bool:
+    """Whether this kernel has openat2 (5.6+), which the agent resolves every path with
+    when it holds cgroup descriptors; the host and the sandboxes share the kernel."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = (ctypes.c_uint64 * 3)(os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY, 0, 0)
+    fd = libc.syscall(ctypes.c_long(437), ctypes.c_int(-100), b"/", ctypes.byref(how), ctypes.c_size_t(24))
+    if fd >= 0:
+        os.close(fd)
+        return True
+    return ctypes.get_errno() != errno.ENOSYS
 
 
 @functools.lru_cache(maxsize=1)
