@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes.manager import PROVIDERS
+from sandboxes import specs
 
 MARKER = "sandbox"
 KEYS = ("providers", "image", "timeout", "env", "labels", "network", "lifetime")
@@ -72,10 +72,10 @@ def _value(key: str, value: Any, where: str) -> Any:
     if key == "providers":
         names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else None
         if not names or not all(isinstance(n, str) for n in names):
-            raise bad(f"a provider name or a list of them ({', '.join(PROVIDERS)})")
-        unknown = [n for n in names if n not in PROVIDERS]
+            raise bad(f"a provider name or a list of them ({', '.join(specs.names())})")
+        unknown = [n for n in names if n not in specs.specs()]
         if unknown:
-            raise bad(f"among {', '.join(PROVIDERS)} (unknown: {', '.join(unknown)})")
+            raise bad(f"among {', '.join(specs.names())} (unknown: {', '.join(unknown)})")
         return tuple(dict.fromkeys(names))
     if key in ("timeout", "lifetime"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sandboxes.cassette import RECORD_MODES
-from sandboxes.manager import PROVIDERS
+from sandboxes import specs
 
 OFF = "off"
 MODES = (OFF, *RECORD_MODES)
@@ -35,7 +35,7 @@ class _Option:
 
 OPTIONS = (
     _Option("provider", "--sandbox-provider", "SANDBOXES_PROVIDER", "sandbox_provider",
-            f"provider(s) to run sandbox tests on, comma-separated: {', '.join(PROVIDERS)} (default: local)"),
+            f"provider(s) to run sandbox tests on, comma-separated: {', '.join(specs.names())} (default: local)"),
     _Option("record_mode", "--sandbox-record-mode", "SANDBOXES_RECORD_MODE", "sandbox_record_mode",
             f"cassette record mode: {', '.join(MODES)} (default: off, no cassettes; 'none' replays only, for CI)"),
     _Option("cassette_dir", "--sandbox-cassette-dir", "SANDBOXES_CASSETTE_DIR", "sandbox_cassette_dir",
@@ -117,10 +117,10 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
     text = str(raw).strip()
     if option.dest == "provider":
         names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        bad = [n for n in names if n not in PROVIDERS]
+        bad = [n for n in names if n not in specs.specs()]
         if bad or not names:
             raise pytest.UsageError(
-                f"{origin}={text!r}: unknown provider {', '.join(map(repr, bad)) or '(none given)'}; valid providers: {', '.join(PROVIDERS)}"
+                f"{origin}={text!r}: unknown provider {', '.join(map(repr, bad)) or '(none given)'}; valid providers: {', '.join(specs.names())}"
             )
         return names
     if option.dest == "record_mode":

@@ -1,6 +1,6 @@
 """The provider registry, auto-detection of the default, resilience and failover.
 
-Every provider the Manager hands out is wrapped once in a ``ResilientProvider``:
+Every provider the Manager hands out is its engine over a ``ResilientDriver``:
 its calls go through the Manager's ``RetryPolicy`` and that provider's own
 ``CircuitBreaker``. Creation goes retry -> circuit breaker -> failover to the
 ``fallback`` providers, on infrastructure errors only.
@@ -8,62 +8,31 @@ its calls go through the Manager's ``RetryPolicy`` and that provider's own
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from . import specs
 from .errors import ProviderError, ProviderUnavailable
 from .models import SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, RetryPolicy, breaker_options
-from .resilient import ResilientProvider
+from .resilient import ResilientDriver
 
 log = logging.getLogger("sandboxes.resilience")
-
-# name -> (module, class); cloud modules import their SDK lazily.
-PROVIDERS: dict[str, tuple[str, str]] = {
-    "local": ("sandboxes.providers.local", "LocalProvider"),
-    "e2b": ("sandboxes.providers.e2b", "E2BProvider"),
-    "modal": ("sandboxes.providers.modal", "ModalProvider"),
-    "daytona": ("sandboxes.providers.daytona", "DaytonaProvider"),
-    "cloudflare": ("sandboxes.providers.cloudflare", "CloudflareProvider"),
-}
-CLOUD_ORDER = ("e2b", "modal", "daytona", "cloudflare")
-# Providers whose SDK resends a creation by itself after a dropped connection, so that a
-# lost answer can leave a sandbox the Manager never hears of: checked after every creation.
-SDK_RESENDS_CREATION = frozenset({"modal"})
+DEFAULT_PROVIDER_VARIABLE = "SANDBOXES_PROVIDER"
+"""The default provider of this process: what ``Sandbox.create()`` uses when no provider is named."""
 
 
 def has_credentials(name: str) -> bool:
-    """Whether the usual credentials of a cloud provider are present."""
-    env = os.environ
-    if name == "e2b":
-        return bool(env.get("E2B_API_KEY"))
-    if name == "modal":
-        return bool(env.get("MODAL_TOKEN_ID")) or Path(env.get("MODAL_CONFIG_PATH", "~/.modal.toml")).expanduser().is_file()
-    if name == "daytona":
-        return bool(env.get("DAYTONA_API_KEY"))
-    if name == "cloudflare":
-        return bool(env.get("CLOUDFLARE_SANDBOX_BASE_URL") and env.get("CLOUDFLARE_API_TOKEN"))
-    return name == "local"
+    """Whether the usual credentials of a provider are present (local always has them)."""
+    return specs.spec(name).has_credentials()
 
 
 def provider_class(name: str) -> type[SandboxProvider]:
-    """The class of a provider by name; ProviderUnavailable when it cannot load."""
-    if name not in PROVIDERS:
-        raise ValueError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
-    module_name, class_name = PROVIDERS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            raise ProviderUnavailable(f"the {name} provider is not part of this version of pytest-sandboxes", provider=name) from None
-        raise ProviderUnavailable(f"the {name} provider needs the {error.name!r} package: pip install 'pytest-sandboxes[{name}]'", provider=name) from None
-    cls: type[SandboxProvider] = getattr(module, class_name)
-    return cls
+    """The class of a provider by name (``LocalProvider``...); ProviderUnavailable when it cannot load."""
+    return specs.provider_class(name)
 
 
 class Manager:
@@ -90,7 +59,7 @@ class Manager:
         self.retry = RetryPolicy.from_options(retry)
         self.circuit_options = breaker_options(circuit_breaker)
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._guarded: dict[str, ResilientProvider] = {}
+        self._guarded: dict[str, tuple[SandboxProvider, SandboxProvider]] = {}  # name -> (raw, guarded)
         # Providers replaced by configure/register: sandboxes made earlier may still use
         # them, so they are closed with the manager (aclose, sandboxes.session()), not at once.
         self.retired: list[SandboxProvider] = []
@@ -131,31 +100,43 @@ class Manager:
             cls = provider_class(name)
             self.providers[name] = cls(**self.provider_options.get(name, {}))
         raw = self.providers[name]
-        if isinstance(raw, ResilientProvider):
+        if isinstance(raw.driver, ResilientDriver):
             return raw
-        guarded = self._guarded.get(name)
-        if guarded is None or guarded.inner is not raw:
-            guarded = self._guarded[name] = ResilientProvider(raw, self.retry, self.breaker(name), sdk_resends_creation=raw.name in SDK_RESENDS_CREATION)
-        return guarded
+        known = self._guarded.get(name)
+        if known is None or known[0] is not raw:
+            resends = raw.spec.sdk_resends_creation if raw.spec is not None else False
+            driver = ResilientDriver(raw.driver, self.retry, self.breaker(name), sdk_resends_creation=resends)
+            known = self._guarded[name] = (raw, raw.with_driver(driver))
+        return known[1]
 
     def resolve(self, name: str | None = None) -> str:
-        """Explicit name, SANDBOXES_PROVIDER, the default, a registered provider,
-        a cloud with credentials, else local."""
+        """Explicit name, $SANDBOXES_PROVIDER, the configured default, a registered provider,
+        a cloud with credentials (in the spec table's order), else local."""
         if name:
+            specs.spec(name)
             return name
-        chosen = os.environ.get("SANDBOXES_PROVIDER") or self.default_provider
+        chosen = os.environ.get(DEFAULT_PROVIDER_VARIABLE) or self.default_provider
         if chosen:
+            specs.spec(chosen)
             return chosen
+        order = specs.names()
         if self.registered:  # given to this Manager: they win over credentials found around
-            return sorted(self.registered, key=lambda n: CLOUD_ORDER.index(n) if n in CLOUD_ORDER else len(CLOUD_ORDER))[0]
-        for cloud in CLOUD_ORDER:
+            return sorted(self.registered, key=lambda n: order.index(n) if n in order else len(order))[0]
+        for cloud in self.credentialed():
+            return cloud
+        return "local"
+
+    def credentialed(self) -> list[str]:
+        """The cloud providers whose credentials and SDK are here, in the spec table's order."""
+        found = []
+        for cloud in specs.cloud_names():
             if has_credentials(cloud):
                 try:
                     provider_class(cloud)
                 except ProviderUnavailable:
                     continue
-                return cloud
-        return "local"
+                found.append(cloud)
+        return found
 
     async def create_sandbox(
         self,
@@ -171,8 +152,8 @@ class Manager:
         way anywhere, so they are raised at once.
         """
         first = self.resolve(provider)
-        if fallback is True:
-            candidates = [first] + [n for n in self.providers if n != first]
+        if fallback is True:  # the providers with credentials; never local unless named: that changes the isolation
+            candidates = [first] + [n for n in self.credentialed() if n != first]
         else:
             candidates = [first, *[n for n in (fallback or ()) if n != first]]
         errors: list[str] = []

@@ -184,6 +184,12 @@ class Capabilities:
     cross_process_reuse: bool = False
     snapshots: bool = False
     gpu: bool = False
+    merges_stderr: bool = False  # stderr arrives inside stdout (Daytona): a result's stderr is then always empty
+    tree_download: bool = False  # the driver sends a directory as one tar stream (``driver.TreeDownload``)
+    oom_reporting: bool = False  # ``ExecutionResult.oom_killed`` is set when the memory limit killed the command
+
+    def as_dict(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def supported(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]

@@ -1,9 +1,23 @@
-"""SandboxProvider: the contract every provider fulfils.
+"""SandboxProvider: the engine. One provider's policy, written once, over its driver.
 
-Low-level names are those of the reference library (``create_sandbox``,
-``execute_command``, ...), which users already call. Everything is async
-(anyio-compatible). Upload and download of local paths are built here, once,
-on top of ``write_file``/``read_file``/``execute_command``.
+A driver (``sandboxes.driver``) does only the wire; middlewares wrap it
+(retry and circuit breaker, record and replay); this engine sits on top and
+owns what a caller sees, the same on every provider:
+
+- inputs checked before anything runs (``_validate``);
+- setup commands, run once after creation; a failure destroys the sandbox;
+- ``working_dir``: absolute, created, every command's default cwd;
+- per-sandbox settings (working dir, output cap, command timeout) stored with
+  the sandbox under a reserved label, so they hold from another process;
+- ``execute`` as the drained stream, output capped head and tail, decoded once;
+- exit code 124 for a timeout, whatever the provider reported;
+- commands too long for one argument spilled to a file, with one threshold;
+- ``download`` of a directory through the driver's tar stream when it has one,
+  else through ``tar`` in the sandbox, written by the host's own rules.
+
+The low-level names are those of the reference library (``create_sandbox``,
+``execute_command``...), which users already call. ``LocalProvider``,
+``E2BProvider``... are this class bound to a driver class (``specs``).
 """
 
 from __future__ import annotations
@@ -12,53 +26,201 @@ import contextlib
 import errno
 import functools
 import io
+import json
 import os
 import secrets
 import shlex
 import stat
-from abc import ABC, abstractmethod
+import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
+from . import _validate as check
 from ._extract import extract_tar, process_umask
-from .errors import SandboxNotFoundError, UnsupportedOperation
-from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
-from .streaming import StreamItem, streaming
+from .driver import RESERVED_LABEL_PREFIX, Driver, Event, Exit, Output, TreeDownload
+from .errors import SandboxNotFoundError, SetupFailed, UnsupportedOperation
+from .models import (
+    DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    Capabilities,
+    Command,
+    ExecutionResult,
+    OutputBuffer,
+    SandboxConfig,
+    SandboxInfo,
+)
+from .streaming import ChunkDecoder, CommandStream, ExitStatus, StreamItem
+
+if TYPE_CHECKING:
+    from .specs import ProviderSpec
+
+TIMED_OUT_EXIT_CODE = 124
+SPILL_BYTES = 60_000
+"""A command whose arguments pass this many bytes runs from a file: below the kernel's 128 KiB
+per-argument limit and Modal's 64 KiB argument list, so one threshold serves every provider."""
+SETTINGS_LABEL = RESERVED_LABEL_PREFIX + "settings"
+DEFAULT_MAX_FILE_BYTES = 1 << 30
+_SPILL_RUNNER = 'trap \'rm -f -- "$0"\' EXIT; . "$0"'
 
 
-class SandboxProvider(ABC):
-    """Abstract base of all providers."""
+@dataclass(frozen=True)
+class Settings:
+    """What the engine keeps per sandbox, stored with it under ``SETTINGS_LABEL``."""
 
-    name: ClassVar[str] = "abstract"
-    capabilities: Capabilities = Capabilities()
-    max_file_bytes: int = 1 << 30
-    """Most bytes ``download_file`` brings onto the host at once (a file, or a directory's archive)."""
+    working_dir: str | None = None
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    command_timeout: float | None = None
 
-    # -- lifecycle -----------------------------------------------------------
-    @abstractmethod
+    @classmethod
+    def of(cls, config: SandboxConfig) -> Settings:
+        return cls(config.working_dir, config.max_output_bytes, config.command_timeout)
+
+    def label(self) -> dict[str, str]:
+        stored: dict[str, Any] = {}
+        if self.working_dir:
+            stored["cwd"] = self.working_dir
+        if self.max_output_bytes != DEFAULT_MAX_OUTPUT_BYTES:
+            stored["max_output"] = self.max_output_bytes
+        if self.command_timeout is not None:
+            stored["timeout"] = self.command_timeout
+        return {SETTINGS_LABEL: json.dumps(stored, separators=(",", ":"))} if stored else {}
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str]) -> Settings:
+        try:
+            stored = json.loads(labels[SETTINGS_LABEL]) if SETTINGS_LABEL in labels else {}
+            return cls(
+                str(stored["cwd"]) if stored.get("cwd") else None,
+                int(stored.get("max_output", DEFAULT_MAX_OUTPUT_BYTES)),
+                float(stored["timeout"]) if stored.get("timeout") else None,
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()  # written by something else: the defaults
+
+
+def public(info: SandboxInfo) -> SandboxInfo:
+    """The info as callers see it: without the library's reserved labels."""
+    if any(key.startswith(RESERVED_LABEL_PREFIX) for key in info.labels):
+        info.labels = {k: v for k, v in info.labels.items() if not k.startswith(RESERVED_LABEL_PREFIX)}
+    return info
+
+
+def caller_labels(labels: Any, what: str = "labels") -> dict[str, str]:
+    """Labels a caller gives: checked, and none under the reserved prefix."""
+    checked = check.labels(labels, what)
+    reserved = [key for key in checked if key.startswith(RESERVED_LABEL_PREFIX)]
+    if reserved:
+        raise ValueError(f"{what} {reserved[0]!r}: names starting with {RESERVED_LABEL_PREFIX!r} are reserved by pytest-sandboxes; choose another name")
+    return checked
+
+
+class SandboxProvider:
+    """The engine over one driver (or a stack of middlewares over it); see the module docstring.
+
+    ``LocalProvider(**options)`` and friends build their driver from the
+    options. Attributes the engine does not have are the driver's (its
+    options, ``describe_isolation()``...).
+    """
+
+    spec: ClassVar[ProviderSpec | None] = None
+    driver_class: ClassVar[type[Driver] | None] = None
+
+    def __init__(self, driver: Driver | None = None, /, *, spec: ProviderSpec | None = None, **options: Any) -> None:
+        if spec is not None:
+            self.spec = spec  # type: ignore[misc]  # an instance may carry its own spec (a driver given directly)
+        if driver is None:
+            if self.driver_class is None:
+                raise TypeError("SandboxProvider needs a driver: SandboxProvider(driver), or use a provider class such as LocalProvider")
+            if self.spec is not None:
+                options = {**self.spec.options_from_environment(), **options}
+            driver = self.driver_class(**options)
+        elif options:
+            raise TypeError(f"options ({', '.join(options)}) are for building a driver; this provider was given one")
+        self.driver: Driver = driver
+        self._settings: dict[str, Settings] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.driver!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("driver", "_settings"):
+            raise AttributeError(name)
+        return getattr(self.driver, name)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec is not None else self.driver.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.spec.capabilities if self.spec is not None else Capabilities()
+
+    @property
+    def max_file_bytes(self) -> int:
+        """Most bytes ``read_file``/``download_file`` bring onto the host at once (the driver's option)."""
+        return int(getattr(self.driver, "max_file_bytes", DEFAULT_MAX_FILE_BYTES))
+
+    def with_driver(self, driver: Driver) -> SandboxProvider:
+        """The same provider over another driver stack (a middleware added), sharing the settings it knows."""
+        clone = SandboxProvider(driver, spec=self.spec)
+        clone._settings = self._settings
+        return clone
+
+    # -- lifecycle -------------------------------------------------------------------------
     async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        """Create a sandbox; a half-created one is destroyed before raising."""
+        """Create a sandbox, make its working directory, run its setup commands; a failure destroys it."""
+        if not isinstance(config, SandboxConfig):
+            raise TypeError(f"config must be a SandboxConfig, not {type(config).__name__}")
+        labels = caller_labels(config.labels)
+        workdir = config.working_dir
+        if workdir is not None and not workdir.startswith("/"):
+            raise ValueError(f"working_dir must be an absolute path inside the sandbox (such as /workspace/app), not {workdir!r}")
+        settings = Settings.of(config.replace(working_dir=os.path.normpath(workdir) if workdir else None))
+        info = await self.driver.create(config.replace(labels={**labels, **settings.label()}, setup_commands=[], working_dir=None))
+        self._settings[info.id] = settings
+        try:
+            if settings.working_dir:
+                made = await self.execute_command(info.id, ["mkdir", "-p", "--", settings.working_dir], cwd="/")
+                if not made.success:
+                    raise ValueError(f"working_dir {settings.working_dir!r} cannot be made in the sandbox: {made.stderr.strip() or made.describe()}")
+            for command in config.setup_commands:
+                result = await self.execute_command(info.id, command)
+                if not result.success:
+                    raise SetupFailed(result, self.name)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await self.destroy_sandbox(info.id)
+            raise
+        return public(info)
 
-    @abstractmethod
+    def _known(self, info: SandboxInfo | None) -> SandboxInfo | None:
+        if info is not None:
+            self._settings[info.id] = Settings.from_labels(info.labels)
+            public(info)
+        return info
+
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
         """The sandbox with that id, or None when there is none."""
+        if not isinstance(sandbox_id, str) or not sandbox_id:
+            raise TypeError(f"sandbox_id must be a sandbox's id (a non-empty string), not {sandbox_id!r}")
+        return self._known(await self.driver.get(sandbox_id))
 
-    @abstractmethod
     async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        """Every live sandbox whose labels include ``labels`` (all pages)."""
-
-    @abstractmethod
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        """Destroy it; True when it existed. Nothing of it keeps running."""
+        """Every live sandbox whose labels include ``labels``."""
+        found = await self.driver.list(caller_labels(labels))
+        return [public(info) for info in found]
 
     async def find_sandbox(self, labels: Mapping[str, str]) -> SandboxInfo | None:
         """The oldest live sandbox carrying all ``labels``, or None."""
-        found = await self.list_sandboxes(labels)
+        found = await self.driver.list(caller_labels(labels))
         found.sort(key=lambda info: (info.created_at or 0.0, info.id))
-        return found[0] if found else None
+        return self._known(found[0]) if found else None
 
     async def get_or_create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
         """Reuse a sandbox with the config's labels, or create one."""
@@ -68,71 +230,158 @@ class SandboxProvider(ABC):
                 return existing
         return await self.create_sandbox(config)
 
+    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+        """Destroy it; True when it existed."""
+        existed = await self.driver.destroy(sandbox_id)
+        self._settings.pop(sandbox_id, None)
+        return existed
+
     async def health_check(self) -> bool:
-        """True when the provider answers; must not create anything."""
-        return True
+        """True when the provider answers; creates nothing."""
+        return await self.driver.health_check()
 
-    async def aclose(self) -> None:  # noqa: B027 - optional: a provider with nothing to close does not override it
-        """Release clients and connections held by the provider."""
+    async def aclose(self) -> None:
+        """Release the driver's clients and connections."""
+        await self.driver.aclose()
 
-    # -- commands ------------------------------------------------------------
-    @abstractmethod
+    async def _settings_of(self, sandbox_id: str) -> Settings:
+        """The sandbox's settings; asks the provider the first time this process sees it."""
+        known = self._settings.get(sandbox_id)
+        if known is None:
+            if await self.get_sandbox(sandbox_id) is None:
+                raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider {self.name!r}")
+            known = self._settings[sandbox_id]
+        return known
+
+    # -- commands ----------------------------------------------------------------------------
+    async def _events(
+        self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any, settings: Settings | None = None
+    ) -> AsyncIterator[Event]:
+        command = check.command(command)
+        environment = check.environment(env)
+        cwd = check.optional_path(cwd, "cwd")
+        limit = check.seconds(timeout, "timeout")
+        data = check.stdin(stdin)
+        if data is not None and not self.capabilities.stdin:
+            raise UnsupportedOperation(self.name, "stdin", "write the input to a file and redirect it: sh -c 'cmd < file'")
+        settings = settings or await self._settings_of(sandbox_id)
+        if limit is None:
+            limit = settings.command_timeout or float(getattr(self.driver, "command_timeout", DEFAULT_COMMAND_TIMEOUT_SECONDS))
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        spilled = None
+        if sum(len(part.encode()) + 1 for part in argv) > SPILL_BYTES:
+            spilled = f"/tmp/.sandboxes-cmd-{secrets.token_hex(8)}.sh"
+            script = command if isinstance(command, str) else shlex.join(argv)
+            await self.driver.write_file(sandbox_id, spilled, script.encode())
+            argv = ["/bin/sh", "-c", _SPILL_RUNNER, spilled]
+        events = self.driver.exec(
+            sandbox_id,
+            argv,
+            env=environment,
+            cwd=cwd or settings.working_dir,
+            stdin=data.encode() if isinstance(data, str) else data,
+            timeout=limit,
+            output_limit=settings.max_output_bytes,
+        )
+        try:
+            async for event in events:
+                yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
     async def execute_command(
         self,
         sandbox_id: str,
         command: Command,
         *,
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> ExecutionResult:
-        """Run a command to the end; a non-zero exit is a result."""
+        """Run a command to its end; a non-zero exit is a result. A string runs under ``sh -c``."""
+        settings = await self._settings_of(sandbox_id)
+        out, err = OutputBuffer(settings.max_output_bytes), OutputBuffer(settings.max_output_bytes)
+        started = time.monotonic()
+        ended = Exit(-1)
+        async for event in self._events(sandbox_id, command, env, cwd, timeout, stdin, settings):
+            if isinstance(event, Output):
+                (out if event.stream == "stdout" else err).write(event.data)
+            else:
+                ended = event
+        if ended.dropped:
+            out.truncated = out.truncated or len(out.getvalue()) >= out.limit
+            err.truncated = err.truncated or len(err.getvalue()) >= err.limit
+        return ExecutionResult(
+            stdout=out.text(),
+            stderr=err.text(),
+            exit_code=TIMED_OUT_EXIT_CODE if ended.timed_out else ended.exit_code,
+            duration_ms=ended.duration_ms if ended.duration_ms is not None else (time.monotonic() - started) * 1000,
+            timed_out=ended.timed_out,
+            truncated=out.truncated or err.truncated or ended.dropped,
+            command=command,
+            oom_killed=ended.oom_killed,
+        )
 
-    @streaming
-    async def stream_execution(
+    def stream_execution(
         self,
         sandbox_id: str,
         command: Command,
         *,
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        """Output as the command produces it, then how it ended.
+    ) -> CommandStream:
+        """Output chunks as the command produces them, then how it ended (``CommandStream``)."""
+        if not self.capabilities.streaming:
+            raise UnsupportedOperation(self.name, "streaming", "use execute() and read the result's output")
+        return CommandStream(self._stream(sandbox_id, command, env, cwd, timeout, stdin), command=command)
 
-        An implementation is an async generator decorated with ``@streaming``
-        (``sandboxes.streaming``): it yields ``OutputChunk``s and, last, one
-        ``ExitStatus``; callers get a ``CommandStream`` that iterates the
-        chunks and then knows ``exit_code`` and ``timed_out``.
-        """
-        raise UnsupportedOperation(self.name, "streaming")
-        yield  # pragma: no cover - makes this an async generator
+    async def _stream(self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any) -> AsyncIterator[StreamItem]:
+        decoder = ChunkDecoder()
+        started = time.monotonic()
+        async for event in self._events(sandbox_id, command, env, cwd, timeout, stdin):
+            if isinstance(event, Output):
+                if chunk := decoder.decode(event.stream, event.data):
+                    yield chunk
+            else:
+                for chunk in decoder.flush():
+                    yield chunk
+                duration = event.duration_ms if event.duration_ms is not None else (time.monotonic() - started) * 1000
+                yield ExitStatus(TIMED_OUT_EXIT_CODE if event.timed_out else event.exit_code, event.timed_out, duration)
 
-    # -- files ---------------------------------------------------------------
-    @abstractmethod
-    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path``, creating parent directories."""
+    # -- files ---------------------------------------------------------------------------------
+    async def write_file(self, sandbox_id: str, path: str | os.PathLike[str], data: bytes | str) -> None:
+        """Write ``data`` (bytes, or text as UTF-8) to ``path``, creating parent directories."""
+        contents = check.data(data)  # checked before anything is opened: a bad type never truncates the file
+        await self.driver.write_file(sandbox_id, check.path(path), contents)
 
-    @abstractmethod
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """The bytes of ``path``; FileNotFoundError/IsADirectoryError as Python does."""
+    async def read_file(self, sandbox_id: str, path: str | os.PathLike[str]) -> bytes:
+        """A regular file's bytes, at most ``max_file_bytes`` (else ``OSError(EFBIG)``)."""
+        where = check.path(path)
+        data = await self.driver.read_file(sandbox_id, where, self.max_file_bytes)
+        if len(data) > self.max_file_bytes:
+            raise _too_big(where, len(data), self.max_file_bytes)
+        return data
 
-    async def upload_file(self, sandbox_id: str, local_path: str | os.PathLike[str], remote_path: str) -> None:
+    async def upload_file(self, sandbox_id: str, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str]) -> None:
         """Copy a local file or directory tree into the sandbox."""
-        local = Path(local_path)
+        local = Path(check.path(local_path, "local_path"))
+        remote = check.path(remote_path, "remote_path")
         if local.is_dir():
             for path in sorted(local.rglob("*")):
                 if path.is_file():
-                    relative = path.relative_to(local).as_posix()
-                    await self.write_file(sandbox_id, str(PurePosixPath(remote_path) / relative), path.read_bytes())
+                    await self.write_file(sandbox_id, str(PurePosixPath(remote) / path.relative_to(local).as_posix()), path.read_bytes())
         elif local.is_file():
-            await self.write_file(sandbox_id, remote_path, local.read_bytes())
+            await self.write_file(sandbox_id, remote, local.read_bytes())
         else:
             raise FileNotFoundError(f"no such local file or directory: {local}")
 
-    async def download_file(self, sandbox_id: str, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+    async def download_file(self, sandbox_id: str, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str]) -> None:
         """Copy a file or directory tree out of the sandbox.
 
         Nothing the sandbox sends is trusted (see ``sandboxes._extract``): only
@@ -141,40 +390,41 @@ class SandboxProvider(ABC):
         members are skipped (logged at debug level on the "sandboxes" logger).
         More than ``max_file_bytes`` raises ``OSError(EFBIG)``.
         """
-        local = Path(local_path)
-        probe = await self.execute_command(sandbox_id, ["test", "-d", remote_path])
+        remote = check.path(remote_path, "remote_path")
+        local = Path(check.path(local_path, "local_path"))
+        cap = self.max_file_bytes
+        if self.capabilities.tree_download and isinstance(self.driver, TreeDownload):
+            with tempfile.SpooledTemporaryFile(max_size=8 << 20) as archive:
+                try:
+                    await self.driver.download_tree(sandbox_id, remote, archive.write, cap)
+                except NotADirectoryError:
+                    pass
+                else:
+                    archive.seek(0)
+                    await anyio.to_thread.run_sync(lambda: extract_tar(archive, local, max_bytes=cap))
+                    return
+        probe = await self.execute_command(sandbox_id, ["test", "-d", remote])
         if probe.exit_code != 0:
-            data = await self.read_file(sandbox_id, remote_path)
-            if len(data) > self.max_file_bytes:
-                raise _too_big(remote_path, len(data), self.max_file_bytes)
+            data = await self.read_file(sandbox_id, remote)
             local.parent.mkdir(parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(_write_new_file, local, data)
             return
-        archive = f"/tmp/.sandboxes-download-{secrets.token_hex(16)}.tar"
-        packed = await self.execute_command(sandbox_id, ["tar", "-cf", archive, "-C", remote_path, "."])
+        archive_path = f"/tmp/.sandboxes-download-{secrets.token_hex(16)}.tar"
+        packed = await self.execute_command(sandbox_id, ["tar", "-cf", archive_path, "-C", remote, "."])
         if packed.exit_code != 0:
-            raise PermissionError(f"cannot read directory {remote_path} in the sandbox: {packed.stderr.strip()}")
+            raise PermissionError(f"cannot read directory {remote} in the sandbox: {packed.stderr.strip()}")
         try:
-            data = await self.read_file(sandbox_id, archive)
+            data = await self.read_file(sandbox_id, archive_path)
         finally:
-            await self.execute_command(sandbox_id, ["rm", "-f", archive])
-        if len(data) > self.max_file_bytes:
-            raise _too_big(remote_path, len(data), self.max_file_bytes)
-        await anyio.to_thread.run_sync(functools.partial(extract_tar, io.BytesIO(data), local, max_bytes=self.max_file_bytes))
-
-    # -- helpers for subclasses ------------------------------------------------
-    def _not_found(self, sandbox_id: str) -> SandboxNotFoundError:
-        return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider {self.name!r}")
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}>"
+            await self.execute_command(sandbox_id, ["rm", "-f", archive_path])
+        await anyio.to_thread.run_sync(functools.partial(extract_tar, io.BytesIO(data), local, max_bytes=cap))
 
 
 def _too_big(remote_path: str, size: int, cap: int) -> OSError:
     return OSError(
         errno.EFBIG,
         f"{remote_path} in the sandbox is {size} bytes, past the download cap of {cap} bytes; "
-        f"raise it with the provider's max_file_bytes (provider.max_file_bytes = <bytes>)",
+        f"raise it with the provider's max_file_bytes option (LocalProvider(max_file_bytes=...))",
     )
 
 
@@ -209,34 +459,11 @@ def _write_new_file(local: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def shell_command(command: Command) -> str:
-    """A command as one shell string (for providers that only take strings)."""
-    if isinstance(command, str):
-        return command
-    return shlex.join(command)
+def shell_command(argv: Sequence[str]) -> str:
+    """An argument vector as one shell string, for drivers whose provider only takes strings.
 
-
-def argv_command(command: Command) -> list[str]:
-    """A command as an argument vector (a string goes through ``sh -c``)."""
-    if isinstance(command, str):
-        return ["sh", "-c", command]
-    if not command:
-        raise ValueError("empty command: give a string or a non-empty list of arguments")
-    return [str(part) for part in command]
-
-
-def as_bytes(data: bytes | str | None) -> bytes | None:
-    if data is None or isinstance(data, bytes):
-        return data
-    return data.encode()
-
-
-def validate_command(command: Command) -> None:
-    if isinstance(command, str):
-        if not command.strip():
-            raise ValueError("empty command: nothing to run")
-    elif isinstance(command, Sequence):
-        if not command:
-            raise ValueError("empty command: give a non-empty list of arguments")
-    else:
-        raise TypeError(f"a command is a string or a list of arguments, not {type(command).__name__}")
+    ``["/bin/sh", "-c", script]`` (how the engine sends a string command) comes back as the script itself.
+    """
+    if len(argv) == 3 and argv[0] in ("/bin/sh", "sh") and argv[1] == "-c":
+        return argv[2]
+    return shlex.join(argv)

@@ -1,18 +1,17 @@
-"""ResilientProvider: a provider as the Manager hands it out.
+"""ResilientDriver: a middleware that puts a driver behind a retry policy and a circuit breaker.
 
 Every call goes through the provider's ``CircuitBreaker`` (fail fast while
 it is down) and, where repeating it is safe, through the ``RetryPolicy``.
-The Manager wraps each provider once; ``Sandbox`` objects hold the wrapper,
-so their calls follow the same policy with no code of their own.
+The Manager wraps each provider's driver once; every sandbox on it follows
+the same policy with no code of its own.
 
 Creation is where a retry can leak: a request that reached the provider and
 lost its answer (dropped connection, timeout) may have made a sandbox.
-Each creation therefore carries a label with a fresh token; after a failed
-attempt the sandboxes carrying the token, other than the one returned, are
-destroyed. Where the SDK itself resends a creation (Modal's does, after a
-dropped connection) the Manager never sees the failure, so for those
-providers the token is checked after every creation. Setup commands run after the sandbox exists, are never retried
-(they are the user's commands), and a failure destroys the sandbox.
+Each creation therefore carries a reserved label with a fresh token; after a
+failed attempt the sandboxes carrying the token, other than the one
+returned, are destroyed. Where the SDK itself resends a creation (Modal's
+does, after a dropped connection) the Manager never sees the failure, so for
+those providers the token is checked after every creation.
 """
 
 from __future__ import annotations
@@ -20,21 +19,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
-from .errors import ProviderError, RateLimitError, SetupFailed
-from .models import Capabilities, Command, ExecutionResult, SandboxConfig, SandboxInfo
-from .provider import SandboxProvider
+from .driver import RESERVED_LABEL_PREFIX, Driver, Event, TreeDownload
+from .errors import ProviderError, RateLimitError
+from .models import SandboxConfig, SandboxInfo
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
-from .streaming import CommandStream
 
 T = TypeVar("T")
 log = logging.getLogger("sandboxes.resilience")
 
-ATTEMPT_LABEL = "sandboxes_attempt"  # a token per creation, to find what a lost answer left behind
+ATTEMPT_LABEL = RESERVED_LABEL_PREFIX + "attempt"  # a token per creation, to find what a lost answer left behind
 CLEANUP_SECONDS = 30.0  # the most a clean-up after a failed creation may take
 
 
@@ -43,29 +41,30 @@ def _rejected(error: BaseException) -> bool:
     return isinstance(error, RateLimitError)
 
 
-class ResilientProvider(SandboxProvider):
-    """``inner`` behind a retry policy and a circuit breaker; same contract, same name."""
+class ResilientDriver:
+    """``inner`` behind a retry policy and a circuit breaker; the same driver protocol."""
 
     def __init__(
         self,
-        inner: SandboxProvider,
+        inner: Driver,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         *,
         sdk_resends_creation: bool = False,
     ) -> None:
         self.inner = inner
-        self.name = inner.name  # type: ignore[misc]  # a ClassVar on providers; a wrapper takes its inner one's name
+        self.name = inner.name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
         self.sdk_resends_creation = sdk_resends_creation
 
     def __repr__(self) -> str:
-        return f"<ResilientProvider {self.inner!r} circuit={self.breaker.state}>"
+        return f"<ResilientDriver {self.inner!r} circuit={self.breaker.state}>"
 
-    @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]  # the inner provider's
-        return self.inner.capabilities
+    def __getattr__(self, name: str) -> Any:  # the driver's options and descriptions
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     # -- plumbing ------------------------------------------------------------------------
     async def _once(self, function: Callable[[], Awaitable[T]], *, bounded: bool = True, guarded: bool = True) -> T:
@@ -88,23 +87,16 @@ class ResilientProvider(SandboxProvider):
     ) -> T:
         return await self.retry.run(lambda: self._once(function, bounded=bounded), retry_if=retry_if, what=f"{self.name}: {what}")
 
-    @staticmethod
-    def _public(info: SandboxInfo) -> SandboxInfo:
-        """The info without this wrapper's bookkeeping label."""
-        if ATTEMPT_LABEL in info.labels:
-            info.labels = {k: v for k, v in info.labels.items() if k != ATTEMPT_LABEL}
-        return info
-
     # -- lifecycle -------------------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        """Create (retried), destroy whatever failed attempts left, then run the setup commands once."""
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
+        """Create (retried), then destroy whatever failed attempts left."""
         token = uuid.uuid4().hex
-        attempt_config = config.replace(labels={**config.labels, ATTEMPT_LABEL: token}, setup_commands=[])
+        attempt_config = config.replace(labels={**config.labels, ATTEMPT_LABEL: token})
         lost: list[BaseException] = []  # failures after which a sandbox may exist that we never heard of
 
         async def attempt() -> SandboxInfo:
             try:
-                return await self._once(lambda: self.inner.create_sandbox(attempt_config))
+                return await self._once(lambda: self.inner.create(attempt_config))
             except BaseException as error:
                 if not isinstance(error, Exception) or (is_transient(error) and not _rejected(error)):
                     lost.append(error)
@@ -118,53 +110,34 @@ class ResilientProvider(SandboxProvider):
             raise
         if lost or self.sdk_resends_creation:
             await self._clean_up(token, keep=info.id)
-        try:
-            for command in config.setup_commands:
-                result = await self.execute_command(info.id, command)
-                if not result.success:
-                    raise SetupFailed(result, self.name)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._destroy_quietly(info.id)
-            raise
-        return self._public(info)
+        return info
 
     async def _clean_up(self, token: str, keep: str | None) -> None:
         """Destroy the sandboxes a creation's failed attempts may have made (best effort, bounded)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
-                left = await self.inner.list_sandboxes({ATTEMPT_LABEL: token})
+                left = await self.inner.list({ATTEMPT_LABEL: token})
             except Exception as error:
                 log.warning("%s: could not look for sandboxes a failed creation left behind: %s", self.name, error)
                 return
             for info in left:
                 if info.id != keep:
                     log.info("%s: destroying sandbox %s left by a failed creation attempt", self.name, info.id)
-                    await self._destroy_quietly(info.id)
+                    try:
+                        await self.inner.destroy(info.id)
+                    except Exception as error:
+                        log.warning("%s: could not destroy sandbox %s: %s", self.name, info.id, error)
 
-    async def _destroy_quietly(self, sandbox_id: str) -> None:
-        try:
-            await self.inner.destroy_sandbox(sandbox_id)
-        except Exception as error:
-            log.warning("%s: could not destroy sandbox %s: %s", self.name, sandbox_id, error)
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
+        return await self._retried(f"get sandbox {sandbox_id}", lambda: self.inner.get(sandbox_id))
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
-        info = await self._retried(f"get sandbox {sandbox_id}", lambda: self.inner.get_sandbox(sandbox_id))
-        return self._public(info) if info is not None else None
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        return await self._retried("list sandboxes", lambda: self.inner.list(labels))
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        found = await self._retried("list sandboxes", lambda: self.inner.list_sandboxes(labels))
-        return [self._public(info) for info in found]
-
-    async def find_sandbox(self, labels: Mapping[str, str]) -> SandboxInfo | None:
-        info = await self._retried("find a sandbox", lambda: self.inner.find_sandbox(labels))
-        return self._public(info) if info is not None else None
-
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+    async def destroy(self, sandbox_id: str) -> bool:
         """Retried, but never refused by an open circuit: a refused destroy would leak the sandbox."""
-
         return await self.retry.run(
-            lambda: self._once(lambda: self.inner.destroy_sandbox(sandbox_id), guarded=False),
+            lambda: self._once(lambda: self.inner.destroy(sandbox_id), guarded=False),
             what=f"{self.name}: destroy sandbox {sandbox_id}",
         )
 
@@ -178,64 +151,43 @@ class ResilientProvider(SandboxProvider):
         await self.inner.aclose()
 
     # -- commands --------------------------------------------------------------------------
-    async def execute_command(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
+        argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        """Run a command; retried only when the provider refused it (429), never once it may have run.
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """Run a command; sent again only when the provider refused it (429) before any output.
 
         A command is not idempotent (it may append to a file, charge a card,
         start a daemon): after a dropped connection or a 5xx we cannot know
         whether it ran, so running it again could run it twice. A 429 is a
         refusal before anything ran, so that one is waited out and resent.
         """
-        return await self._retried(
-            f"run a command in {sandbox_id}",
-            lambda: self.inner.execute_command(sandbox_id, command, env=env, cwd=cwd, timeout=timeout, stdin=stdin),
-            retry_if=_rejected,
-            bounded=False,  # the command's own timeout bounds it
-        )
-
-    def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> CommandStream:
-        """Stream a command; like ``execute_command``, resent only after a refusal before any output."""
-        options = {"env": env, "cwd": cwd, "timeout": timeout, "stdin": stdin}
-        return CommandStream(self._stream(sandbox_id, command, options), command=command)
-
-    async def _stream(self, sandbox_id: str, command: Command, options: dict[str, Any]) -> AsyncIterator[Any]:
         attempt = 1
         while True:
             self.breaker.before_call()
-            source = self.inner.stream_execution(sandbox_id, command, **options)
+            source = self.inner.exec(sandbox_id, argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, output_limit=output_limit)
             flowing = False
             try:
-                async for item in source:
+                async for event in source:
                     if not flowing:
                         flowing = True
-                        self.breaker.record_success()  # output is coming: the provider works
-                    yield item
-                status = getattr(source, "status", None)  # a CommandStream keeps the exit status
-                if status is not None:
-                    yield status
+                        self.breaker.record_success()  # the provider answers: it works
+                    yield event
                 if not flowing:
                     self.breaker.record_success()
                 return
             except Exception as error:
-                self._judge(error)
+                if is_outage(error):
+                    self.breaker.record_failure(error)
+                else:
+                    self.breaker.record_success()
                 if flowing or not _rejected(error) or attempt >= self.retry.max_attempts:
                     raise
                 wait = self.retry.delay(attempt, error)
@@ -249,20 +201,21 @@ class ResilientProvider(SandboxProvider):
                 if aclose is not None:
                     with anyio.CancelScope(shield=True):
                         await aclose()
-            log.info("%s: streaming a command was refused; retrying in %.2fs", self.name, wait)
+            log.info("%s: a command was refused; retrying in %.2fs", self.name, wait)
             await self.retry.sleep(wait)
             attempt += 1
-
-    def _judge(self, error: BaseException) -> None:
-        if is_outage(error):
-            self.breaker.record_failure(error)
-        else:
-            self.breaker.record_success()
 
     # -- files -----------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Retried: writing the same bytes twice leaves the same file."""
         await self._retried(f"write {path}", lambda: self.inner.write_file(sandbox_id, path, data))
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        return await self._retried(f"read {path}", lambda: self.inner.read_file(sandbox_id, path))
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
+        return await self._retried(f"read {path}", lambda: self.inner.read_file(sandbox_id, path, limit))
+
+    async def download_tree(self, sandbox_id: str, path: str, sink: Callable[[bytes], object], limit: int) -> None:
+        """The inner driver's tar stream, through the breaker; not retried (the sink has had part of it)."""
+        inner = self.inner
+        if not isinstance(inner, TreeDownload):
+            raise NotADirectoryError(path)  # the engine then takes the generic path
+        await self._once(lambda: inner.download_tree(sandbox_id, path, sink, limit), bounded=False)

@@ -14,7 +14,8 @@ import anyio
 
 from . import _validate as check
 from .errors import SandboxNotFoundError
-from .manager import PROVIDERS, Manager, current_manager, get_manager, reset_manager
+from . import specs
+from .manager import Manager, current_manager, get_manager, reset_manager
 from .models import Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import RetryPolicy
@@ -108,8 +109,8 @@ class Sandbox:
             else:
                 name, _, option = key.partition("_")
                 options = {option: value}
-            if name not in PROVIDERS:
-                raise TypeError(f"unknown configure option {key!r}: name a provider ({', '.join(PROVIDERS)})")
+            if name not in specs.specs():
+                raise TypeError(f"unknown configure option {key!r}: name a provider ({', '.join(specs.names())})")
             manager.provider_options.setdefault(name, {}).update(options)
             manager.retire(name)  # rebuilt with the new options on next use; the old one is closed with the manager
         return manager

@@ -14,7 +14,7 @@ import click
 
 from .. import sync
 from ..errors import SandboxError, ToolchainMissing
-from ..manager import PROVIDERS
+from .. import specs
 
 DEFAULT_PROVIDER = "local"
 CREATED_BY = ("created-by", "sandboxes-cli")
@@ -69,13 +69,13 @@ def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
 
 
 def check_provider(name: str) -> str:
-    if name not in PROVIDERS:
-        fail(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}", 2)
+    if name not in specs.specs():
+        fail(f"unknown provider {name!r}: choose one of {', '.join(specs.names())}", 2)
     return name
 
 
 def provider_option(default: str | None = DEFAULT_PROVIDER) -> Callable[[Any], Any]:
-    help_text = f"Provider: {', '.join(PROVIDERS)}" + (f" (default: {default}, or $SANDBOXES_PROVIDER)." if default else ".")
+    help_text = f"Provider: {', '.join(specs.names())}" + (f" (default: {default}, or $SANDBOXES_PROVIDER)." if default else ".")
     return click.option("-p", "--provider", default=default, envvar="SANDBOXES_PROVIDER", show_envvar=False, help=help_text)
 
 

@@ -9,7 +9,8 @@ import click
 
 from .. import sync
 from ..errors import ProviderUnavailable, SandboxError
-from ..manager import PROVIDERS, Manager, has_credentials, provider_class
+from .. import specs
+from ..manager import Manager, has_credentials, provider_class
 from ._util import check_provider, fail, host_labels, provider_option
 
 _CREDENTIALS = {
@@ -52,12 +53,12 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def providers(as_json: bool) -> None:
     """Show which providers are available here, why not, and the local isolation."""
-    rows = [(name, *provider_status(name)) for name in PROVIDERS]
+    rows = [(name, *provider_status(name)) for name in specs.names()]
     default = Manager().resolve(None)
     if as_json:
         click.echo(json.dumps({"default": default, "providers": [{"name": n, "available": a, "detail": d} for n, a, d in rows]}, indent=2))
         return
-    width = max(len(name) for name in PROVIDERS)
+    width = max(len(name) for name in specs.names())
     for name, available, detail in rows:
         mark = "available  " if available else "unavailable"
         click.echo(f"{name.ljust(width)}  {mark}  {detail}")
@@ -75,7 +76,7 @@ Examples:
 @provider_option(default=None)
 def test(provider: str | None) -> None:
     """Check providers live: create a sandbox, run echo, destroy it, with timings."""
-    names = [check_provider(provider)] if provider else [n for n in PROVIDERS if provider_status(n)[0]]
+    names = [check_provider(provider)] if provider else [n for n in specs.names() if provider_status(n)[0]]
     failures = 0
     for name in names:
         timings: list[str] = []

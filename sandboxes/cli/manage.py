@@ -11,7 +11,8 @@ import click
 
 from .. import sync
 from ..errors import ProviderUnavailable, SandboxError
-from ..manager import CLOUD_ORDER, has_credentials
+from .. import specs
+from ..manager import has_credentials
 from ..models import SandboxInfo
 from ._util import (
     CREATED_BY,
@@ -34,7 +35,7 @@ def _providers(provider: str | None) -> list[str]:
     """The named provider, or local plus every cloud provider with credentials."""
     if provider:
         return [check_provider(provider)]
-    return [DEFAULT_PROVIDER, *(name for name in CLOUD_ORDER if has_credentials(name))]
+    return [DEFAULT_PROVIDER, *(name for name in specs.cloud_names() if has_credentials(name))]
 
 
 def _list(names: list[str], labels: dict[str, str], *, strict: bool) -> list[SandboxInfo]:

@@ -1,21 +1,15 @@
-"""Provider classes, imported lazily so a missing cloud SDK costs nothing."""
+"""Provider classes (``LocalProvider``, ``E2BProvider``...), built from the spec table on first use,
+so that a missing cloud SDK costs nothing until its provider is asked for."""
 
 from typing import Any
 
-_CLASSES = {
-    "LocalProvider": "local",
-    "E2BProvider": "e2b",
-    "ModalProvider": "modal",
-    "DaytonaProvider": "daytona",
-    "CloudflareProvider": "cloudflare",
-}
+from .. import specs
 
-__all__ = list(_CLASSES)
+__all__ = [spec.class_name for spec in specs.BUILTIN]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CLASSES:
-        from ..manager import provider_class
-
-        return provider_class(_CLASSES[name])
+    for spec in specs.specs().values():
+        if spec.class_name == name:
+            return specs.provider_class(spec.name)
     raise AttributeError(f"module 'sandboxes.providers' has no attribute {name!r}")

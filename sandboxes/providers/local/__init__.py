@@ -1,5 +1,11 @@
-"""The local provider: bubblewrap sandboxes on this machine."""
+"""The local provider: bubblewrap sandboxes on this machine (driver in ``driver``)."""
 
-from .provider import LocalProvider
+from typing import Any
 
-__all__ = ["LocalProvider"]
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalProvider":  # the engine over LocalDriver, as sandboxes.providers has it
+        from ...specs import provider_class
+
+        return provider_class("local")
+    raise AttributeError(f"module 'sandboxes.providers.local' has no attribute {name!r}")

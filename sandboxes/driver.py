@@ -1,0 +1,136 @@
+"""The driver protocol: the wire of one provider, and nothing else.
+
+A driver creates, finds, lists and destroys sandboxes, runs one argument
+vector as a stream of events, and reads and writes files. It is the smallest
+interface the providers share. Everything a caller would call policy (setup
+commands, ``working_dir``, output caps and decoding, one exit code for a
+timeout, long commands, input checks) is written once, in the engine
+(``sandboxes.provider.SandboxProvider``), above the middlewares that wrap
+drivers (retry and circuit breaker in ``resilient``, record and replay in
+``cassette``).
+
+Drivers import this module, ``models`` and ``errors``; nothing above them.
+What only some drivers can do is an optional protocol, tied to a capability
+in the provider's spec: ``TreeDownload`` (``tree_download``). A driver that
+can tell a memory kill sets ``Exit.oom_killed`` (``oom_reporting``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from .models import SandboxConfig, SandboxInfo
+
+RESERVED_LABEL_PREFIX = "sandboxes."
+"""Labels under this prefix are the library's own bookkeeping (settings, creation tokens, driver metadata):
+stored with the sandbox, never shown in ``labels`` nor matched by ``find``, refused from callers."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """Bytes a command wrote to one of its streams."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a command ended: the last event of ``Driver.exec``.
+
+    ``timed_out`` says the driver killed it at its timeout (the engine reports
+    exit code 124 then, whatever the driver saw). ``dropped`` says a layer kept
+    only the head and tail of the output (a cassette past its cap).
+    """
+
+    exit_code: int
+    timed_out: bool = False
+    duration_ms: float | None = None
+    oom_killed: bool = False
+    dropped: bool = False
+
+
+Event = Output | Exit
+
+
+class Driver(Protocol):
+    """One provider's wire. Errors: ``ProviderError`` for its own failures (mapped once, with ``map_errors``),
+    ``SandboxNotFoundError`` for a sandbox that is gone, the ``OSError`` family for a sandbox's content."""
+
+    name: str
+
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
+        """Create a sandbox (no setup commands: the engine runs them). Its labels include the reserved ones."""
+
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
+        """The sandbox, or None when there is none."""
+
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        """Every live sandbox whose labels include ``labels``, all pages."""
+
+    async def destroy(self, sandbox_id: str) -> bool:
+        """Destroy it; True when it existed. Nothing of it keeps running."""
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """Run ``argv`` (no shell); yield ``Output`` as it comes, then one ``Exit``.
+
+        At ``timeout`` seconds the command's whole process tree is killed and
+        ``Exit.timed_out`` is set. ``output_limit`` is how many bytes of each
+        stream the caller keeps (head and tail): a driver may drop the middle
+        beyond it and say so with ``Exit.dropped``. Closing the iterator early
+        ends the command.
+        """
+        ...
+
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
+        """A regular file's bytes; past ``limit`` bytes, ``OSError(EFBIG)`` (or more bytes, which the engine refuses)."""
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path``, creating parent directories."""
+
+    async def health_check(self) -> bool:
+        """True when the provider answers; creates nothing."""
+
+    async def aclose(self) -> None:
+        """Release clients and connections."""
+
+
+@runtime_checkable
+class TreeDownload(Protocol):
+    """A driver that sends a directory as a tar stream itself (capability ``tree_download``)."""
+
+    async def download_tree(self, sandbox_id: str, path: str, sink: Callable[[bytes], object], limit: int) -> None:
+        """Feed a tar of the directory ``path`` to ``sink``; ``NotADirectoryError`` when it is not one."""
+
+
+ErrorMap = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[BaseException], BaseException | None]]]
+"""(exception types, translation): the first row whose types match translates; a translation that
+returns None lets the error through unchanged."""
+
+
+@contextlib.contextmanager
+def map_errors(table: ErrorMap) -> Iterator[None]:
+    """Translate an SDK's exceptions into this library's, from one declared table (httpx's ``map_exceptions``)."""
+    try:
+        yield
+    except Exception as error:
+        for kinds, translate in table:
+            if isinstance(error, kinds):
+                mapped = translate(error)
+                if mapped is None or mapped is error:
+                    raise
+                raise mapped from None
+        raise
