@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import sandboxes.sync as sync
-from sandboxes.cassette import Cassette, CassetteProvider
+from sandboxes.cassette import Cassette, CassetteDriver
 from sandboxes.models import SandboxConfig
 from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox, make_config
@@ -81,7 +81,7 @@ def sandbox_config(request: pytest.FixtureRequest) -> SandboxConfig:
 
 
 @pytest.fixture
-def sandbox(request: pytest.FixtureRequest, sandbox_provider: CassetteProvider, sandbox_config: SandboxConfig) -> Iterator[Any]:
+def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, sandbox_config: SandboxConfig) -> Iterator[Any]:
     """A fresh sandbox, destroyed at teardown even when the test fails.
 
     A blocking ``sandboxes.sync.Sandbox`` in a plain test, the async
@@ -90,11 +90,12 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: CassetteProvider, 
     state = state_of(request.config)
     config = compose(sandbox_config, state.settings, spec_for(request.node), state.labels)
     portal = sync.portal()
-    pool = state.pool_for(sandbox_provider) if state.settings.pool and sandbox_provider.cassette is None else None
-    if pool is not None:
+    recorder = sandbox_provider.driver
+    pool = state.pool_for(sandbox_provider.name) if state.settings.pool and isinstance(recorder, CassetteDriver) and recorder.cassette is None else None
+    if pool is not None and isinstance(recorder, CassetteDriver):
         started = time.perf_counter()
         info = portal.call(pool.acquire, config)
-        sandbox_provider.adopt(info, config, seconds=time.perf_counter() - started)
+        recorder.adopt(seconds=time.perf_counter() - started)
     else:
         info = portal.call(sandbox_provider.create_sandbox, config)
     handle = Sandbox(sandbox_provider, info, command_timeout=config.command_timeout)
@@ -121,7 +122,7 @@ class SandboxFactory:
     def __init__(self, state: SessionState) -> None:
         self._state = state
         self._made: list[Sandbox] = []
-        self._live: dict[str, CassetteProvider] = {}
+        self._live: dict[str, SandboxProvider] = {}
 
     def __call__(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> sync.Sandbox:
         """A new blocking sandbox; ``options`` are SandboxConfig fields."""
@@ -134,7 +135,7 @@ class SandboxFactory:
 
     def _plan(
         self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]
-    ) -> tuple[CassetteProvider, SandboxConfig, TestRecording | None]:
+    ) -> tuple[SandboxProvider, SandboxConfig, TestRecording | None]:
         """Which wrapped provider and config (checks, skips and failures happen here, not in the portal)."""
         state = self._state
         settings = state.settings
@@ -166,16 +167,17 @@ class SandboxFactory:
             pytrace=False,
         )
 
-    def _live_provider(self, name: str) -> CassetteProvider:
+    def _live_provider(self, name: str) -> SandboxProvider:
         """No cassette: one counted live provider per name for the whole session."""
         if name not in self._live:
             reason = self._state.reason(name)
             if reason:
                 pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
-            self._live[name] = CassetteProvider(self._state.provider(name), None, name=name, stats=self._state.stats_for(name))
+            live = self._state.provider(name)
+            self._live[name] = live.with_driver(CassetteDriver(live.driver, None, name=name, stats=self._state.stats_for(name)))
         return self._live[name]
 
-    async def _create(self, wrapped: CassetteProvider, config: SandboxConfig, recording: TestRecording | None) -> Sandbox:
+    async def _create(self, wrapped: SandboxProvider, config: SandboxConfig, recording: TestRecording | None) -> Sandbox:
         info = await wrapped.create_sandbox(config)
         made = Sandbox(wrapped, info, command_timeout=config.command_timeout)
         (self._made if recording is None else recording.made).append(made)

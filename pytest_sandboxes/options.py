@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes.cassette import RECORD_MODES
 from sandboxes import specs
+from sandboxes.cassette import RECORD_MODES
 
 OFF = "off"
 MODES = (OFF, *RECORD_MODES)

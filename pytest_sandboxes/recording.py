@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 import sandboxes.sync as sync
-from sandboxes.cassette import Cassette, CassetteProvider, Interaction, Scrubber, looks_secret
+from sandboxes import specs
+from sandboxes.cassette import Cassette, CassetteDriver, Interaction, Scrubber, looks_secret
 from sandboxes.errors import CassetteError
 from sandboxes.manager import current_manager
+from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox
 
 from .cassettes import PROVIDER_PARAM, cassette_path, rerecord_command
@@ -29,8 +31,8 @@ from .session import SessionState
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 
-class TestProvider(CassetteProvider):
-    """A test's wrapped provider; once the test is over, any use names the problem."""
+class TestDriver(CassetteDriver):
+    """A test's cassette middleware; once the test is over, any use names the problem."""
 
     __test__ = False  # not a test class, whatever its name
     ended: str | None = None
@@ -69,7 +71,8 @@ class TestRecording:
         self.item = item
         self.state = state
         self._cassettes: dict[str, Cassette | None] = {}
-        self._providers: dict[str, TestProvider] = {}
+        self._providers: dict[str, SandboxProvider] = {}
+        self._drivers: dict[str, TestDriver] = {}
         self.made: list[Sandbox] = []
         """The sandboxes sandbox_factory made for this test, destroyed when it ends."""
 
@@ -95,17 +98,18 @@ class TestRecording:
                     pytest.fail(problem, pytrace=False)
         return self._cassettes[name]
 
-    def provider(self, name: str) -> TestProvider:
+    def provider(self, name: str) -> SandboxProvider:
         """Live, recording or replaying, always counted; skips the test when a needed provider cannot run."""
         if name not in self._providers:
             cassette = self.cassette(name)
-            inner = None
+            live = None
             if cassette is None or cassette.needs_provider:
                 reason = self.state.reason(name)
                 if reason:
                     pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
-                inner = self.state.provider(name)
-            self._providers[name] = TestProvider(inner, cassette, name=name, stats=self.state.stats_for(name))
+                live = self.state.provider(name)
+            driver = self._drivers[name] = TestDriver(live.driver if live else None, cassette, name=name, stats=self.state.stats_for(name))
+            self._providers[name] = live.with_driver(driver) if live else SandboxProvider(driver, spec=specs.spec(name))
         return self._providers[name]
 
     def finish(self) -> None:
@@ -117,7 +121,7 @@ class TestRecording:
         portal = sync.portal()
         while self.made:
             handle = self.made.pop()
-            if settings.keep and failed and self._providers[handle.provider].inner is not None:  # a replayed one is nothing to keep
+            if settings.keep and failed and self._drivers[handle.provider].inner is not None:  # a replayed one is nothing to keep
                 self.state.kept.append((handle.provider, handle.id))
                 continue
             try:
@@ -130,9 +134,9 @@ class TestRecording:
                     if cassette is not None:
                         cassette.save()
         finally:
-            for provider in self._providers.values():
-                if provider.cassette is not None:
-                    provider.ended = (
+            for driver in self._drivers.values():
+                if driver.cassette is not None:
+                    driver.ended = (
                         f"it was recorded in the cassette of {self.item.nodeid}, which has ended. A sandbox that a cassette "
                         f"records lives only for its test: make it in each test that uses it (or in a function-scoped fixture)"
                     )

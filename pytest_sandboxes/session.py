@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from sandboxes import specs
 from sandboxes.cassette import CassetteStats
 from sandboxes.errors import ProviderUnavailable
-from sandboxes.manager import get_manager, has_credentials, provider_class
+from sandboxes.manager import get_manager, provider_class
 from sandboxes.provider import SandboxProvider
 
 from .options import Settings
@@ -21,18 +22,11 @@ RUN_LABEL = "sandboxes_run"
 HOST_LABEL = "sandboxes_host"
 WORKER_LABEL = "sandboxes_worker"
 
-CREDENTIALS_HINT = {
-    "e2b": "E2B_API_KEY is not set",
-    "modal": "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
-    "daytona": "DAYTONA_API_KEY is not set",
-    "cloudflare": "CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN must both be set",
-}
-
-
 def unavailable_reason(name: str) -> str | None:
     """Why a provider cannot run here (SDK, credentials, bubblewrap), or None when it can."""
-    if name != "local" and not has_credentials(name):  # checked first: no SDK import needed
-        return f"provider {name!r} has no credentials: {CREDENTIALS_HINT.get(name, 'see its documentation')}"
+    entry = specs.spec(name)
+    if not entry.has_credentials():  # checked first: no SDK import needed
+        return f"provider {name!r} has no credentials: {entry.credential_hint or 'see its documentation'}"
     try:
         provider_class(name)
     except ProviderUnavailable as error:
@@ -95,14 +89,13 @@ class SessionState:
             self.providers[name] = get_manager().get_provider(name)
         return self.providers[name]
 
-    def pool_for(self, wrapped: Any) -> Any:
+    def pool_for(self, name: str) -> Any:
         """The warm pool of a live provider in this process, opened on first use."""
         from sandboxes.pool import WarmPool
         from sandboxes.sync import portal
 
-        name = wrapped.name
         if name not in self.pools:
-            manager = portal().wrap_async_context_manager(WarmPool(wrapped.inner, self.settings.pool))
+            manager = portal().wrap_async_context_manager(WarmPool(self.provider(name), self.settings.pool))
             self.pools[name] = (manager, manager.__enter__())
         return self.pools[name][1]
 

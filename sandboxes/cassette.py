@@ -1,9 +1,12 @@
 """Provider-neutral record/replay of sandbox operations.
 
-``CassetteProvider`` sits between a ``Sandbox`` and any provider. It logs each
-operation (create, execute, stream, write/read file, list/get, destroy) with
-its normalised arguments and its result into a ``Cassette``: one readable YAML
-file per test. In replay no provider is contacted and no credentials are
+``CassetteDriver`` is a middleware: it wraps any driver (or nothing, in
+replay) under the engine and above the retry middleware, so it records what
+the caller saw, not each attempt. It logs each driver operation (create, exec,
+write/read file, list/get, destroy) with its normalised arguments and its
+result, errors included, into a ``Cassette``: one readable YAML file per test.
+Setup commands and the working directory are the engine's: they appear as the
+``exec`` operations they are. In replay no provider is contacted and no credentials are
 needed. Record modes follow VCR:
 
 - ``none``: replay only; a missing cassette or an unmatched operation fails.
@@ -12,8 +15,11 @@ needed. Record modes follow VCR:
 - ``all``: run everything live; the cassette becomes this run's operations.
 - ``rewrite``: like ``all``, and the old cassette is not even read.
 
-Matching is by operation and normalised arguments (command, env, cwd, stdin
-and file digests), first-in-first-out among equal keys. Provider sandbox ids
+Matching is by operation and normalised arguments (argv, env, cwd, stdin
+and file digests; not the timeout), first-in-first-out among equal keys.
+Format 2; a format-1 file (recorded above the engine) is migrated when read.
+Nothing read is trusted: YAML aliases are refused, every field's type is
+checked, and a bad file is a ``CassetteError`` that names it. Provider sandbox ids
 are replaced by stable placeholders (``sandbox-1``...), nothing time-dependent
 is written, secrets are scrubbed in one place (``Scrubber``), writes are
 atomic and only happen when the content changed.
@@ -32,7 +38,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,18 +46,19 @@ from typing import Any
 import yaml
 
 from . import errors as _errors
+from .driver import RESERVED_LABEL_PREFIX, Driver, Event, Exit, Output
 from .errors import CassetteError
 from .languages import RUN_ROOT
-from .models import Capabilities, Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
-from .provider import SandboxProvider
-from .streaming import CommandStream, ExitStatus, StreamItem, streaming
+from .models import DEFAULT_MAX_OUTPUT_BYTES, SandboxConfig, SandboxInfo
+from .resilience import CircuitOpenError
+from .specs import secret_variables
 
 RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OLDEST_VERSION = 1  # migrated when read
 RUN_LABEL_PREFIX = "sandboxes_"
 """Labels starting with this (run id, worker) are per run: never part of a match."""
 
-CREDENTIAL_VARS = ("E2B_API_KEY", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_TOKEN_*", "DAYTONA_API_KEY", "CLOUDFLARE_API_TOKEN")
 SECRET_NAME_PATTERNS = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*")
 MIN_SECRET_LENGTH = 4  # shorter values would scrub ordinary text
 
@@ -59,7 +66,7 @@ MIN_SECRET_LENGTH = 4  # shorter values would scrub ordinary text
 @functools.lru_cache(maxsize=4096)  # asked for every env var of every cassette
 def looks_secret(name: str) -> bool:
     upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in (*CREDENTIAL_VARS, *SECRET_NAME_PATTERNS))
+    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in (*secret_variables(), *SECRET_NAME_PATTERNS))
 
 
 class Scrubber:
@@ -129,6 +136,12 @@ def _unpayload(stored: Mapping[str, Any]) -> bytes:
 
 
 def _plain_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Labels as matched: not the per-run ones, nor the library's reserved ones (derived from the config)."""
+    return {k: str(v) for k, v in sorted((labels or {}).items()) if not k.startswith((RUN_LABEL_PREFIX, RESERVED_LABEL_PREFIX))}
+
+
+def _stored_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Labels as a result stores them: the reserved ones kept (they carry the sandbox's settings)."""
     return {k: str(v) for k, v in sorted((labels or {}).items()) if not k.startswith(RUN_LABEL_PREFIX)}
 
 
@@ -144,6 +157,7 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _str_representer)
+_Dumper.ignore_aliases = lambda self, data: True  # never write anchors: the loader refuses them
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -169,9 +183,15 @@ def _key(op: str, args: Mapping[str, Any]) -> str:
 
 
 _UNMATCHED_ARGS = {"timeout", "stdin_text", "size"}
-RUN_DIR_PREFIX = RUN_ROOT + "/"  # where run_code puts each run, under a random name
-_RUN_DIR = re.compile(re.escape(RUN_DIR_PREFIX) + r"[0-9a-f]{12}")
 """Recorded for the reader but not part of a match (a timeout differs between runs)."""
+RUN_DIR_PREFIX = RUN_ROOT + "/"  # where run_code puts each run, under a random name
+_RANDOM_PATHS = (
+    (re.compile(re.escape(RUN_DIR_PREFIX) + r"[0-9a-f]{12}"), RUN_DIR_PREFIX + "run-{}"),
+    (re.compile(r"/tmp/\.sandboxes-cmd-[0-9a-f]{16}\.sh"), "/tmp/.sandboxes-cmd-{}.sh"),
+    (re.compile(r"/tmp/\.sandboxes-download-[0-9a-f]{32}\.tar"), "/tmp/.sandboxes-download-{}.tar"),
+)
+"""Paths the library names at random (run_code's run directories, spilled commands, download archives):
+recorded as placeholders numbered in order of first use, so a replay, which draws new names, matches."""
 
 
 @dataclass
@@ -225,7 +245,12 @@ class Cassette:
         self.scrubber = scrubber or Scrubber()
         self.capabilities: list[str] | None = None
         existed = self.path.is_file()
-        self._original_text = self.path.read_text() if existed else None
+        self._original_text = None
+        if existed:
+            try:
+                self._original_text = self.path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CassetteError(f"cannot read cassette {self.path}: it is not UTF-8 text ({error}). To record it again: {self.rerecord_hint}") from None
         self.recorded: list[Interaction] = []
         if existed and mode != "rewrite":
             self.recorded = self._load()
@@ -285,14 +310,14 @@ class Cassette:
 
     # -- the file -------------------------------------------------------------------------
     def _load(self) -> list[Interaction]:
+        from ._cassette_format import read_document
+
         try:
-            data = yaml.load(self._original_text or "", Loader=_Loader) or {}
-            if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unsupported cassette version {data.get('version')!r}")
-            self.capabilities = data.get("capabilities")
-            return [Interaction(item["op"], dict(item.get("args") or {}), dict(item.get("result") or {})) for item in data.get("interactions") or []]
-        except (yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError) as error:
+            capabilities, interactions = read_document(self._original_text or "", _Loader)
+        except ValueError as error:
             raise CassetteError(f"cannot read cassette {self.path}: {error}. To record it again: {self.rerecord_hint}") from None
+        self.capabilities = capabilities
+        return interactions
 
     def interactions(self) -> list[Interaction]:
         """What the file will hold after this run."""
@@ -343,7 +368,7 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# -- errors recorded and raised again ---------------------------------------------------
+# -- errors recorded and raised again, faithfully ---------------------------------------
 _ERROR_TYPES: dict[str, type[BaseException]] = {
     name: getattr(builtins, name)
     for name in (
@@ -359,75 +384,93 @@ _ERROR_TYPES: dict[str, type[BaseException]] = {
     )
 }
 _ERROR_TYPES.update({name: getattr(_errors, name) for name in _errors.__dict__ if isinstance(getattr(_errors, name), type)})
+_ERROR_TYPES["CircuitOpenError"] = CircuitOpenError
 
 
-def _error_record(error: BaseException) -> dict[str, Any]:
+def error_record(error: BaseException) -> dict[str, Any]:
+    """An error as stored: its type, message and the fields a caller may read (retry_after, errno...)."""
     record: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-    if isinstance(error, _errors.UnsupportedOperation):
-        record.update(provider=error.provider, capability=error.capability)
+    if isinstance(error, OSError):
+        record.update(message=error.strerror or str(error), errno=error.errno, filename=error.filename)
+    for name in ("provider", "capability", "retry_after", "retry_in"):
+        value = getattr(error, name, None)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            record[name] = value
     return record
 
 
-def _raise_recorded(record: Mapping[str, Any]) -> None:
-    kind = _ERROR_TYPES.get(record.get("type", ""), _errors.ProviderError)
+def recorded_error(record: Mapping[str, Any]) -> BaseException:
+    """The error a record describes, of the same type with the same fields (a type unknown here: ProviderError)."""
+    kind = _ERROR_TYPES.get(str(record.get("type", "")), _errors.ProviderError)
     message = str(record.get("message", ""))
+    provider = record.get("provider")
     if kind is _errors.UnsupportedOperation:
-        raise _errors.UnsupportedOperation(record.get("provider", "?"), record.get("capability", "?"))
-    if issubclass(kind, _errors.CommandFailed):  # its result is not recorded (SetupFailed included)
-        raise _errors.ProviderError(message)
+        error: BaseException = _errors.UnsupportedOperation(str(provider or "?"), str(record.get("capability", "?")))
+        error.args = (message,)
+        return error
+    if issubclass(kind, _errors.CommandFailed):  # its result lives in the exec it came from
+        return _errors.ProviderError(message, provider=provider)
+    if issubclass(kind, OSError):
+        number, filename = record.get("errno"), record.get("filename")
+        if number is None:
+            return kind(message)
+        return kind(number, message, filename) if filename is not None else kind(number, message)
+    if kind is CircuitOpenError:
+        return CircuitOpenError(message, provider=provider, retry_in=float(record.get("retry_in") or 0.0))
+    if kind is _errors.RateLimitError:
+        retry_after = record.get("retry_after")
+        return _errors.RateLimitError(message, provider=provider, retry_after=float(retry_after) if retry_after is not None else None)
     if issubclass(kind, _errors.ProviderError):
-        raise kind(message)
-    raise kind(message)
+        return kind(message, provider=provider)
+    return kind(message)
 
 
-# -- the wrapper ---------------------------------------------------------------------------
-class CassetteProvider(SandboxProvider):
-    """Wraps a provider (or nothing, in replay) and logs every operation.
+# -- the middleware ------------------------------------------------------------------------
+class CassetteDriver:
+    """Wraps a driver (or nothing, in replay) and logs every operation.
 
     With ``cassette=None`` every operation is live and only counted, so a
     test session can report operations and latencies either way.
     """
 
-    def __init__(
-        self,
-        inner: SandboxProvider | None,
-        cassette: Cassette | None = None,
-        *,
-        name: str | None = None,
-        stats: CassetteStats | None = None,
-    ) -> None:
+    def __init__(self, inner: Driver | None, cassette: Cassette | None = None, *, name: str | None = None, stats: CassetteStats | None = None) -> None:
         if inner is None and (cassette is None or cassette.needs_provider):
             raise ValueError("a provider is needed unless the cassette only replays")
         self.inner = inner
         self.cassette = cassette
-        self.name = name or (inner.name if inner is not None else (cassette.provider if cassette else None)) or "replay"  # type: ignore[misc]  # a ClassVar on providers; a wrapper takes its inner one's name
+        self.name: str = name or (inner.name if inner is not None else (cassette.provider if cassette else None)) or "replay"
         self.stats = stats if stats is not None else CassetteStats()
         self._placeholders: dict[str, str] = {}  # live id -> placeholder
-        self._live_ids: dict[str, str] = {}  # placeholder -> live id
+        self._live_ids: dict[str, str] = {}  # placeholder -> live id ("" for a replayed one not yet live)
         self._configs: dict[str, SandboxConfig] = {}  # placeholder -> config (new_episodes)
-        self._run_dirs: dict[str, str] = {}  # a live run_code directory -> its placeholder
-        if cassette is not None and inner is not None and cassette.capabilities is None:
-            cassette.capabilities = inner.capabilities.supported()
+        self._limits: dict[str, int] = {}  # placeholder -> output cap
+        self._random: dict[str, str] = {}  # a random path -> its placeholder
 
     def __repr__(self) -> str:
-        return f"<CassetteProvider {self.name} mode={self.cassette.mode if self.cassette else 'live'}>"
+        return f"<CassetteDriver {self.name} mode={self.cassette.mode if self.cassette else 'live'}>"
 
-    @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]  # the inner provider's, or the recorded ones
-        if self.inner is not None:
-            return self.inner.capabilities
-        names = set(self.cassette.capabilities or ()) if self.cassette else set()
-        return Capabilities(**{k: True for k in names if k in Capabilities.__dataclass_fields__})
+    def __getattr__(self, name: str) -> Any:  # the driver's options and descriptions
+        if name.startswith("__") or name == "inner" or self.__dict__.get("inner") is None:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
-    # -- ids ----------------------------------------------------------------------------------
+    def _live(self) -> Driver:
+        if self.inner is None:
+            raise CassetteError("this cassette only replays, and the operation needs a live provider")
+        return self.inner
+
+    # -- ids and random names --------------------------------------------------------------------
     def _stable(self, value: Any) -> Any:
-        """``value`` with each random run directory of ``run_code`` replaced by a placeholder
-        numbered in order of first use, so a replay, which makes new random names, matches."""
         if isinstance(value, str):
-            return _RUN_DIR.sub(lambda found: self._run_dirs.setdefault(found.group(0), f"{RUN_DIR_PREFIX}run-{len(self._run_dirs) + 1}"), value)
+            for pattern, template in _RANDOM_PATHS:
+                value = pattern.sub(functools.partial(self._placeholder_path, template), value)
+            return value
         if isinstance(value, list):
             return [self._stable(item) for item in value]
         return value
+
+    def _placeholder_path(self, template: str, found: re.Match[str]) -> str:
+        return self._random.setdefault(found.group(0), template.format(len(self._random) + 1))
 
     def _placeholder(self, sandbox_id: str) -> str:
         if sandbox_id in self._live_ids:  # already a placeholder
@@ -444,30 +487,29 @@ class CassetteProvider(SandboxProvider):
         return placeholder
 
     async def _live_id(self, sandbox_id: str) -> str:
-        """The provider's id for a handle's id; a replayed sandbox gets a live one on first need."""
+        """The provider's id for a handle's id; a replayed sandbox gets a live one on first need (new_episodes)."""
         if sandbox_id in self._placeholders:
             return sandbox_id
         live = self._live_ids.get(sandbox_id)
         if live:
             return live
-        if sandbox_id in self._live_ids:  # replayed create, now a miss in new_episodes: go live
-            assert self.inner is not None
-            info = await self.inner.create_sandbox(self._configs.get(sandbox_id, SandboxConfig()))
+        if sandbox_id in self._live_ids:
+            info = await self._live().create(self._configs.get(sandbox_id, SandboxConfig()))
             self.stats.created += 1
             self._live_ids[sandbox_id] = info.id
             self._placeholders[info.id] = sandbox_id
             return info.id
         return sandbox_id
 
-    # -- the generic path -------------------------------------------------------------------------
+    # -- the generic path --------------------------------------------------------------------------
     def _replay(self, op: str, args: dict[str, Any]) -> Interaction | None:
         if self.cassette is None:
             return None
         interaction = self.cassette.play(op, args)
         if interaction is not None:
             self.stats.replayed += 1
-            if "error" in interaction.result:
-                _raise_recorded(interaction.result["error"])
+            if "error" in interaction.result and op != "exec":
+                raise recorded_error(interaction.result["error"])
             return interaction
         if not self.cassette.records:
             raise self.cassette.miss(op, args)
@@ -483,7 +525,7 @@ class CassetteProvider(SandboxProvider):
         scrubber = self.cassette.scrubber if self.cassette else Scrubber({})
         return scrubber.env(env)
 
-    # -- lifecycle ------------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------
     def _config_args(self, config: SandboxConfig) -> dict[str, Any]:
         return {
             "image": config.image,
@@ -493,217 +535,182 @@ class CassetteProvider(SandboxProvider):
             "memory_mb": config.memory_mb,
             "cpus": config.cpus,
             "network": config.network,
-            "working_dir": config.working_dir,
-            "setup_commands": list(config.setup_commands),
         }
 
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
         args = self._config_args(config)
         if (played := self._replay("create", args)) is not None:
             placeholder = self._new_placeholder(None)
             self._configs[placeholder] = config
+            self._limits[placeholder] = config.max_output_bytes
             # Whether it had network decides where run_code installs dependencies: replayed as recorded.
             metadata = {"network": played.result["network"]} if "network" in played.result else {}
             return SandboxInfo(id=placeholder, provider=self.name, labels=dict(config.labels), image=config.image, metadata=metadata)
-        assert self.inner is not None
         started = time.perf_counter()
         try:
-            info = await self.inner.create_sandbox(config)
+            info = await self._live().create(config)
         except Exception as error:
-            self._record("create", args, {"error": _error_record(error)})
+            self._record("create", args, {"error": error_record(error)})
             raise
         self.stats.create_seconds.append(time.perf_counter() - started)
         self.stats.created += 1
         placeholder = self._new_placeholder(info.id)
-        self._record("create", args, _created(placeholder, info))
+        self._limits[placeholder] = config.max_output_bytes
+        network = info.metadata.get("network")
+        self._record("create", args, {"sandbox": placeholder, **({"network": network} if isinstance(network, bool) else {})})
         return info
 
-    def adopt(self, info: SandboxInfo, config: SandboxConfig, seconds: float | None = None) -> SandboxInfo:
-        """Log a sandbox created ahead of time (by a warm pool) as if created now."""
-        if self.cassette is not None and self.cassette.replays:
-            raise CassetteError("a pooled sandbox cannot be used while replaying a cassette")
+    def adopt(self, seconds: float | None = None) -> None:
+        """Count a sandbox created ahead of time (by a warm pool) as if created now; live use only."""
+        if self.cassette is not None:
+            raise CassetteError("a pooled sandbox cannot be recorded or replayed: it was made before its test")
         if seconds is not None:
             self.stats.create_seconds.append(seconds)
         self.stats.created += 1
-        placeholder = self._new_placeholder(info.id)
-        self._record("create", self._config_args(config), _created(placeholder, info))
-        return info
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
         args = {"sandbox": self._placeholder(sandbox_id)}
         if (played := self._replay("get", args)) is not None:
             found = played.result.get("found")
             return SandboxInfo(id=sandbox_id, provider=self.name, labels=dict(played.result.get("labels") or {})) if found else None
-        assert self.inner is not None
-        info = await self.inner.get_sandbox(await self._live_id(sandbox_id))
-        self._record("get", args, {"found": info is not None, "labels": _plain_labels(info.labels) if info else {}})
+        info = await self._live().get(await self._live_id(sandbox_id))
+        self._record("get", args, {"found": info is not None, "labels": _stored_labels(info.labels) if info else {}})
         return info
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
+    async def list(self, labels: Mapping[str, str]) -> builtins.list[SandboxInfo]:
         args = {"labels": _plain_labels(labels)}
         if (played := self._replay("list", args)) is not None:
             return [SandboxInfo(id=item["sandbox"], provider=self.name, labels=dict(item.get("labels") or {})) for item in played.result.get("sandboxes") or []]
-        assert self.inner is not None
-        found = await self.inner.list_sandboxes(labels)
-        self._record("list", args, {"sandboxes": [{"sandbox": self._placeholder(i.id), "labels": _plain_labels(i.labels)} for i in found]})
+        found = await self._live().list(labels)
+        self._record("list", args, {"sandboxes": [{"sandbox": self._placeholder(i.id), "labels": _stored_labels(i.labels)} for i in found]})
         return found
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+    async def destroy(self, sandbox_id: str) -> bool:
         args = {"sandbox": self._placeholder(sandbox_id)}
         if (played := self._replay("destroy", args)) is not None:
             live = self._live_ids.get(sandbox_id)
             if live and self.inner is not None:  # a replayed sandbox that went live later
-                await self.inner.destroy_sandbox(live)
+                await self.inner.destroy(live)
             return bool(played.result.get("existed", True))
-        assert self.inner is not None
-        existed = await self.inner.destroy_sandbox(await self._live_id(sandbox_id))
+        existed = await self._live().destroy(await self._live_id(sandbox_id))
         self._record("destroy", args, {"existed": existed})
         return existed
 
     async def health_check(self) -> bool:
         return True if self.inner is None else await self.inner.health_check()
 
-    # -- commands ------------------------------------------------------------------------------------------
-    def _command_args(
-        self, sandbox_id: str, command: Command, env: Mapping[str, str] | None, cwd: str | None, timeout: float | None, stdin: bytes | str | None
-    ) -> dict[str, Any]:
+    async def aclose(self) -> None:
+        """The wrapped driver belongs to whoever made it: nothing to close here."""
+
+    # -- commands ----------------------------------------------------------------------------------------
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
         args: dict[str, Any] = {
             "sandbox": self._placeholder(sandbox_id),
-            "command": self._stable(command if isinstance(command, str) else [str(part) for part in command]),
+            "argv": self._stable(list(argv)),
             "env": self._scrub_env(env),
             "cwd": self._stable(cwd),
             "timeout": timeout,
         }
-        data = _as_bytes(stdin)
-        if data is not None:
-            args["stdin"] = digest(data)
-            if len(data) <= 4096:
-                stored = _payload(data)
-                if "text" in stored:
-                    args["stdin_text"] = stored["text"]
-        return args
-
-    async def execute_command(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        args = self._command_args(sandbox_id, command, env, cwd, timeout, stdin)
-        if (played := self._replay("execute", args)) is not None:
+        if stdin is not None:
+            args["stdin"] = digest(stdin)
+            if len(stdin) <= 4096 and "text" in (stored := _payload(stdin)):
+                args["stdin_text"] = stored["text"]
+        if (played := self._replay("exec", args)) is not None:
+            for item in played.result.get("output") or []:
+                yield Output(item["stream"], _unpayload(item))
+            if "error" in played.result:
+                raise recorded_error(played.result["error"])
             r = played.result
-            return ExecutionResult(
-                stdout=r.get("stdout", ""), stderr=r.get("stderr", ""), exit_code=int(r.get("exit_code", 0)),
-                timed_out=bool(r.get("timed_out", False)), truncated=bool(r.get("truncated", False)), command=command,
-                oom_killed=bool(r.get("oom_killed", False)),
-            )  # fmt: skip
-        assert self.inner is not None
+            yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), bool(r.get("dropped")))
+            return
+        recorder = _OutputRecorder(output_limit)
+        result: dict[str, Any] = {}
         started = time.perf_counter()
         try:
-            result = await self.inner.execute_command(await self._live_id(sandbox_id), command, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+            async for event in self._live().exec(
+                await self._live_id(sandbox_id), argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, output_limit=output_limit
+            ):
+                if isinstance(event, Output):
+                    recorder.add(event)
+                else:
+                    result = {"exit_code": event.exit_code}
+                    result.update({k: True for k in ("timed_out", "oom_killed") if getattr(event, k)})
+                    if event.dropped or recorder.dropped:
+                        result["dropped"] = True
+                yield event
         except Exception as error:
-            self._record("execute", args, {"error": _error_record(error)})
-            raise
-        self.stats.execute_seconds.append(time.perf_counter() - started)
-        self._record(
-            "execute",
-            args,
-            {
-                "exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
-                "timed_out": result.timed_out, "truncated": result.truncated,
-                **({"oom_killed": True} if result.oom_killed else {}),  # only when set: older cassettes stay as they are
-            },
-        )  # fmt: skip
-        return result
-
-    @streaming
-    async def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        args = self._command_args(sandbox_id, command, env, cwd, timeout, stdin)
-        if (played := self._replay("stream", args)) is not None:
-            for chunk in played.result.get("chunks") or []:
-                yield OutputChunk(chunk["stream"], chunk["data"])
-            recorded_end = played.result.get("ended") or {}
-            if "error" in recorded_end:
-                _raise_recorded(recorded_end["error"])
-            if "exit_code" in recorded_end:  # cassettes recorded before streams had a status have none
-                yield ExitStatus(int(recorded_end["exit_code"]), bool(recorded_end.get("timed_out", False)))
-            return
-        assert self.inner is not None
-        chunks: list[dict[str, str]] = []
-        ended: dict[str, Any] = {"complete": False}
-        try:
-            live = CommandStream.of(
-                self.inner.stream_execution(await self._live_id(sandbox_id), command, env=env, cwd=cwd, timeout=timeout, stdin=stdin),
-                command=command,
-            )
-            async for chunk in live:
-                chunks.append({"stream": chunk.stream, "data": chunk.data})
-                yield chunk
-            ended = {"complete": True}
-            if live.status is not None:
-                ended.update(exit_code=live.status.exit_code, timed_out=live.status.timed_out)
-                yield live.status
-        except Exception as error:
-            ended = {"error": _error_record(error)}
+            result = {"error": error_record(error)}
             raise
         finally:
-            self._record("stream", args, {"chunks": _merge_chunks(chunks), "ended": ended})
+            self.stats.execute_seconds.append(time.perf_counter() - started)
+            if result:  # an exec the caller abandoned half-way is not a result to replay
+                self._record("exec", args, {"output": recorder.stored(), **result})
 
-    # -- files ---------------------------------------------------------------------------------------------
+    # -- files ----------------------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         args = {"sandbox": self._placeholder(sandbox_id), "path": self._stable(path), "data": digest(data), "size": len(data)}
         if self._replay("write_file", args) is not None:
             return
-        assert self.inner is not None
         try:
-            await self.inner.write_file(await self._live_id(sandbox_id), path, data)
+            await self._live().write_file(await self._live_id(sandbox_id), path, data)
         except Exception as error:
-            self._record("write_file", args, {"error": _error_record(error)})
+            self._record("write_file", args, {"error": error_record(error)})
             raise
         self._record("write_file", args, {})
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         args = {"sandbox": self._placeholder(sandbox_id), "path": self._stable(path)}
         if (played := self._replay("read_file", args)) is not None:
             return _unpayload(played.result.get("data") or {"text": ""})
-        assert self.inner is not None
         try:
-            data = await self.inner.read_file(await self._live_id(sandbox_id), path)
+            data = await self._live().read_file(await self._live_id(sandbox_id), path, limit)
         except Exception as error:
-            self._record("read_file", args, {"error": _error_record(error)})
+            self._record("read_file", args, {"error": error_record(error)})
             raise
         self._record("read_file", args, {"data": _payload(data)})
         return data
 
-    async def aclose(self) -> None:
-        """The wrapped provider belongs to whoever made it: nothing to close here."""
 
+class _OutputRecorder:
+    """A command's output as a cassette keeps it: in order, then each stream's tail, within the cap.
 
-def _created(placeholder: str, info: SandboxInfo) -> dict[str, Any]:
-    """A create's recorded result: the placeholder id, and whether it has network when the provider says."""
-    network = info.metadata.get("network")
-    return {"sandbox": placeholder, "network": network} if isinstance(network, bool) else {"sandbox": placeholder}
+    What is stored is what the engine's ``OutputBuffer`` of the same cap would
+    keep, so a replay gives the same text; ``dropped`` says the middle went.
+    """
 
+    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
+        self._head_room = {"stdout": limit // 2, "stderr": limit // 2}
+        self._tail_room = limit - limit // 2
+        self._chunks: builtins.list[tuple[str, bytes]] = []
+        self._tails = {"stdout": bytearray(), "stderr": bytearray()}
+        self.dropped = False
 
-def _merge_chunks(chunks: Iterable[dict[str, str]]) -> list[dict[str, str]]:
-    """Adjacent chunks of one stream stored as one: the file stays readable."""
-    merged: list[dict[str, str]] = []
-    for chunk in chunks:
-        if merged and merged[-1]["stream"] == chunk["stream"]:
-            merged[-1] = {"stream": chunk["stream"], "data": merged[-1]["data"] + chunk["data"]}
-        else:
-            merged.append(dict(chunk))
-    return merged
+    def add(self, event: Output) -> None:
+        room = self._head_room[event.stream]
+        head, rest = event.data[:room], event.data[room:]
+        if head:
+            self._head_room[event.stream] -= len(head)
+            if self._chunks and self._chunks[-1][0] == event.stream:
+                self._chunks[-1] = (event.stream, self._chunks[-1][1] + head)
+            else:
+                self._chunks.append((event.stream, head))
+        if rest:
+            tail = self._tails[event.stream]
+            tail += rest
+            if len(tail) > self._tail_room:
+                del tail[: len(tail) - self._tail_room]
+                self.dropped = True
+
+    def stored(self) -> builtins.list[dict[str, str]]:
+        chunks = [*self._chunks, *((stream, bytes(tail)) for stream, tail in self._tails.items() if tail)]
+        return [{"stream": stream, **_payload(data)} for stream, data in chunks]

@@ -12,9 +12,8 @@ from typing import Any
 
 import anyio
 
-from . import _validate as check
-from .errors import SandboxNotFoundError
 from . import specs
+from .errors import SandboxNotFoundError
 from .manager import Manager, current_manager, get_manager, reset_manager
 from .models import Command, ExecutionResult, SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
@@ -135,8 +134,6 @@ class Sandbox:
     @classmethod
     async def get(cls, sandbox_id: str, provider: str | None = None) -> Sandbox:
         """Attach to an existing sandbox by id (from another process, say)."""
-        if not isinstance(sandbox_id, str) or not sandbox_id:
-            raise TypeError(f"sandbox_id must be a sandbox's id (a non-empty string), not {sandbox_id!r}")
         instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
         info = await instance.get_sandbox(sandbox_id)
         if info is None:
@@ -146,9 +143,8 @@ class Sandbox:
     @classmethod
     async def find(cls, labels: Mapping[str, str], provider: str | None = None) -> Sandbox | None:
         """The oldest live sandbox carrying all these labels, or None."""
-        wanted = check.labels(labels)
         instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
-        info = await instance.find_sandbox(wanted)
+        info = await instance.find_sandbox(labels)
         return cls(instance, info) if info else None
 
     @classmethod
@@ -162,7 +158,7 @@ class Sandbox:
     @classmethod
     async def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> list[SandboxInfo]:
         instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
-        return await instance.list_sandboxes(dict(labels or {}))
+        return await instance.list_sandboxes(labels)
 
     # -- using it -------------------------------------------------------------------
     async def execute(
@@ -175,7 +171,6 @@ class Sandbox:
         stdin: bytes | str | None = None,
     ) -> ExecutionResult:
         """Run a command to its end. A string goes through ``sh -c``; a list runs as is."""
-        command, env, cwd, timeout, stdin = _command_arguments(command, env, cwd, timeout, stdin)
         return await self._provider.execute_command(
             self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
         )
@@ -205,11 +200,9 @@ class Sandbox:
         ``stream = sb.stream(cmd); async for chunk in stream: ...; stream.exit_code``
         (also ``timed_out`` and ``result``).
         """
-        command, env, cwd, timeout, stdin = _command_arguments(command, env, cwd, timeout, stdin)
-        chunks = self._provider.stream_execution(
+        return self._provider.stream_execution(
             self.id, command, env=env, cwd=cwd, timeout=timeout if timeout is not None else self.command_timeout, stdin=stdin
         )
-        return CommandStream.of(chunks, command=command)
 
     async def run_code(
         self,
@@ -228,19 +221,20 @@ class Sandbox:
         return await run_code(self, code, language, stdin=stdin, files=files, args=args, timeout=timeout, deps=deps)
 
     async def write_file(self, path: str | os.PathLike[str], data: bytes | str) -> None:
-        contents = check.data(data)  # checked before anything is opened: a bad type never truncates the file
-        await self._provider.write_file(self.id, check.path(path), contents)
+        """Write bytes (or text, as UTF-8) to ``path``, creating parent directories."""
+        await self._provider.write_file(self.id, path, data)
 
     async def read_file(self, path: str | os.PathLike[str]) -> bytes:
-        return await self._provider.read_file(self.id, check.path(path))
+        """A regular file's bytes (at most the provider's ``max_file_bytes``)."""
+        return await self._provider.read_file(self.id, path)
 
-    async def upload(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+    async def upload(self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str]) -> None:
         """Copy a local file or directory into the sandbox."""
-        await self._provider.upload_file(self.id, check.path(local_path, "local_path"), check.path(remote_path, "remote_path"))
+        await self._provider.upload_file(self.id, local_path, remote_path)
 
-    async def download(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+    async def download(self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str]) -> None:
         """Copy a file or directory out of the sandbox."""
-        await self._provider.download_file(self.id, check.path(remote_path, "remote_path"), check.path(local_path, "local_path"))
+        await self._provider.download_file(self.id, remote_path, local_path)
 
     async def destroy(self) -> None:
         """Destroy the sandbox; safe to call twice, and again after a failed attempt.
@@ -278,13 +272,6 @@ class _Creation:
         if self._sandbox is not None:
             with anyio.CancelScope(shield=True):
                 await self._sandbox.destroy()
-
-
-def _command_arguments(
-    command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any
-) -> tuple[Command, dict[str, str], str | None, float | None, bytes | str | None]:
-    """execute's and stream's arguments, checked before anything runs."""
-    return check.command(command), check.environment(env), check.optional_path(cwd, "cwd"), check.seconds(timeout, "timeout"), check.stdin(stdin)
 
 
 @contextlib.asynccontextmanager

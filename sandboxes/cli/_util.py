@@ -12,9 +12,8 @@ from typing import Any, BinaryIO, NoReturn
 
 import click
 
-from .. import sync
+from .. import specs, sync
 from ..errors import SandboxError, ToolchainMissing
-from .. import specs
 
 DEFAULT_PROVIDER = "local"
 CREATED_BY = ("created-by", "sandboxes-cli")

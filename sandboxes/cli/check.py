@@ -7,18 +7,10 @@ import time
 
 import click
 
-from .. import sync
+from .. import specs, sync
 from ..errors import ProviderUnavailable, SandboxError
-from .. import specs
-from ..manager import Manager, has_credentials, provider_class
+from ..manager import Manager, provider_class
 from ._util import check_provider, fail, host_labels, provider_option
-
-_CREDENTIALS = {
-    "e2b": "set E2B_API_KEY",
-    "modal": "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
-    "daytona": "set DAYTONA_API_KEY",
-    "cloudflare": "set CLOUDFLARE_SANDBOX_BASE_URL and CLOUDFLARE_API_TOKEN",
-}
 
 
 def provider_status(name: str) -> tuple[bool, str]:
@@ -29,16 +21,14 @@ def provider_status(name: str) -> tuple[bool, str]:
         return False, str(error)
     if name == "local":
         try:
-            from ..providers.local import LocalProvider
-
             local = cls()
-            assert isinstance(local, LocalProvider)
             parts = (local.describe_isolation(), local.describe_limits(), local.describe_network())
             return True, "isolation: " + "; ".join(parts)
         except ProviderUnavailable as error:
             return False, str(error)
-    if not has_credentials(name):
-        return False, f"no credentials: {_CREDENTIALS.get(name, 'see the docs')}"
+    entry = specs.spec(name)
+    if not entry.has_credentials():
+        return False, f"no credentials: {entry.credential_hint or 'see the docs'}"
     return True, "credentials found"
 
 

@@ -9,9 +9,8 @@ import time
 
 import click
 
-from .. import sync
+from .. import specs, sync
 from ..errors import ProviderUnavailable, SandboxError
-from .. import specs
 from ..manager import has_credentials
 from ..models import SandboxInfo
 from ._util import (

@@ -1,59 +1,46 @@
-"""DaytonaProvider: Daytona sandboxes through the official SDK's async client.
+"""DaytonaDriver: Daytona sandboxes through the official SDK's async client.
 
-What Daytona gives and what it does not (see ``capabilities``):
+What Daytona gives and what it does not (the spec's capabilities say so):
 
 - stdout and stderr come back merged: Daytona's ``process/execute`` answers
-  one ``result`` string, so ``ExecutionResult.stdout`` holds both streams and
-  ``stderr`` is always empty. Nothing here pretends to separate them.
+  one ``result`` string, so every ``Output`` is ``stdout``.
 - No streaming and no stdin: Daytona streams only through sessions, which
-  take neither env, cwd nor a timeout, so ``stream_execution`` raises
-  ``UnsupportedOperation`` rather than fall back to ``export ... &&`` strings.
+  take neither env, cwd nor a timeout; ``exec`` yields the whole output at the end.
 - The per-command timeout is enforced inside the sandbox by coreutils
   ``timeout``, which kills the command's process group and keeps the output
   so far; Daytona's own timeout (a 408 that drops the output) is the backstop.
 - Labels are Daytona labels, so ``find`` works from any process.
 
 The SDK's aiohttp client is bound to one event loop, so it lives on a
-private loop thread (``_loop_thread``) and this provider works from any
+private loop thread (``_loop_thread``) and this driver works from any
 asyncio loop and from the blocking facade.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shlex
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import daytona as sdk  # the [daytona] extra; a ModuleNotFoundError names it for the manager
 
+from ..driver import ErrorMap, Event, Exit, Output, map_errors
 from ..errors import (
     AuthenticationError,
     ProviderError,
     ProviderUnavailable,
     RateLimitError,
     SandboxNotFoundError,
-    SetupFailed,
     UnsupportedOperation,
 )
-from ..models import (
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
-    DEFAULT_LIFETIME_SECONDS,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    Capabilities,
-    Command,
-    ExecutionResult,
-    OutputBuffer,
-    SandboxConfig,
-    SandboxInfo,
-)
-from ..provider import SandboxProvider, validate_command
+from ..models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
 from ..secrets import scrub
 from ._loop_thread import LoopThread
 
@@ -63,7 +50,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox it creates
-MAX_INLINE_COMMAND = 100_000  # bytes; longer commands go through a script file
 TIMEOUT_GRACE = 2  # seconds between TERM and KILL of a timed-out command
 DAEMON_MARGIN = 10  # seconds the daemon's own timeout waits beyond ours
 GONE_STATES = {"destroyed", "destroying"}
@@ -82,25 +68,63 @@ PROVIDER_CONFIG_KEYS = {
 }
 
 
-class DaytonaProvider(SandboxProvider):
-    """Sandboxes on Daytona. Credentials: ``DAYTONA_API_KEY`` (and optionally
-    ``DAYTONA_API_URL``, ``DAYTONA_TARGET``), or the constructor's arguments.
+def _errors(api_key: str, sandbox_id: str | None = None, path: str | None = None) -> ErrorMap:
+    """The SDK's errors as this library's, for one call (about ``sandbox_id``, on the file ``path``)."""
 
-    ``execute_command`` returns stdout and stderr merged in ``stdout`` (Daytona's
-    execute API merges them); ``stderr`` is empty.
-    """
+    def text(error: BaseException) -> str:
+        return scrub(getattr(error, "message", None) or str(error), api_key)
+
+    def failed(error: BaseException) -> Exception:
+        status = getattr(error, "status_code", None)
+        return ProviderError(f"daytona ({status}): {text(error)}" if status else f"daytona: {text(error)}", provider="daytona")
+
+    def file_error(error: BaseException) -> Exception:
+        lowered = text(error).lower()  # the daemon names the problem only in its message
+        if "not a directory" in lowered:
+            return NotADirectoryError(errno.ENOTDIR, "not a directory in the Daytona sandbox", path)
+        if "directory" in lowered:
+            return IsADirectoryError(errno.EISDIR, "is a directory in the Daytona sandbox", path)
+        if "permission" in lowered or "denied" in lowered:
+            return PermissionError(errno.EACCES, "permission denied in the Daytona sandbox", path)
+        if isinstance(error, sdk.DaytonaInvalidFilePathError):
+            return ValueError(f"Daytona rejected the path {path!r}: {text(error)}")
+        return failed(error)
+
+    def timed_out(error: BaseException) -> Exception:
+        daemon = isinstance(error, sdk.DaytonaProcessExecutionTimeoutError) or "execution timeout" in text(error)
+        return TimeoutError(text(error)) if daemon else failed(error)  # exec turns it into Exit(timed_out=True)
+
+    def missing(error: BaseException) -> Exception:
+        if sandbox_id is None:
+            return failed(error)
+        return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'daytona' ({text(error)})")
+
+    files: ErrorMap = ()
+    if path is not None:
+        files = (
+            (sdk.DaytonaFileNotFoundError, lambda e: FileNotFoundError(errno.ENOENT, f"no such file in Daytona sandbox {sandbox_id}", path)),
+            (sdk.DaytonaFileAccessDeniedError, lambda e: PermissionError(errno.EACCES, "permission denied in the Daytona sandbox", path)),
+            (sdk.DaytonaBadRequestError, file_error),
+        )
+    return (
+        *files,
+        (sdk.DaytonaTimeoutError, timed_out),
+        (sdk.DaytonaNotFoundError, missing),
+        (
+            (sdk.DaytonaAuthenticationError, sdk.DaytonaForbiddenError),
+            lambda e: AuthenticationError(f"{failed(e)}; check DAYTONA_API_KEY (the key itself is never shown)", provider="daytona"),
+        ),
+        (sdk.DaytonaRateLimitError, lambda e: RateLimitError(str(failed(e)), provider="daytona", retry_after=_retry_after(getattr(e, "headers", None)))),
+        ((sdk.DaytonaBadRequestError, sdk.DaytonaUnprocessableEntityError), lambda e: ValueError(f"Daytona rejected the request: {text(e)}")),
+        (sdk.DaytonaError, failed),
+    )
+
+
+class DaytonaDriver:
+    """Sandboxes on Daytona. Credentials: ``api_key`` (``DAYTONA_API_KEY``); ``api_url`` and ``target``
+    default to ``DAYTONA_API_URL`` and ``DAYTONA_TARGET``."""
 
     name = "daytona"
-    merges_stderr = True
-    capabilities = Capabilities(
-        streaming=False,  # only through sessions, which take no env/cwd/timeout
-        stdin=False,  # process/execute takes no input
-        files=True,
-        background_processes=True,
-        network_control=True,  # networkBlockAll
-        native_labels=True,
-        cross_process_reuse=True,
-    )
 
     def __init__(
         self,
@@ -113,14 +137,13 @@ class DaytonaProvider(SandboxProvider):
         create_timeout: float = 120.0,
         use_deprecated_polling: bool | None = None,
     ) -> None:
-        key = api_key or os.environ.get("DAYTONA_API_KEY")
-        if not key:
+        if not api_key:
             raise ProviderUnavailable(
                 "Daytona needs an API key: set DAYTONA_API_KEY (from https://app.daytona.io/dashboard/keys) "
                 "or pass api_key= to DaytonaProvider / Sandbox.configure(daytona_api_key=...)",
                 provider=self.name,
             )
-        self._api_key = key
+        self._api_key = api_key
         self._api_url = api_url or os.environ.get("DAYTONA_API_URL") or os.environ.get("DAYTONA_SERVER_URL")
         self._target = target or os.environ.get("DAYTONA_TARGET")
         if use_deprecated_polling is None:
@@ -133,75 +156,48 @@ class DaytonaProvider(SandboxProvider):
         self._loop = LoopThread("daytona-sdk")
         self._client: AsyncDaytona | None = None
         self._handles: dict[str, AsyncSandbox] = {}
-        self._max_output: dict[str, int] = {}
-        self._working_dir: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"<DaytonaProvider url={self._api_url or 'default'!r}>"
+        return f"<DaytonaDriver url={self._api_url or 'default'!r}>"
 
     # -- the SDK, on its own loop ---------------------------------------------------
     def _sdk_client(self) -> AsyncDaytona:
         """The AsyncDaytona client; only ever called on the private loop."""
         if self._client is None:
-            config = sdk.DaytonaConfig(
-                api_key=self._api_key,
-                api_url=self._api_url,
-                target=self._target,
-                use_deprecated_polling=self._polling,
-            )
+            config = sdk.DaytonaConfig(api_key=self._api_key, api_url=self._api_url, target=self._target, use_deprecated_polling=self._polling)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*deprecated_polling.*|.*DAYTONA_USE_DEPRECATED_POLLING.*")
                 warnings.filterwarnings("ignore", message="Polling-only mode", category=DeprecationWarning)
                 self._client = sdk.AsyncDaytona(config)
         return self._client
 
-    async def _call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any, sandbox_id: str | None = None) -> T:
-        """Run an SDK coroutine on the SDK's loop and map its errors to the taxonomy."""
+    async def _call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any, sandbox_id: str | None = None, path: str | None = None) -> T:
+        """Run an SDK coroutine on the SDK's loop, its errors mapped by ``_errors``."""
         try:
-            return await self._loop.run(function, *args)
-        except sdk.DaytonaError as error:
-            if sandbox_id is not None and _is_not_found(error):
-                self._handles.pop(sandbox_id, None)
-            raise self._map_error(error, sandbox_id) from None
+            with map_errors(_errors(self._api_key, sandbox_id, path)):
+                return await self._loop.run(function, *args)
+        except SandboxNotFoundError:
+            self._handles.pop(sandbox_id or "", None)
+            raise
 
     async def _handle(self, sandbox_id: str) -> AsyncSandbox:
         """The SDK's sandbox object (cached: saves a GET per operation)."""
         handle = self._handles.get(sandbox_id)
         if handle is not None:
             return handle
-        if not sandbox_id:
-            raise self._not_found(sandbox_id)
+        if sandbox_id:
 
-        async def get() -> AsyncSandbox:
-            return await self._sdk_client().get(sandbox_id)
+            async def get() -> AsyncSandbox:
+                return await self._sdk_client().get(sandbox_id)
 
-        handle = await self._call(get, sandbox_id=sandbox_id)
-        if _state(handle) in GONE_STATES:
-            raise self._not_found(sandbox_id)
+            handle = await self._call(get, sandbox_id=sandbox_id)
+        if handle is None or _state(handle) in GONE_STATES:
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'daytona'")
         self._handles[sandbox_id] = handle
         return handle
 
-    def _map_error(self, error: Exception, sandbox_id: str | None) -> Exception:
-        message = self._scrub(getattr(error, "message", None) or str(error))
-        status = getattr(error, "status_code", None)
-        where = f"daytona ({status}): {message}" if status else f"daytona: {message}"
-        if isinstance(error, sdk.DaytonaFileNotFoundError):
-            return FileNotFoundError(message)
-        if isinstance(error, sdk.DaytonaNotFoundError) and sandbox_id is not None:
-            return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'daytona' ({message})")
-        if isinstance(error, sdk.DaytonaAuthenticationError | sdk.DaytonaForbiddenError):
-            return AuthenticationError(f"{where}; check DAYTONA_API_KEY (the key itself is never shown)", provider=self.name)
-        if isinstance(error, sdk.DaytonaRateLimitError) or status == 429:
-            return RateLimitError(where, provider=self.name, retry_after=_retry_after(getattr(error, "headers", {})))
-        if isinstance(error, sdk.DaytonaBadRequestError | sdk.DaytonaUnprocessableEntityError):
-            return ValueError(f"Daytona rejected the request: {message}")
-        return ProviderError(where, provider=self.name)
-
-    def _scrub(self, text: str) -> str:
-        return scrub(text, self._api_key)
-
     # -- lifecycle -------------------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
         params = self._create_params(config)
 
         async def create() -> AsyncSandbox:
@@ -209,22 +205,7 @@ class DaytonaProvider(SandboxProvider):
 
         handle = await self._call(create)
         self._handles[handle.id] = handle
-        self._max_output[handle.id] = config.max_output_bytes
-        try:
-            if config.working_dir:
-                await self._checked(handle.id, ["mkdir", "-p", config.working_dir])
-                self._working_dir[handle.id] = config.working_dir
-            for command in config.setup_commands:
-                await self._checked(handle.id, command)
-        except BaseException:
-            await self.destroy_sandbox(handle.id)  # never leave a half-created sandbox
-            raise
         return self._info(handle)
-
-    async def _checked(self, sandbox_id: str, command: Command) -> None:
-        result = await self.execute_command(sandbox_id, command)
-        if not result.success:
-            raise SetupFailed(result, self.name)
 
     def _create_params(self, config: SandboxConfig) -> Any:
         extra = dict(config.provider_config)
@@ -287,43 +268,32 @@ class DaytonaProvider(SandboxProvider):
             },
         )
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
         self._handles.pop(sandbox_id, None)  # always ask: another process may have destroyed it
         try:
             return self._info(await self._handle(sandbox_id))
         except SandboxNotFoundError:
             return None
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        wanted = {str(k): str(v) for k, v in (labels or {}).items()}
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        wanted = dict(labels)
 
         async def collect() -> list[Any]:
             query = sdk.ListSandboxesQuery(labels=wanted or None)
             return [handle async for handle in self._sdk_client().list(query)]  # follows every cursor
 
-        found = []
-        for handle in await self._call(collect):
-            if _state(handle) in GONE_STATES:
-                continue
-            info = self._info(handle)
-            if all(info.labels.get(k) == v for k, v in wanted.items()):
-                found.append(info)
-        return found
+        found = [self._info(handle) for handle in await self._call(collect) if _state(handle) not in GONE_STATES]
+        return [info for info in found if all(info.labels.get(k) == v for k, v in wanted.items())]
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+    async def destroy(self, sandbox_id: str) -> bool:
         self._handles.pop(sandbox_id, None)
         try:
             handle = await self._handle(sandbox_id)
-        except SandboxNotFoundError:
-            return False
-        try:
             await self._call(handle.delete, sandbox_id=sandbox_id)
         except SandboxNotFoundError:
             return False
         finally:
             self._handles.pop(sandbox_id, None)
-            self._max_output.pop(sandbox_id, None)
-            self._working_dir.pop(sandbox_id, None)
         return True
 
     async def health_check(self) -> bool:
@@ -354,90 +324,45 @@ class DaytonaProvider(SandboxProvider):
         self._loop.close(close_client)
 
     # -- commands ------------------------------------------------------------------------
-    async def execute_command(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
+        argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        """Run a command; stdout and stderr come back merged in ``stdout``."""
-        validate_command(command)
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """Run ``argv`` under coreutils ``timeout``; its output (stderr merged into stdout) comes whole at the end."""
         if stdin is not None:
-            raise UnsupportedOperation(self.name, "stdin", "Daytona's execute API takes no input: write it with write_file and redirect from it")
-        limit = timeout if timeout is not None else self.command_timeout
+            raise UnsupportedOperation(self.name, "stdin", "Daytona's execute API takes no input")
         handle = await self._handle(sandbox_id)
-        script = shlex.join(command) if not isinstance(command, str) else command
-        cleanup = None
-        if len(script.encode()) > MAX_INLINE_COMMAND:
-            cleanup = f"/tmp/.sandboxes-cmd-{uuid.uuid4().hex}.sh"
-            await self.write_file(sandbox_id, cleanup, script.encode())
-            script = f"trap 'rm -f {cleanup}' EXIT; . {cleanup}"
-        if isinstance(command, str) or cleanup:
-            inner = ["sh", "-c", script]
-        else:
-            inner = [str(part) for part in command]
-        seconds = max(1, math.ceil(limit))
-        wrapped = shlex.join(["timeout", "-k", str(TIMEOUT_GRACE), f"{limit:g}", *inner])
-        workdir = cwd or self._working_dir.get(sandbox_id)
+        wrapped = shlex.join(["timeout", "-k", str(TIMEOUT_GRACE), f"{timeout:g}", *argv])
+        daemon_timeout = math.ceil(timeout) + TIMEOUT_GRACE + DAEMON_MARGIN
         started = time.monotonic()
         try:
-            response = await self._call(
-                handle.process.exec, wrapped, workdir, dict(env) if env else None, seconds + TIMEOUT_GRACE + DAEMON_MARGIN,
-                sandbox_id=sandbox_id,
-            )  # fmt: skip
-        except ProviderError as error:
-            if "PROCESS_EXECUTION_TIMEOUT" in str(error) or "execution timeout" in str(error):
-                return ExecutionResult(exit_code=-1, timed_out=True, duration_ms=_ms(started), command=command)
-            raise
+            response = await self._call(handle.process.exec, wrapped, cwd, dict(env) or None, daemon_timeout, sandbox_id=sandbox_id)
+        except TimeoutError:  # the daemon's own timeout fired: the output is lost
+            yield Exit(-1, timed_out=True, duration_ms=(time.monotonic() - started) * 1000)
+            return
         elapsed = time.monotonic() - started
-        buffer = OutputBuffer(self._max_output.get(sandbox_id, DEFAULT_MAX_OUTPUT_BYTES))
-        buffer.write((response.result or "").encode())
+        if response.result:
+            yield Output("stdout", response.result.encode())
         exit_code = response.exit_code if response.exit_code is not None else -1
-        timed_out = exit_code in (124, 137) and elapsed >= limit * 0.95
-        return ExecutionResult(
-            stdout=buffer.text(),
-            stderr="",
-            exit_code=exit_code,
-            duration_ms=elapsed * 1000,
-            timed_out=timed_out,
-            truncated=buffer.truncated,
-            command=command,
-        )
+        yield Exit(exit_code, timed_out=exit_code in (124, 137) and elapsed >= timeout * 0.95, duration_ms=elapsed * 1000)
 
     # -- files -------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         handle = await self._handle(sandbox_id)
-        try:
-            await self._call(handle.fs.upload_file, bytes(data), path, sandbox_id=sandbox_id)
-        except ValueError as error:
-            raise _file_error(str(error), path) from None
+        await self._call(handle.fs.upload_file, bytes(data), path, sandbox_id=sandbox_id, path=path)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
+        """The whole file (``limit`` is left to the engine: Daytona sends a file in one piece)."""
         handle = await self._handle(sandbox_id)
-        try:
-            data = await self._call(handle.fs.download_file, path, sandbox_id=sandbox_id)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no such file in Daytona sandbox {sandbox_id}: {path}") from None
-        except (ValueError, ProviderError) as error:
-            raise _file_error(str(error), path) from None
+        data = await self._call(handle.fs.download_file, path, sandbox_id=sandbox_id, path=path)
         return bytes(data or b"")
-
-
-def _file_error(message: str, path: str) -> Exception:
-    lowered = message.lower()
-    if "directory" in lowered:
-        return IsADirectoryError(f"is a directory in the sandbox: {path}")
-    if "permission" in lowered or "denied" in lowered:
-        return PermissionError(f"permission denied in the sandbox: {path}")
-    return ProviderError(f"daytona: file operation on {path} failed: {message}", provider="daytona")
-
-
-def _is_not_found(error: Exception) -> bool:
-    return isinstance(error, sdk.DaytonaNotFoundError) and not isinstance(error, sdk.DaytonaFileNotFoundError)
 
 
 def _state(handle: Any) -> str:
@@ -462,7 +387,3 @@ def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
             except (TypeError, ValueError):
                 return None
     return None
-
-
-def _ms(started: float) -> float:
-    return (time.monotonic() - started) * 1000

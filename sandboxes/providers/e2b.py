@@ -1,30 +1,31 @@
-"""E2B sandboxes through the official SDK's async client.
+"""The E2B driver, through the official SDK's async client.
 
 The control plane (create, connect, get, list, kill) goes through the SDK's
 generated async REST client so that the answer's headers stay visible: a 429's
 ``Retry-After`` becomes ``RateLimitError.retry_after`` and ``X-Next-Token``
 drives paging. Commands and files go through ``AsyncSandbox`` (envd's Connect
 RPC and ``/files``). Nothing here is bound to an event loop: SDK objects are
-made per call from plain connection data, so one provider serves any loop.
+made per call from plain connection data, so one driver serves any loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import math
-import os
 import shlex
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import anyio
 import httpx
+import pyqwest
+from connectrpc.errors import ConnectError
 from e2b import AsyncSandbox
 from e2b.api.client.api.sandboxes import (
     delete_sandboxes_sandbox_id,
@@ -39,7 +40,6 @@ from e2b.api.client_async import get_api_client
 from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import (
     AuthenticationException,
-    FileNotFoundException,
     InvalidArgumentException,
     NotFoundException,
     RateLimitException,
@@ -51,6 +51,7 @@ from e2b.exceptions import (
 from e2b.sandbox.commands.command_handle import CommandExitException
 from packaging.version import Version
 
+from ..driver import ErrorMap, Event, Exit, Output, map_errors
 from ..errors import (
     AuthenticationError,
     ProviderError,
@@ -58,32 +59,22 @@ from ..errors import (
     RateLimitError,
     SandboxError,
     SandboxNotFoundError,
-    SetupFailed,
     UnsupportedOperation,
 )
-from ..models import (
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
-    DEFAULT_LIFETIME_SECONDS,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    Capabilities,
-    Command,
-    ExecutionResult,
-    OutputBuffer,
-    OutputChunk,
-    SandboxConfig,
-    SandboxInfo,
-)
-from ..provider import SandboxProvider, as_bytes, shell_command, validate_command
+from ..models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
 from ..secrets import Secret, scrub
-from ..streaming import ExitStatus, StreamItem, streaming
 
 API_KEY_VARIABLE = "E2B_API_KEY"
-MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit; longer commands go through a file
 STDIN_CHUNK = 256 * 1024
-KILL_GRACE = 10.0  # after killing a timed-out command, how long its stream may take to end
+KILL_GRACE = 10.0  # after killing a command, how long its stream may take to end
 STREAM_GRACE = 30.0  # the SDK's own stream deadline sits this far past ours, as a backstop
-TIMED_OUT_EXIT_CODE = 124
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
+_TRANSPORT = (httpx.HTTPError, OSError, ConnectError, pyqwest.ReadError, pyqwest.WriteError, pyqwest.RemoteProtocolError, pyqwest.TooManyRedirects)
+_FILE_WORDS: tuple[tuple[str, type[OSError], int], ...] = (
+    ("is a directory", IsADirectoryError, errno.EISDIR),
+    ("not a directory", NotADirectoryError, errno.ENOTDIR),
+    ("permission denied", PermissionError, errno.EACCES),
+)
 
 
 @dataclass(frozen=True)
@@ -97,21 +88,10 @@ class _Ref:
     traffic_access_token: str | None
 
 
-class E2BProvider(SandboxProvider):
-    """Sandboxes on E2B (https://e2b.dev); credentials from ``E2B_API_KEY`` or ``api_key=``."""
+class E2BDriver:
+    """Sandboxes on E2B (https://e2b.dev); the API key is ``api_key=`` (the engine reads ``E2B_API_KEY``)."""
 
     name = "e2b"
-    capabilities = Capabilities(
-        streaming=True,
-        stdin=True,
-        files=True,
-        background_processes=True,
-        network_control=True,
-        native_labels=True,
-        cross_process_reuse=True,
-        snapshots=False,
-        gpu=False,
-    )
 
     def __init__(
         self,
@@ -126,13 +106,12 @@ class E2BProvider(SandboxProvider):
         request_timeout: float | None = None,
         retries: int = 0,
     ) -> None:
-        key = api_key or os.environ.get(API_KEY_VARIABLE)
-        if not key:
+        if not api_key:
             raise ProviderUnavailable(
                 f"the e2b provider needs an API key: set {API_KEY_VARIABLE} (https://e2b.dev/dashboard?tab=keys) or pass api_key=",
                 provider=self.name,
             )
-        self.__key = Secret(key)
+        self.__key = Secret(api_key)
         self.api_url = api_url
         self.sandbox_url = sandbox_url
         self.domain = domain
@@ -144,12 +123,10 @@ class E2BProvider(SandboxProvider):
         # RetryPolicy, which sees Retry-After through RateLimitError.
         self.retries = retries
         self._refs: dict[str, _Ref] = {}
-        self._max_output: dict[str, int] = {}
-        self._workdirs: dict[str, str] = {}
 
     def __repr__(self) -> str:
         where = f" api_url={self.api_url!r}" if self.api_url else ""
-        return f"<E2BProvider{where}>"
+        return f"<E2BDriver{where}>"
 
     # -- plumbing --------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
@@ -163,61 +140,59 @@ class E2BProvider(SandboxProvider):
     def _scrub(self, text: str) -> str:
         return scrub(text, self.__key)
 
-    async def _api(self, action: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Response[Any]:
-        """One control-plane request; transport failures become ProviderError."""
-        client = get_api_client(ConnectionConfig(**self._params()))
-        try:
-            response: Response[Any] = await call(*args, client=client, **kwargs)
-            return response
-        except (httpx.HTTPError, OSError) as error:
-            raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
-        except Exception as error:
-            if _is_transport_error(error):
-                raise ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name) from None
-            raise
-
-    def _api_failure(self, response: Response[Any], action: str) -> SandboxError:
-        status = int(response.status_code)
-        message = self._scrub(_message(response.content))
-        text = f"E2B answered {status} to {action}" + (f": {message}" if message else "")
-        if status in (401, 403):
-            return AuthenticationError(f"{text} (check {API_KEY_VARIABLE})", provider=self.name)
-        if status == 429:
-            return RateLimitError(text, provider=self.name, retry_after=_retry_after(response.headers))
-        if status >= 500 or status == 408:
-            return ProviderError(text, provider=self.name)
-        return SandboxError(text)
-
     def _describe(self, error: BaseException) -> str:
         return self._scrub(f"{type(error).__name__}: {error}".strip())
 
-    def _translate(self, error: Exception, sandbox_id: str, path: str | None = None) -> Exception:
-        """An SDK error from envd (commands, files) as this library's taxonomy."""
-        text = self._scrub(str(error))
-        if isinstance(error, (SandboxNotFoundException, SandboxNotRunningException)):
-            self._forget(sandbox_id)
-            return SandboxNotFoundError(f"sandbox {sandbox_id} is gone on e2b: {text}")
-        if path is not None:
-            if isinstance(error, (FileNotFoundException, NotFoundException)):
-                return FileNotFoundError(errno.ENOENT, f"no such file in e2b sandbox {sandbox_id}", path)
-            if "is a directory" in text:
-                return IsADirectoryError(errno.EISDIR, f"is a directory in e2b sandbox {sandbox_id}", path)
-            if "not a directory" in text:
-                return NotADirectoryError(errno.ENOTDIR, f"not a directory in e2b sandbox {sandbox_id}", path)
-        if "permission denied" in text.lower():
-            return PermissionError(errno.EACCES, f"permission denied in e2b sandbox {sandbox_id}", path or "")
-        if isinstance(error, AuthenticationException):
-            return AuthenticationError(f"e2b rejected the credentials: {text} (check {API_KEY_VARIABLE})", provider=self.name)
-        if isinstance(error, RateLimitException):
-            return RateLimitError(f"e2b is rate limiting: {text}", provider=self.name)
-        if isinstance(error, (SandboxException, ServiceBusyException, httpx.HTTPError, OSError)) or _is_transport_error(error):
-            return ProviderError(f"e2b failed on sandbox {sandbox_id}: {self._describe(error)}", provider=self.name)
-        return error
+    def _unreachable(self, action: str) -> ErrorMap:
+        """The control plane's transport failures."""
+        return ((_TRANSPORT, lambda error: ProviderError(f"could not reach E2B to {action}: {self._describe(error)}", provider=self.name)),)
 
-    def _forget(self, sandbox_id: str) -> None:
-        self._refs.pop(sandbox_id, None)
-        self._max_output.pop(sandbox_id, None)
-        self._workdirs.pop(sandbox_id, None)
+    def _envd_errors(self, sandbox_id: str, path: str | None = None) -> ErrorMap:
+        """envd's errors (commands, files) as this library's; ``path`` is the file they are about."""
+        where = f"in e2b sandbox {sandbox_id}"
+
+        def gone(error: BaseException) -> BaseException:
+            self._refs.pop(sandbox_id, None)
+            return SandboxNotFoundError(f"sandbox {sandbox_id} is gone on e2b: {self._scrub(str(error))}")
+
+        def failed(error: BaseException) -> BaseException:
+            return ProviderError(f"e2b failed on sandbox {sandbox_id}: {self._describe(error)}", provider=self.name)
+
+        def refused(error: BaseException) -> BaseException:
+            text = str(error).lower()  # envd says what is wrong with a file only in words
+            for words, kind, code in _FILE_WORDS:
+                if words in text and (path is not None or kind is PermissionError):
+                    return kind(code, f"{words} {where}", path or "")
+            return failed(error)
+
+        return (
+            ((SandboxNotFoundException, SandboxNotRunningException), gone),
+            (NotFoundException, lambda e: FileNotFoundError(errno.ENOENT, f"no such file {where}", path) if path else failed(e)),
+            (
+                AuthenticationException,
+                lambda e: AuthenticationError(f"e2b rejected the credentials: {self._scrub(str(e))} (check {API_KEY_VARIABLE})", provider=self.name),
+            ),
+            (RateLimitException, lambda e: RateLimitError(f"e2b is rate limiting: {self._scrub(str(e))}", provider=self.name)),
+            ((SandboxException, ServiceBusyException), refused),
+            (_TRANSPORT, failed),
+        )
+
+    async def _api(self, action: str, call: Callable[..., Any], *args: Any, allow: tuple[int, ...] = (), **kwargs: Any) -> Response[Any]:
+        """One control-plane request; an answer that is neither 2xx nor in ``allow`` raises, by its status."""
+        with map_errors(self._unreachable(action)):
+            response: Response[Any] = await call(*args, client=get_api_client(ConnectionConfig(**self._params())), **kwargs)
+        status = int(response.status_code)
+        if status < 300 or status in allow:
+            return response
+        message = self._scrub(_message(response.content))
+        text = f"E2B answered {status} to {action}" + (f": {message}" if message else "")
+        if status in (401, 403):
+            raise AuthenticationError(f"{text} (check {API_KEY_VARIABLE})", provider=self.name)
+        if status == 429:
+            raise RateLimitError(text, provider=self.name, retry_after=_retry_after(response.headers))
+        if status >= 500 or status == 408:
+            raise ProviderError(text, provider=self.name)
+        raise SandboxError(text)
 
     def _remember(self, parsed: Any) -> _Ref:
         ref = _Ref(
@@ -230,124 +205,26 @@ class E2BProvider(SandboxProvider):
         self._refs[ref.sandbox_id] = ref
         return ref
 
-    async def _ref(self, sandbox_id: str) -> _Ref:
-        """The sandbox's connection data; asks E2B (connect) the first time this process sees it."""
-        ref = self._refs.get(sandbox_id)
-        if ref is not None:
-            return ref
-        response = await self._api(
-            f"connect to sandbox {sandbox_id}",
-            post_v_2_sandboxes_sandbox_id_connect.asyncio_detailed,
-            sandbox_id,
-            body=ConnectSandboxV2(),
-        )
-        if response.status_code == 404:
-            raise self._not_found(sandbox_id)
-        if response.status_code >= 300 or response.parsed is None or not hasattr(response.parsed, "sandbox_id"):
-            raise self._api_failure(response, f"connect to sandbox {sandbox_id}")
-        return self._remember(response.parsed)
-
     async def _sandbox(self, sandbox_id: str) -> AsyncSandbox:
-        """A fresh SDK handle on the current event loop (the SDK's own connect, minus the request)."""
-        ref = await self._ref(sandbox_id)
+        """A fresh SDK handle on the current event loop; asks E2B (connect) the first time this process sees the sandbox."""
+        ref = self._refs.get(sandbox_id)
+        if ref is None:
+            action = f"connect to sandbox {sandbox_id}"
+            response = await self._api(action, post_v_2_sandboxes_sandbox_id_connect.asyncio_detailed, sandbox_id, body=ConnectSandboxV2(), allow=(404,))
+            if response.status_code == 404:
+                raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'e2b'")
+            ref = self._remember(_parsed(response, action))
         headers = {"E2b-Sandbox-Id": ref.sandbox_id, "E2b-Sandbox-Port": str(ConnectionConfig.envd_port)}
         if ref.envd_access_token:
             headers["X-Access-Token"] = ref.envd_access_token
-        config = ConnectionConfig(extra_sandbox_headers=headers, **self._params())
         return AsyncSandbox(
             sandbox_id=ref.sandbox_id,
             sandbox_domain=ref.domain,
             envd_version=Version(ref.envd_version),
             envd_access_token=ref.envd_access_token,
             traffic_access_token=ref.traffic_access_token,
-            connection_config=config,
+            connection_config=ConnectionConfig(extra_sandbox_headers=headers, **self._params()),
         )
-
-    # -- lifecycle ------------------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        if config.memory_mb is not None or config.cpus is not None:
-            raise UnsupportedOperation(
-                self.name,
-                "per-sandbox memory or cpus",
-                "E2B sizes a sandbox by its template: build one with the resources you need",
-            )
-        template = config.image or self.template or AsyncSandbox.default_template
-        lifetime = config.lifetime if config.lifetime is not None else self.lifetime
-        body = NewSandboxV2(
-            template_id=template,
-            timeout=max(1, math.ceil(lifetime)),
-            metadata=dict(config.labels),
-            env_vars=dict(config.env),
-            allow_internet_access=config.network if config.network is not None else UNSET,
-        )
-        response = await self._api("create a sandbox", post_v2_sandboxes.asyncio_detailed, body=body)
-        if response.status_code >= 300 or response.parsed is None or not hasattr(response.parsed, "sandbox_id"):
-            if response.status_code in (400, 404) and "template" in _message(response.content).lower():
-                raise ValueError(f"E2B has no template {template!r}: {self._scrub(_message(response.content))}")
-            raise self._api_failure(response, "create a sandbox")
-        ref = self._remember(response.parsed)
-        sandbox_id = ref.sandbox_id
-        self._max_output[sandbox_id] = config.max_output_bytes
-        try:
-            if Version(ref.envd_version) < Version("0.1.0"):
-                raise ProviderError(f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name)
-            if config.working_dir:
-                made = await self.execute_command(sandbox_id, ["mkdir", "-p", config.working_dir])
-                if not made.success:
-                    raise ProviderError(f"cannot create the working directory in a new sandbox:\n{made.describe()}", provider=self.name)
-                self._workdirs[sandbox_id] = config.working_dir
-            for command in config.setup_commands:
-                result = await self.execute_command(sandbox_id, command)
-                if not result.success:
-                    raise SetupFailed(result, self.name)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.destroy_sandbox(sandbox_id)
-            raise
-        now = time.time()
-        return SandboxInfo(
-            id=sandbox_id,
-            provider=self.name,
-            labels=dict(config.labels),
-            state="running",
-            created_at=now,
-            expires_at=now + lifetime,
-            image=template,
-            metadata={"envd_version": ref.envd_version},
-        )
-
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
-        response = await self._api(f"get sandbox {sandbox_id}", get_sandboxes_sandbox_id.asyncio_detailed, sandbox_id)
-        if response.status_code == 404:
-            self._forget(sandbox_id)
-            return None
-        if response.status_code >= 300 or response.parsed is None or not hasattr(response.parsed, "sandbox_id"):
-            raise self._api_failure(response, f"get sandbox {sandbox_id}")
-        return self._info(response.parsed)
-
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        wanted = {str(k): str(v) for k, v in (labels or {}).items()}
-        # encoded as the SDK's own paginator does: each part quoted, then the whole form-encoded
-        metadata = urlencode({quote(k): quote(v) for k, v in wanted.items()}) if wanted else UNSET
-        found: list[SandboxInfo] = []
-        token: str | None = None
-        while True:
-            response = await self._api(
-                "list sandboxes",
-                get_v2_sandboxes.asyncio_detailed,
-                metadata=metadata,
-                state=_LIVE_STATES,
-                next_token=token if token else UNSET,
-            )
-            if response.status_code >= 300 or not isinstance(response.parsed, list):
-                raise self._api_failure(response, "list sandboxes")
-            for listed in response.parsed:
-                info = self._info(listed)
-                if all(info.labels.get(k) == v for k, v in wanted.items()):
-                    found.append(info)
-            token = response.headers.get("x-next-token")
-            if not token:
-                return found
 
     def _info(self, sandbox: Any) -> SandboxInfo:
         metadata = _value(sandbox.metadata)
@@ -361,219 +238,194 @@ class E2BProvider(SandboxProvider):
             created_at=sandbox.started_at.timestamp(),
             expires_at=sandbox.end_at.timestamp(),
             image=sandbox.template_id,
-            metadata={
-                "cpu_count": sandbox.cpu_count,
-                "memory_mb": sandbox.memory_mb,
-                "envd_version": sandbox.envd_version,
-            },
+            metadata={"cpu_count": sandbox.cpu_count, "memory_mb": sandbox.memory_mb, "envd_version": sandbox.envd_version},
         )
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        response = await self._api(f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id)
-        self._forget(sandbox_id)
+    # -- lifecycle ------------------------------------------------------------------------
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
+        if config.memory_mb is not None or config.cpus is not None:
+            raise UnsupportedOperation(self.name, "per-sandbox memory or cpus", "E2B sizes a sandbox by its template: build one with the resources you need")
+        template = config.image or self.template or AsyncSandbox.default_template
+        lifetime = config.lifetime if config.lifetime is not None else self.lifetime
+        body = NewSandboxV2(
+            template_id=template,
+            timeout=max(1, math.ceil(lifetime)),
+            metadata=dict(config.labels),
+            env_vars=dict(config.env),
+            allow_internet_access=config.network if config.network is not None else UNSET,
+        )
+        response = await self._api("create a sandbox", post_v2_sandboxes.asyncio_detailed, body=body, allow=(400, 404))
+        if response.status_code in (400, 404) and "template" in _message(response.content).lower():
+            raise ValueError(f"E2B has no template {template!r}: {self._scrub(_message(response.content))}")
+        ref = self._remember(_parsed(response, "create a sandbox"))
+        try:
+            if Version(ref.envd_version) < Version("0.1.0"):
+                raise ProviderError(f"E2B template {template!r} runs an envd too old for this SDK: rebuild it", provider=self.name)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.destroy(ref.sandbox_id)
+            raise
+        now = time.time()
+        return SandboxInfo(
+            id=ref.sandbox_id,
+            provider=self.name,
+            labels=dict(config.labels),
+            state="running",
+            created_at=now,
+            expires_at=now + lifetime,
+            image=template,
+            metadata={"envd_version": ref.envd_version},
+        )
+
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
+        action = f"get sandbox {sandbox_id}"
+        response = await self._api(action, get_sandboxes_sandbox_id.asyncio_detailed, sandbox_id, allow=(404,))
         if response.status_code == 404:
-            return False
-        if response.status_code >= 300:
-            raise self._api_failure(response, f"kill sandbox {sandbox_id}")
-        return True
+            self._refs.pop(sandbox_id, None)
+            return None
+        return self._info(_parsed(response, action))
+
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        wanted = {str(k): str(v) for k, v in labels.items()}
+        # encoded as the SDK's own paginator does: each part quoted, then the whole form-encoded
+        metadata = urlencode({quote(k): quote(v) for k, v in wanted.items()}) if wanted else UNSET
+        found: list[SandboxInfo] = []
+        token: str | None = None
+        while True:
+            response = await self._api("list sandboxes", get_v2_sandboxes.asyncio_detailed, metadata=metadata, state=_LIVE_STATES, next_token=token or UNSET)
+            if not isinstance(response.parsed, list):
+                raise ProviderError(f"E2B answered {response.status_code} to list sandboxes without a list", provider=self.name)
+            found += [info for info in map(self._info, response.parsed) if all(info.labels.get(k) == v for k, v in wanted.items())]
+            token = response.headers.get("x-next-token")
+            if not token:
+                return found
+
+    async def destroy(self, sandbox_id: str) -> bool:
+        response = await self._api(f"kill sandbox {sandbox_id}", delete_sandboxes_sandbox_id.asyncio_detailed, sandbox_id, allow=(404,))
+        self._refs.pop(sandbox_id, None)
+        return response.status_code != 404
 
     async def health_check(self) -> bool:
         """One cheap list request: it checks the key and the service, and creates nothing."""
         try:
-            response = await self._api("check health", get_v2_sandboxes.asyncio_detailed, limit=1)
-        except ProviderError:
+            await self._api("check health", get_v2_sandboxes.asyncio_detailed, limit=1)
+        except AuthenticationError:
+            raise
+        except SandboxError:
             return False
-        if response.status_code in (401, 403):
-            raise self._api_failure(response, "check health")
-        return response.status_code < 300
+        return True
+
+    async def aclose(self) -> None:
+        self._refs.clear()  # the SDK's clients are made per call
 
     # -- commands ---------------------------------------------------------------------------
-    async def _start(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
-        env: Mapping[str, str] | None,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
         cwd: str | None,
+        stdin: bytes | None,
         timeout: float,
-        with_stdin: bool,
-        on_stdout: Callable[[str], None],
-        on_stderr: Callable[[str], None],
-    ) -> Any:
-        """Start a command in the background (its handle), or the result of a start that failed.
-
-        The SDK's callbacks carry the output as it comes.
-        """
-        validate_command(command)
-        sandbox = await self._sandbox(sandbox_id)
-        script = shell_command(command)
-        if len(script.encode()) > MAX_ARG:
-            # envd runs `bash -l -c CMD`: a command past the kernel's per-argument limit goes through a file.
-            path = f"/tmp/.sandboxes-cmd-{uuid.uuid4().hex}.sh"
-            await self.write_file(sandbox_id, path, script.encode())
-            quoted = shlex.quote(path)
-            script = f"bash {quoted}; __status=$?; rm -f {quoted}; exit $__status"
-        cwd = cwd or self._workdirs.get(sandbox_id)
-        try:
-            return await sandbox.commands.run(
-                script,
-                background=True,
-                envs=dict(env) if env else None,
-                cwd=cwd,
-                stdin=with_stdin,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-                timeout=timeout + STREAM_GRACE,
-            )
-        except Exception as error:
-            if cwd and isinstance(error, InvalidArgumentException) and "cwd" in str(error):
-                # envd refuses to start in a missing directory: a result, as on the local provider
-                return ExecutionResult(stderr=f"sandbox: working directory not found: {cwd}\n", exit_code=1, command=command)
-            raise self._translate(error, sandbox_id) from None
-
-    async def _finish(self, sandbox_id: str, handle: Any, timeout: float, stdin: bytes | None) -> tuple[int, bool]:
-        """Feed stdin, wait for the end within ``timeout``; a late command is killed. (exit code, timed out)"""
-        # The SDK's event task must survive our deadline (cancelling it would lose the
-        # output so far), so it is awaited through a shield.
-        waiter = asyncio.ensure_future(_wait(handle))
-        waiter.add_done_callback(_retrieve)
-        try:
-            with anyio.move_on_after(timeout):
-                if stdin is not None:
-                    try:
-                        for start in range(0, len(stdin), STDIN_CHUNK):
-                            await handle.send_stdin(stdin[start : start + STDIN_CHUNK])
-                        await handle.close_stdin()
-                    except NotFoundException:
-                        pass  # the command already exited: it did not want the rest of its stdin
-                return _exit_code(await asyncio.shield(waiter)), False
-            with anyio.CancelScope(shield=True):
-                await handle.kill()  # envd kills the command's whole process group
-                with anyio.move_on_after(KILL_GRACE):
-                    await asyncio.shield(waiter)
-                if not waiter.done():
-                    await handle.disconnect()
-            return TIMED_OUT_EXIT_CODE, True
-        except Exception as error:
-            raise self._translate(error, sandbox_id) from None
-        except BaseException:  # cancelled: the command must not outlive its caller
-            with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE):
-                await _quietly(handle.kill())
-            raise
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-
-    async def execute_command(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        limit = self._max_output.get(sandbox_id, DEFAULT_MAX_OUTPUT_BYTES)
-        out, err = OutputBuffer(limit), OutputBuffer(limit)
-        timeout = self.command_timeout if timeout is None else timeout
-        data = as_bytes(stdin)
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """Run through envd (which runs ``bash -l -c``); the SDK's callbacks carry the output as it comes."""
         started = time.monotonic()
-        handle = await self._start(
-            sandbox_id,
-            command,
-            env,
-            cwd,
-            timeout,
-            data is not None,
-            lambda s: out.write(s.encode()),
-            lambda s: err.write(s.encode()),
-        )
-        if isinstance(handle, ExecutionResult):
-            return handle
-        exit_code, timed_out = await self._finish(sandbox_id, handle, timeout, data)
-        return ExecutionResult(
-            stdout=out.text(),
-            stderr=err.text(),
-            exit_code=exit_code,
-            duration_ms=(time.monotonic() - started) * 1000,
-            timed_out=timed_out,
-            truncated=out.truncated or err.truncated,
-            command=command,
-        )
-
-    @streaming
-    async def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        timeout = self.command_timeout if timeout is None else timeout
-        data = as_bytes(stdin)
-        started = time.monotonic()
-        send, receive = anyio.create_memory_object_stream[OutputChunk](math.inf)
-        try:
-            handle = await self._start(
-                sandbox_id,
-                command,
-                env,
-                cwd,
-                timeout,
-                data is not None,
-                lambda s: send.send_nowait(OutputChunk("stdout", s)),
-                lambda s: send.send_nowait(OutputChunk("stderr", s)),
-            )
-        except BaseException:
-            send.close()
-            receive.close()
-            raise
-        if isinstance(handle, ExecutionResult):
-            send.close()
-            receive.close()
-            yield OutputChunk("stderr", handle.stderr)
-            yield ExitStatus(handle.exit_code, handle.timed_out, handle.duration_ms)
-            return
-
-        async def finish() -> tuple[int, bool]:
+        send, receive = anyio.create_memory_object_stream[Output](math.inf)
+        with map_errors(self._envd_errors(sandbox_id)):
+            sandbox = await self._sandbox(sandbox_id)
             try:
-                return await self._finish(sandbox_id, handle, timeout, data)
-            finally:
-                send.close()
-
-        waiter = asyncio.ensure_future(finish())
+                handle = await sandbox.commands.run(
+                    _script(argv),
+                    background=True,
+                    envs=dict(env) or None,
+                    cwd=cwd,
+                    stdin=stdin is not None,
+                    on_stdout=_sink(send, "stdout"),
+                    on_stderr=_sink(send, "stderr"),
+                    timeout=timeout + STREAM_GRACE,
+                )
+            except InvalidArgumentException as error:
+                if not cwd or "cwd" not in str(error):
+                    raise
+                handle = None  # envd refuses to start in a missing directory: a result, as on the local provider
+        if handle is None:
+            yield Output("stderr", f"sandbox: working directory not found: {cwd}\n".encode())
+            yield Exit(1, duration_ms=(time.monotonic() - started) * 1000)
+            return
+        finisher = asyncio.ensure_future(_finish(handle, timeout, stdin, send))
         try:
-            async with receive:
-                async for chunk in receive:
-                    yield chunk
-            exit_code, timed_out = await waiter
-            yield ExitStatus(exit_code, timed_out, (time.monotonic() - started) * 1000)
+            with receive:
+                async for output in receive:
+                    yield output
+            with map_errors(self._envd_errors(sandbox_id)):
+                exit_code, timed_out = await finisher
+            yield Exit(exit_code, timed_out=timed_out, duration_ms=(time.monotonic() - started) * 1000)
         finally:
-            if not waiter.done():  # the consumer stopped early: end the command
-                waiter.cancel()
-                with anyio.CancelScope(shield=True):
-                    await _quietly(waiter)
+            if not finisher.done():  # the consumer stopped early: end the command
+                finisher.cancel()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE):
+                    await _quietly(finisher)
+                    await _quietly(handle.kill())  # envd kills the command's whole process group
 
     # -- files -----------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        sandbox = await self._sandbox(sandbox_id)
-        try:
-            await sandbox.files.write(path, bytes(data))
-        except Exception as error:
-            raise self._translate(error, sandbox_id, path) from None
+        with map_errors(self._envd_errors(sandbox_id, path)):
+            await (await self._sandbox(sandbox_id)).files.write(path, bytes(data))
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        sandbox = await self._sandbox(sandbox_id)
-        try:
-            return bytes(await sandbox.files.read(path, format="bytes"))
-        except Exception as error:
-            raise self._translate(error, sandbox_id, path) from None
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
+        with map_errors(self._envd_errors(sandbox_id, path)):
+            return bytes(await (await self._sandbox(sandbox_id)).files.read(path, format="bytes"))
 
 
 # -- helpers -------------------------------------------------------------------------------------
+async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -> tuple[int, bool]:
+    """Feed stdin, wait for the end within ``timeout``; a late command is killed. (exit code, timed out)"""
+    # The SDK's event task must survive our deadline (cancelling it would lose the
+    # output so far), so it is awaited through a shield.
+    waiter = asyncio.ensure_future(_wait(handle))
+    waiter.add_done_callback(_retrieve)
+    try:
+        with anyio.move_on_after(timeout):
+            if stdin is not None:
+                try:
+                    for start in range(0, len(stdin), STDIN_CHUNK):
+                        await handle.send_stdin(stdin[start : start + STDIN_CHUNK])
+                    await handle.close_stdin()
+                except NotFoundException:
+                    pass  # the command already exited: it did not want the rest of its stdin
+            return int((await asyncio.shield(waiter)).exit_code), False
+        with anyio.CancelScope(shield=True):
+            await handle.kill()  # envd kills the command's whole process group
+            with anyio.move_on_after(KILL_GRACE):
+                await asyncio.shield(waiter)
+            if not waiter.done():
+                await handle.disconnect()
+        return -1, True
+    finally:
+        send.close()
+        if not waiter.done():
+            waiter.cancel()
+
+
+def _sink(send: Any, stream: Literal["stdout", "stderr"]) -> Callable[[str], None]:
+    """An SDK output callback feeding ``send``; output after the consumer left is dropped."""
+
+    def put(text: str) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            send.send_nowait(Output(stream, text.encode()))
+
+    return put
+
+
+def _script(argv: Sequence[str]) -> str:
+    """envd takes one shell string: ``["/bin/sh", "-c", s]`` is ``s``, anything else is quoted."""
+    if len(argv) == 3 and argv[0] in ("/bin/sh", "sh") and argv[1] == "-c":
+        return argv[2]
+    return shlex.join(argv)
+
+
 async def _wait(handle: Any) -> Any:
     try:
         return await handle.wait()
@@ -588,14 +440,14 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 async def _quietly(awaitable: Any) -> None:
-    try:
+    with contextlib.suppress(BaseException):
         await awaitable
-    except BaseException:
-        pass
 
 
-def _exit_code(result: Any) -> int:
-    return int(result.exit_code)
+def _parsed(response: Response[Any], action: str) -> Any:
+    if not hasattr(response.parsed, "sandbox_id"):
+        raise ProviderError(f"E2B answered {response.status_code} to {action} without a sandbox", provider="e2b")
+    return response.parsed
 
 
 def _value(value: Any) -> Any:
@@ -626,12 +478,3 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
-
-
-def _is_transport_error(error: BaseException) -> bool:
-    """pyqwest's and connectrpc's connection failures, without importing their internals."""
-    from connectrpc.errors import ConnectError
-
-    if isinstance(error, ConnectError):
-        return True
-    return type(error).__module__.split(".")[0] == "pyqwest"

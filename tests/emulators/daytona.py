@@ -338,7 +338,7 @@ def open_provider(emulator: DaytonaEmulator | None = None) -> Iterator[Any]:
     DAYTONA_API_KEY, DAYTONA_USE_DEPRECATED_POLLING), set only while the
     provider reads them, so other tests never see Daytona credentials.
     """
-    from sandboxes.providers.daytona import DaytonaProvider
+    from sandboxes.providers import DaytonaProvider
 
     owned = emulator is None
     emulator = emulator or DaytonaEmulator().start()

@@ -707,7 +707,7 @@ def open_emulator(**options: Any) -> Iterator[E2BEmulator]:
 @contextlib.contextmanager
 def open_provider(**options: Any) -> Iterator[Any]:
     """Start an emulator and yield an ``E2BProvider`` pointed at it (``.emulator`` is the emulator)."""
-    from sandboxes.providers.e2b import E2BProvider
+    from sandboxes.providers import E2BProvider
 
     with open_emulator() as emulator:
         provider = E2BProvider(**emulator.provider_options(), **options)

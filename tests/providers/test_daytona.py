@@ -1,4 +1,4 @@
-"""DaytonaProvider: the unmodified SDK against the loopback emulator, and cassette replay.
+"""DaytonaProvider (the engine over DaytonaDriver): the unmodified SDK against the loopback emulator, and cassette replay.
 
 The cassette test replays recorded HTTP traffic with no emulator running
 (vcrpy, record_mode "none", matched on method + path). To re-record it:
@@ -28,7 +28,7 @@ from sandboxes.errors import (
     SandboxNotFoundError,
     UnsupportedOperation,
 )
-from sandboxes.providers.daytona import DaytonaProvider
+from sandboxes.providers import DaytonaProvider
 from tests.emulators.daytona import DaytonaEmulator, open_provider, provider_env
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +112,7 @@ async def test_stderr_comes_back_inside_stdout(provider: DaytonaProvider, sandbo
     result = await provider.execute_command(sandbox_id, "echo out; echo err >&2")
     assert result.stdout == "out\nerr\n"
     assert result.stderr == ""
-    assert provider.merges_stderr is True
+    assert provider.capabilities.merges_stderr is True
 
 
 async def test_streaming_and_stdin_are_unsupported_not_faked(provider: DaytonaProvider, sandbox_id: str) -> None:
@@ -197,7 +197,7 @@ async def test_another_process_finds_the_sandbox_by_labels(provider: DaytonaProv
     try:
         code = (
             "import anyio, json\n"
-            "from sandboxes.providers.daytona import DaytonaProvider\n"
+            "from sandboxes.providers import DaytonaProvider\n"
             "async def main():\n"
             "    p = DaytonaProvider()\n"
             "    found = await p.find_sandbox({'shared': 'cross-process'})\n"

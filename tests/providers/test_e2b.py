@@ -14,7 +14,7 @@ import pytest
 from sandboxes import SandboxConfig, SandboxNotFoundError, UnsupportedOperation
 from sandboxes.errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError, SetupFailed
 from sandboxes.manager import provider_class
-from sandboxes.providers.e2b import E2BProvider
+from sandboxes.providers import E2BProvider
 from tests.emulators.e2b import E2BEmulator, open_emulator
 
 pytestmark = pytest.mark.anyio

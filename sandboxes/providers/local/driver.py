@@ -1,7 +1,8 @@
-"""LocalProvider: real bubblewrap sandboxes on this machine, no daemon, no account."""
+"""LocalDriver: real bubblewrap sandboxes on this machine, no daemon, no account."""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import functools
@@ -19,27 +20,16 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 from anyio.abc import SocketStream
 
-from ..._extract import extract_tar
-from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SetupFailed, SharedHostNetworkWarning
-from ...models import (
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
-    DEFAULT_LIFETIME_SECONDS,
-    Capabilities,
-    Command,
-    ExecutionResult,
-    OutputBuffer,
-    SandboxConfig,
-    SandboxInfo,
-)
-from ...provider import SandboxProvider, as_bytes, validate_command
-from ...streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
+from ...driver import Event, Exit, Output
+from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
+from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
 from . import _wire as wire
 from . import network as network_setup
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
@@ -50,10 +40,8 @@ from .seccomp import seccomp_filter
 from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
-MAX_ARG = 100_000  # below the kernel's 128 KiB per-argument limit
 READY_TIMEOUT = 30.0
 AGENT_GRACE = 2.0  # beyond a command's timeout, before the host gives up on the agent
-TIMED_OUT_EXIT_CODE = 124
 AS_HEADROOM = 64 << 30
 log = logging.getLogger("sandboxes")
 Isolation = Literal["bwrap", "process"]
@@ -64,19 +52,10 @@ Isolation = Literal["bwrap", "process"]
 _CHILDREN: dict[str, list[subprocess.Popen[bytes]]] = {}
 
 
-class LocalProvider(SandboxProvider):
+class LocalDriver:
     """Sandboxes isolated by bubblewrap, reachable from any process on this host."""
 
     name = "local"
-    capabilities = Capabilities(
-        streaming=True,
-        stdin=True,
-        files=True,
-        background_processes=True,
-        network_control=True,
-        native_labels=True,
-        cross_process_reuse=True,
-    )
 
     def __init__(
         self,
@@ -112,7 +91,6 @@ class LocalProvider(SandboxProvider):
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
         self.cgroup_parent = cgroup_parent  # else $SANDBOXES_CGROUP_PARENT, else this process's own cgroup
-        self._max_output: dict[str, int] = {}
         if isolation == "process":
             warnings.warn(
                 "isolation='process' runs code with resource limits only: no namespaces, so it can read what your user can read and reach the network",
@@ -141,25 +119,10 @@ class LocalProvider(SandboxProvider):
         return True
 
     # -- lifecycle ---------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        state = await anyio.to_thread.run_sync(self._start, config)
-        info = self._info(state)
-        self._max_output[state.id] = config.max_output_bytes
-        try:
-            for command in config.setup_commands:
-                result = await self.execute_command(state.id, command)
-                if not result.success:
-                    raise SetupFailed(result, self.name)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.destroy_sandbox(state.id)
-            raise
-        return info
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
+        return self._info(await anyio.to_thread.run_sync(self._start, config))
 
     def _start(self, config: SandboxConfig) -> SandboxState:
-        workdir = config.working_dir
-        if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir):
-            raise ValueError(f"working_dir must be an absolute path inside the sandbox (such as /workspace/app), not {workdir!r}")
         image = config.image
         if image is not None and not os.path.isdir(image):
             raise ValueError(
@@ -197,8 +160,6 @@ class LocalProvider(SandboxProvider):
         inside_uid = uid if uid is not None else os.getuid()
         inside_gid = uid if uid is not None else os.getgid()
         env = {**sandbox_env(toolchains), **config.env}
-        if config.working_dir:
-            env["PWD"] = os.path.normpath(config.working_dir)
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         seccomp_fd = -1
@@ -210,7 +171,6 @@ class LocalProvider(SandboxProvider):
             "deadline": time.time() + lifetime,
             "env": env,
             "cwd": WORKSPACE,
-            "workdir": os.path.normpath(config.working_dir) if config.working_dir else None,
             "ready_fd": ready_w,
             "isolation": self.isolation,
             "limits": {
@@ -315,11 +275,6 @@ class LocalProvider(SandboxProvider):
             except BrokenPipeError:
                 pass
             ready = _read_with_timeout(ready_r, READY_TIMEOUT)
-            if ready.startswith(b"workdir:"):
-                raise ValueError(
-                    f"working_dir {config.working_dir!r} cannot be made in the sandbox ({ready[8:].decode(errors='replace').strip()}); "
-                    "it must lie in a writable place: /workspace, /tmp or /dev/shm"
-                )
             if ready != b"ready\n":
                 process.kill()
                 process.wait()
@@ -468,14 +423,14 @@ class LocalProvider(SandboxProvider):
             if all(child.poll() is not None for child in children):
                 del _CHILDREN[sandbox_id]
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
         state = self._load(sandbox_id)
         return self._info(state) if state else None
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        return await anyio.to_thread.run_sync(self._list, dict(labels or {}))
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        return await anyio.to_thread.run_sync(self._list, dict(labels))
 
-    def _list(self, labels: dict[str, str]) -> list[SandboxInfo]:
+    def _list(self, labels: dict[str, str]) -> builtins.list[SandboxInfo]:
         found = []
         try:
             entries = sorted(os.listdir(self.root))
@@ -493,7 +448,7 @@ class LocalProvider(SandboxProvider):
                 found.append(self._info(state))
         return found
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+    async def destroy(self, sandbox_id: str) -> bool:
         return await anyio.to_thread.run_sync(self._destroy, sandbox_id)
 
     def _kill_sandbox(self, sandbox_id: str) -> None:
@@ -512,7 +467,6 @@ class LocalProvider(SandboxProvider):
         while state.alive() and time.monotonic() < deadline:
             time.sleep(0.002)
         self._forget(state, self.root / sandbox_id)
-        self._max_output.pop(sandbox_id, None)
         return True
 
     def _shutdown_process_sandbox(self, state: SandboxState) -> None:
@@ -530,12 +484,12 @@ class LocalProvider(SandboxProvider):
     async def _connect(self, sandbox_id: str) -> SocketStream:
         directory = self.root / sandbox_id
         if not sandbox_id.startswith("sb-") or "/" in sandbox_id:
-            raise self._not_found(sandbox_id)
+            raise _not_found(sandbox_id)
         try:
             return await _connect_unix(directory)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             if self._load(sandbox_id) is None:
-                raise self._not_found(sandbox_id) from None
+                raise _not_found(sandbox_id) from None
             raise ProviderError(f"the agent of sandbox {sandbox_id} does not answer: {error}", provider=self.name) from error
 
     async def _frames(self, stream: SocketStream) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -548,31 +502,25 @@ class LocalProvider(SandboxProvider):
             for item in parser.feed(data):
                 yield item
 
-    async def _run(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
-        env: Mapping[str, str] | None,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
         cwd: str | None,
-        timeout: float | None,
-        stdin: bytes | str | None,
-    ) -> AsyncIterator[tuple[bytes, bytes]]:
-        validate_command(command)
-        data = as_bytes(stdin)
-        timeout = self.command_timeout if timeout is None else timeout
-        request: dict[str, object] = {"op": "exec", "env": dict(env or {}), "cwd": cwd, "timeout": timeout, "stdin": data is not None}
-        if isinstance(command, str):
-            request["argv"] = ["/bin/sh", "-c", command]
-            if len(command.encode()) > MAX_ARG:
-                request["script"] = command
-        else:
-            request["argv"] = [str(part) for part in command]
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """The agent runs it; its frames become events. An agent that stops answering ends the sandbox."""
+        request: dict[str, object] = {"op": "exec", "argv": list(argv), "env": dict(env), "cwd": cwd, "timeout": timeout, "stdin": stdin is not None}
         stream = await self._connect(sandbox_id)
         async with stream:
             try:
                 await stream.send(wire.request_frame(request))
-                if data is not None:  # the agent keeps reading stdin while it sends output
-                    for piece in wire.chunked(wire.STDIN, data):
+                if stdin is not None:  # the agent keeps reading stdin while it sends output
+                    for piece in wire.chunked(wire.STDIN, stdin):
                         await stream.send(piece)
                     await stream.send(wire.frame(wire.EOF))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -594,8 +542,8 @@ class LocalProvider(SandboxProvider):
                     # state is swept by the next call that finds it dead.
                     self._kill_sandbox(sandbox_id)
                     note = f"sandbox: the agent of sandbox {sandbox_id} stopped answering (stopped or starved by its workload); the sandbox was destroyed\n"
-                    yield wire.STDERR, note.encode()
-                    yield wire.EXIT, json.dumps({"exit_code": TIMED_OUT_EXIT_CODE, "timed_out": True, "duration_ms": (timeout + AGENT_GRACE) * 1000}).encode()
+                    yield Output("stderr", note.encode())
+                    yield Exit(-9, timed_out=True, duration_ms=(timeout + AGENT_GRACE) * 1000)
                     return
                 if not received:
                     with anyio.move_on_after(2):  # the agent is gone: is the sandbox?
@@ -605,67 +553,16 @@ class LocalProvider(SandboxProvider):
                         raise SandboxNotFoundError(f"sandbox {sandbox_id} ended while a command was running in it")
                     raise ProviderError(f"lost the connection to sandbox {sandbox_id}'s agent", provider=self.name)
                 for kind, payload in parser.feed(received):
-                    yield kind, payload
-                    if kind in (wire.EXIT, wire.ERROR):
+                    if kind == wire.STDOUT:
+                        yield Output("stdout", payload)
+                    elif kind == wire.STDERR:
+                        yield Output("stderr", payload)
+                    elif kind == wire.EXIT:
+                        ended = json.loads(payload)
+                        yield Exit(ended["exit_code"], bool(ended["timed_out"]), ended["duration_ms"], bool(ended.get("oom_killed")))
                         return
-
-    async def execute_command(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        limit = self._max_output.get(sandbox_id) or (1 * MIB)
-        out, err = OutputBuffer(limit), OutputBuffer(limit)
-        result = ExecutionResult(command=command)
-        async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind == wire.STDOUT:
-                out.write(payload)
-            elif kind == wire.STDERR:
-                err.write(payload)
-            elif kind == wire.EXIT:
-                status = json.loads(payload)
-                result.exit_code = status["exit_code"]
-                result.timed_out = status["timed_out"]
-                result.duration_ms = status["duration_ms"]
-                result.oom_killed = bool(status.get("oom_killed"))
-            elif kind == wire.ERROR:
-                raise _agent_error(json.loads(payload), self.name)
-        result.stdout, result.stderr = out.text(), err.text()
-        result.truncated = out.truncated or err.truncated
-        return result
-
-    @streaming
-    async def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        decoder = ChunkDecoder()
-        names = {wire.STDOUT: "stdout", wire.STDERR: "stderr"}
-        status = None
-        async for kind, payload in self._run(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind in names:
-                if chunk := decoder.decode(names[kind], payload):
-                    yield chunk
-            elif kind == wire.EXIT:  # the agent's last frame: how the command ended
-                ended = json.loads(payload)
-                status = ExitStatus(ended["exit_code"], ended["timed_out"], ended["duration_ms"])
-            elif kind == wire.ERROR:
-                raise _agent_error(json.loads(payload), self.name)
-        for chunk in decoder.flush():
-            yield chunk
-        if status is not None:
-            yield status
+                    elif kind == wire.ERROR:
+                        raise _agent_error(json.loads(payload), self.name)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         stream = await self._connect(sandbox_id)
@@ -688,31 +585,18 @@ class LocalProvider(SandboxProvider):
                     raise _agent_error(json.loads(payload), self.name)
         raise ProviderError(f"sandbox {sandbox_id} ended while writing {path}", provider=self.name)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
-        """The file's bytes: a regular file only, at most ``max_file_bytes`` (else EFBIG)."""
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
+        """The file's bytes: a regular file only, at most ``limit`` (else EFBIG)."""
         chunks: list[bytes] = []
-        await self._receive(sandbox_id, "read", path, chunks.append)
+        await self._receive(sandbox_id, "read", path, chunks.append, limit)
         return b"".join(chunks)
 
-    async def download_file(self, sandbox_id: str, remote_path: str, local_path: str | os.PathLike[str]) -> None:
-        """A file, or a directory tree streamed by the agent as tar, written by the host's own rules.
+    async def download_tree(self, sandbox_id: str, path: str, sink: Callable[[bytes], object], limit: int) -> None:
+        """The agent streams the directory as tar, walking by directory fds and never following a link."""
+        await self._receive(sandbox_id, "pack", path, sink, limit)
 
-        Nothing of the archive's metadata is trusted (``sandboxes._extract``): only
-        regular files and directories, no special bits, owned by the caller. The
-        archive never touches a file the sandbox could swap.
-        """
-        with tempfile.SpooledTemporaryFile(max_size=8 * MIB) as archive:
-            try:
-                await self._receive(sandbox_id, "pack", remote_path, archive.write)
-            except NotADirectoryError:
-                await super().download_file(sandbox_id, remote_path, local_path)
-                return
-            archive.seek(0)
-            await anyio.to_thread.run_sync(lambda: extract_tar(archive, Path(local_path), max_bytes=self.max_file_bytes))
-
-    async def _receive(self, sandbox_id: str, op: str, path: str, sink: Callable[[bytes], object]) -> None:
-        """Run a file operation whose answer is DATA frames, at most ``max_file_bytes`` of them."""
-        limit = self.max_file_bytes
+    async def _receive(self, sandbox_id: str, op: str, path: str, sink: Callable[[bytes], object], limit: int) -> None:
+        """Run a file operation whose answer is DATA frames, at most ``limit`` bytes of them."""
         stream = await self._connect(sandbox_id)
         received = 0
         with self._file_deadline(sandbox_id, path):
@@ -802,6 +686,10 @@ def _watchdog() -> str:
     if found is None:
         raise ProviderUnavailable("the local provider needs coreutils' `timeout` (apt-get install coreutils)", provider="local")
     return found
+
+
+def _not_found(sandbox_id: str) -> SandboxNotFoundError:
+    return SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'local'")
 
 
 def _agent_error(error: dict[str, Any], provider: str) -> Exception:

@@ -1,0 +1,235 @@
+"""Reading a cassette file: nothing in it is trusted, and format 1 is migrated to format 2.
+
+A cassette may come from anywhere (a pull request, a shared repository), so
+YAML aliases are refused (an alias bomb expands without bound), and every
+field is checked for its type before anything uses it: a recorded
+``timed_out: 'false'`` is an error that names the field, never True.
+
+Format 1 recorded above the engine (``execute``/``stream`` of a command, a
+``create`` holding the setup commands and working directory); format 2
+records the driver's operations under it (``exec`` of an argument vector,
+setup commands as the execs they are). A format-1 file is read as the
+format-2 operations it stands for, and rewritten as format 2 when recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from .cassette import Interaction
+
+OPS = ("create", "get", "list", "destroy", "exec", "write_file", "read_file")
+_V1_OPS = ("create", "get", "list", "destroy", "execute", "stream", "write_file", "read_file")
+
+
+def read_document(text: str, loader: type) -> tuple[list[str] | None, list[Interaction]]:
+    """(capabilities, interactions) of a cassette's text; ValueError says what is wrong and where."""
+    from .cassette import FORMAT_VERSION, OLDEST_VERSION, Interaction
+
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ValueError("it uses YAML aliases (*name), which a cassette never has: refused, since aliases can expand without bound")
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as error:
+        raise ValueError(f"it is not valid YAML ({' '.join(str(error).split())})") from None
+    data = data if data is not None else {}
+    _expect(isinstance(data, dict), "the document must be a mapping with version, provider and interactions")
+    version = data.get("version")
+    _expect(
+        type(version) is int and OLDEST_VERSION <= version <= FORMAT_VERSION,
+        f"format version {version!r} is not one this version reads ({OLDEST_VERSION} to {FORMAT_VERSION})",
+    )
+    capabilities = data.get("capabilities")
+    _expect(capabilities is None or (isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities)), "capabilities must be a list of names")
+    items = data.get("interactions") or []
+    _expect(isinstance(items, list), "interactions must be a list")
+    raw = []
+    for index, item in enumerate(items):
+        _expect(isinstance(item, dict), f"interaction {index + 1} must be a mapping of op, args and result")
+        op, args, result = item.get("op"), item.get("args") or {}, item.get("result") or {}
+        _expect(op in (_V1_OPS if version == 1 else OPS), f"interaction {index + 1}: unknown op {op!r}")
+        _expect(isinstance(args, dict) and isinstance(result, dict), f"interaction {index + 1} ({op}): args and result must be mappings")
+        raw.append((op, args, result))
+    if version == 1:
+        raw = _migrate(raw)
+    for index, (op, args, result) in enumerate(raw):
+        _check(op, args, result, f"interaction {index + 1} ({op})")
+    return capabilities, [Interaction(op, args, result) for op, args, result in raw]
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# -- types ---------------------------------------------------------------------------------
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_payload(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    if isinstance(value.get("text"), str):
+        return True
+    if isinstance(value.get("base64"), str):
+        try:
+            base64.b64decode(value["base64"], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return True
+    return False
+
+
+def _optional(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or kind(value)
+
+
+def _BOOL(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _INT(value: Any) -> bool:
+    return type(value) is int
+
+
+def _NUMBER(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _STR(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _STR_LIST(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(part, str) for part in value)
+
+
+def _ERROR(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str) and isinstance(value.get("message"), str)
+
+
+def _OUTPUT(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(c, dict) and c.get("stream") in ("stdout", "stderr") and _is_payload(c) for c in value)
+
+
+def _LISTED(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and _STR(i.get("sandbox")) and _is_str_map(i.get("labels") or {}) for i in value)
+
+
+_FIELDS: dict[str, tuple[dict[str, tuple[Callable[[Any], bool], str]], dict[str, tuple[Callable[[Any], bool], str]]]] = {
+    "create": (
+        {"labels": (_is_str_map, "a mapping of strings"), "env": (_is_str_map, "a mapping of strings"), "network": (_optional(_BOOL), "true, false or null")},
+        {"sandbox": (_STR, "a string"), "network": (_BOOL, "true or false")},
+    ),
+    "get": ({"sandbox": (_STR, "a string")}, {"found": (_BOOL, "true or false"), "labels": (_is_str_map, "a mapping of strings")}),
+    "list": ({"labels": (_is_str_map, "a mapping of strings")}, {"sandboxes": (_LISTED, "a list of {sandbox, labels}")}),
+    "destroy": ({"sandbox": (_STR, "a string")}, {"existed": (_BOOL, "true or false")}),
+    "exec": (
+        {
+            "sandbox": (_STR, "a string"),
+            "argv": (_STR_LIST, "a non-empty list of strings"),
+            "env": (_is_str_map, "a mapping of strings"),
+            "cwd": (_optional(_STR), "a string or null"),
+        },
+        {
+            "output": (_OUTPUT, "a list of {stream: stdout|stderr, text|base64}"),
+            "exit_code": (_INT, "a whole number"),
+            "timed_out": (_BOOL, "true or false"),
+            "oom_killed": (_BOOL, "true or false"),
+            "dropped": (_BOOL, "true or false"),
+        },
+    ),
+    "write_file": ({"sandbox": (_STR, "a string"), "path": (_STR, "a string"), "data": (_STR, "a digest string")}, {}),
+    "read_file": ({"sandbox": (_STR, "a string"), "path": (_STR, "a string")}, {"data": (_is_payload, "{text: ...} or {base64: ...}")}),
+}
+
+
+def _check(op: str, args: Mapping[str, Any], result: Mapping[str, Any], where: str) -> None:
+    expected_args, expected_result = _FIELDS[op]
+    for part, fields, values in (("args", expected_args, args), ("result", expected_result, result)):
+        for name, (valid, what) in fields.items():
+            if name in values and not valid(values[name]):
+                raise ValueError(f"{where}: {part}.{name} must be {what}, not {values[name]!r}"[:400])
+    if "error" in result:
+        _expect(_ERROR(result["error"]), f"{where}: result.error must be a mapping with a type and a message")
+    elif op == "create":
+        _expect("sandbox" in result, f"{where}: result.sandbox is missing")
+    elif op == "exec":
+        _expect("exit_code" in result, f"{where}: result.exit_code is missing")
+
+
+# -- format 1 -> 2 -------------------------------------------------------------------------
+def _migrate(raw: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    migrated: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    workdirs: dict[str, str | None] = {}
+    for op, args, result in raw:
+        if op == "create":
+            workdir = args.get("working_dir")
+            setup = args.get("setup_commands") or []
+            _expect(workdir is None or isinstance(workdir, str), "a format-1 create's working_dir must be a string")
+            _expect(isinstance(setup, list) and all(isinstance(c, str) for c in setup), "a format-1 create's setup_commands must be a list of strings")
+            created = {k: v for k, v in args.items() if k not in ("working_dir", "setup_commands")}
+            migrated.append(("create", created, result))
+            sandbox = result.get("sandbox")
+            if "error" in result or not isinstance(sandbox, str):
+                continue
+            workdirs[sandbox] = workdir
+            if workdir:
+                migrated.append(("exec", _exec_args(sandbox, ["mkdir", "-p", "--", workdir], {}, "/"), {"output": [], "exit_code": 0}))
+            for command in setup:
+                migrated.append(("exec", _exec_args(sandbox, ["/bin/sh", "-c", command], {}, workdir), {"output": [], "exit_code": 0}))
+        elif op in ("execute", "stream"):
+            sandbox = str(args.get("sandbox"))
+            command = args.get("command")
+            _expect(isinstance(command, str) or _STR_LIST(command), f"a format-1 {op}'s command must be a string or a list of strings")
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(part) for part in command or ()]
+            cwd = args.get("cwd") or workdirs.get(sandbox)
+            exec_args = _exec_args(sandbox, argv, args.get("env") or {}, cwd, args)
+            migrated.append(("exec", exec_args, _v1_result(op, result)))
+        else:
+            migrated.append((op, args, result))
+    return migrated
+
+
+def _exec_args(sandbox: str, argv: list[str], env: dict[str, str], cwd: str | None, v1: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    args: dict[str, Any] = {"sandbox": sandbox, "argv": argv, "env": env, "cwd": cwd, "timeout": (v1 or {}).get("timeout")}
+    for key in ("stdin", "stdin_text"):
+        if v1 and key in v1:
+            args[key] = v1[key]
+    return args
+
+
+def _v1_result(op: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    if op == "execute":
+        if "error" in result:
+            return {"output": [], "error": result["error"]}
+        output = [{"stream": name, "text": result[name]} for name in ("stdout", "stderr") if isinstance(result.get(name), str) and result[name]]
+        migrated: dict[str, Any] = {"output": output, "exit_code": result.get("exit_code", 0)}
+        for key in ("timed_out", "oom_killed"):
+            if key in result:
+                migrated[key] = result[key]
+        if "truncated" in result:
+            migrated["dropped"] = result["truncated"]
+        return migrated
+    chunks = result.get("chunks") or []
+    _expect(
+        isinstance(chunks, list) and all(isinstance(c, dict) and isinstance(c.get("data"), str) for c in chunks),
+        "a format-1 stream's chunks must be {stream, data} mappings",
+    )
+    output = [{"stream": c.get("stream"), "text": c["data"]} for c in chunks]
+    ended = result.get("ended") or {}
+    _expect(isinstance(ended, dict), "a format-1 stream's ended must be a mapping")
+    if "error" in ended:
+        return {"output": output, "error": ended["error"]}
+    streamed: dict[str, Any] = {"output": output, "exit_code": ended.get("exit_code", 0)}
+    if "timed_out" in ended:
+        streamed["timed_out"] = ended["timed_out"]
+    return streamed
