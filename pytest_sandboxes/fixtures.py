@@ -133,9 +133,7 @@ class SandboxFactory:
         """A new async sandbox."""
         return await self._create(*self._plan(provider, config, options))
 
-    def _plan(
-        self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]
-    ) -> tuple[SandboxProvider, SandboxConfig, TestRecording | None]:
+    def _plan(self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]) -> tuple[SandboxProvider, SandboxConfig, TestRecording | None]:
         """Which wrapped provider and config (checks, skips and failures happen here, not in the portal)."""
         state = self._state
         settings = state.settings

@@ -22,6 +22,7 @@ RUN_LABEL = "sandboxes_run"
 HOST_LABEL = "sandboxes_host"
 WORKER_LABEL = "sandboxes_worker"
 
+
 def unavailable_reason(name: str) -> str | None:
     """Why a provider cannot run here (SDK, credentials, bubblewrap), or None when it can."""
     entry = specs.spec(name)

@@ -163,7 +163,7 @@ def _check(op: str, args: Mapping[str, Any], result: Mapping[str, Any], where: s
     elif op == "create":
         _expect("sandbox" in result, f"{where}: result.sandbox is missing")
     elif op == "exec":
-        _expect("exit_code" in result, f"{where}: result.exit_code is missing")
+        _expect("exit_code" in result or result.get("exit_unknown") is True, f"{where}: result.exit_code is missing")
 
 
 # -- format 1 -> 2 -------------------------------------------------------------------------
@@ -229,7 +229,9 @@ def _v1_result(op: str, result: Mapping[str, Any]) -> dict[str, Any]:
     _expect(isinstance(ended, dict), "a format-1 stream's ended must be a mapping")
     if "error" in ended:
         return {"output": output, "error": ended["error"]}
-    streamed: dict[str, Any] = {"output": output, "exit_code": ended.get("exit_code", 0)}
+    if "exit_code" not in ended:  # recorded before streams had a status: none is invented
+        return {"output": output, "exit_unknown": True}
+    streamed: dict[str, Any] = {"output": output, "exit_code": ended["exit_code"]}
     if "timed_out" in ended:
         streamed["timed_out"] = ended["timed_out"]
     return streamed

@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -52,6 +52,9 @@ from .languages import RUN_ROOT
 from .models import DEFAULT_MAX_OUTPUT_BYTES, SandboxConfig, SandboxInfo
 from .resilience import CircuitOpenError
 from .specs import secret_variables
+
+if TYPE_CHECKING:
+    from .provider import SandboxProvider
 
 RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
 FORMAT_VERSION = 2
@@ -631,6 +634,8 @@ class CassetteDriver:
             if "error" in played.result:
                 raise recorded_error(played.result["error"])
             r = played.result
+            if r.get("exit_unknown"):  # a format-1 stream recorded without its status
+                return
             yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), bool(r.get("dropped")))
             return
         recorder = _OutputRecorder(output_limit)
@@ -714,3 +719,16 @@ class _OutputRecorder:
     def stored(self) -> builtins.list[dict[str, str]]:
         chunks = [*self._chunks, *((stream, bytes(tail)) for stream, tail in self._tails.items() if tail)]
         return [{"stream": stream, **_payload(data)} for stream, data in chunks]
+
+
+def cassette_provider(
+    live: SandboxProvider | None, cassette: Cassette | None, *, name: str | None = None, stats: CassetteStats | None = None
+) -> SandboxProvider:
+    """A provider whose driver is recorded (or, with ``live=None``, only replayed) by ``cassette``."""
+    from .provider import SandboxProvider
+    from .specs import spec
+
+    driver = CassetteDriver(live.driver if live is not None else None, cassette, name=name or (live.name if live else None), stats=stats)
+    if live is not None:
+        return live.with_driver(driver)
+    return SandboxProvider(driver, spec=spec(driver.name))

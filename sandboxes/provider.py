@@ -28,6 +28,7 @@ import functools
 import io
 import json
 import os
+import posixpath
 import secrets
 import shlex
 import stat
@@ -165,6 +166,10 @@ class SandboxProvider:
         """Most bytes ``read_file``/``download_file`` bring onto the host at once (the driver's option)."""
         return int(getattr(self.driver, "max_file_bytes", DEFAULT_MAX_FILE_BYTES))
 
+    @max_file_bytes.setter
+    def max_file_bytes(self, value: int) -> None:
+        self.driver.max_file_bytes = value  # type: ignore[attr-defined]  # an option of the driver's, which may not declare it
+
     def with_driver(self, driver: Driver) -> SandboxProvider:
         """The same provider over another driver stack (a middleware added), sharing the settings it knows."""
         clone = SandboxProvider(driver, spec=self.spec)
@@ -278,7 +283,7 @@ class SandboxProvider:
             sandbox_id,
             argv,
             env=environment,
-            cwd=cwd or settings.working_dir,
+            cwd=_within(settings.working_dir, cwd) or settings.working_dir,
             stdin=data.encode() if isinstance(data, str) else data,
             timeout=limit,
             output_limit=settings.max_output_bytes,
@@ -307,11 +312,12 @@ class SandboxProvider:
         out, err = OutputBuffer(settings.max_output_bytes), OutputBuffer(settings.max_output_bytes)
         started = time.monotonic()
         ended = Exit(-1)
-        async for event in self._events(sandbox_id, command, env, cwd, timeout, stdin, settings):
-            if isinstance(event, Output):
-                (out if event.stream == "stdout" else err).write(event.data)
-            else:
-                ended = event
+        async with contextlib.aclosing(self._events(sandbox_id, command, env, cwd, timeout, stdin, settings)) as events:
+            async for event in events:
+                if isinstance(event, Output):
+                    (out if event.stream == "stdout" else err).write(event.data)
+                else:
+                    ended = event
         if ended.dropped:
             out.truncated = out.truncated or len(out.getvalue()) >= out.limit
             err.truncated = err.truncated or len(err.getvalue()) >= err.limit
@@ -344,25 +350,28 @@ class SandboxProvider:
     async def _stream(self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any) -> AsyncIterator[StreamItem]:
         decoder = ChunkDecoder()
         started = time.monotonic()
-        async for event in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if isinstance(event, Output):
-                if chunk := decoder.decode(event.stream, event.data):
-                    yield chunk
-            else:
-                for chunk in decoder.flush():
-                    yield chunk
-                duration = event.duration_ms if event.duration_ms is not None else (time.monotonic() - started) * 1000
-                yield ExitStatus(TIMED_OUT_EXIT_CODE if event.timed_out else event.exit_code, event.timed_out, duration)
+        async with contextlib.aclosing(self._events(sandbox_id, command, env, cwd, timeout, stdin)) as events:
+            async for event in events:
+                if isinstance(event, Output):
+                    if chunk := decoder.decode(event.stream, event.data):
+                        yield chunk
+                else:
+                    for chunk in decoder.flush():
+                        yield chunk
+                    duration = event.duration_ms if event.duration_ms is not None else (time.monotonic() - started) * 1000
+                    yield ExitStatus(TIMED_OUT_EXIT_CODE if event.timed_out else event.exit_code, event.timed_out, duration)
 
     # -- files ---------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str | os.PathLike[str], data: bytes | str) -> None:
         """Write ``data`` (bytes, or text as UTF-8) to ``path``, creating parent directories."""
         contents = check.data(data)  # checked before anything is opened: a bad type never truncates the file
-        await self.driver.write_file(sandbox_id, check.path(path), contents)
+        where = check.path(path)
+        await self.driver.write_file(sandbox_id, _within((await self._settings_of(sandbox_id)).working_dir, where) or where, contents)
 
     async def read_file(self, sandbox_id: str, path: str | os.PathLike[str]) -> bytes:
         """A regular file's bytes, at most ``max_file_bytes`` (else ``OSError(EFBIG)``)."""
         where = check.path(path)
+        where = _within((await self._settings_of(sandbox_id)).working_dir, where) or where
         data = await self.driver.read_file(sandbox_id, where, self.max_file_bytes)
         if len(data) > self.max_file_bytes:
             raise _too_big(where, len(data), self.max_file_bytes)
@@ -418,6 +427,13 @@ class SandboxProvider:
         finally:
             await self.execute_command(sandbox_id, ["rm", "-f", archive_path])
         await anyio.to_thread.run_sync(functools.partial(extract_tar, io.BytesIO(data), local, max_bytes=cap))
+
+
+def _within(working_dir: str | None, path: str | None) -> str | None:
+    """A relative path (or cwd) starts at the sandbox's working directory, on every provider."""
+    if path is not None and working_dir and not path.startswith("/"):
+        return posixpath.join(working_dir, path)
+    return path
 
 
 def _too_big(remote_path: str, size: int, cap: int) -> OSError:

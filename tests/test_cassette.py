@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxes import SandboxConfig
-from sandboxes.cassette import Cassette, CassetteProvider
+from sandboxes.cassette import Cassette, cassette_provider
 from sandboxes.providers.local import LocalProvider
 
 pytestmark = pytest.mark.anyio
@@ -18,7 +18,7 @@ HOG = ["python3", "-c", "import mmap\nm = mmap.mmap(-1, 400 << 20)\nfor i in ran
 async def test_a_memory_kill_replays_as_a_memory_kill(tmp_path: Path) -> None:
     local = LocalProvider(memory_mb=128)
     path = tmp_path / "oom.yaml"
-    recorder = CassetteProvider(local, Cassette(path, "once", provider="local"))
+    recorder = cassette_provider(local, Cassette(path, "once", provider="local"))
     info = await recorder.create_sandbox(SandboxConfig())
     try:
         live = await recorder.execute_command(info.id, HOG, timeout=60)
@@ -28,7 +28,7 @@ async def test_a_memory_kill_replays_as_a_memory_kill(tmp_path: Path) -> None:
         pytest.skip(f"no cgroup here to report a memory kill: {live.describe()}")
     assert recorder.cassette is not None and recorder.cassette.save()
     assert "oom_killed: true" in path.read_text()
-    player = CassetteProvider(None, Cassette(path, "none", provider="local"))
+    player = cassette_provider(None, Cassette(path, "none", provider="local"))
     replayed_info = await player.create_sandbox(SandboxConfig())
     replayed = await player.execute_command(replayed_info.id, HOG, timeout=60)
     assert (replayed.oom_killed, replayed.exit_code) == (True, live.exit_code)

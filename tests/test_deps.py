@@ -171,16 +171,16 @@ def test_with_network_on_the_install_runs_in_place(provider: LocalProvider) -> N
 
 def test_a_replayed_sandbox_keeps_its_network_flag(provider: LocalProvider, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Where deps install depends on the sandbox's network, so a cassette records it and replays it."""
-    from sandboxes.cassette import Cassette, CassetteProvider
+    from sandboxes.cassette import Cassette, cassette_provider
 
     path = tmp_path_factory.mktemp("cassette") / "network.yaml"
 
     async def record_then_replay() -> None:
-        recording = CassetteProvider(provider, Cassette(path, "all", provider="local"))
+        recording = cassette_provider(provider, Cassette(path, "all", provider="local"))
         info = await recording.create_sandbox(SandboxConfig())
         await recording.destroy_sandbox(info.id)
         recording.cassette.save()
-        replayed = await CassetteProvider(None, Cassette(path, "none", provider="local")).create_sandbox(SandboxConfig())
+        replayed = await cassette_provider(None, Cassette(path, "none", provider="local")).create_sandbox(SandboxConfig())
         assert replayed.metadata == {"network": False}
         assert langs.installs_elsewhere(AsyncSandbox(provider, replayed))
 

@@ -560,18 +560,19 @@ async def test_single_file_download_is_plain_capped_and_refuses_links(provider: 
 
 
 @pytest.mark.anyio
-async def test_the_archive_name_in_the_sandbox_is_unpredictable(provider: LocalProvider, box: str, tmp_path: Path) -> None:
+async def test_the_archive_name_in_the_sandbox_is_unpredictable(provider: LocalProvider, box: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    read = provider.read_file
+    read = provider.driver.read_file
 
-    async def spy(sandbox_id: str, path: str) -> bytes:
+    async def spy(sandbox_id: str, path: str, limit: int) -> bytes:
         seen.append(path)
-        return await read(sandbox_id, path)
+        return await read(sandbox_id, path, limit)
 
-    provider.read_file = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(provider.driver, "read_file", spy)
+    generic = SandboxProvider(provider.driver)  # no spec, so no tree download: the path the cloud providers take
     await provider.execute_command(box, "mkdir -p d && echo x > d/x")
-    await SandboxProvider.download_file(provider, box, "d", tmp_path / "one")  # the path the cloud providers take
-    await SandboxProvider.download_file(provider, box, "d", tmp_path / "two")
+    await generic.download_file(box, "d", tmp_path / "one")
+    await generic.download_file(box, "d", tmp_path / "two")
     assert (tmp_path / "two" / "x").read_text() == "x\n"
     assert len(seen) == 2 and seen[0] != seen[1]
     assert all(path.startswith("/tmp/.sandboxes-download-") and len(path) > len("/tmp/.sandboxes-download-") + 24 for path in seen)

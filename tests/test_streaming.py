@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from sandboxes import OutputChunk, Sandbox, SandboxConfig, sync
-from sandboxes.cassette import Cassette, CassetteProvider
+from sandboxes.cassette import Cassette, cassette_provider
 from sandboxes.providers.local import LocalProvider
 from sandboxes.streaming import CommandStream
 
@@ -79,7 +79,7 @@ def test_cassette_records_and_replays_the_status(provider: LocalProvider, tmp_pa
     path = tmp_path / "stream.yaml"
 
     async def record_then_replay() -> None:
-        recording = CassetteProvider(provider, Cassette(path, "all", provider="local"))
+        recording = cassette_provider(provider, Cassette(path, "all", provider="local"))
         info = await recording.create_sandbox(SandboxConfig())
         ok = recording.stream_execution(info.id, "echo hi; exit 3")
         assert isinstance(ok, CommandStream)
@@ -90,11 +90,11 @@ def test_cassette_records_and_replays_the_status(provider: LocalProvider, tmp_pa
         recording.cassette.save()
         assert (ok.exit_code, late.timed_out) == (3, True)
 
-        ended = [i["result"]["ended"] for i in yaml.safe_load(path.read_text())["interactions"] if i["op"] == "stream"]
-        assert ended[0] == {"complete": True, "exit_code": 3, "timed_out": False}
+        ended = [i["result"] for i in yaml.safe_load(path.read_text())["interactions"] if i["op"] == "exec"]
+        assert ended[0] == {"output": [{"stream": "stdout", "text": "hi\n"}], "exit_code": 3}
         assert ended[1]["timed_out"] is True
 
-        replaying = CassetteProvider(None, Cassette(path, "none", provider="local"))
+        replaying = cassette_provider(None, Cassette(path, "none", provider="local"))
         sandbox_id = (await replaying.create_sandbox(SandboxConfig())).id
         again = replaying.stream_execution(sandbox_id, "echo hi; exit 3")
         assert [chunk async for chunk in again] == [OutputChunk("stdout", "hi\n")]
@@ -116,7 +116,7 @@ def test_a_cassette_recorded_before_stream_statuses_still_replays(tmp_path: Path
     )
 
     async def replay() -> None:
-        replaying = CassetteProvider(None, Cassette(path, "none", provider="local"))
+        replaying = cassette_provider(None, Cassette(path, "none", provider="local"))
         sandbox_id = (await replaying.create_sandbox(SandboxConfig())).id
         stream = replaying.stream_execution(sandbox_id, "echo old")
         assert [chunk.data async for chunk in stream] == ["old\n"]

@@ -1,94 +1,67 @@
-"""CloudflareProvider: Cloudflare Sandboxes through the Sandbox Bridge Worker HTTP API.
+"""CloudflareDriver: Cloudflare Sandboxes through the Sandbox Bridge Worker HTTP API.
 
 There is no Python SDK: this speaks the bridge's documented API
-(``specs/cloudflare/bridge-openapi.json``) with httpx. What the bridge gives
-and what it does not (see ``capabilities``):
+(``specs/cloudflare/bridge-openapi.json``) with httpx.
 
-- Real streaming: ``exec`` answers Server-Sent Events of base64 stdout and
-  stderr chunks, then ``exit`` (or ``error``); stdout and stderr stay apart.
-- env and cwd: ``cwd`` is an exec parameter; env goes through a bridge
-  session created for the command (``Session-Id`` header), then deleted.
-- Files: ``GET``/``PUT /file/{path}``, inside ``/workspace`` only (the bridge
-  refuses other paths); reads elsewhere go through an exec of ``base64``.
+- ``exec`` answers Server-Sent Events: base64 stdout and stderr chunks as the
+  command writes them, then ``exit`` (or ``error``). Its ``cwd`` must lie in
+  ``/workspace`` (elsewhere the command starts under ``cd``); env goes through
+  a bridge session made for the command, then deleted.
+- Files: ``GET``/``PUT /file/{path}`` serve ``/workspace`` only. Elsewhere a
+  read runs ``base64`` in the sandbox, and a write is put in ``/workspace``
+  then copied into place there.
 - No labels and no list on the bridge: labels, lifetimes and the set of live
-  sandboxes are kept client-side in a JSON registry under the user's state
-  dir, so other processes on the same machine find them
-  (``native_labels=False``). The lifetime is enforced client-side too: an
+  sandboxes are kept in a JSON registry under the user's state dir, shared by
+  the processes of this machine. The lifetime is enforced there too: an
   expired sandbox is destroyed by the next process that lists.
-- No stdin, no image, cpu, memory or network choice (the Worker's container
-  configuration fixes them): asking raises ``UnsupportedOperation``.
+- No stdin, image, cpu, memory or network choice: the Worker's container
+  configuration fixes them.
 
-Each operation uses its own short-lived ``httpx.AsyncClient`` (sharing one
-TLS context), so the provider works from any asyncio loop and from the
-blocking facade.
+Each call uses its own short-lived ``httpx.AsyncClient`` (sharing one TLS
+context), so the driver works from any event loop.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import posixpath
-import shlex
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 import anyio
 import httpx
 
-from ..errors import (
-    AuthenticationError,
-    ProviderError,
-    ProviderUnavailable,
-    RateLimitError,
-    SandboxNotFoundError,
-    SetupFailed,
-    UnsupportedOperation,
-)
-from ..models import (
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
-    DEFAULT_LIFETIME_SECONDS,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    Capabilities,
-    Command,
-    ExecutionResult,
-    OutputBuffer,
-    SandboxConfig,
-    SandboxInfo,
-)
-from ..provider import SandboxProvider, argv_command, validate_command
-from ..secrets import scrub
-from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
+from ..driver import ErrorMap, Event, Exit, Output, map_errors
+from ..errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError, SandboxNotFoundError, UnsupportedOperation
+from ..models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
+from ..secrets import Secret, scrub
 from ._label_registry import Entry, LabelRegistry, default_state_dir
 
 WORKSPACE = "/workspace"
-MAX_INLINE_COMMAND = 100_000  # bytes; longer commands go through a script file
 STREAM_SLACK = 30.0  # seconds the client waits for the bridge beyond a command's timeout
+_CD = 'cd "$0" && exec "$@"'
+# File scripts exit with an errno of their own finding (2 ENOENT, 20 ENOTDIR, 21 EISDIR, 13 EACCES).
+_READ = '[ -d "$0" ] && exit 21; [ -e "$0" ] || exit 2; base64 -w0 "$0" || exit 13'
+_WRITE = 'trap \'rm -f "$0"\' EXIT; [ -d "$1" ] && exit 21; mkdir -p "${1%/*}/" || exit 20; cat "$0" > "$1" || exit 13'
 
 
-class CloudflareProvider(SandboxProvider):
+class CloudflareDriver:
     """Sandboxes behind a Cloudflare Sandbox Bridge Worker.
 
-    Credentials: ``CLOUDFLARE_SANDBOX_BASE_URL`` (the Worker's URL) and
-    ``CLOUDFLARE_API_TOKEN`` (its ``SANDBOX_API_KEY`` secret), or ``base_url=``
-    and ``api_token=``. Labels live in a registry file on this machine.
+    Credentials: ``base_url`` (the Worker's URL, ``CLOUDFLARE_SANDBOX_BASE_URL``)
+    and ``api_token`` (its ``SANDBOX_API_KEY`` secret, ``CLOUDFLARE_API_TOKEN``).
+    Labels live in a registry file on this machine.
     """
 
     name = "cloudflare"
-    capabilities = Capabilities(
-        streaming=True,
-        stdin=False,  # exec takes argv, timeout_ms and cwd only
-        files=True,
-        background_processes=False,
-        network_control=False,
-        native_labels=False,  # kept client-side in a registry file
-        cross_process_reuse=True,  # on this machine, through the registry
-    )
 
     def __init__(
         self,
@@ -100,18 +73,15 @@ class CloudflareProvider(SandboxProvider):
         lifetime: float = DEFAULT_LIFETIME_SECONDS,
         request_timeout: float = 60.0,
     ) -> None:
-        url = base_url or os.environ.get("CLOUDFLARE_SANDBOX_BASE_URL")
-        token = api_token or os.environ.get("CLOUDFLARE_API_TOKEN")
-        missing = [name for name, value in (("CLOUDFLARE_SANDBOX_BASE_URL", url), ("CLOUDFLARE_API_TOKEN", token)) if not value]
-        if missing:
+        missing = [name for name, value in (("CLOUDFLARE_SANDBOX_BASE_URL", base_url), ("CLOUDFLARE_API_TOKEN", api_token)) if not value]
+        if not base_url or not api_token:
             raise ProviderUnavailable(
                 f"Cloudflare needs {' and '.join(missing)}: set the Sandbox Bridge Worker's URL and its API token "
                 "(or pass base_url= and api_token= / Sandbox.configure(cloudflare={...}))",
                 provider=self.name,
             )
-        assert url is not None and token is not None
-        self.base_url = url.rstrip("/")
-        self._token = token
+        self.base_url = base_url.rstrip("/")
+        self._token = Secret(api_token)
         self.command_timeout = command_timeout
         self.lifetime = lifetime
         self.request_timeout = request_timeout
@@ -120,87 +90,54 @@ class CloudflareProvider(SandboxProvider):
         self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
-        return f"<CloudflareProvider url={self.base_url!r}>"
+        return f"<CloudflareDriver url={self.base_url!r}>"
 
-    # -- HTTP ------------------------------------------------------------------------
-    @asynccontextmanager
-    async def _client(self, read_timeout: float | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    # -- HTTP and its errors ----------------------------------------------------------
+    def _client(self, read_timeout: float | None = None) -> httpx.AsyncClient:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
-            try:
+            with contextlib.suppress(ImportError):  # httpx brings certifi
                 import certifi
 
                 self._ssl.load_verify_locations(certifi.where())
-            except ImportError:  # pragma: no cover - httpx brings certifi
-                pass
         timeout = httpx.Timeout(self.request_timeout, read=read_timeout or self.request_timeout)
-        headers = {"Authorization": f"Bearer {self._token}"}
-        try:
-            async with httpx.AsyncClient(base_url=self.base_url, headers=headers, verify=self._ssl, timeout=timeout) as client:
-                yield client
-        except httpx.TransportError as error:
-            raise ProviderError(f"cloudflare: cannot reach the bridge at {self.base_url}: {type(error).__name__}: {error}", provider=self.name) from None
+        headers = {"Authorization": f"Bearer {self._token.value}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, verify=self._ssl, timeout=timeout)
 
-    async def _check(self, response: httpx.Response, path: str | None = None) -> None:
-        """Raise the taxonomy's error for a failed response."""
-        if response.is_success:
-            return
-        await response.aread()
+    def _errors(self, path: str | None = None) -> ErrorMap:
+        """The bridge's failures in the library's terms; ``path`` is the file a file route was asked for."""
+        unreachable = f"cloudflare: cannot reach the bridge at {self.base_url}"
+        return (
+            (httpx.HTTPStatusError, lambda error: self._refusal(error, path)),
+            (httpx.TransportError, lambda error: ProviderError(f"{unreachable}: {type(error).__name__}: {error}", provider=self.name)),
+        )
+
+    def _refusal(self, error: BaseException, path: str | None) -> Exception:
+        assert isinstance(error, httpx.HTTPStatusError)
+        response, status = error.response, error.response.status_code
         try:
             body = response.json()
-            message, code = str(body.get("error", "")), str(body.get("code", ""))
         except ValueError:
-            message, code = response.text[:500], ""
-        message = self._scrub(message)
-        status = response.status_code
+            body = None
+        body = body if isinstance(body, dict) else {"error": response.text[:500]}
+        message, code = scrub(str(body.get("error", "")), self._token), str(body.get("code", ""))
         where = f"cloudflare ({status}{' ' + code if code else ''}): {message}"
         if status == 401 or code == "unauthorized":
-            raise AuthenticationError(f"{where}; check CLOUDFLARE_API_TOKEN (the token is never shown)", provider=self.name)
+            return AuthenticationError(f"{where}; check CLOUDFLARE_API_TOKEN (the token is never shown)", provider=self.name)
         if status == 429:
-            raise RateLimitError(where, provider=self.name, retry_after=_retry_after(response.headers.get("retry-after")))
-        if path is not None:
-            if status == 404:
-                raise FileNotFoundError(f"no such file in the sandbox: {path}")
-            if "directory" in message.lower():
-                raise IsADirectoryError(f"is a directory in the sandbox: {path}")
-            if status == 403:
-                raise PermissionError(f"the bridge refuses {path}: {message}")
+            return RateLimitError(where, provider=self.name, retry_after=_retry_after(response.headers.get("retry-after")))
+        if path is not None and status == 404:
+            return FileNotFoundError(errno.ENOENT, "no such file in the sandbox", path)
+        if path is not None and "directory" in message.lower():
+            return IsADirectoryError(errno.EISDIR, "is a directory in the sandbox", path)
+        if path is not None and status == 403:
+            return PermissionError(errno.EACCES, f"the bridge refuses it ({message})", path)
         if status in (400, 403, 422):
-            raise ValueError(f"the Cloudflare bridge rejected the request: {message}")
-        raise ProviderError(where, provider=self.name)
-
-    def _scrub(self, text: str) -> str:
-        return scrub(text, self._token)
+            return ValueError(f"the Cloudflare bridge rejected the request: {message}")
+        return ProviderError(where, provider=self.name)
 
     # -- lifecycle --------------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        self._refuse_unsupported(config)
-        async with self._client() as client:
-            response = await client.post("/v1/sandbox")
-            await self._check(response)
-            sandbox_id = str(response.json()["id"])
-        now = time.time()
-        entry: Entry = {
-            "labels": dict(config.labels),
-            "created_at": now,
-            "expires_at": now + (config.lifetime or self.lifetime),
-            "env": dict(config.env),
-            "working_dir": _absolute(config.working_dir) if config.working_dir else None,
-            "max_output_bytes": config.max_output_bytes,
-        }
-        await anyio.to_thread.run_sync(self.registry.add, sandbox_id, entry)
-        try:
-            if config.working_dir:
-                await self._checked(sandbox_id, ["mkdir", "-p", config.working_dir], cwd=WORKSPACE)
-            for command in config.setup_commands:
-                await self._checked(sandbox_id, command)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.destroy_sandbox(sandbox_id)  # never leave a half-created sandbox
-            raise
-        return self._info({**entry, "id": sandbox_id})
-
-    def _refuse_unsupported(self, config: SandboxConfig) -> None:
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
         fixed = "the Worker's container configuration (wrangler.toml) fixes it"
         if config.image:
             raise UnsupportedOperation(self.name, "choosing an image", fixed)
@@ -210,11 +147,18 @@ class CloudflareProvider(SandboxProvider):
             raise UnsupportedOperation(self.name, "network control", "the bridge API has no network setting")
         if config.provider_config:
             raise ValueError(f"the Cloudflare provider takes no provider_config, got {sorted(config.provider_config)}")
-
-    async def _checked(self, sandbox_id: str, command: Command, cwd: str | None = None) -> None:
-        result = await self.execute_command(sandbox_id, command, cwd=cwd)
-        if not result.success:
-            raise SetupFailed(result, self.name)
+        with map_errors(self._errors()):
+            async with self._client() as client:
+                sandbox_id = str((await _ok(await client.post("/v1/sandbox"))).json()["id"])
+        now = time.time()
+        entry: Entry = {"labels": dict(config.labels), "created_at": now, "expires_at": now + (config.lifetime or self.lifetime), "env": dict(config.env)}
+        try:
+            await anyio.to_thread.run_sync(self.registry.add, sandbox_id, entry)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._delete(sandbox_id)  # never leave a sandbox nobody can find
+            raise
+        return self._info({**entry, "id": sandbox_id})
 
     def _info(self, entry: Entry) -> SandboxInfo:
         return SandboxInfo(
@@ -230,124 +174,90 @@ class CloudflareProvider(SandboxProvider):
     async def _entry(self, sandbox_id: str) -> Entry:
         entry = await anyio.to_thread.run_sync(self.registry.get, sandbox_id)
         if entry is None or (entry.get("expires_at") and entry["expires_at"] <= time.time()):
-            raise self._not_found(sandbox_id)
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'cloudflare'")
         return entry
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
         try:
             return self._info(await self._entry(sandbox_id))
         except SandboxNotFoundError:
             return None
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        live, expired = await anyio.to_thread.run_sync(self.registry.find, dict(labels or {}))
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
+        live, expired = await anyio.to_thread.run_sync(self.registry.find, dict(labels))
         for entry in expired:  # the lifetime is ours to enforce: the bridge has no TTL
-            try:
+            with contextlib.suppress(ProviderError):
                 await self._delete(entry["id"])
-            except ProviderError:
-                pass
         return [self._info(entry) for entry in live]
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
-        entry = await anyio.to_thread.run_sync(self.registry.get, sandbox_id)
-        if entry is None:
+    async def destroy(self, sandbox_id: str) -> bool:
+        if await anyio.to_thread.run_sync(self.registry.get, sandbox_id) is None:
             return False
         await self._delete(sandbox_id)
         return await anyio.to_thread.run_sync(self.registry.remove, sandbox_id) is not None
 
     async def _delete(self, sandbox_id: str) -> None:
-        async with self._client() as client:
-            await self._check(await client.delete(f"/v1/sandbox/{quote(sandbox_id, safe='')}"))
+        with map_errors(self._errors()):
+            async with self._client() as client:
+                await _ok(await client.delete(f"/v1/sandbox/{quote(sandbox_id, safe='')}"))
 
     async def health_check(self) -> bool:
         """``GET /health``: creates nothing."""
         try:
             async with self._client() as client:
-                response = await client.get("/health")
-        except ProviderError:
+                return (await client.get("/health")).status_code == 200
+        except httpx.HTTPError:
             return False
-        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        """Nothing to release: each call has its own client."""
 
     # -- commands -----------------------------------------------------------------------
-    async def _events(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
-        env: Mapping[str, str] | None,
-        cwd: str | None,
-        timeout: float | None,
-        stdin: bytes | str | None,
-    ) -> AsyncIterator[tuple[str, str]]:
-        """The exec's SSE events as (event, data), in order, as they arrive."""
-        validate_command(command)
-        if stdin is not None:
-            raise UnsupportedOperation(self.name, "stdin", "the bridge's exec takes no input: write a file and redirect from it")
-        entry = await self._entry(sandbox_id)
-        limit = timeout if timeout is not None else self.command_timeout
-        argv = argv_command(command)
-        workdir = _absolute(cwd) if cwd else entry.get("working_dir") or WORKSPACE
-        if sum(len(part.encode()) for part in argv) > MAX_INLINE_COMMAND:
-            script_path = f"{WORKSPACE}/.sandboxes-cmd-{uuid.uuid4().hex}.sh"
-            script = command if isinstance(command, str) else shlex.join(argv)
-            await self.write_file(sandbox_id, script_path, script.encode())
-            relative = shlex.quote(posixpath.relpath(script_path, workdir))  # cwd is always inside /workspace
-            argv = ["sh", "-c", f"trap 'rm -f {relative}' EXIT; . ./{relative}"]
-        merged_env = {**entry.get("env", {}), **(env or {})}
-        body = {"argv": argv, "timeout_ms": max(1, int(limit * 1000)), "cwd": workdir}
-        sid = quote(sandbox_id, safe="")
-        async with self._client(read_timeout=limit + STREAM_SLACK) as client:
-            headers = {}
-            session = None
-            if merged_env:
-                response = await client.post(f"/v1/sandbox/{sid}/session", json={"env": merged_env, "cwd": workdir})
-                await self._check(response)
-                session = str(response.json()["id"])
-                headers["Session-Id"] = session
-            try:
-                async with client.stream("POST", f"/v1/sandbox/{sid}/exec", json=body, headers=headers) as response:
-                    await self._check(response)
-                    async for event in _sse(response):
-                        yield event
-            finally:
-                if session is not None:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await client.delete(f"/v1/sandbox/{sid}/session/{quote(session, safe='')}")
-                        except httpx.HTTPError:
-                            pass
-
-    async def execute_command(
-        self,
-        sandbox_id: str,
-        command: Command,
+        argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        limit = timeout if timeout is not None else self.command_timeout
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """The exec's SSE stream as events; the bridge kills the command at ``timeout_ms``."""
         entry = await self._entry(sandbox_id)
-        cap = entry.get("max_output_bytes") or DEFAULT_MAX_OUTPUT_BYTES
-        buffers = {"stdout": OutputBuffer(cap), "stderr": OutputBuffer(cap)}
-        exit_code, timed_out = -1, False
+        workdir = _absolute(cwd) if cwd else WORKSPACE
+        if not _in_workspace(workdir):  # the bridge refuses such a cwd: the command goes there itself
+            argv, workdir = ["/bin/sh", "-c", _CD, workdir, *argv], WORKSPACE
+        merged_env = {**entry.get("env", {}), **env}
+        body = {"argv": list(argv), "timeout_ms": max(1, int(timeout * 1000)), "cwd": workdir}
+        sid = quote(sandbox_id, safe="")
         started = time.monotonic()
-        async for event, data in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if event in buffers:
-                buffers[event].write(base64.b64decode(data))
-            elif event == "exit":
-                exit_code = int(json.loads(data).get("exit_code", -1))
-            elif event == "error":
-                timed_out = self._timed_out(data, started, limit)
-        return ExecutionResult(
-            stdout=buffers["stdout"].text(),
-            stderr=buffers["stderr"].text(),
-            exit_code=exit_code,
-            duration_ms=(time.monotonic() - started) * 1000,
-            timed_out=timed_out,
-            truncated=buffers["stdout"].truncated or buffers["stderr"].truncated,
-            command=command,
-        )
+        with map_errors(self._errors()):
+            async with self._client(read_timeout=timeout + STREAM_SLACK) as client:
+                headers, session = dict[str, str](), None
+                if merged_env:
+                    response = await _ok(await client.post(f"/v1/sandbox/{sid}/session", json={"env": merged_env, "cwd": workdir}))
+                    session = headers["Session-Id"] = str(response.json()["id"])
+                try:
+                    async with client.stream("POST", f"/v1/sandbox/{sid}/exec", json=body, headers=headers) as response:
+                        await _ok(response)
+                        async for event, data in _sse(response):
+                            if event in ("stdout", "stderr"):
+                                yield Output("stdout" if event == "stdout" else "stderr", base64.b64decode(data))
+                            elif event in ("exit", "error"):
+                                break
+                        else:
+                            event, data = "exit", "{}"  # the stream ended with no status: as a killed command
+                    elapsed = (time.monotonic() - started) * 1000
+                    if event == "exit":
+                        yield Exit(int(json.loads(data).get("exit_code", -1)), duration_ms=elapsed)
+                    else:
+                        yield Exit(-1, timed_out=self._timed_out(data, started, timeout), duration_ms=elapsed)
+                finally:
+                    if session is not None:
+                        with anyio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
+                            await client.delete(f"/v1/sandbox/{sid}/session/{quote(session, safe='')}")
 
     def _timed_out(self, data: str, started: float, limit: float) -> bool:
         """An ``error`` event is a timeout when it says so or when the time is up; else it is raised."""
@@ -358,35 +268,22 @@ class CloudflareProvider(SandboxProvider):
         message = str(error.get("error", ""))
         if "timed out" in message.lower() or "timeout" in message.lower() or time.monotonic() - started >= limit * 0.95:
             return True
-        raise ProviderError(f"cloudflare exec failed ({error.get('code', 'exec_error')}): {self._scrub(message)}", provider=self.name)
+        raise ProviderError(f"cloudflare exec failed ({error.get('code', 'exec_error')}): {scrub(message, self._token)}", provider=self.name)
 
-    @streaming
-    async def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        """Yield output as the bridge streams it (SSE), stdout and stderr apart, then the exit status."""
-        limit = timeout if timeout is not None else self.command_timeout
-        decoder = ChunkDecoder()
-        started = time.monotonic()
-        exit_code, timed_out = -1, False  # as execute_command: no exit event means killed
-        async for event, data in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if event in ("stdout", "stderr"):
-                if chunk := decoder.decode(event, base64.b64decode(data)):
-                    yield chunk
-            elif event == "exit":
-                exit_code = int(json.loads(data).get("exit_code", -1))
-            elif event == "error":
-                timed_out = self._timed_out(data, started, limit)
-        for chunk in decoder.flush():
-            yield chunk
-        yield ExitStatus(exit_code, timed_out, (time.monotonic() - started) * 1000)
+    async def _script(self, sandbox_id: str, script: str, path: str, *args: str) -> bytes:
+        """Run a file script in ``/workspace``; its stdout, or the ``OSError`` its exit code names."""
+        out, err, code = bytearray(), bytearray(), -1
+        events = self.exec(sandbox_id, ["/bin/sh", "-c", script, *args], env={}, cwd=None, stdin=None, timeout=self.command_timeout, output_limit=0)
+        async for event in events:
+            if isinstance(event, Output):
+                (out if event.stream == "stdout" else err).extend(event.data)
+            else:
+                code = errno.ETIMEDOUT if event.timed_out else event.exit_code
+        if code == 0:
+            return bytes(out)
+        number = code if code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ETIMEDOUT) else errno.EACCES
+        detail = err.decode(errors="replace").strip()
+        raise OSError(number, f"{os.strerror(number)} in the sandbox" + (f" ({detail})" if detail else ""), path)
 
     # -- files ---------------------------------------------------------------------------
     def _file_url(self, sandbox_id: str, path: str) -> str:
@@ -395,32 +292,29 @@ class CloudflareProvider(SandboxProvider):
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         await self._entry(sandbox_id)
         remote = _absolute(path)
-        if not _in_workspace(remote):
-            raise PermissionError(f"the Cloudflare bridge writes files only inside {WORKSPACE}, not {path}")
-        async with self._client() as client:
-            response = await client.put(self._file_url(sandbox_id, remote), content=bytes(data), headers={"Content-Type": "application/octet-stream"})
-            await self._check(response, path)
+        target = remote if _in_workspace(remote) else f"{WORKSPACE}/.sandboxes-upload-{uuid.uuid4().hex}"
+        with map_errors(self._errors(path)):
+            async with self._client() as client:
+                await _ok(await client.put(self._file_url(sandbox_id, target), content=data, headers={"Content-Type": "application/octet-stream"}))
+        if target != remote:  # the file route writes only in /workspace: the copy goes into place from there
+            await self._script(sandbox_id, _WRITE, path, posixpath.basename(target), remote)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         await self._entry(sandbox_id)
         remote = _absolute(path)
-        if not _in_workspace(remote):
-            return await self._read_by_exec(sandbox_id, remote, path)
-        async with self._client() as client:
-            response = await client.get(self._file_url(sandbox_id, remote))
-            await self._check(response, path)
-            return response.content
+        if not _in_workspace(remote):  # the file route refuses: base64 in the sandbox still reads
+            return base64.b64decode(await self._script(sandbox_id, _READ, path, remote))
+        with map_errors(self._errors(path)):
+            async with self._client() as client:
+                return (await _ok(await client.get(self._file_url(sandbox_id, remote)))).content
 
-    async def _read_by_exec(self, sandbox_id: str, remote: str, path: str) -> bytes:
-        """Outside /workspace the file route refuses; ``base64`` in the sandbox can still read."""
-        result = await self.execute_command(sandbox_id, ["sh", "-c", 'test -d "$1" && { echo "is a directory" >&2; exit 21; }; base64 -w0 "$1"', "sh", remote])
-        if result.exit_code == 21:
-            raise IsADirectoryError(f"is a directory in the sandbox: {path}")
-        if result.exit_code != 0:
-            if "No such file" in result.stderr:
-                raise FileNotFoundError(f"no such file in the sandbox: {path}")
-            raise PermissionError(f"cannot read {path} in the sandbox: {result.stderr.strip()}")
-        return base64.b64decode(result.stdout)
+
+async def _ok(response: httpx.Response) -> httpx.Response:
+    """The response when it succeeded; else ``HTTPStatusError``, its body read, for ``_errors``."""
+    if not response.is_success:
+        await response.aread()
+        response.raise_for_status()
+    return response
 
 
 async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
@@ -431,9 +325,7 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
             if data:
                 yield event, "\n".join(data)
             event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
+        elif not line.startswith(":"):
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "event":

@@ -78,17 +78,17 @@ def _errors(api_key: str, sandbox_id: str | None = None, path: str | None = None
         status = getattr(error, "status_code", None)
         return ProviderError(f"daytona ({status}): {text(error)}" if status else f"daytona: {text(error)}", provider="daytona")
 
-    def file_error(error: BaseException) -> Exception:
-        lowered = text(error).lower()  # the daemon names the problem only in its message
-        if "not a directory" in lowered:
+    def rejected(error: BaseException) -> Exception:
+        if not isinstance(error, sdk.DaytonaBadRequestError | sdk.DaytonaUnprocessableEntityError) and getattr(error, "status_code", None) != 400:
+            return failed(error)
+        lowered = text(error).lower()  # on a file, the daemon names the problem only in its message
+        if path is not None and "not a directory" in lowered:
             return NotADirectoryError(errno.ENOTDIR, "not a directory in the Daytona sandbox", path)
-        if "directory" in lowered:
+        if path is not None and "directory" in lowered:
             return IsADirectoryError(errno.EISDIR, "is a directory in the Daytona sandbox", path)
-        if "permission" in lowered or "denied" in lowered:
+        if path is not None and ("permission" in lowered or "denied" in lowered):
             return PermissionError(errno.EACCES, "permission denied in the Daytona sandbox", path)
-        if isinstance(error, sdk.DaytonaInvalidFilePathError):
-            return ValueError(f"Daytona rejected the path {path!r}: {text(error)}")
-        return failed(error)
+        return ValueError(f"Daytona rejected the request: {text(error)}")
 
     def timed_out(error: BaseException) -> Exception:
         daemon = isinstance(error, sdk.DaytonaProcessExecutionTimeoutError) or "execution timeout" in text(error)
@@ -104,7 +104,6 @@ def _errors(api_key: str, sandbox_id: str | None = None, path: str | None = None
         files = (
             (sdk.DaytonaFileNotFoundError, lambda e: FileNotFoundError(errno.ENOENT, f"no such file in Daytona sandbox {sandbox_id}", path)),
             (sdk.DaytonaFileAccessDeniedError, lambda e: PermissionError(errno.EACCES, "permission denied in the Daytona sandbox", path)),
-            (sdk.DaytonaBadRequestError, file_error),
         )
     return (
         *files,
@@ -115,8 +114,7 @@ def _errors(api_key: str, sandbox_id: str | None = None, path: str | None = None
             lambda e: AuthenticationError(f"{failed(e)}; check DAYTONA_API_KEY (the key itself is never shown)", provider="daytona"),
         ),
         (sdk.DaytonaRateLimitError, lambda e: RateLimitError(str(failed(e)), provider="daytona", retry_after=_retry_after(getattr(e, "headers", None)))),
-        ((sdk.DaytonaBadRequestError, sdk.DaytonaUnprocessableEntityError), lambda e: ValueError(f"Daytona rejected the request: {text(e)}")),
-        (sdk.DaytonaError, failed),
+        (sdk.DaytonaError, rejected),  # a 400 (the upload's is a bare DaytonaError), else the provider failed
     )
 
 

@@ -333,41 +333,45 @@ class E2BDriver:
         """Run through envd (which runs ``bash -l -c``); the SDK's callbacks carry the output as it comes."""
         started = time.monotonic()
         send, receive = anyio.create_memory_object_stream[Output](math.inf)
+        with send, receive:
+            handle = await self._start(sandbox_id, argv, env, cwd, stdin is not None, timeout, send)
+            if handle is None:  # envd refuses to start in a missing directory: a result, as on the local provider
+                yield Output("stderr", f"sandbox: working directory not found: {cwd}\n".encode())
+                yield Exit(1, duration_ms=(time.monotonic() - started) * 1000)
+                return
+            finisher = asyncio.ensure_future(_finish(handle, timeout, stdin, send))
+            try:
+                async for output in receive:
+                    yield output
+                with map_errors(self._envd_errors(sandbox_id)):
+                    exit_code, timed_out = await finisher
+                yield Exit(exit_code, timed_out=timed_out, duration_ms=(time.monotonic() - started) * 1000)
+            finally:
+                if not finisher.done():  # the consumer stopped early: end the command
+                    finisher.cancel()
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE):
+                        await _quietly(finisher)
+                        await _quietly(handle.kill())  # envd kills the command's whole process group
+
+    async def _start(self, sandbox_id: str, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, stdin: bool, timeout: float, send: Any) -> Any:
+        """The started command's SDK handle, or None when its ``cwd`` is missing."""
         with map_errors(self._envd_errors(sandbox_id)):
             sandbox = await self._sandbox(sandbox_id)
             try:
-                handle = await sandbox.commands.run(
+                return await sandbox.commands.run(
                     _script(argv),
                     background=True,
                     envs=dict(env) or None,
                     cwd=cwd,
-                    stdin=stdin is not None,
+                    stdin=stdin,
                     on_stdout=_sink(send, "stdout"),
                     on_stderr=_sink(send, "stderr"),
                     timeout=timeout + STREAM_GRACE,
                 )
             except InvalidArgumentException as error:
-                if not cwd or "cwd" not in str(error):
-                    raise
-                handle = None  # envd refuses to start in a missing directory: a result, as on the local provider
-        if handle is None:
-            yield Output("stderr", f"sandbox: working directory not found: {cwd}\n".encode())
-            yield Exit(1, duration_ms=(time.monotonic() - started) * 1000)
-            return
-        finisher = asyncio.ensure_future(_finish(handle, timeout, stdin, send))
-        try:
-            with receive:
-                async for output in receive:
-                    yield output
-            with map_errors(self._envd_errors(sandbox_id)):
-                exit_code, timed_out = await finisher
-            yield Exit(exit_code, timed_out=timed_out, duration_ms=(time.monotonic() - started) * 1000)
-        finally:
-            if not finisher.done():  # the consumer stopped early: end the command
-                finisher.cancel()
-                with anyio.CancelScope(shield=True), anyio.move_on_after(KILL_GRACE):
-                    await _quietly(finisher)
-                    await _quietly(handle.kill())  # envd kills the command's whole process group
+                if cwd and "cwd" in str(error):
+                    return None
+                raise
 
     # -- files -----------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:

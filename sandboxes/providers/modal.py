@@ -1,16 +1,16 @@
-"""ModalProvider: Modal sandboxes through the official SDK's async interface.
+"""ModalDriver: Modal sandboxes through the official SDK's async interface.
 
 Only the ``.aio`` methods of the SDK are used (never its blocking facade inside
 async code). Labels are Modal sandbox tags, so ``find`` works from any
-process; env and working directory go to the SDK's own ``env``/``workdir``
-parameters; files go through ``Sandbox.filesystem``. The SDK runs its calls on
-its own event loop; one SDK client is still opened per calling event loop, so
-that no client outlives the loop of the code that uses it.
+process; files go through ``Sandbox.filesystem``. One SDK client is opened per
+calling event loop, so that no client outlives the loop of the code that uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import math
 import os
@@ -19,71 +19,42 @@ import time
 import tomllib
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import anyio
 import modal
 import modal.exception as modal_errors
 from grpclib import GRPCError
 from grpclib.exceptions import StreamTerminatedError
 
-from ..errors import (
-    AuthenticationError,
-    ProviderError,
-    ProviderUnavailable,
-    RateLimitError,
-    SandboxError,
-    SandboxNotFoundError,
-    SetupFailed,
-)
-from ..models import (
-    DEFAULT_COMMAND_TIMEOUT_SECONDS,
-    DEFAULT_LIFETIME_SECONDS,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    Capabilities,
-    Command,
-    ExecutionResult,
-    OutputBuffer,
-    SandboxConfig,
-    SandboxInfo,
-)
-from ..provider import SandboxProvider, argv_command, as_bytes, shell_command, validate_command
-from ..secrets import scrub
-from ..streaming import ChunkDecoder, ExitStatus, StreamItem, streaming
+from ..driver import ErrorMap, Event, Exit, Output, map_errors
+from ..errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError, SandboxError, SandboxNotFoundError
+from ..models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
+from ..secrets import Secret, scrub
 
 DEFAULT_APP = "pytest-sandboxes"
 DEFAULT_WORKDIR = "/workspace"
-META_TAG = "sandboxes.meta"  # created-at, lifetime and workdir, for other processes
-MAX_INLINE_COMMAND = 60_000  # the SDK refuses argument lists over 64 KiB
+META_TAG = "sandboxes.meta"  # created-at, lifetime and Modal workdir, for other processes
+EXEC_TAG = "SANDBOXES_EXEC_ID"  # in each command's environment, inherited by its whole process tree
+CHECK_TOKENS = "check MODAL_TOKEN_ID/MODAL_TOKEN_SECRET"
 STDIN_CHUNK = 4 * 1024 * 1024
-TIMED_OUT_EXIT_CODE = 124
+REAP_SECONDS = 10
+# Kills every process whose environment holds "$0" (EXEC_TAG=token): the tree of a command that did not end.
+_REAPER = (
+    "for round in 1 2 3; do pids=; for f in /proc/[0-9]*/environ; do "
+    'if tr "\\000" "\\n" <"$f" 2>/dev/null | grep -qxF -- "$0"; then p=${f#/proc/}; pids="$pids ${p%/environ}"; fi; done; '
+    '[ -n "$pids" ] || exit 0; kill -9 $pids 2>/dev/null; done'
+)
+Stream = Literal["stdout", "stderr"]
 
 
-class _Credentials:
-    """A Modal token pair that never shows itself in a repr or a message."""
-
-    __slots__ = ("token_id", "token_secret")
-
-    def __init__(self, token_id: str, token_secret: str) -> None:
-        self.token_id = token_id
-        self.token_secret = token_secret
-
-    def __repr__(self) -> str:
-        return "<Modal credentials>"
-
-    def scrub(self, text: str) -> str:
-        return scrub(text, self.token_secret, self.token_id)
-
-
-def _load_credentials(token_id: str | None, token_secret: str | None) -> _Credentials:
-    """Explicit values, else MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, else the active profile of ~/.modal.toml."""
-    token_id = token_id or os.environ.get("MODAL_TOKEN_ID")
-    token_secret = token_secret or os.environ.get("MODAL_TOKEN_SECRET")
+def _load_credentials(token_id: str | None, token_secret: str | None) -> tuple[str, str]:
+    """The given tokens, else those of the active profile of the Modal config file (``~/.modal.toml``)."""
     if token_id and token_secret:
-        return _Credentials(token_id, token_secret)
+        return token_id, token_secret
     path = Path(os.environ.get("MODAL_CONFIG_PATH") or "~/.modal.toml").expanduser()
     profile: dict[str, Any] = {}
     if path.is_file():
@@ -101,7 +72,7 @@ def _load_credentials(token_id: str | None, token_secret: str | None) -> _Creden
     token_id = token_id or profile.get("token_id")
     token_secret = token_secret or profile.get("token_secret")
     if token_id and token_secret:
-        return _Credentials(str(token_id), str(token_secret))
+        return str(token_id), str(token_secret)
     raise ProviderUnavailable(
         f"Modal credentials are missing: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new` to write {path}",
         provider="modal",
@@ -125,21 +96,10 @@ class _Meta:
     workdir: str = DEFAULT_WORKDIR
 
 
-class ModalProvider(SandboxProvider):
+class ModalDriver:
     """Sandboxes on Modal (https://modal.com), created in one Modal app."""
 
     name = "modal"
-    capabilities = Capabilities(
-        streaming=True,
-        stdin=True,
-        files=True,
-        background_processes=True,
-        network_control=True,
-        native_labels=True,
-        cross_process_reuse=True,
-        snapshots=False,  # the SDK can snapshot, but this library has no snapshot API yet
-        gpu=False,  # GPUs need Modal's V1 sandboxes; this provider creates V2 ones
-    )
 
     def __init__(
         self,
@@ -153,17 +113,17 @@ class ModalProvider(SandboxProvider):
     ) -> None:
         if not working_dir.startswith("/"):
             raise ValueError(f"working_dir must be an absolute path, not {working_dir!r}")
-        self._credentials = _load_credentials(token_id, token_secret)
+        token_id, token_secret = _load_credentials(token_id, token_secret)
+        self._token_id, self._token_secret = Secret(token_id), Secret(token_secret)
         self.app_name = app_name
-        self.working_dir = working_dir
+        self.working_dir = working_dir  # the Modal workdir of new sandboxes: where relative paths start
         self.lifetime = lifetime
         self.command_timeout = command_timeout
         self._sessions: dict[int, _Session] = {}
-        self._max_output: dict[str, int] = {}
-        self._meta: dict[str, _Meta] = {}
+        self._modal_workdirs: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"<ModalProvider app={self.app_name!r}>"
+        return f"<ModalDriver app={self.app_name!r}>"
 
     # -- SDK clients -------------------------------------------------------------
     async def _session(self) -> _Session:
@@ -172,8 +132,8 @@ class ModalProvider(SandboxProvider):
         if session is not None and session.loop() is loop:
             return session
         await self._close_stale()
-        with self._errors():
-            client = await modal.Client.from_credentials.aio(self._credentials.token_id, self._credentials.token_secret)
+        with map_errors(self._errors()):
+            client = await modal.Client.from_credentials.aio(self._token_id.value, self._token_secret.value)
             try:
                 app = await modal.App.lookup.aio(self.app_name, create_if_missing=True, client=client)
             except BaseException:
@@ -198,76 +158,66 @@ class ModalProvider(SandboxProvider):
     async def health_check(self) -> bool:
         try:
             session = await self._session()
-            with self._errors():
+            with map_errors(self._errors()):
                 await session.client.hello.aio()
         except SandboxError:
             return False
         return True
 
     # -- errors ------------------------------------------------------------------
-    @contextmanager
-    def _errors(self, sandbox_id: str | None = None, path: str | None = None) -> Iterator[None]:
-        """Turn SDK and transport errors into this library's taxonomy, without credentials."""
-        try:
-            yield
-        except (SandboxError, OSError, ValueError, TypeError) as error:
-            if isinstance(error, (ConnectionError, TimeoutError)):  # builtin: the transport broke or hung
-                raise ProviderError(self._say("connection to Modal failed", error), provider=self.name) from None
-            raise
-        except modal_errors.SandboxFilesystemNotFoundError:
-            raise FileNotFoundError(f"no such file in the sandbox: {path}") from None
-        except modal_errors.SandboxFilesystemIsADirectoryError:
-            raise IsADirectoryError(f"is a directory in the sandbox: {path}") from None
-        except modal_errors.SandboxFilesystemNotADirectoryError:
-            raise NotADirectoryError(f"a parent of {path} is not a directory in the sandbox") from None
-        except modal_errors.SandboxFilesystemPermissionError:
-            raise PermissionError(f"permission denied in the sandbox: {path}") from None
-        except modal_errors.SandboxFilesystemError as error:
-            raise ProviderError(self._say(f"file operation on {path} failed", error), provider=self.name) from None
-        except modal_errors.NotFoundError as error:
-            if sandbox_id is not None:
+    def _errors(self, sandbox_id: str | None = None, path: str | None = None) -> ErrorMap:
+        """SDK and transport errors in this library's taxonomy, without credentials; ``sandbox_id`` and ``path`` name what failed."""
+
+        def fail(what: str, kind: type[ProviderError] = ProviderError) -> Callable[[BaseException], BaseException]:
+            return lambda error: kind(self._say(what, error), provider=self.name)
+
+        def gone(how: str, otherwise: Callable[[BaseException], BaseException]) -> Callable[[BaseException], BaseException]:
+            def translate(error: BaseException) -> BaseException:
+                if sandbox_id is None:
+                    return otherwise(error)
                 self._forget(sandbox_id)
-                raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on provider 'modal'") from None
-            raise ProviderError(self._say("Modal could not find it", error), provider=self.name) from None
-        except (modal_errors.AuthError, modal_errors.PermissionDeniedError) as error:
-            raise AuthenticationError(
-                self._say("Modal rejected the credentials (check MODAL_TOKEN_ID/MODAL_TOKEN_SECRET)", error),
-                provider=self.name,
-            ) from None
-        except modal_errors.ResourceExhaustedError as error:
-            raise RateLimitError(self._say("Modal asked to slow down", error), provider=self.name, retry_after=_retry_after(error)) from None
-        except modal_errors.ConflictError as error:
-            if sandbox_id is not None:  # the sandbox has finished: it is gone for commands and files
-                self._forget(sandbox_id)
-                raise SandboxNotFoundError(f"sandbox {sandbox_id!r} has ended on provider 'modal'") from None
-            raise SandboxError(self._say("Modal refused the request", error)) from None
-        except modal_errors.InvalidError as error:
-            raise SandboxError(self._say("Modal refused the request as invalid", error)) from None
-        except modal_errors.ClientClosed as error:
-            raise ProviderError(self._say("the Modal client was closed", error), provider=self.name) from None
-        except (TimeoutError, modal_errors.Error, GRPCError, StreamTerminatedError) as error:
-            raise ProviderError(self._say("Modal failed", error), provider=self.name) from None
+                return SandboxNotFoundError(f"sandbox {sandbox_id!r} {how} on provider 'modal'")
+
+            return translate
+
+        def file_error(kind: type[OSError], code: int, what: str) -> Callable[[BaseException], BaseException]:
+            return lambda _: kind(code, what + " in the sandbox", path)
+
+        def throttled(error: BaseException) -> BaseException:
+            return RateLimitError(self._say("Modal asked to slow down", error), provider=self.name, retry_after=_retry_after(error))
+
+        return (
+            ((ConnectionError, TimeoutError), fail("connection to Modal failed")),  # the builtins: the transport broke or hung
+            ((SandboxError, OSError, ValueError, TypeError), lambda _: None),  # already this library's, or a caller's mistake
+            (modal_errors.SandboxFilesystemNotFoundError, file_error(FileNotFoundError, errno.ENOENT, "no such file")),
+            (modal_errors.SandboxFilesystemIsADirectoryError, file_error(IsADirectoryError, errno.EISDIR, "is a directory")),
+            (modal_errors.SandboxFilesystemNotADirectoryError, file_error(NotADirectoryError, errno.ENOTDIR, "a parent is not a directory")),
+            (modal_errors.SandboxFilesystemPermissionError, file_error(PermissionError, errno.EACCES, "permission denied")),
+            (modal_errors.SandboxFilesystemError, fail(f"file operation on {path} failed")),
+            (modal_errors.NotFoundError, gone("does not exist", fail("Modal could not find it"))),
+            ((modal_errors.AuthError, modal_errors.PermissionDeniedError), fail(f"Modal rejected the credentials ({CHECK_TOKENS})", AuthenticationError)),
+            (modal_errors.ResourceExhaustedError, throttled),
+            # A finished sandbox refuses commands and files with a conflict: it is gone.
+            (modal_errors.ConflictError, gone("has ended", lambda e: SandboxError(self._say("Modal refused the request", e)))),
+            (modal_errors.InvalidError, lambda e: SandboxError(self._say("Modal refused the request as invalid", e))),  # never retried
+            (modal_errors.ClientClosed, fail("the Modal client was closed")),
+            ((modal_errors.Error, GRPCError, StreamTerminatedError), fail("Modal failed")),
+        )
 
     def _say(self, what: str, error: BaseException) -> str:
         detail = str(error).strip() or type(error).__name__
-        return self._credentials.scrub(f"{what}: {detail}")
+        return scrub(f"{what}: {detail}", self._token_secret, self._token_id)
 
     def _forget(self, sandbox_id: str) -> None:
+        self._modal_workdirs.pop(sandbox_id, None)
         for session in self._sessions.values():
             session.handles.pop(sandbox_id, None)
 
     # -- lifecycle ---------------------------------------------------------------
-    async def create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
-        reserved = [key for key in config.labels if key == META_TAG]
-        if reserved:
-            raise ValueError(f"the label {META_TAG!r} is reserved by pytest-sandboxes; choose another name")
-        workdir = config.working_dir or self.working_dir
-        if not workdir.startswith("/"):
-            raise ValueError(f"working_dir must be an absolute path on Modal, not {workdir!r}")
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
         lifetime = config.lifetime or self.lifetime
-        meta = _Meta(created_at=time.time(), lifetime=lifetime, workdir=workdir)
-        tags = {**config.labels, META_TAG: json.dumps({"c": meta.created_at, "l": lifetime, "w": workdir})}
-        session = await self._session()
+        created = time.time()
+        tags = {**config.labels, META_TAG: json.dumps({"c": created, "l": lifetime, "w": self.working_dir})}
         options: dict[str, Any] = dict(config.provider_config)
         if config.cpus is not None:
             options.setdefault("cpu", config.cpus)
@@ -276,135 +226,98 @@ class ModalProvider(SandboxProvider):
         if config.network is False:
             options.setdefault("block_network", True)
         image = modal.Image.from_registry(config.image) if config.image else None
-        with self._errors():
-            try:
-                sandbox = await modal.Sandbox.create.aio(
-                    app=session.app,
-                    client=session.client,
-                    image=image,
-                    tags=tags,
-                    env=dict(config.env) or None,
-                    timeout=max(1, math.ceil(lifetime)),
-                    workdir=workdir,
-                    **options,
-                )
-            except TypeError as error:
-                raise ValueError(f"unsupported Modal option in provider_config: {error}") from None
-        sandbox_id = sandbox.object_id
-        session.handles[sandbox_id] = sandbox
-        self._max_output[sandbox_id] = config.max_output_bytes
-        self._meta[sandbox_id] = meta
-        try:
-            for command in config.setup_commands:
-                result = await self.execute_command(sandbox_id, command)
-                if not result.success:
-                    raise SetupFailed(result, self.name)
-        except BaseException:
-            await asyncio.shield(self.destroy_sandbox(sandbox_id))
-            raise
-        return SandboxInfo(
-            id=sandbox_id,
-            provider=self.name,
-            labels=dict(config.labels),
-            created_at=meta.created_at,
-            expires_at=meta.created_at + lifetime if meta.created_at else None,
-            image=config.image,
-        )
+        session = await self._session()
+        bad_option = (TypeError, lambda error: ValueError(f"unsupported Modal option in provider_config: {error}"))
+        with map_errors((bad_option, *self._errors())):
+            sandbox = await modal.Sandbox.create.aio(
+                app=session.app,
+                client=session.client,
+                image=image,
+                tags=tags,
+                env=dict(config.env) or None,
+                timeout=max(1, math.ceil(lifetime)),
+                workdir=self.working_dir,
+                **options,
+            )
+        session.handles[sandbox.object_id] = sandbox
+        self._modal_workdirs[sandbox.object_id] = self.working_dir
+        return SandboxInfo(id=sandbox.object_id, provider=self.name, labels=tags, created_at=created, expires_at=created + lifetime, image=config.image)
 
     async def _handle(self, session: _Session, sandbox_id: str) -> Any:
         """A live SDK handle of the sandbox; SandboxNotFoundError when it is gone or finished."""
         handle = session.handles.get(sandbox_id)
-        if handle is not None:
-            return handle
-        with self._errors(sandbox_id):
-            handle = await modal.Sandbox.from_id.aio(sandbox_id, client=session.client)
-        if handle.returncode is not None:
-            raise self._not_found(sandbox_id)
-        session.handles[sandbox_id] = handle
+        if handle is None:
+            with map_errors(self._errors(sandbox_id)):
+                handle = await modal.Sandbox.from_id.aio(sandbox_id, client=session.client)
+            if handle.returncode is not None:
+                raise SandboxNotFoundError(f"sandbox {sandbox_id!r} has ended on provider 'modal'")
+            session.handles[sandbox_id] = handle
         return handle
 
     async def _info(self, handle: Any) -> SandboxInfo:
-        with self._errors(handle.object_id):
-            tags = await handle.get_tags.aio()
-        meta = _parse_meta(tags.pop(META_TAG, None))
-        self._meta.setdefault(handle.object_id, meta)
+        with map_errors(self._errors(handle.object_id)):
+            tags: dict[str, str] = dict(await handle.get_tags.aio())
+        meta = _parse_meta(tags.get(META_TAG))
+        self._modal_workdirs.setdefault(handle.object_id, meta.workdir)
         expires = meta.created_at + meta.lifetime if meta.created_at and meta.lifetime else None
         return SandboxInfo(id=handle.object_id, provider=self.name, labels=tags, created_at=meta.created_at, expires_at=expires)
 
-    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
+    async def get(self, sandbox_id: str) -> SandboxInfo | None:
         session = await self._session()
         session.handles.pop(sandbox_id, None)  # ask the service, not a cached handle
         try:
-            handle = await self._handle(session, sandbox_id)
-            return await self._info(handle)
+            return await self._info(await self._handle(session, sandbox_id))
         except SandboxNotFoundError:
             return None
 
-    async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
+    async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
         session = await self._session()
-        found: list[SandboxInfo] = []
-        with self._errors():
-            handles = [
-                handle async for handle in modal.Sandbox.list.aio(app_id=session.app.app_id, tags=dict(labels) if labels else None, client=session.client)
-            ]
+        with map_errors(self._errors()):
+            handles = [handle async for handle in modal.Sandbox.list.aio(app_id=session.app.app_id, tags=dict(labels) or None, client=session.client)]
+        found = []
         for handle in handles:
-            try:
+            with contextlib.suppress(SandboxNotFoundError):  # ended between the listing and the look-up
                 found.append(await self._info(handle))
-            except SandboxNotFoundError:
-                continue  # ended between the listing and the look-up
         return found
 
-    async def destroy_sandbox(self, sandbox_id: str) -> bool:
+    async def destroy(self, sandbox_id: str) -> bool:
         session = await self._session()
         self._forget(sandbox_id)
         try:
             handle = await self._handle(session, sandbox_id)
         except SandboxNotFoundError:
             return False
-        session.handles.pop(sandbox_id, None)
-        with self._errors(sandbox_id):
+        self._forget(sandbox_id)
+        with map_errors(self._errors(sandbox_id)):
             await handle.terminate.aio()
             await handle.detach.aio()
-        self._max_output.pop(sandbox_id, None)
         return True
 
     # -- commands ----------------------------------------------------------------
-    async def _workdir(self, session: _Session, sandbox_id: str) -> str:
-        meta = self._meta.get(sandbox_id)
-        if meta is None:
-            await self._info(await self._handle(session, sandbox_id))
-            meta = self._meta.get(sandbox_id, _Meta())
-        return meta.workdir
-
-    async def _events(
+    async def exec(
         self,
         sandbox_id: str,
-        command: Command,
-        env: Mapping[str, str] | None,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
         cwd: str | None,
-        timeout: float | None,
-        stdin: bytes | str | None,
-    ) -> AsyncIterator[tuple[str, bytes | int]]:
-        """Start a command and yield ("stdout"|"stderr", bytes) as it runs, then ("exit", code)."""
-        validate_command(command)
+        stdin: bytes | None,
+        timeout: float,
+        output_limit: int,
+    ) -> AsyncIterator[Event]:
+        """Modal kills a command at its (whole-second) timeout; a command that did not end is reaped by its tag."""
         session = await self._session()
         handle = await self._handle(session, sandbox_id)
-        workdir = await self._workdir(session, sandbox_id)
-        directory = posixpath.normpath(posixpath.join(workdir, cwd)) if cwd else workdir
-        argv = argv_command(command)
-        script: str | None = None
-        if sum(len(part.encode()) for part in argv) > MAX_INLINE_COMMAND:
-            # Too long for an exec argument list: ship it as a script that deletes itself.
-            script = f"/tmp/.sandboxes-command-{uuid.uuid4().hex}.sh"
-            body = f'rm -f -- "$0"\n{shell_command(command)}\n'
-            await self.write_file(sandbox_id, script, body.encode())
-            argv = ["sh", script]
-        seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
-        with self._errors(sandbox_id):
-            process = await handle.exec.aio(*argv, workdir=directory, env=dict(env) if env else None, timeout=seconds, text=False)
-        queue: asyncio.Queue[tuple[str, bytes | BaseException | None]] = asyncio.Queue(maxsize=64)
+        directory = await self._absolute(session, sandbox_id, cwd) if cwd else None  # None: the sandbox's workdir
+        seconds = max(1, math.ceil(timeout))
+        token = uuid.uuid4().hex
+        errors = self._errors(sandbox_id)
+        started = time.monotonic()
+        with map_errors(errors):
+            process = await handle.exec.aio(*argv, workdir=directory, env={**env, EXEC_TAG: token}, timeout=seconds, text=False)
+        queue: asyncio.Queue[tuple[Stream, bytes | BaseException | None]] = asyncio.Queue(maxsize=64)
 
-        async def pump(name: str, reader: Any) -> None:
+        async def pump(name: Stream, reader: Any) -> None:
             try:
                 async for part in reader:
                     if part:
@@ -415,20 +328,19 @@ class ModalProvider(SandboxProvider):
 
         async def feed(data: bytes) -> None:
             writer = process.stdin
-            try:
+            with contextlib.suppress(modal_errors.ConflictError, modal_errors.InvalidError, ValueError):  # it exited or closed its stdin
                 for start in range(0, len(data), STDIN_CHUNK):
                     writer.write(data[start : start + STDIN_CHUNK])
                     await writer.drain.aio()
                 writer.write_eof()
                 await writer.drain.aio()
-            except (modal_errors.ConflictError, modal_errors.InvalidError, ValueError):
-                pass  # the command exited or closed its stdin: it did not want the rest
 
         tasks = [
             asyncio.ensure_future(pump("stdout", process.stdout)),
             asyncio.ensure_future(pump("stderr", process.stderr)),
-            asyncio.ensure_future(feed(as_bytes(stdin) or b"")),
+            asyncio.ensure_future(feed(stdin or b"")),
         ]
+        ended = False
         try:
             open_streams = 2
             while open_streams:
@@ -436,98 +348,55 @@ class ModalProvider(SandboxProvider):
                 if item is None:
                     open_streams -= 1
                 elif isinstance(item, BaseException):
-                    with self._errors(sandbox_id):
+                    with map_errors(errors):
                         raise item
                 else:
-                    yield name, item
-            with self._errors(sandbox_id):
+                    yield Output(name, item)
+            with map_errors(errors):
                 code = await process.wait.aio()
-            yield "exit", code
+            elapsed = time.monotonic() - started
+            timed_out = _timed_out(code, elapsed, seconds)
+            ended = not timed_out
+            yield Exit(code, timed_out=timed_out, duration_ms=elapsed * 1000)
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def execute_command(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> ExecutionResult:
-        limit = self._max_output.get(sandbox_id, DEFAULT_MAX_OUTPUT_BYTES)
-        buffers = {"stdout": OutputBuffer(limit), "stderr": OutputBuffer(limit)}
-        result = ExecutionResult(command=command)
-        limit_seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
-        started = time.monotonic()
-        code = 0
-        async for kind, payload in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind == "exit":
-                assert isinstance(payload, int)
-                code = payload
-            else:
-                assert isinstance(payload, bytes)
-                buffers[kind].write(payload)
-        elapsed = time.monotonic() - started
-        result.duration_ms = elapsed * 1000
-        result.timed_out = _timed_out(code, elapsed, limit_seconds)
-        result.exit_code = TIMED_OUT_EXIT_CODE if result.timed_out else code
-        result.stdout, result.stderr = buffers["stdout"].text(), buffers["stderr"].text()
-        result.truncated = buffers["stdout"].truncated or buffers["stderr"].truncated
-        return result
-
-    @streaming
-    async def stream_execution(
-        self,
-        sandbox_id: str,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> AsyncIterator[StreamItem]:
-        decoder = ChunkDecoder()
-        limit_seconds = max(1, math.ceil(timeout if timeout is not None else self.command_timeout))
-        started = time.monotonic()
-        code: int | None = None
-        async for kind, payload in self._events(sandbox_id, command, env, cwd, timeout, stdin):
-            if kind == "exit" and isinstance(payload, int):
-                code = payload
-            elif kind in ("stdout", "stderr") and isinstance(payload, bytes) and (chunk := decoder.decode(kind, payload)):
-                yield chunk
-        for chunk in decoder.flush():
-            yield chunk
-        if code is not None:  # as execute_command reads it
-            elapsed = time.monotonic() - started
-            timed_out = _timed_out(code, elapsed, limit_seconds)
-            yield ExitStatus(TIMED_OUT_EXIT_CODE if timed_out else code, timed_out, elapsed * 1000)
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if not ended:
+                    await _reap(handle, token)
 
     # -- files -------------------------------------------------------------------
     async def _absolute(self, session: _Session, sandbox_id: str, path: str) -> str:
-        if not path:
-            raise ValueError("empty path: give a file path in the sandbox")
-        if path.startswith("/"):
-            return posixpath.normpath(path)
-        return posixpath.normpath(posixpath.join(await self._workdir(session, sandbox_id), path))
+        """``path`` in the sandbox; a relative one starts at the sandbox's Modal workdir."""
+        if not path.startswith("/"):
+            if sandbox_id not in self._modal_workdirs:
+                await self._info(await self._handle(session, sandbox_id))
+            path = posixpath.join(self._modal_workdirs.get(sandbox_id, DEFAULT_WORKDIR), path)
+        return posixpath.normpath(path)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         session = await self._session()
         handle = await self._handle(session, sandbox_id)
         target = await self._absolute(session, sandbox_id, path)
-        with self._errors(sandbox_id, path):
+        with map_errors(self._errors(sandbox_id, path)):
             await handle.filesystem.write_bytes.aio(bytes(data), target)
 
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         session = await self._session()
         handle = await self._handle(session, sandbox_id)
         target = await self._absolute(session, sandbox_id, path)
-        with self._errors(sandbox_id, path):
+        with map_errors(self._errors(sandbox_id, path)):
             data: bytes = await handle.filesystem.read_bytes.aio(target)
         return data
+
+
+async def _reap(handle: Any, token: str) -> None:
+    """Kill every process carrying the command's tag (its whole tree, background ones too); best effort."""
+    with anyio.move_on_after(REAP_SECONDS), contextlib.suppress(Exception):
+        quiet = modal.stream_type.StreamType.DEVNULL
+        killer = await handle.exec.aio("/bin/sh", "-c", _REAPER, f"{EXEC_TAG}={token}", stdout=quiet, stderr=quiet, timeout=REAP_SECONDS)
+        await killer.wait.aio()
 
 
 def _timed_out(code: int, elapsed: float, limit_seconds: int) -> bool:
@@ -553,11 +422,7 @@ def _retry_after(error: BaseException) -> float | None:
 
 async def _close_quietly(session: _Session) -> None:
     for handle in list(session.handles.values()):
-        try:
+        with contextlib.suppress(Exception):
             await handle.detach.aio()
-        except Exception:
-            pass
-    try:
+    with contextlib.suppress(Exception):
         await session.client.close.aio()
-    except Exception:
-        pass

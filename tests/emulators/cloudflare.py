@@ -12,7 +12,9 @@ unknown ids); ``GET /health`` (no auth); Bearer auth elsewhere.
 
 As on the real bridge, any id names a Durable Object: an id never created
 still gets a fresh, empty container on first use. ``/workspace`` is a temp
-dir per sandbox; commands run as real local processes. Ids are
+dir per sandbox; commands run as real local processes, so ``/workspace``
+in a command's arguments is rewritten to that dir (the library names the
+working directory by its absolute path). Ids are
 deterministic so vcrpy cassettes replay. Faults: ``fail_next(status,
 retry_after)``, ``vanish(id)`` (the container is reset, as when the platform
 evicts it), ``hang(seconds)``.
@@ -26,6 +28,7 @@ import itertools
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import threading
@@ -44,6 +47,7 @@ from ._server import FaultInjector, HttpEmulator, base_env, kill_group
 
 API_TOKEN = "fake-cloudflare-token"
 WORKSPACE = "/workspace"
+_WORKSPACE_WORD = re.compile(r"(?<![\w.-])/workspace(?![\w.-])")  # /workspace and /workspace/..., not /x/workspace
 
 
 @dataclass
@@ -161,6 +165,7 @@ class CloudflareBridgeEmulator(HttpEmulator):
         argv = body.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             return _error(400, "argv must be a non-empty array", "invalid_request")
+        argv = [_WORKSPACE_WORD.sub(lambda _: str(container.root), arg) for arg in argv]
         session: dict[str, Any] = {"env": {}, "cwd": WORKSPACE}
         session_id = request.headers.get("session-id")
         if session_id:
@@ -287,7 +292,7 @@ def open_provider(emulator: CloudflareBridgeEmulator | None = None, state_dir: s
 
     The registry of labels goes to a private temp dir unless ``state_dir`` is given.
     """
-    from sandboxes.providers.cloudflare import CloudflareProvider
+    from sandboxes.providers import CloudflareProvider
 
     owned = emulator is None
     emulator = emulator or CloudflareBridgeEmulator().start()

@@ -578,7 +578,10 @@ class _ProcessService(Process):
     async def start(self, request: process_pb.StartRequest, ctx: Any) -> AsyncIterator[process_pb.StartResponse]:
         sandbox = self._sandbox(ctx)
         config = request.process or process_pb.ProcessConfig()
-        cwd = self.emulator.resolve(sandbox, config.cwd) if config.cwd else sandbox.home
+        if config.cwd == "/":  # readable by the sandbox user, as on E2B (the engine makes working_dir from there)
+            cwd: Path | None = Path("/")
+        else:
+            cwd = self.emulator.resolve(sandbox, config.cwd) if config.cwd else sandbox.home
         if cwd is None or not cwd.is_dir():
             raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{config.cwd}' does not exist")
         status_r, status_w = os.pipe() if self.emulator.isolated else (None, None)

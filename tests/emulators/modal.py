@@ -843,7 +843,7 @@ def open_emulator() -> Iterator[ModalEmulator]:
 @contextmanager
 def open_provider(**options: Any) -> Iterator[Any]:
     """The conformance suite's entry point: a ModalProvider talking to a fresh emulator."""
-    from sandboxes.providers.modal import ModalProvider
+    from sandboxes.providers import ModalProvider
 
     with open_emulator():
         provider = ModalProvider(**options)

@@ -25,7 +25,7 @@ import pytest
 from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError, SharedHostNetworkWarning
 from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local.state import remove_tree
-from sandboxes.resilient import ResilientProvider
+from sandboxes.resilient import ResilientDriver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
 
@@ -333,7 +333,7 @@ async def test_lifetime_ends_the_sandbox(provider: LocalProvider) -> None:
 
 def test_agent_runs_under_host_python_only() -> None:
     # The agent is stdlib-only: it must import under -S (no site-packages).
-    agent_dir = os.path.join(os.path.dirname(sys.modules[LocalProvider.__module__].__file__ or ""))
+    agent_dir = os.path.join(os.path.dirname(sys.modules[LocalProvider.driver_class.__module__].__file__ or ""))
     code = f"import sys; sys.path.insert(0, {agent_dir!r}); import _wire"
     assert subprocess.run([sys.executable, "-S", "-c", code]).returncode == 0
 
@@ -489,7 +489,8 @@ async def test_reads_take_regular_files_only_and_never_past_the_cap(box: str) ->
 
 
 async def test_errors_from_sandbox_content_are_the_callers_and_never_open_the_circuit(provider: LocalProvider) -> None:
-    resilient = ResilientProvider(provider, RetryPolicy(max_attempts=3, base_delay=0.01), CircuitBreaker("local", failure_threshold=2))
+    driver = ResilientDriver(provider.driver, RetryPolicy(max_attempts=3, base_delay=0.01), CircuitBreaker("local", failure_threshold=2))
+    resilient = provider.with_driver(driver)
     info = await resilient.create_sandbox(SandboxConfig())
     try:
         await resilient.execute_command(info.id, "ln -s loop loop")
@@ -500,11 +501,11 @@ async def test_errors_from_sandbox_content_are_the_callers_and_never_open_the_ci
             with pytest.raises(OSError) as readonly:
                 await resilient.write_file(info.id, "/usr/planted", b"x")
             assert readonly.value.errno in (errno.EROFS, errno.EACCES)
-        assert resilient.breaker.state == "closed" and resilient.breaker.failures == 0
+        assert driver.breaker.state == "closed" and driver.breaker.failures == 0
         # Even with the circuit open, destroying is never refused, and the sandbox is gone.
         for _ in range(2):
-            resilient.breaker.record_failure(ProviderError("outage", provider="local"))
-        assert resilient.breaker.state == "open"
+            driver.breaker.record_failure(ProviderError("outage", provider="local"))
+        assert driver.breaker.state == "open"
         assert await resilient.destroy_sandbox(info.id)
         assert await provider.get_sandbox(info.id) is None
     finally:

@@ -39,7 +39,7 @@ async def test_a_working_dir_that_is_not_absolute_is_refused_before_anything_sta
 
 async def test_a_working_dir_where_nothing_may_be_written_is_the_callers_error(tmp_path: Path) -> None:
     provider = LocalProvider(state_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"cannot be made in the sandbox.*writable place"):
+    with pytest.raises(ValueError, match=r"cannot be made in the sandbox.*Read-only file system"):
         await provider.create_sandbox(SandboxConfig(working_dir="/srv/app"))
     assert list(tmp_path.glob("sb-*")) == []
 
@@ -89,7 +89,7 @@ async def test_a_toolchain_under_tmp_is_seen_inside(tmp_path: Path, monkeypatch:
 
 async def test_without_openat2_the_agent_gets_no_cgroup_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before Linux 5.6 the agent cannot refuse /proc magic links, so it must hold nothing of the host's."""
-    from sandboxes.providers.local import provider as local
+    from sandboxes.providers.local import driver as local
 
     monkeypatch.setattr(local, "_openat2_works", lambda: False)
     provider = LocalProvider(state_dir=tmp_path)

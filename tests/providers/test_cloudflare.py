@@ -27,7 +27,8 @@ from sandboxes.errors import (
     SandboxNotFoundError,
     UnsupportedOperation,
 )
-from sandboxes.providers.cloudflare import CloudflareProvider
+from sandboxes.manager import provider_class
+from sandboxes.providers import CloudflareProvider
 from tests.emulators.cloudflare import CloudflareBridgeEmulator, open_provider
 
 pytestmark = pytest.mark.anyio
@@ -60,6 +61,11 @@ async def sandbox_id(provider: CloudflareProvider) -> str:
 
 
 # -- credentials and secrets ------------------------------------------------------------------
+def test_the_provider_class_is_the_engine_over_the_driver() -> None:
+    assert provider_class("cloudflare") is CloudflareProvider
+    assert CloudflareProvider.driver_class is not None and CloudflareProvider.driver_class.__name__ == "CloudflareDriver"
+
+
 def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLOUDFLARE_SANDBOX_BASE_URL", raising=False)
     monkeypatch.delenv("CLOUDFLARE_API_TOKEN", raising=False)
@@ -100,6 +106,19 @@ async def test_streaming_delivers_output_as_it_is_produced(provider: CloudflareP
     assert arrivals[0][2] < arrivals[1][2] - 0.4, "the first line waited for the end: not streamed"
 
 
+async def test_timeout_and_an_early_close_end_the_command(provider: CloudflareProvider, emulator: CloudflareBridgeEmulator, sandbox_id: str) -> None:
+    result = await provider.execute_command(sandbox_id, "sleep 5", timeout=0.5)
+    assert (result.exit_code, result.timed_out) == (124, True) and result.duration_ms < 4000
+    stream = provider.stream_execution(sandbox_id, "echo start; sleep 1; touch late", env={"A": "1"})
+    async for chunk in stream:
+        assert chunk.data == "start\n"
+        break
+    await stream.aclose()
+    await anyio.sleep(1.5)
+    container = emulator.containers[sandbox_id]
+    assert not (container.root / "late").exists() and container.sessions == {}
+
+
 async def test_env_goes_through_a_session_and_cwd_through_exec(provider: CloudflareProvider, emulator: CloudflareBridgeEmulator, sandbox_id: str) -> None:
     await provider.execute_command(sandbox_id, ["mkdir", "-p", "src"])
     before = len(emulator.requests)
@@ -112,7 +131,7 @@ async def test_env_goes_through_a_session_and_cwd_through_exec(provider: Cloudfl
 
 
 async def test_sandbox_env_applies_to_every_command(provider: CloudflareProvider) -> None:
-    info = await provider.create_sandbox(SandboxConfig(env={"STAGE": "ci"}, working_dir="app"))
+    info = await provider.create_sandbox(SandboxConfig(env={"STAGE": "ci"}, working_dir="/workspace/app"))
     try:
         result = await provider.execute_command(info.id, 'echo "$STAGE"; pwd')
         assert result.stdout.splitlines()[0] == "ci"
@@ -130,13 +149,23 @@ async def test_unsupported_choices_are_said(provider: CloudflareProvider, sandbo
         await provider.execute_command(sandbox_id, "cat", stdin=b"x")
 
 
-async def test_files_outside_the_workspace(provider: CloudflareProvider, sandbox_id: str) -> None:
-    with pytest.raises(PermissionError, match="/workspace"):
-        await provider.write_file(sandbox_id, "/etc/evil.conf", b"x")
+async def test_files_outside_the_workspace(provider: CloudflareProvider, emulator: CloudflareBridgeEmulator, sandbox_id: str, tmp_path: Path) -> None:
+    """The file routes serve /workspace only: elsewhere reads go through base64, writes through a copy staged in /workspace."""
     await provider.write_file(sandbox_id, "/workspace/deep/a.bin", b"\x00\x01")
     assert await provider.read_file(sandbox_id, "deep/a.bin") == b"\x00\x01"
     with pytest.raises(IsADirectoryError):
         await provider.read_file(sandbox_id, "deep")
+    outside = tmp_path / "outside" / "b.bin"  # the emulator's commands run on this host: outside /workspace is the host's
+    await provider.write_file(sandbox_id, str(outside), b"\x02\x03")
+    assert outside.read_bytes() == b"\x02\x03"
+    assert await provider.read_file(sandbox_id, str(outside)) == b"\x02\x03"
+    assert not list(emulator.containers[sandbox_id].root.glob(".sandboxes-upload-*")), "the staged copy was left behind"
+    with pytest.raises(IsADirectoryError):
+        await provider.write_file(sandbox_id, str(tmp_path), b"x")
+    with pytest.raises(NotADirectoryError):
+        await provider.write_file(sandbox_id, str(outside / "c"), b"x")
+    with pytest.raises(IsADirectoryError):
+        await provider.read_file(sandbox_id, str(tmp_path))
     assert await provider.read_file(sandbox_id, "/etc/hostname") == Path("/etc/hostname").read_bytes()
     with pytest.raises(FileNotFoundError, match="nowhere"):
         await provider.read_file(sandbox_id, "/nowhere/file")
@@ -217,7 +246,7 @@ async def test_another_process_finds_the_sandbox_by_labels(provider: CloudflareP
     try:
         code = (
             "import anyio, json, sys\n"
-            "from sandboxes.providers.cloudflare import CloudflareProvider\n"
+            "from sandboxes.providers import CloudflareProvider\n"
             "async def main():\n"
             "    p = CloudflareProvider(state_dir=sys.argv[1])\n"
             "    found = await p.find_sandbox({'shared': 'cross-process'})\n"

@@ -10,6 +10,7 @@ import pytest
 from grpclib import Status
 
 from sandboxes import SandboxConfig
+from sandboxes.driver import Output
 from sandboxes.errors import (
     AuthenticationError,
     ProviderError,
@@ -19,7 +20,8 @@ from sandboxes.errors import (
     SandboxNotFoundError,
     SetupFailed,
 )
-from sandboxes.providers.modal import META_TAG, ModalProvider
+from sandboxes.providers import ModalProvider
+from sandboxes.providers.modal import META_TAG
 from tests.emulators.modal import TOKEN_ID, TOKEN_SECRET, ModalEmulator, open_emulator
 
 pytestmark = pytest.mark.anyio
@@ -165,7 +167,8 @@ async def test_exec_fault_on_the_router(emulator: ModalEmulator, provider: Modal
 
 async def test_find_by_tags_from_a_second_provider_instance(emulator: ModalEmulator, provider: ModalProvider) -> None:
     labels = {"owner": "first", "run": "cross"}
-    info = await provider.create_sandbox(SandboxConfig(labels=labels, working_dir="/project"))
+    # Under the Modal workdir: only that directory persists between commands in the emulator.
+    info = await provider.create_sandbox(SandboxConfig(labels=labels, working_dir="/workspace/project"))
     await provider.write_file(info.id, "notes.txt", b"from the first instance")
     other = ModalProvider()
     try:
@@ -176,7 +179,7 @@ async def test_find_by_tags_from_a_second_provider_instance(emulator: ModalEmula
         # The second instance knows the sandbox's working directory from its tags.
         assert await other.read_file(found.id, "notes.txt") == b"from the first instance"
         result = await other.execute_command(found.id, "pwd; cat notes.txt")
-        assert result.stdout == "/project\nfrom the first instance"
+        assert result.stdout == "/workspace/project\nfrom the first instance"
         reused = await other.get_or_create_sandbox(SandboxConfig(labels={"run": "cross"}))
         assert reused.id == info.id
     finally:
@@ -243,6 +246,19 @@ async def test_streaming_stops_at_the_timeout(provider: ModalProvider) -> None:
     chunks = [c async for c in provider.stream_execution(info.id, "echo early; sleep 20; echo late", timeout=1)]
     text = "".join(c.data for c in chunks)
     assert "early" in text and "late" not in text
+
+
+async def test_closing_the_event_stream_early_kills_the_command_and_its_children(provider: ModalProvider) -> None:
+    info = await provider.create_sandbox(SandboxConfig())
+    script = "(sleep 60 & echo $! > child); echo $$ > parent; echo ready; sleep 60"
+    events = provider.driver.exec(info.id, ["/bin/sh", "-c", script], env={}, cwd=None, stdin=None, timeout=60, output_limit=1 << 20)
+    async for event in events:
+        assert isinstance(event, Output) and event.data == b"ready\n"
+        break
+    await events.aclose()  # type: ignore[attr-defined]  # an async generator
+    # Killed processes may linger as zombies of an init that does not reap them: those count as gone.
+    alive = "for p in $(cat parent child); do grep -qsE '^State:[[:space:]]+[^Z[:space:]]' /proc/$p/status && echo $p; done; true"
+    assert (await provider.execute_command(info.id, alive)).stdout == ""
 
 
 async def test_background_process_survives_its_command(provider: ModalProvider) -> None:
