@@ -42,7 +42,11 @@ def test_providers_sees_e2b_by_its_key(cli: CLI, e2b_env: dict[str, str]) -> Non
     assert data["default"] == "e2b"  # the library picks a cloud with credentials
     by_name = {p["name"]: p for p in data["providers"]}
     assert by_name["e2b"]["available"] is True
-    assert by_name["daytona"] == {"name": "daytona", "available": False, "detail": "no credentials: set DAYTONA_API_KEY"}
+    assert by_name["daytona"] == {
+        "name": "daytona",
+        "available": False,
+        "detail": "no credentials: set DAYTONA_API_KEY (https://app.daytona.io/dashboard/keys)",
+    }
 
 
 def test_run_on_e2b(cli: CLI, e2b_env: dict[str, str], emulator: E2BEmulator) -> None:

@@ -32,8 +32,8 @@ def test_record_once_then_replay_with_no_provider_available(pytester: pytest.Pyt
     path = _cassette(pytester)
     text = path.read_text()
     data = yaml.safe_load(text)
-    assert [i["op"] for i in data["interactions"]] == ["create", "write_file", "execute", "execute", "destroy"]
-    assert "stdout: |+\n      line1\n      line2\n" in text  # block scalars: output reads as printed
+    assert [i["op"] for i in data["interactions"]] == ["create", "write_file", "exec", "exec", "destroy"]
+    assert "text: |+\n        line1\n        line2\n" in text  # block scalars: output reads as printed
     assert "sandbox: sandbox-1" in text and "sb-" not in text  # stable placeholders
     assert secret not in text and "e2b_live_key_123" not in text
     assert "pytest 'test_suite.py::test_program' --sandbox-record-mode=rewrite" in text
@@ -65,9 +65,9 @@ def test_a_miss_names_the_cassette_the_operation_the_closest_and_how_to_rerecord
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*CassetteError: no recorded sandbox operation matches, in cassette *test_program.yaml (record mode 'none'):",
-        "*execute*echo line1; echo line3*",
+        "*exec*echo line1; echo line3*",
         "*closest recorded*",
-        "*execute*echo line1; echo line2*",
+        "*exec*echo line1; echo line2*",
         "*To record it again: pytest 'test_suite.py::test_program' --sandbox-record-mode=rewrite",
     ])  # fmt: skip
 
@@ -93,8 +93,8 @@ def test_new_episodes_appends_what_is_new(pytester: pytest.Pytester, live_sandbo
     pytester.makepyfile(test_suite=SUITE + '    assert sandbox.execute("echo new").stdout == "new\\n"\n')
     result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=new_episodes")
     result.assert_outcomes(passed=1)
-    ops = [(i["op"], i["args"].get("command")) for i in yaml.safe_load(_cassette(pytester).read_text())["interactions"]]
-    assert ops[-1] == ("execute", "echo new")
+    ops = [(i["op"], i["args"].get("argv")) for i in yaml.safe_load(_cassette(pytester).read_text())["interactions"]]
+    assert ops[-1] == ("exec", ["/bin/sh", "-c", "echo new"])
     assert len(ops) == 6
     assert live_sandboxes() == []
     pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=none").assert_outcomes(passed=1)
@@ -131,7 +131,7 @@ def test_several_providers_parametrize_and_skip_what_cannot_run(pytester: pytest
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs", "--sandbox-provider=local,e2b")
     result.assert_outcomes(passed=3, skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED *sandbox provider 'e2b' unavailable: *E2B_API_KEY is not set*"])
+    result.stdout.fnmatch_lines(["SKIPPED *sandbox provider 'e2b' unavailable: *set E2B_API_KEY*"])
     collected = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "--sandbox-provider=local,e2b")
     collected.stdout.fnmatch_lines(
         ["test_suite.py::test_program[[]local[]]", "test_suite.py::test_program[[]e2b[]]", "test_suite.py::test_local_only", "test_suite.py::test_plain"]

@@ -61,20 +61,21 @@ def test_factory_records_per_test_and_replays_with_no_provider(pytester: pytest.
     assert sorted(p.stem for p in local.iterdir()) == sorted(CASSETTES)
 
     compare = _interactions(local, "test_compare")
-    assert [i["op"] for i in compare] == ["create", "create", "write_file", "execute", "execute", "execute", "destroy", "destroy"]
+    assert [i["op"] for i in compare] == ["create", "create", "write_file", "exec", "exec", "exec", "destroy", "destroy"]
     assert [i["args"]["env"] for i in compare[:2]] == [{"WHO": "py"}, {"WHO": "sh"}]  # placeholders in order of creation
     assert [i["result"]["sandbox"] for i in compare[:2]] == ["sandbox-1", "sandbox-2"]
-    assert [(i["args"]["sandbox"], i["args"].get("command")) for i in compare[2:6]] == [
-        ("sandbox-1", None), ("sandbox-1", ["python3", "/workspace/main.py"]), ("sandbox-2", "echo $WHO"), ("sandbox-1", "echo $WHO"),
+    assert [(i["args"]["sandbox"], i["args"].get("argv")) for i in compare[2:6]] == [
+        ("sandbox-1", None), ("sandbox-1", ["python3", "/workspace/main.py"]),
+        ("sandbox-2", ["/bin/sh", "-c", "echo $WHO"]), ("sandbox-1", ["/bin/sh", "-c", "echo $WHO"]),
     ]  # fmt: skip
     assert sorted(i["args"]["sandbox"] for i in compare[6:]) == ["sandbox-1", "sandbox-2"]
     assert "sb-" not in (local / "test_compare.yaml").read_text()
 
     # the sandbox fixture and the factory share one cassette: fixture first, factory sandbox destroyed after teardown
     shared = _interactions(local, "test_with_the_sandbox_fixture")
-    assert [(i["op"], i["args"].get("sandbox"), i["args"].get("command")) for i in shared] == [
-        ("create", None, None), ("create", None, None), ("execute", "sandbox-1", "echo fixture"),
-        ("execute", "sandbox-2", "echo factory"), ("destroy", "sandbox-1", None), ("destroy", "sandbox-2", None),
+    assert [(i["op"], i["args"].get("sandbox"), (i["args"].get("argv") or [None])[-1]) for i in shared] == [
+        ("create", None, None), ("create", None, None), ("exec", "sandbox-1", "echo fixture"),
+        ("exec", "sandbox-2", "echo factory"), ("destroy", "sandbox-1", None), ("destroy", "sandbox-2", None),
     ]  # fmt: skip
     replayed = sum(len(_interactions(local, name)) for name in CASSETTES)
 
@@ -99,9 +100,9 @@ def test_factory_misses_and_missing_cassettes_name_the_cassette(pytester: pytest
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*CassetteError: no recorded sandbox operation matches, in cassette *test_compare.yaml (record mode 'none'):",
-        '*execute {"command": "echo $WHO!", *"sandbox": "sandbox-2"*',
+        '*exec {"argv": *"echo $WHO!"*"sandbox": "sandbox-2"*',
         "*closest recorded*",
-        '*execute {"command": "echo $WHO", *"sandbox": "sandbox-2"*',
+        '*exec {"argv": *"echo $WHO"*"sandbox": "sandbox-2"*',
         "*To record it again: pytest 'test_suite.py::test_compare' --sandbox-record-mode=rewrite",
     ])  # fmt: skip
 
@@ -167,7 +168,7 @@ def test_recorded_factory_sandbox_lives_for_its_test_and_cannot_be_reused(pytest
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines([
         (
-            "*CassetteError: execute on sandbox sandbox-1: it was recorded in the cassette of test_lifetime.py::test_a_fails, "
+            "*CassetteError: * on sandbox sandbox-1: it was recorded in the cassette of test_lifetime.py::test_a_fails, "
             "which has ended. A sandbox that a cassette records lives only for its test*"
         ),
     ])  # fmt: skip

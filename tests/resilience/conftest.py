@@ -25,6 +25,6 @@ def emulator(e2b_emulator: E2BEmulator) -> Iterator[E2BEmulator]:
 
 
 def e2b_provider(emulator: E2BEmulator, **options: Any) -> Any:
-    from sandboxes.providers.e2b import E2BProvider
+    from sandboxes.providers import E2BProvider
 
     return E2BProvider(**emulator.provider_options(), **options)

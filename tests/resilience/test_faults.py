@@ -226,7 +226,7 @@ async def test_a_lost_answer_on_daytona_leaves_no_orphan(daytona: Any) -> None:
 
 async def test_a_lost_answer_on_modal_leaves_no_orphan_although_the_sdk_resends(modal_emulator: ModalEmulator) -> None:
     """Modal's SDK resends a creation on its own after a dropped connection: the Manager checks every one."""
-    from sandboxes.providers.modal import ModalProvider
+    from sandboxes.providers import ModalProvider
 
     provider = ModalProvider()
     try:
@@ -244,7 +244,7 @@ async def test_a_lost_answer_on_modal_leaves_no_orphan_although_the_sdk_resends(
 
 async def test_a_hung_modal_call_is_cut_at_the_attempt_timeout_and_retried(modal_emulator: ModalEmulator) -> None:
     """Modal's SDK sets no deadline of its own: the retry policy's attempt_timeout bounds the hang."""
-    from sandboxes.providers.modal import ModalProvider
+    from sandboxes.providers import ModalProvider
 
     provider = ModalProvider()
     try:

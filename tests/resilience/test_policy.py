@@ -282,13 +282,23 @@ async def test_retry_through_an_opening_breaker_stops_at_the_open_circuit() -> N
     assert call.calls == 2
 
 
-def test_a_recorded_setup_failure_replays_without_its_result() -> None:
-    from sandboxes.cassette import _error_record, _raise_recorded
+def test_recorded_errors_come_back_as_the_same_type_with_their_fields() -> None:
+    import errno
 
-    record = _error_record(SetupFailed(FAILED, "e2b"))
-    assert record["type"] == "SetupFailed"
-    with pytest.raises(ProviderError, match="setup command failed in a new e2b sandbox"):
-        _raise_recorded(record)
+    from sandboxes.cassette import error_record, recorded_error
+    from sandboxes.errors import RateLimitError, UnsupportedOperation
+    from sandboxes.resilience import CircuitOpenError
+
+    limited = recorded_error(error_record(RateLimitError("slow down", provider="e2b", retry_after=7.5)))
+    assert type(limited) is RateLimitError and limited.retry_after == 7.5 and limited.provider == "e2b"
+    opened = recorded_error(error_record(CircuitOpenError("circuit open", provider="modal", retry_in=3.0)))
+    assert type(opened) is CircuitOpenError and opened.retry_in == 3.0 and opened.provider == "modal"
+    missing = recorded_error(error_record(FileNotFoundError(errno.ENOENT, "No such file", "/workspace/x")))
+    assert type(missing) is FileNotFoundError and missing.errno == errno.ENOENT and missing.filename == "/workspace/x"
+    unsupported = recorded_error(error_record(UnsupportedOperation("daytona", "stdin", "use a file")))
+    assert type(unsupported) is UnsupportedOperation and unsupported.capability == "stdin" and "use a file" in str(unsupported)
+    unknown = recorded_error({"type": "SomethingNew", "message": "from a newer version"})
+    assert type(unknown) is ProviderError and str(unknown) == "from a newer version"
 
 
 def test_a_manager_given_providers_uses_them_over_credentials_found_around(monkeypatch: pytest.MonkeyPatch) -> None:
