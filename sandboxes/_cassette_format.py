@@ -28,8 +28,11 @@ OPS = ("create", "get", "list", "destroy", "exec", "write_file", "read_file")
 _V1_OPS = ("create", "get", "list", "destroy", "execute", "stream", "write_file", "read_file")
 
 
-def read_document(text: str, loader: type) -> tuple[list[str] | None, list[Interaction]]:
-    """(capabilities, interactions) of a cassette's text; ValueError says what is wrong and where."""
+def read_document(text: str, loader: type) -> list[Interaction]:
+    """The interactions of a cassette's text; ValueError says what is wrong and where.
+
+    (A format-1 file's ``capabilities`` are read past: the provider's spec says them now.)
+    """
     from .cassette import FORMAT_VERSION, OLDEST_VERSION, Interaction
 
     try:
@@ -61,7 +64,7 @@ def read_document(text: str, loader: type) -> tuple[list[str] | None, list[Inter
         raw = _migrate(raw)
     for index, (op, args, result) in enumerate(raw):
         _check(op, args, result, f"interaction {index + 1} ({op})")
-    return capabilities, [Interaction(op, args, result) for op, args, result in raw]
+    return [Interaction(op, args, result) for op, args, result in raw]
 
 
 def _expect(condition: bool, message: str) -> None:

@@ -244,9 +244,8 @@ class Cassette:
         self.path = Path(path)
         self.mode = mode
         self.provider = provider
-        self.rerecord_hint = rerecord_hint or f"record it again with record mode 'rewrite' (cassette {self.path})"
+        self.rerecord_hint = rerecord_hint or f"run it with record mode 'rewrite' (cassette {self.path})"
         self.scrubber = scrubber or Scrubber()
-        self.capabilities: list[str] | None = None
         existed = self.path.is_file()
         self._original_text = None
         if existed:
@@ -316,10 +315,9 @@ class Cassette:
         from ._cassette_format import read_document
 
         try:
-            capabilities, interactions = read_document(self._original_text or "", _Loader)
+            interactions = read_document(self._original_text or "", _Loader)
         except ValueError as error:
             raise CassetteError(f"cannot read cassette {self.path}: {error}. To record it again: {self.rerecord_hint}") from None
-        self.capabilities = capabilities
         return interactions
 
     def interactions(self) -> list[Interaction]:
@@ -332,7 +330,6 @@ class Cassette:
         document = {
             "version": FORMAT_VERSION,
             "provider": self.provider,
-            "capabilities": self.capabilities,
             "interactions": [self.scrubber.deep(i.as_dict()) for i in self.interactions()],
         }
         hint = " ".join(self.rerecord_hint.split())

@@ -34,7 +34,7 @@ import shlex
 import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -261,7 +261,7 @@ class SandboxProvider:
     # -- commands ----------------------------------------------------------------------------
     async def _events(
         self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any, settings: Settings | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         command = check.command(command)
         environment = check.environment(env)
         cwd = check.optional_path(cwd, "cwd")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from sandboxes import SandboxConfig
 from sandboxes.cassette import Cassette, cassette_provider
+from sandboxes.errors import CassetteError, SetupFailed
 from sandboxes.providers.local import LocalProvider
 
 pytestmark = pytest.mark.anyio
@@ -32,3 +34,123 @@ async def test_a_memory_kill_replays_as_a_memory_kill(tmp_path: Path) -> None:
     replayed_info = await player.create_sandbox(SandboxConfig())
     replayed = await player.execute_command(replayed_info.id, HOG, timeout=60)
     assert (replayed.oom_killed, replayed.exit_code) == (True, live.exit_code)
+
+
+# -- format 1 files keep replaying ------------------------------------------------------------------
+DATA = Path(__file__).parent / "data"
+
+
+async def test_a_format_1_cassette_is_migrated_and_replays(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text((DATA / "format1_timeout.yaml").read_text())
+    player = cassette_provider(None, Cassette(old, "none", provider="local"))
+    info = await player.create_sandbox(SandboxConfig())
+    await player.write_file(info.id, "/workspace/main.py", b"while True:\n    pass\n")
+    result = await player.execute_command(info.id, ["python3", "main.py"], cwd="/workspace", timeout=1, stdin="15\n")
+    assert (result.exit_code, result.timed_out) == (124, True)
+    assert await player.destroy_sandbox(info.id)
+
+
+async def test_a_format_1_create_with_working_dir_and_setup_replays_them_as_execs(tmp_path: Path) -> None:
+    old = tmp_path / "setup.yaml"
+    old.write_text(
+        "version: 1\nprovider: local\ninteractions:\n"
+        "- op: create\n  args: {image: null, labels: {}, env: {}, lifetime: null, memory_mb: null, cpus: null, network: null,"
+        " working_dir: /workspace/app, setup_commands: [touch ready]}\n  result: {sandbox: sandbox-1}\n"
+        "- op: execute\n  args: {sandbox: sandbox-1, command: ls, env: {}, cwd: null, timeout: null}\n"
+        "  result: {exit_code: 0, stdout: \"ready\\n\", stderr: '', timed_out: false, truncated: false}\n"
+    )
+    player = cassette_provider(None, Cassette(old, "none", provider="local"))
+    info = await player.create_sandbox(SandboxConfig(working_dir="/workspace/app", setup_commands=["touch ready"]))
+    assert (await player.execute_command(info.id, "ls")).stdout == "ready\n"
+
+
+# -- nothing in a cassette file is trusted ---------------------------------------------------------------
+HEADER = "version: 2\nprovider: local\ninteractions:\n- op: create\n  args: {labels: {}, env: {}}\n  result: {sandbox: sandbox-1}\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            "- op: exec\n  args: {sandbox: sandbox-1, argv: ['true'], env: {}}\n  result: {exit_code: 0, timed_out: 'false', output: []}\n",
+            "timed_out must be true or false",
+        ),
+        ("- op: exec\n  args: {sandbox: sandbox-1, argv: ['true'], env: {}}\n  result: {exit_code: '0', output: []}\n", "exit_code must be a whole number"),
+        ("- op: exec\n  args: {sandbox: sandbox-1, argv: ['true'], env: {}}\n  result: {exit_code: 0, output: [{stream: stdin, text: x}]}\n", "output must be"),
+        ("- op: exec\n  args: {sandbox: sandbox-1, argv: ['true'], env: {}}\n  result: {output: []}\n", "exit_code is missing"),
+        ("- op: read_file\n  args: {sandbox: sandbox-1, path: /x}\n  result: {data: {base64: '%%%'}}\n", "data must be"),
+        ("- op: launch\n  args: {}\n  result: {}\n", "unknown op 'launch'"),
+        ("- just a string\n", "must be a mapping of op, args and result"),
+    ],
+)
+def test_a_wrongly_typed_field_names_the_file_and_the_field(tmp_path: Path, body: str, said: str) -> None:
+    path = tmp_path / "typed.yaml"
+    path.write_text(HEADER + body)
+    with pytest.raises(CassetteError, match=re.escape(said)) as raised:
+        Cassette(path, "none", provider="local")
+    assert str(path) in str(raised.value) and "record it again" in str(raised.value)
+
+
+def test_binary_garbage_is_a_cassette_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage\x80\x81")
+    with pytest.raises(CassetteError, match="not UTF-8") as raised:
+        Cassette(path, "none", provider="local")
+    assert str(path) in str(raised.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for level in range(1, 12):
+        previous = chr(ord("a") + level - 1)
+        name = chr(ord("a") + level)
+        lines.append(f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("version: 2\nprovider: local\n" + "\n".join(lines) + "\ninteractions: []\n")
+    with pytest.raises(CassetteError, match="aliases"):
+        Cassette(path, "none", provider="local")
+
+
+@pytest.mark.parametrize("version", ["0", "3", "'2'", "null"])
+def test_a_format_this_version_cannot_read_is_a_clear_error(tmp_path: Path, version: str) -> None:
+    path = tmp_path / "future.yaml"
+    path.write_text(f"version: {version}\nprovider: local\ninteractions: []\n")
+    with pytest.raises(CassetteError, match=r"format version .* is not one this version reads \(1 to 2\)"):
+        Cassette(path, "none", provider="local")
+
+
+def test_a_written_cassette_has_no_anchors_even_for_shared_values(tmp_path: Path) -> None:
+    from sandboxes.cassette import Interaction
+
+    cassette = Cassette(tmp_path / "shared.yaml", "all", provider="local")
+    shared = {"HOME": "/workspace"}
+    cassette.append(Interaction("create", {"labels": {}, "env": shared}, {"sandbox": "sandbox-1"}))
+    cassette.append(Interaction("exec", {"sandbox": "sandbox-1", "argv": ["true"], "env": shared}, {"output": [], "exit_code": 0}))
+    assert cassette.save()
+    text = (tmp_path / "shared.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    assert len(Cassette(tmp_path / "shared.yaml", "none", provider="local").recorded) == 2
+
+
+# -- errors replay as they were raised --------------------------------------------------------------------
+async def test_a_failed_setup_and_a_missing_file_replay_as_the_same_errors(tmp_path: Path) -> None:
+    path = tmp_path / "errors.yaml"
+    recorder = cassette_provider(LocalProvider(), Cassette(path, "once", provider="local"))
+    with pytest.raises(SetupFailed) as live_setup:
+        await recorder.create_sandbox(SandboxConfig(setup_commands=["echo broken >&2; exit 7"]))
+    info = await recorder.create_sandbox(SandboxConfig())
+    with pytest.raises(FileNotFoundError) as live_missing:
+        await recorder.read_file(info.id, "/workspace/absent")
+    await recorder.destroy_sandbox(info.id)
+    assert recorder.cassette is not None and recorder.cassette.save()
+
+    player = cassette_provider(None, Cassette(path, "none", provider="local"))
+    with pytest.raises(SetupFailed) as replayed_setup:
+        await player.create_sandbox(SandboxConfig(setup_commands=["echo broken >&2; exit 7"]))
+    assert replayed_setup.value.result.exit_code == live_setup.value.result.exit_code == 7
+    assert replayed_setup.value.result.stderr == "broken\n"
+    replayed_info = await player.create_sandbox(SandboxConfig())
+    with pytest.raises(FileNotFoundError) as replayed_missing:
+        await player.read_file(replayed_info.id, "/workspace/absent")
+    assert (replayed_missing.value.errno, replayed_missing.value.filename) == (live_missing.value.errno, live_missing.value.filename)

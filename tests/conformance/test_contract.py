@@ -199,9 +199,9 @@ async def test_unknown_sandbox_errors(provider: SandboxProvider) -> None:
 
 
 async def test_empty_command_is_a_clear_error(provider: SandboxProvider, sandbox_id: str) -> None:
-    with pytest.raises(ValueError, match="is empty|empty list"):
+    with pytest.raises(ValueError, match=r"is empty|empty list"):
         await provider.execute_command(sandbox_id, "   ")
-    with pytest.raises(ValueError, match="is empty|empty list"):
+    with pytest.raises(ValueError, match=r"is empty|empty list"):
         await provider.execute_command(sandbox_id, [])
 
 
