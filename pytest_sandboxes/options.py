@@ -34,7 +34,7 @@ class _Option:
 
 
 OPTIONS = (
-    _Option("provider", "--sandbox-provider", "SANDBOXES_PROVIDER", "sandbox_provider",
+    _Option("provider", "--sandbox-provider", "SANDBOXES_TEST_PROVIDERS", "sandbox_provider",
             f"provider(s) to run sandbox tests on, comma-separated: {', '.join(specs.names())} (default: local)"),
     _Option("record_mode", "--sandbox-record-mode", "SANDBOXES_RECORD_MODE", "sandbox_record_mode",
             f"cassette record mode: {', '.join(MODES)} (default: off, no cassettes; 'none' replays only, for CI)"),

@@ -115,10 +115,17 @@ class Manager:
         if name:
             specs.spec(name)
             return name
-        chosen = os.environ.get(DEFAULT_PROVIDER_VARIABLE) or self.default_provider
-        if chosen:
-            specs.spec(chosen)
-            return chosen
+        from_environment = os.environ.get(DEFAULT_PROVIDER_VARIABLE)
+        if from_environment:
+            if from_environment not in specs.specs():
+                raise ValueError(
+                    f"${DEFAULT_PROVIDER_VARIABLE}={from_environment!r} is not a provider: it names the one default provider, "
+                    f"one of {', '.join(specs.names())} (the pytest plugin's list of providers is $SANDBOXES_TEST_PROVIDERS)"
+                )
+            return from_environment
+        if self.default_provider:
+            specs.spec(self.default_provider)
+            return self.default_provider
         order = specs.names()
         if self.registered:  # given to this Manager: they win over credentials found around
             return sorted(self.registered, key=lambda n: order.index(n) if n in order else len(order))[0]
@@ -138,6 +145,19 @@ class Manager:
                 found.append(cloud)
         return found
 
+    def candidates(self, provider: str | None = None, fallback: Sequence[str] | bool | None = None) -> list[str]:
+        """The providers a creation tries, in order.
+
+        ``fallback=True`` means the cloud providers whose credentials are here,
+        in the spec table's order, whichever are built already; never local
+        unless named, since falling back to it changes the isolation.
+        """
+        first = self.resolve(provider)
+        if fallback is True:
+            return [first] + [n for n in self.credentialed() if n != first]
+        named = [specs.spec(n).name for n in (fallback or ())]
+        return [first, *[n for n in dict.fromkeys(named) if n != first]]
+
     async def create_sandbox(
         self,
         config: SandboxConfig,
@@ -151,11 +171,7 @@ class Manager:
         an unsupported option or a failing setup command would fail the same
         way anywhere, so they are raised at once.
         """
-        first = self.resolve(provider)
-        if fallback is True:  # the providers with credentials; never local unless named: that changes the isolation
-            candidates = [first] + [n for n in self.credentialed() if n != first]
-        else:
-            candidates = [first, *[n for n in (fallback or ()) if n != first]]
+        candidates = self.candidates(provider, fallback)
         errors: list[str] = []
         for name in candidates:
             try:

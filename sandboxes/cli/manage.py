@@ -10,7 +10,7 @@ import time
 import click
 
 from .. import specs, sync
-from ..errors import ProviderUnavailable, SandboxError
+from ..errors import ProviderUnavailable, SandboxNotFoundError
 from ..manager import has_credentials
 from ..models import SandboxInfo
 from ._util import (
@@ -147,9 +147,7 @@ def destroy(sandbox_ids: tuple[str, ...], provider: str) -> None:
         for sandbox_id in sandbox_ids:
             try:
                 sync.Sandbox.get(sandbox_id, provider).destroy()
-            except SandboxError as error:
-                if "no sandbox" not in str(error):
-                    raise
+            except SandboxNotFoundError:
                 missing.append(sandbox_id)
                 continue
             click.echo(f"destroyed {sandbox_id}")
@@ -206,10 +204,8 @@ def gc(provider: str | None, labels: tuple[str, ...], older_than: str, everythin
                 continue
             try:
                 sync.Sandbox.get(info.id, info.provider).destroy()
-            except SandboxError as error:
-                if "no sandbox" in str(error):
-                    continue  # gone meanwhile
-                raise
+            except SandboxNotFoundError:
+                continue  # gone meanwhile
             destroyed += 1
             click.echo(f"destroyed {info.id} ({info.provider})")
     if not dry_run:

@@ -56,7 +56,7 @@ def test_options_are_listed_in_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     for flag in ("--sandbox-provider", "--sandbox-record-mode", "--sandbox-cassette-dir", "--sandbox-timeout", "--sandbox-image", "--sandbox-keep"):
         result.stdout.fnmatch_lines([f"*{flag}*"])
-    result.stdout.fnmatch_lines(["*SANDBOXES_PROVIDER*", "*sandbox_record_mode*"])
+    result.stdout.fnmatch_lines(["*SANDBOXES_TEST_PROVIDERS*", "*sandbox_record_mode*"])
 
 
 def test_a_session_using_nothing_of_the_plugin_is_untouched(pytester: pytest.Pytester, live_sandboxes) -> None:
@@ -64,4 +64,33 @@ def test_a_session_using_nothing_of_the_plugin_is_untouched(pytester: pytest.Pyt
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert "left behind" not in result.stdout.str()  # no sandbox summary
+    assert live_sandboxes() == []
+
+
+PLAIN_CREATE = """
+import pytest
+import sandboxes
+from sandboxes.sync import Sandbox
+
+def test_the_fixture_follows_the_plugins_list(sandbox):
+    assert sandbox.provider == "local"
+
+def test_plain_create_follows_the_librarys_default():
+    with Sandbox.create() as box:
+        assert box.provider == "local" and box.execute("echo ok").stdout == "ok\\n"
+"""
+
+
+def test_the_plugins_providers_have_their_own_variable_and_plain_create_keeps_working(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, live_sandboxes
+) -> None:
+    pytester.makepyfile(PLAIN_CREATE)
+    monkeypatch.setenv("SANDBOXES_TEST_PROVIDERS", "local")
+    monkeypatch.setenv("SANDBOXES_PROVIDER", "local")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    # A list in the library's variable is refused by name, not taken as a provider called "local,e2b".
+    monkeypatch.setenv("SANDBOXES_PROVIDER", "local,e2b")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*$SANDBOXES_PROVIDER='local,e2b' is not a provider*SANDBOXES_TEST_PROVIDERS*"])
     assert live_sandboxes() == []

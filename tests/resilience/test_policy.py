@@ -336,3 +336,18 @@ async def test_providers_replaced_by_configure_are_closed_with_the_manager() -> 
         sandboxes.Sandbox.configure(providers=[second])  # replaces the first
         assert isinstance(sandboxes.get_manager().get_provider("local"), SandboxProvider)
     assert sorted(closed) == sorted([str(id(first)), str(id(second))])
+
+
+def test_fallback_true_means_the_credentialed_clouds_in_table_order_never_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("E2B_API_KEY", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "DAYTONA_API_KEY", "CLOUDFLARE_SANDBOX_BASE_URL", "CLOUDFLARE_API_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", "/nonexistent/modal.toml")
+    monkeypatch.setenv("DAYTONA_API_KEY", "dtn_key")
+    monkeypatch.setenv("E2B_API_KEY", "e2b_key")
+    manager = Manager()
+    assert manager.candidates("daytona", True) == ["daytona", "e2b"]  # whichever are built already: none are
+    assert manager.candidates("e2b", True) == ["e2b", "daytona"]
+    assert "local" not in manager.candidates("e2b", True)
+    assert manager.candidates("e2b", ["local", "local"]) == ["e2b", "local"]  # named: then it may
+    with pytest.raises(ValueError, match="unknown provider 'nope'"):
+        manager.candidates("e2b", ["nope"])
