@@ -17,10 +17,10 @@ from sandboxes.sandbox import Sandbox, make_config
 
 from .markers import MarkerSpec, spec_for
 from .options import OFF, Settings
-from .recording import CALL_REPORT, RECORDING, TestRecording, provider_of, recording_for
+from .recording import CALL_REPORT, provider_of, recording_for
 from .session import STATE, SessionState
 
-__all__ = ["CALL_REPORT", "SandboxFactory", "compose"]
+__all__ = ["CALL_REPORT", "SandboxFactory", "SessionSandboxFactory", "compose"]
 
 
 def state_of(config: pytest.Config) -> SessionState:
@@ -111,99 +111,112 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
 
 
 class SandboxFactory:
-    """Creates any number of sandboxes, each with its own config.
+    """Makes any number of sandboxes for one test, each with its own config.
 
-    Without cassettes its sandboxes live until the session ends. With a record
-    mode, a sandbox made during a test is recorded in that test's cassette
-    (the same one as the ``sandbox`` fixture's, for that provider) and
-    destroyed when the test ends, so the suite replays with no provider.
+    They go through the test's provider, the same as the ``sandbox`` fixture's:
+    recorded in its cassette under a record mode, counted in the report, and
+    destroyed when the test ends (kept, and reported, with ``--sandbox-keep``
+    when it failed).
     """
 
-    def __init__(self, state: SessionState) -> None:
+    def __init__(self, state: SessionState, item: pytest.Item) -> None:
         self._state = state
-        self._made: list[Sandbox] = []
-        self._live: dict[str, SandboxProvider] = {}
+        self._item = item
 
     def __call__(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> sync.Sandbox:
         """A new blocking sandbox; ``options`` are SandboxConfig fields."""
-        plan = self._plan(provider, config, options)
-        return sync.Sandbox(sync.portal().call(self._create, *plan))
+        return sync.Sandbox(sync.portal().call(self._create, *self._plan(provider, config, options)))
 
     async def acreate(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> Sandbox:
         """A new async sandbox."""
         return await self._create(*self._plan(provider, config, options))
 
-    def _plan(self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]) -> tuple[SandboxProvider, SandboxConfig, TestRecording | None]:
-        """Which wrapped provider and config (checks, skips and failures happen here, not in the portal)."""
+    def _plan(self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]) -> tuple[SandboxProvider, SandboxConfig]:
+        """Which provider and config (checks, skips and failures happen here, not in the portal)."""
         state = self._state
-        settings = state.settings
-        base = make_config(config or SandboxConfig(image=settings.image, command_timeout=settings.timeout), **options)
-        final = compose(base, settings, MarkerSpec(), state.labels)
-        if settings.record_mode == OFF:
-            name = provider or (provider_of(state.item, state) if state.item is not None else settings.providers[0])
-            return self._live_provider(name), final, None
-        self._check_recordable()
-        assert state.item is not None
-        recording = recording_for(state.item, state)
-        return recording.provider(provider or provider_of(state.item, state)), final, recording
-
-    def _check_recordable(self) -> None:
-        """A cassette holds one test: a sandbox made outside one, or for a wider scope, cannot be replayed."""
-        state = self._state
-        mode = state.settings.record_mode
-        fixture = state.fixture_stack[-1] if state.fixture_stack else None
-        if state.item is None:
-            where = "outside any test"
-        elif fixture is not None and fixture.scope != "function":
-            where = f"in the {fixture.scope}-scoped fixture {fixture.argname!r}"
-        else:
-            return
-        pytest.fail(
-            f"sandbox_factory was called {where}, but with cassettes (record mode {mode!r}) a sandbox is recorded in one "
-            f"test's cassette and lives only for that test. Make it in the test or in a function-scoped fixture, "
-            f"or run without cassettes (--sandbox-record-mode=off).",
-            pytrace=False,
+        final = compose(
+            make_config(config or SandboxConfig(image=state.settings.image, command_timeout=state.settings.timeout), **options),
+            state.settings,
+            MarkerSpec(),
+            state.labels,
         )
+        recording = recording_for(self._item, state)
+        return recording.provider(provider or provider_of(self._item, state)), final
 
-    def _live_provider(self, name: str) -> SandboxProvider:
-        """No cassette: one counted live provider per name for the whole session."""
-        if name not in self._live:
-            reason = self._state.reason(name)
-            if reason:
-                pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
-            live = self._state.provider(name)
-            self._live[name] = live.with_driver(CassetteDriver(live.driver, None, name=name, stats=self._state.stats_for(name)))
-        return self._live[name]
-
-    async def _create(self, wrapped: SandboxProvider, config: SandboxConfig, recording: TestRecording | None) -> Sandbox:
-        info = await wrapped.create_sandbox(config)
-        made = Sandbox(wrapped, info, command_timeout=config.command_timeout)
-        (self._made if recording is None else recording.made).append(made)
+    async def _create(self, provider: SandboxProvider, config: SandboxConfig) -> Sandbox:
+        made = Sandbox(provider, await provider.create_sandbox(config), command_timeout=config.command_timeout)
+        recording_for(self._item, self._state).made.append(made)
         return made
 
     @property
     def sandboxes(self) -> list[Sandbox]:
-        """The sandboxes it made that are still alive: the session's, then the running test's recorded ones."""
-        item = self._state.item
-        recording = item.stash.get(RECORDING, None) if item is not None else None
-        return [*self._made, *(recording.made if recording is not None else ())]
+        """The sandboxes it made for this test that are still alive."""
+        return list(recording_for(self._item, self._state).made)
+
+
+class SessionSandboxFactory:
+    """Makes sandboxes that live for the whole session (live only: a cassette holds one test)."""
+
+    def __init__(self, state: SessionState) -> None:
+        self._state = state
+        self._made: list[Sandbox] = []
+        self._providers: dict[str, SandboxProvider] = {}
+
+    def __call__(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> sync.Sandbox:
+        """A new blocking sandbox, destroyed when the session ends."""
+        return sync.Sandbox(sync.portal().call(self._create, *self._plan(provider, config, options)))
+
+    async def acreate(self, provider: str | None = None, *, config: SandboxConfig | None = None, **options: Any) -> Sandbox:
+        return await self._create(*self._plan(provider, config, options))
+
+    def _plan(self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]) -> tuple[SandboxProvider, SandboxConfig]:
+        state = self._state
+        settings = state.settings
+        if settings.record_mode != OFF:
+            pytest.fail(
+                f"sandbox_session_factory makes sandboxes that outlive any one test, and a cassette (record mode {settings.record_mode!r}) "
+                "records one test: use sandbox_factory in the test or a function-scoped fixture, or run with --sandbox-record-mode=off",
+                pytrace=False,
+            )
+        name = provider or settings.providers[0]
+        if name not in self._providers:
+            reason = state.reason(name)
+            if reason:
+                pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
+            live = state.provider(name)
+            self._providers[name] = live.with_driver(CassetteDriver(live.driver, None, name=name, stats=state.stats_for(name)))
+        base = make_config(config or SandboxConfig(image=settings.image, command_timeout=settings.timeout), **options)
+        return self._providers[name], compose(base, settings, MarkerSpec(), state.labels)
+
+    async def _create(self, provider: SandboxProvider, config: SandboxConfig) -> Sandbox:
+        made = Sandbox(provider, await provider.create_sandbox(config), command_timeout=config.command_timeout)
+        self._made.append(made)
+        return made
+
+    @property
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._made)
 
     def close(self) -> None:
-        """Session end: the unrecorded ones (a test's recorded ones go when the test ends)."""
         portal = sync.portal()
         while self._made:
             portal.call(self._made.pop().destroy)
 
 
-@pytest.fixture(scope="session")
-def sandbox_factory(request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
-    """Session-wide: ``sandbox_factory(image=..., env=...)`` makes a sandbox, ``await sandbox_factory.acreate(...)`` in async code.
+@pytest.fixture
+def sandbox_factory(request: pytest.FixtureRequest) -> SandboxFactory:
+    """``sandbox_factory(image=..., env=...)`` makes a sandbox for this test; ``await sandbox_factory.acreate(...)`` in async code.
 
-    Without cassettes all are destroyed at the end of the session; with a record
-    mode each is recorded in the cassette of the test that made it and destroyed
-    when that test ends.
+    Each is recorded in this test's cassette under a record mode, and destroyed
+    when the test ends (kept with ``--sandbox-keep`` when it failed).
     """
-    factory = SandboxFactory(state_of(request.config))
+    return SandboxFactory(state_of(request.config), request.node)
+
+
+@pytest.fixture(scope="session")
+def sandbox_session_factory(request: pytest.FixtureRequest) -> Iterator[SessionSandboxFactory]:
+    """Sandboxes shared by several tests, destroyed when the session ends; live only (no cassettes)."""
+    factory = SessionSandboxFactory(state_of(request.config))
     try:
         yield factory
     finally:

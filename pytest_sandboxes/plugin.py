@@ -24,6 +24,7 @@ from .fixtures import (
     sandbox_factory,
     sandbox_provider,
     sandbox_provider_name,
+    sandbox_session_factory,
 )
 from .markers import MARKER, MARKER_HELP, spec_for
 from .options import add_options, resolve
@@ -32,9 +33,9 @@ from .recording import RECORDING
 from .session import STATE, SessionState, new_run_id
 from .xdist import WORKER_INPUT, WORKER_OUTPUT, XdistHooks, is_worker
 
-__all__ = ["sandbox", "sandbox_cassette", "sandbox_config", "sandbox_factory", "sandbox_provider", "sandbox_provider_name"]
+__all__ = ["sandbox", "sandbox_cassette", "sandbox_config", "sandbox_factory", "sandbox_provider", "sandbox_provider_name", "sandbox_session_factory"]
 
-SANDBOX_FIXTURES = {"sandbox", "sandbox_provider", "sandbox_cassette", "sandbox_factory", PROVIDER_PARAM}
+SANDBOX_FIXTURES = {"sandbox", "sandbox_provider", "sandbox_cassette", "sandbox_factory", "sandbox_session_factory", PROVIDER_PARAM}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,39 +81,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             spec_for(item)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """sandbox_factory records into the cassettes of the test that is running."""
-    state = item.config.stash.get(STATE, None)
-    if state is not None:
-        state.item = item
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     """After every fixture's teardown: the test's factory sandboxes go, then its cassettes are saved."""
     try:
         return (yield)
     finally:
-        state = item.config.stash.get(STATE, None)
-        if state is not None:
-            state.item = None
         recording = item.stash.get(RECORDING, None)
         if recording is not None:
             recording.finish()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, object, object]:
-    """Which fixture is being set up, so sandbox_factory knows its caller's scope."""
-    state = request.config.stash.get(STATE, None)
-    if state is None:
-        return (yield)
-    state.fixture_stack.append(fixturedef)
-    try:
-        return (yield)
-    finally:
-        state.fixture_stack.pop()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -55,10 +55,6 @@ class SessionState:
     crashed_workers: list[str] = field(default_factory=list)
     used: bool = False
     pools: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    item: pytest.Item | None = None
-    """The test being set up, run or torn down (sandbox_factory records into its cassettes)."""
-    fixture_stack: list[Any] = field(default_factory=list)
-    """The fixtures whose set-up is running, innermost last (who calls sandbox_factory)."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
 
     @property

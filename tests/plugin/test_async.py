@@ -100,9 +100,9 @@ async def test_factory_fails(sandbox_factory):
     FACTORY_MADE.append(made.id)
     assert (await made.execute("exit 1")).success
 
-def test_factory_sandbox_of_a_failed_test_lives_until_the_session_ends_without_cassettes(sandbox_factory):
-    assert FACTORY_MADE[0] in alive()
-    assert [s.id for s in sandbox_factory.sandboxes] == FACTORY_MADE
+def test_factory_sandbox_of_a_failed_test_ends_with_its_test(sandbox_factory):
+    assert FACTORY_MADE[0] not in alive()  # no --sandbox-keep: destroyed at the failed test's teardown
+    assert sandbox_factory.sandboxes == []
 """
 )
 

@@ -111,32 +111,48 @@ SHARED = """
 import pytest
 
 @pytest.fixture(scope="module")
+def shared(sandbox_session_factory):
+    return sandbox_session_factory()
+
+def test_one(shared):
+    assert shared.execute("echo one > /tmp/seen").exit_code == 0
+
+def test_two(shared):
+    assert shared.execute("cat /tmp/seen").stdout == "one\\n"
+"""
+
+WIDER = """
+import pytest
+
+@pytest.fixture(scope="module")
 def shared(sandbox_factory):
     return sandbox_factory()
 
 def test_one(shared):
-    assert shared.execute("echo one").stdout == "one\\n"
-
-def test_two(shared):
-    assert shared.execute("echo two").stdout == "two\\n"
+    pass
 """
 
 
-def test_wider_scoped_factory_sandbox_is_live_only(pytester: pytest.Pytester, live_sandboxes) -> None:
-    """A module-scoped sandbox outlives any cassette: fine live, a clear error under a record mode."""
+def test_a_sandbox_shared_by_tests_comes_from_the_session_factory_and_is_live_only(pytester: pytest.Pytester, live_sandboxes) -> None:
+    """Several tests may share a session sandbox live; under a record mode it is a clear error, since a cassette holds one test."""
     pytester.makepyfile(test_shared=SHARED)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert live_sandboxes() == []
     result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=once")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([
         "*ERROR at setup of test_one*",
-        (
-            "sandbox_factory was called in the module-scoped fixture 'shared', but with cassettes (record mode 'once') a sandbox "
-            "is recorded in one test's cassette and lives only for that test. Make it in the test or in a function-scoped fixture, "
-            "or run without cassettes (--sandbox-record-mode=off)."
-        ),
+        "*sandbox_session_factory makes sandboxes that outlive any one test, and a cassette (record mode 'once') records one test*",
     ])  # fmt: skip
     assert not (pytester.path / "sandbox_cassettes").exists()
+    assert live_sandboxes() == []
+
+
+def test_sandbox_factory_is_function_scoped(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(test_wider=WIDER)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ScopeMismatch*sandbox_factory*"])
     assert live_sandboxes() == []
 
 
@@ -176,11 +192,12 @@ def test_recorded_factory_sandbox_lives_for_its_test_and_cannot_be_reused(pytest
     assert live_sandboxes() == []
 
 
-def test_keep_leaves_a_failed_tests_factory_sandbox(pytester: pytest.Pytester, live_sandboxes) -> None:
+@pytest.mark.parametrize("mode", ["once", "off"])
+def test_keep_leaves_a_failed_tests_factory_sandbox(pytester: pytest.Pytester, live_sandboxes, mode: str) -> None:
     pytester.makepyfile(test_lifetime=LIFETIME.split("def test_b")[0])
     # In a subprocess: the local provider that made the kept sandbox is dropped while its bwrap runs
     # (ResourceWarning when collected), which must not land in this process.
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandbox-record-mode=once", "--sandbox-keep")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--sandbox-record-mode={mode}", "--sandbox-keep")
     result.assert_outcomes(failed=1)
     kept = live_sandboxes()
     assert len(kept) == 1
