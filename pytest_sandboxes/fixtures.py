@@ -47,6 +47,16 @@ def compose(base: SandboxConfig, settings: Settings, spec: MarkerSpec, run_label
     return base.replace(**changes)
 
 
+def configured(item: pytest.Item, config: SandboxConfig) -> SandboxConfig:
+    """The config after the ``pytest_sandboxes_configure`` hook (a plugin's or a conftest's)."""
+    changed = item.config.hook.pytest_sandboxes_configure(item=item, config=config)
+    if changed is None:
+        return config
+    if not isinstance(changed, SandboxConfig):
+        raise pytest.UsageError(f"pytest_sandboxes_configure returned {type(changed).__name__}, not a SandboxConfig (or None) for {item.nodeid}")
+    return changed
+
+
 def _is_async_test(request: pytest.FixtureRequest) -> bool:
     function = getattr(request.node, "function", None)
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
@@ -88,7 +98,7 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
     ``sandboxes.Sandbox`` in an async one (anyio or pytest-asyncio).
     """
     state = state_of(request.config)
-    config = compose(sandbox_config, state.settings, spec_for(request.node), state.labels)
+    config = configured(request.node, compose(sandbox_config, state.settings, spec_for(request.node), state.labels))
     portal = sync.portal()
     recorder = sandbox_provider.driver
     pool = state.pool_for(sandbox_provider.name) if state.settings.pool and isinstance(recorder, CassetteDriver) and recorder.cassette is None else None
@@ -134,12 +144,8 @@ class SandboxFactory:
     def _plan(self, provider: str | None, config: SandboxConfig | None, options: dict[str, Any]) -> tuple[SandboxProvider, SandboxConfig]:
         """Which provider and config (checks, skips and failures happen here, not in the portal)."""
         state = self._state
-        final = compose(
-            make_config(config or SandboxConfig(image=state.settings.image, command_timeout=state.settings.timeout), **options),
-            state.settings,
-            MarkerSpec(),
-            state.labels,
-        )
+        base = make_config(config or SandboxConfig(image=state.settings.image, command_timeout=state.settings.timeout), **options)
+        final = configured(self._item, compose(base, state.settings, MarkerSpec(), state.labels))
         recording = recording_for(self._item, state)
         return recording.provider(provider or provider_of(self._item, state)), final
 

@@ -20,6 +20,7 @@ from sandboxes import specs
 from sandboxes.cassette import Cassette, CassetteDriver, Interaction, Scrubber, looks_secret
 from sandboxes.errors import CassetteError
 from sandboxes.manager import current_manager
+from sandboxes.models import Command, ExecutionResult
 from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox
 
@@ -41,6 +42,19 @@ class TestDriver(CassetteDriver):
         if self.ended is not None:
             raise CassetteError(f"{op} on sandbox {args.get('sandbox', '?')}: {self.ended}")
         return super()._replay(op, args)
+
+
+class ReportingProvider(SandboxProvider):
+    """A test's provider: every execute result also goes to the ``pytest_sandboxes_result`` hook."""
+
+    def __init__(self, driver: TestDriver, *, spec: specs.ProviderSpec, item: pytest.Item) -> None:
+        super().__init__(driver, spec=spec)
+        self.item = item
+
+    async def execute_command(self, sandbox_id: str, command: Command, **options: Any) -> ExecutionResult:
+        result = await super().execute_command(sandbox_id, command, **options)
+        self.item.config.hook.pytest_sandboxes_result(item=self.item, result=result)
+        return result
 
 
 def _extra_secrets() -> dict[str, str]:
@@ -109,7 +123,7 @@ class TestRecording:
                     pytest.skip(f"sandbox provider {name!r} unavailable: {reason}")
                 live = self.state.provider(name)
             driver = self._drivers[name] = TestDriver(live.driver if live else None, cassette, name=name, stats=self.state.stats_for(name))
-            self._providers[name] = live.with_driver(driver) if live else SandboxProvider(driver, spec=specs.spec(name))
+            self._providers[name] = ReportingProvider(driver, spec=specs.spec(name), item=self.item)
         return self._providers[name]
 
     def finish(self) -> None:

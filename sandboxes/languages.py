@@ -3,22 +3,28 @@
 Source and dependency manifests always travel through the file API
 (``write_file``), never quoted into a shell string; every build and run step
 is an argument vector run without a shell. To add a language, add one
-``Language`` to ``LANGUAGES``.
+``Language`` to ``LANGUAGES``, or publish one from another package under the
+``sandboxes.languages`` entry-point group (``languages()`` loads them).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 import anyio
 
 from .errors import ToolchainMissing
 from .models import DEFAULT_COMMAND_TIMEOUT_SECONDS, ExecutionResult, SandboxConfig
+
+log = logging.getLogger("sandboxes")
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -221,24 +227,45 @@ LANGUAGES: tuple[Language, ...] = (
     ),
 )
 
-_BY_NAME: dict[str, Language] = {}
-for _language in LANGUAGES:
-    for _key in (_language.name, *_language.aliases):
-        _BY_NAME[_key] = _language
+ENTRY_POINT_GROUP = "sandboxes.languages"
+
+
+@functools.cache
+def languages() -> tuple[Language, ...]:
+    """The built-in languages, then those other packages publish under the ``sandboxes.languages`` entry-point group."""
+    found = list(LANGUAGES)
+    taken = {key for language in found for key in (language.name, *language.aliases)}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            language = entry.load()
+        except Exception as error:  # a broken plugin must not break the library
+            log.warning("could not load language %r from entry point %s: %s", entry.name, entry.value, error)
+            continue
+        if not isinstance(language, Language):
+            log.warning("entry point %s of group %s is not a Language; ignored", entry.value, ENTRY_POINT_GROUP)
+            continue
+        clash = taken.intersection((language.name, *language.aliases))
+        if clash:
+            log.warning("language %r from entry point %s reuses the name(s) %s; ignored", language.name, entry.value, ", ".join(sorted(clash)))
+            continue
+        taken.update((language.name, *language.aliases))
+        found.append(language)
+    return tuple(found)
 
 
 def known_languages() -> list[str]:
     """Canonical names, for error messages and --help."""
-    return [language.name for language in LANGUAGES]
+    return [language.name for language in languages()]
 
 
 def get_language(name: str) -> Language:
     """The language by name or alias (case-insensitive); ValueError lists the known ones."""
-    found = _BY_NAME.get(name.strip().lower().lstrip("."))
+    wanted = name.strip().lower().lstrip(".")
+    found = next((lang for lang in languages() if wanted in (lang.name, *lang.aliases)), None)
     if found is None:
-        found = next((lang for lang in LANGUAGES if "." + name.strip().lower().lstrip(".") in lang.extensions), None)
+        found = next((lang for lang in languages() if "." + wanted in lang.extensions), None)
     if found is None:
-        names = ", ".join(f"{lang.name} ({'/'.join(lang.aliases)})" if lang.aliases else lang.name for lang in LANGUAGES)
+        names = ", ".join(f"{lang.name} ({'/'.join(lang.aliases)})" if lang.aliases else lang.name for lang in languages())
         raise ValueError(f"unknown language {name!r}: known languages are {names}")
     return found
 
@@ -246,15 +273,16 @@ def get_language(name: str) -> Language:
 def language_for_file(filename: str) -> Language:
     """The language of a source file from its extension; ValueError when unknown."""
     lowered = filename.lower()
-    for language in LANGUAGES:
+    for language in languages():
         if any(lowered.endswith(ext) for ext in language.extensions):
             return language
-    known = ", ".join(ext for lang in LANGUAGES for ext in lang.extensions)
+    known = ", ".join(ext for lang in languages() for ext in lang.extensions)
     raise ValueError(f"cannot tell the language of {filename!r} from its extension (known: {known}); pass the language (--lang)")
 
 
-MANIFESTS = tuple(dict.fromkeys(m for lang in LANGUAGES for d in lang.deps for m in d.manifests))
-"""Every dependency manifest some language installs from (what --deps uploads)."""
+def manifests() -> tuple[str, ...]:
+    """Every dependency manifest some language installs from (what --deps uploads)."""
+    return tuple(dict.fromkeys(m for lang in languages() for d in lang.deps for m in d.manifests))
 
 
 @dataclass

@@ -92,9 +92,9 @@ def run(
                 fail(f"cannot read {file}: {error.strerror}", 2)
             language = languages.get_language(lang) if lang else languages.language_for_file(file.name)
             if deps:
-                files = {name: (file.parent / name).read_bytes() for name in languages.MANIFESTS if (file.parent / name).is_file()}
+                files = {name: (file.parent / name).read_bytes() for name in languages.manifests() if (file.parent / name).is_file()}
                 if not files:
-                    fail(f"--deps: no dependency manifest ({', '.join(languages.MANIFESTS)}) beside {file}", 2)
+                    fail(f"--deps: no dependency manifest ({', '.join(languages.manifests())}) beside {file}", 2)
             stdin = piped_stdin()
         elif lang:
             language = languages.get_language(lang)
