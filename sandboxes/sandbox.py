@@ -157,6 +157,7 @@ class Sandbox:
 
     @classmethod
     async def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> list[SandboxInfo]:
+        """Every live sandbox on the provider whose labels include ``labels``."""
         instance = cls._ensure_manager().get_provider(cls._ensure_manager().resolve(provider))
         return await instance.list_sandboxes(labels)
 
@@ -166,7 +167,7 @@ class Sandbox:
         command: Command,
         *,
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> ExecutionResult:
@@ -190,7 +191,7 @@ class Sandbox:
         command: Command,
         *,
         env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         stdin: bytes | str | None = None,
     ) -> CommandStream:

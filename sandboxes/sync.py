@@ -13,14 +13,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from . import sandbox as _async
+from .manager import Manager
 from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .provider import SandboxProvider
+from .resilience import RetryPolicy
 from .streaming import CommandStream
 
 NATIVE_IO_SETTLE_SECONDS = 0.1
@@ -59,6 +62,19 @@ def _reset_after_fork() -> None:  # a forked child cannot use the parent's loop 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _twin(original: Callable[..., Any]) -> Callable[[_F], _F]:
+    """The blocking method takes its async twin's docstring, so ``help()`` and editors show it (the signature is written out)."""
+
+    def mark(method: _F) -> _F:
+        method.__doc__ = original.__doc__
+        return method
+
+    return mark
+
+
 class Sandbox:
     """Blocking twin of :class:`sandboxes.Sandbox`."""
 
@@ -89,6 +105,7 @@ class Sandbox:
         return self._inner
 
     @classmethod
+    @_twin(_async.Sandbox.create)
     def create(
         cls,
         provider: str | None = None,
@@ -97,59 +114,104 @@ class Sandbox:
         config: SandboxConfig | None = None,
         **options: Any,
     ) -> Sandbox:
-        """Create a sandbox; use it as ``with Sandbox.create() as sb`` to destroy it on exit."""
         creation = _async.Sandbox.create(provider, fallback=fallback, config=config, **options)
         return cls(portal().call(lambda: creation))
 
     @classmethod
+    @_twin(_async.Sandbox.get)
     def get(cls, sandbox_id: str, provider: str | None = None) -> Sandbox:
         return cls(portal().call(_async.Sandbox.get, sandbox_id, provider))
 
     @classmethod
+    @_twin(_async.Sandbox.find)
     def find(cls, labels: Mapping[str, str], provider: str | None = None) -> Sandbox | None:
         found = portal().call(_async.Sandbox.find, labels, provider)
         return cls(found) if found else None
 
     @classmethod
+    @_twin(_async.Sandbox.get_or_create)
     def get_or_create(cls, labels: Mapping[str, str], provider: str | None = None, **options: Any) -> Sandbox:
         return cls(portal().call(lambda: _async.Sandbox.get_or_create(labels, provider, **options)))
 
     @classmethod
-    def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> list[SandboxInfo]:
+    @_twin(_async.Sandbox.list)
+    def list(cls, labels: Mapping[str, str] | None = None, provider: str | None = None) -> builtins.list[SandboxInfo]:
         return portal().call(_async.Sandbox.list, labels, provider)
 
     @classmethod
-    def configure(cls, **options: Any) -> Any:
-        return _async.Sandbox.configure(**options)
+    @_twin(_async.Sandbox.configure)
+    def configure(
+        cls,
+        *,
+        default_provider: str | None = None,
+        providers: Sequence[SandboxProvider] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
+        circuit_breaker: Mapping[str, Any] | None = None,
+        **provider_options: Any,
+    ) -> Manager:
+        return _async.Sandbox.configure(
+            default_provider=default_provider, providers=providers, retry=retry, circuit_breaker=circuit_breaker, **provider_options
+        )
 
-    def execute(self, command: Command, **options: Any) -> ExecutionResult:
-        return portal().call(lambda: self._inner.execute(command, **options))
+    @_twin(_async.Sandbox.execute)
+    def execute(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecutionResult:
+        return portal().call(lambda: self._inner.execute(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin))
 
-    def execute_many(self, commands: Sequence[Command], **options: Any) -> builtins.list[ExecutionResult]:
-        return portal().call(lambda: self._inner.execute_many(commands, **options))
+    @_twin(_async.Sandbox.execute_many)
+    def execute_many(self, commands: Sequence[Command], *, stop_on_error: bool = False, **options: Any) -> builtins.list[ExecutionResult]:
+        return portal().call(lambda: self._inner.execute_many(commands, stop_on_error=stop_on_error, **options))
 
-    def stream(self, command: Command, **options: Any) -> BlockingStream:
-        """Chunks as they come; after the loop, ``exit_code``, ``timed_out`` and ``result``.
+    @_twin(_async.Sandbox.stream)
+    def stream(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        stdin: bytes | str | None = None,
+    ) -> BlockingStream:
+        return BlockingStream(self._inner.stream(command, env=env, cwd=cwd, timeout=timeout, stdin=stdin))
 
-        Leaving the loop early (and dropping the stream) stops the command.
-        """
-        return BlockingStream(self._inner.stream(command, **options))
-
-    def write_file(self, path: str, data: bytes | str) -> None:
+    @_twin(_async.Sandbox.write_file)
+    def write_file(self, path: str | os.PathLike[str], data: bytes | str) -> None:
         portal().call(self._inner.write_file, path, data)
 
-    def read_file(self, path: str) -> bytes:
+    @_twin(_async.Sandbox.read_file)
+    def read_file(self, path: str | os.PathLike[str]) -> bytes:
         return portal().call(self._inner.read_file, path)
 
-    def upload(self, local_path: str | os.PathLike[str], remote_path: str) -> None:
+    @_twin(_async.Sandbox.upload)
+    def upload(self, local_path: str | os.PathLike[str], remote_path: str | os.PathLike[str]) -> None:
         portal().call(self._inner.upload, local_path, remote_path)
 
-    def download(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+    @_twin(_async.Sandbox.download)
+    def download(self, remote_path: str | os.PathLike[str], local_path: str | os.PathLike[str]) -> None:
         portal().call(self._inner.download, remote_path, local_path)
 
-    def run_code(self, *args: Any, **kwargs: Any) -> ExecutionResult:
-        return portal().call(lambda: self._inner.run_code(*args, **kwargs))
+    @_twin(_async.Sandbox.run_code)
+    def run_code(
+        self,
+        code: str | bytes,
+        language: str,
+        *,
+        stdin: bytes | str | None = None,
+        files: Mapping[str, str | bytes] | None = None,
+        args: Sequence[str] = (),
+        timeout: float | None = None,
+        deps: bool = False,
+    ) -> ExecutionResult:
+        return portal().call(lambda: self._inner.run_code(code, language, stdin=stdin, files=files, args=args, timeout=timeout, deps=deps))
 
+    @_twin(_async.Sandbox.destroy)
     def destroy(self) -> None:
         portal().call(self._inner.destroy)
 
@@ -231,11 +293,11 @@ def _pull(stream: CommandStream) -> Generator[OutputChunk, None, None]:
             portal().call(stream.aclose)
 
 
+@_twin(_async.run)
 def run(command: Command, provider: str | None = None, **options: Any) -> ExecutionResult:
-    """Run one command in a fresh sandbox, blocking."""
     return portal().call(lambda: _async.run(command, provider, **options))
 
 
+@_twin(_async.run_many)
 def run_many(commands: Sequence[Command], provider: str | None = None, **options: Any) -> list[ExecutionResult]:
-    """Run commands in one fresh sandbox, blocking."""
     return portal().call(lambda: _async.run_many(commands, provider, **options))
