@@ -1,23 +1,26 @@
 """Bad input from a careless or hostile caller: a TypeError or ValueError naming the argument,
-raised before anything runs, never a provider error. Through the public API, on the local provider."""
+raised before anything runs, never a provider error. Through the public API, on every provider that runs here."""
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
-from sandboxes import ProviderError, Sandbox, SandboxConfig
+from sandboxes import ProviderError, Sandbox, SandboxConfig, SandboxProvider
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox.create("local") as made:
+async def sandbox(provider: SandboxProvider) -> AsyncIterator[Sandbox]:
+    # Under /tmp: the emulators bind the host's / around a private /tmp.
+    info = await provider.create_sandbox(SandboxConfig(working_dir=f"/tmp/inputs-{uuid.uuid4().hex[:8]}"))
+    async with Sandbox(provider, info) as made:
         yield made
 
 
@@ -43,7 +46,8 @@ async def sandbox() -> AsyncIterator[Sandbox]:
     ],
 )
 async def test_a_bad_command_argument_is_refused_before_anything_runs(sandbox: Sandbox, options: dict[str, Any], error: type, names: str) -> None:
-    marker = "/workspace/ran"
+    marker = "ran"  # in the working directory
+    options = dict(options)  # the same parameters run on every provider
     command = options.pop("command")
     if isinstance(command, str) and "\0" not in command and command.strip():
         command = f"touch {marker}; {command}"
@@ -65,10 +69,19 @@ async def test_write_file_refuses_bad_data_without_truncating_the_file(sandbox: 
 
 
 async def test_paths_may_be_pathlib_paths(sandbox: Sandbox, tmp_path: Path) -> None:
-    await sandbox.write_file(PurePosixPath("/workspace/sub/p.txt"), b"via Path")  # type: ignore[arg-type]  # a PathLike
-    assert await sandbox.read_file(PurePosixPath("/workspace/sub/p.txt")) == b"via Path"  # type: ignore[arg-type]
-    result = await sandbox.execute("pwd", cwd=PurePosixPath("/workspace/sub"))  # type: ignore[arg-type]
-    assert result.stdout == "/workspace/sub\n"
+    await sandbox.write_file(PurePosixPath("sub/p.txt"), b"via Path")
+    assert await sandbox.read_file(PurePosixPath("sub/p.txt")) == b"via Path"
+    result = await sandbox.execute("pwd", cwd=PurePosixPath("sub"))
+    assert result.stdout.rstrip().endswith("/sub")
+
+
+async def test_reserved_labels_are_refused_before_anything_is_made(provider: SandboxProvider) -> None:
+    before = {info.id for info in await provider.list_sandboxes()}
+    with pytest.raises(ValueError, match="reserved by pytest-sandboxes"):
+        await provider.create_sandbox(SandboxConfig(labels={"sandboxes.settings": "{}"}))
+    with pytest.raises(ValueError, match="reserved"):
+        await provider.find_sandbox({"sandboxes.attempt": "x"})
+    assert {info.id for info in await provider.list_sandboxes()} == before
 
 
 @pytest.mark.parametrize(
