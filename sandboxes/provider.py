@@ -128,12 +128,12 @@ class SandboxProvider:
     options, ``describe_isolation()``...).
     """
 
-    spec: ClassVar[ProviderSpec | None] = None
+    spec: ProviderSpec | None = None  # the class's (LocalProvider...), or an instance's own when given a driver directly
     driver_class: ClassVar[type[Driver] | None] = None
 
     def __init__(self, driver: Driver | None = None, /, *, spec: ProviderSpec | None = None, **options: Any) -> None:
         if spec is not None:
-            self.spec = spec  # type: ignore[misc]  # an instance may carry its own spec (a driver given directly)
+            self.spec = spec
         if driver is None:
             if self.driver_class is None:
                 raise TypeError("SandboxProvider needs a driver: SandboxProvider(driver), or use a provider class such as LocalProvider")

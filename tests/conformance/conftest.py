@@ -23,11 +23,11 @@ import anyio
 import pytest
 
 from pytest_sandboxes.session import unavailable_reason
-from sandboxes import SandboxProvider
+from sandboxes import SandboxProvider, specs
 from sandboxes.manager import provider_class
 from sandboxes.providers.local import LocalProvider
 
-CLOUD = ("e2b", "daytona", "cloudflare", "modal")
+CLOUD = tuple(specs.cloud_names())  # every cloud provider in the spec table; those with an emulator run here
 
 
 def _emulated() -> dict[str, Callable[[], AbstractContextManager[SandboxProvider]]]:
