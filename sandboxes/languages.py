@@ -16,11 +16,11 @@ import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 import anyio
 
+from ._entry_points import published
 from .errors import ToolchainMissing
 from .models import DEFAULT_COMMAND_TIMEOUT_SECONDS, ExecutionResult, SandboxConfig
 
@@ -235,18 +235,10 @@ def languages() -> tuple[Language, ...]:
     """The built-in languages, then those other packages publish under the ``sandboxes.languages`` entry-point group."""
     found = list(LANGUAGES)
     taken = {key for language in found for key in (language.name, *language.aliases)}
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            language = entry.load()
-        except Exception as error:  # a broken plugin must not break the library
-            log.warning("could not load language %r from entry point %s: %s", entry.name, entry.value, error)
-            continue
-        if not isinstance(language, Language):
-            log.warning("entry point %s of group %s is not a Language; ignored", entry.value, ENTRY_POINT_GROUP)
-            continue
+    for where, language in published(ENTRY_POINT_GROUP, Language):
         clash = taken.intersection((language.name, *language.aliases))
         if clash:
-            log.warning("language %r from entry point %s reuses the name(s) %s; ignored", language.name, entry.value, ", ".join(sorted(clash)))
+            log.warning("language %r from entry point %s reuses the name(s) %s; ignored", language.name, where, ", ".join(sorted(clash)))
             continue
         taken.update((language.name, *language.aliases))
         found.append(language)

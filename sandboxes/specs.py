@@ -15,10 +15,10 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._entry_points import published
 from .errors import ProviderUnavailable
 from .models import Capabilities
 
@@ -154,17 +154,9 @@ BUILTIN: tuple[ProviderSpec, ...] = (
 def specs() -> dict[str, ProviderSpec]:
     """Every provider by name: the built-in ones in failover order, then those other packages publish."""
     table = {spec.name: spec for spec in BUILTIN}
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            spec = entry.load()
-        except Exception as error:  # a broken plugin must not break the library
-            log.warning("could not load provider %r from entry point %s: %s", entry.name, entry.value, error)
-            continue
-        if not isinstance(spec, ProviderSpec):
-            log.warning("entry point %s of group %s is not a ProviderSpec; ignored", entry.value, ENTRY_POINT_GROUP)
-            continue
+    for where, spec in published(ENTRY_POINT_GROUP, ProviderSpec):
         if spec.name in table:
-            log.warning("provider %r from entry point %s is already defined; ignored", spec.name, entry.value)
+            log.warning("provider %r from entry point %s is already defined; ignored", spec.name, where)
             continue
         table[spec.name] = spec
     return table
