@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import posixpath
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +25,29 @@ import yaml
 if TYPE_CHECKING:
     from .cassette import Interaction
 
+TRUNCATION_MARKER = "\n[... output truncated ...]\n"  # what OutputBuffer puts between head and tail
 OPS = ("create", "get", "list", "destroy", "exec", "write_file", "read_file")
 _V1_OPS = ("create", "get", "list", "destroy", "execute", "stream", "write_file", "read_file")
 
 
-def read_document(text: str, loader: type) -> list[Interaction]:
-    """The interactions of a cassette's text; ValueError says what is wrong and where.
+def read_document(text: str, loader: type) -> tuple[str | None, list[Interaction]]:
+    """(provider, interactions) of a cassette's text; ValueError says what is wrong and where.
 
     (A format-1 file's ``capabilities`` are read past: the provider's spec says them now.)
     """
     from .cassette import FORMAT_VERSION, OLDEST_VERSION, Interaction
 
     try:
-        for event in yaml.parse(text, Loader=loader):
+        depth = 0
+        for event in yaml.parse(text, Loader=loader):  # events only: nothing is built before this pass agrees
             if isinstance(event, yaml.AliasEvent):
                 raise ValueError("it uses YAML aliases (*name), which a cassette never has: refused, since aliases can expand without bound")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ValueError(f"it nests deeper than {MAX_DEPTH} levels, which a cassette never does")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         raise ValueError(f"it is not valid YAML ({' '.join(str(error).split())})") from None
@@ -49,6 +58,8 @@ def read_document(text: str, loader: type) -> list[Interaction]:
         type(version) is int and OLDEST_VERSION <= version <= FORMAT_VERSION,
         f"format version {version!r} is not one this version reads ({OLDEST_VERSION} to {FORMAT_VERSION})",
     )
+    provider = data.get("provider")
+    _expect(provider is None or isinstance(provider, str), "provider must be a provider's name")
     capabilities = data.get("capabilities")
     _expect(capabilities is None or (isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities)), "capabilities must be a list of names")
     items = data.get("interactions") or []
@@ -59,12 +70,28 @@ def read_document(text: str, loader: type) -> list[Interaction]:
         op, args, result = item.get("op"), item.get("args") or {}, item.get("result") or {}
         _expect(op in (_V1_OPS if version == 1 else OPS), f"interaction {index + 1}: unknown op {op!r}")
         _expect(isinstance(args, dict) and isinstance(result, dict), f"interaction {index + 1} ({op}): args and result must be mappings")
+        _expect(
+            _plain(args) and _plain(result), f"interaction {index + 1} ({op}): only text keys and plain values (text, numbers, lists, mappings) are allowed"
+        )
         raw.append((op, args, result))
     if version == 1:
         raw = _migrate(raw)
     for index, (op, args, result) in enumerate(raw):
         _check(op, args, result, f"interaction {index + 1} ({op})")
-    return [Interaction(op, args, result) for op, args, result in raw]
+    return provider, [Interaction(op, args, result) for op, args, result in raw]
+
+
+MAX_DEPTH = 32
+EXIT_CODES = range(-(1 << 31), 1 << 31)
+
+
+def _plain(value: Any) -> bool:
+    """Text keys all the way down, and only the values YAML's safe loader makes for plain data."""
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -100,7 +127,7 @@ def _BOOL(value: Any) -> bool:
 
 
 def _INT(value: Any) -> bool:
-    return type(value) is int
+    return type(value) is int and value in EXIT_CODES
 
 
 def _NUMBER(value: Any) -> bool:
@@ -116,7 +143,16 @@ def _STR_LIST(value: Any) -> bool:
 
 
 def _ERROR(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("type"), str) and isinstance(value.get("message"), str)
+    if not (isinstance(value, dict) and isinstance(value.get("type"), str) and isinstance(value.get("message"), str)):
+        return False
+    seconds = all(value.get(name) is None or (type(value[name]) in (int, float) and value[name] >= 0) for name in ("retry_after", "retry_in"))
+    texts = all(value.get(name) is None or isinstance(value[name], str) for name in ("provider", "capability", "filename"))
+    number = value.get("errno")
+    return seconds and texts and (number is None or (type(number) is int and number in EXIT_CODES))
+
+
+def _DROPPED(value: Any) -> bool:
+    return isinstance(value, list) and all(stream in ("stdout", "stderr") for stream in value)
 
 
 def _OUTPUT(value: Any) -> bool:
@@ -147,7 +183,8 @@ _FIELDS: dict[str, tuple[dict[str, tuple[Callable[[Any], bool], str]], dict[str,
             "exit_code": (_INT, "a whole number"),
             "timed_out": (_BOOL, "true or false"),
             "oom_killed": (_BOOL, "true or false"),
-            "dropped": (_BOOL, "true or false"),
+            "dropped": (_DROPPED, "a list of streams (stdout, stderr)"),
+            "exit_unknown": (_BOOL, "true or false"),
         },
     ),
     "write_file": ({"sandbox": (_STR, "a string"), "path": (_STR, "a string"), "data": (_STR, "a digest string")}, {}),
@@ -162,7 +199,7 @@ def _check(op: str, args: Mapping[str, Any], result: Mapping[str, Any], where: s
             if name in values and not valid(values[name]):
                 raise ValueError(f"{where}: {part}.{name} must be {what}, not {values[name]!r}"[:400])
     if "error" in result:
-        _expect(_ERROR(result["error"]), f"{where}: result.error must be a mapping with a type and a message")
+        _expect(_ERROR(result["error"]), f"{where}: result.error must be a mapping with a type, a message and well-typed fields")
     elif op == "create":
         _expect("sandbox" in result, f"{where}: result.sandbox is missing")
     elif op == "exec":
@@ -179,6 +216,7 @@ def _migrate(raw: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> list[tupl
             setup = args.get("setup_commands") or []
             _expect(workdir is None or isinstance(workdir, str), "a format-1 create's working_dir must be a string")
             _expect(isinstance(setup, list) and all(isinstance(c, str) for c in setup), "a format-1 create's setup_commands must be a list of strings")
+            workdir = posixpath.normpath(workdir) if workdir else None  # as the engine sends it
             created = {k: v for k, v in args.items() if k not in ("working_dir", "setup_commands")}
             migrated.append(("create", created, result))
             sandbox = result.get("sandbox")
@@ -194,12 +232,21 @@ def _migrate(raw: list[tuple[Any, dict[str, Any], dict[str, Any]]]) -> list[tupl
             command = args.get("command")
             _expect(isinstance(command, str) or _STR_LIST(command), f"a format-1 {op}'s command must be a string or a list of strings")
             argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(part) for part in command or ()]
-            cwd = args.get("cwd") or workdirs.get(sandbox)
+            cwd = _within(workdirs.get(sandbox), args.get("cwd")) or workdirs.get(sandbox)
             exec_args = _exec_args(sandbox, argv, args.get("env") or {}, cwd, args)
             migrated.append(("exec", exec_args, _v1_result(op, result)))
+        elif op in ("write_file", "read_file") and isinstance(args.get("path"), str):
+            # the engine now resolves a relative path against the working directory before the driver sees it
+            migrated.append((op, {**args, "path": _within(workdirs.get(str(args.get("sandbox"))), args["path"])}, result))
         else:
             migrated.append((op, args, result))
     return migrated
+
+
+def _within(workdir: str | None, path: Any) -> Any:
+    if isinstance(path, str) and workdir and not path.startswith("/"):
+        return posixpath.join(workdir, path)
+    return path
 
 
 def _exec_args(sandbox: str, argv: list[str], env: dict[str, str], cwd: str | None, v1: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -214,13 +261,16 @@ def _v1_result(op: str, result: Mapping[str, Any]) -> dict[str, Any]:
     if op == "execute":
         if "error" in result:
             return {"output": [], "error": result["error"]}
-        output = [{"stream": name, "text": result[name]} for name in ("stdout", "stderr") if isinstance(result.get(name), str) and result[name]]
+        texts = {name: result[name] for name in ("stdout", "stderr") if isinstance(result.get(name), str) and result[name]}
+        # A truncated stream was stored with the marker between head and tail: stored without it, the engine puts it back.
+        dropped = sorted(name for name, text in texts.items() if result.get("truncated") is True and TRUNCATION_MARKER in text)
+        output = [{"stream": name, "text": text.replace(TRUNCATION_MARKER, "", 1) if name in dropped else text} for name, text in texts.items()]
         migrated: dict[str, Any] = {"output": output, "exit_code": result.get("exit_code", 0)}
         for key in ("timed_out", "oom_killed"):
             if key in result:
                 migrated[key] = result[key]
-        if "truncated" in result:
-            migrated["dropped"] = result["truncated"]
+        if dropped:
+            migrated["dropped"] = dropped
         return migrated
     chunks = result.get("chunks") or []
     _expect(

@@ -131,3 +131,10 @@ def commands(value: Any, what: str) -> list[str]:
             raise TypeError(f"{what}[{index}] must be a string, not {type(item).__name__} ({item!r})")
         checked.append(_no_nul(item, f"{what}[{index}]"))
     return checked
+
+
+def sandbox_id(value: Any) -> str:
+    """A sandbox's id: a non-empty string without NUL."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"sandbox_id must be a sandbox's id (a non-empty string), not {value!r}")
+    return _no_nul(value, "sandbox_id")

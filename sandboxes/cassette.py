@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import collections
 import difflib
 import fnmatch
 import functools
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import errors as _errors
-from .driver import RESERVED_LABEL_PREFIX, Driver, Event, Exit, Output
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output
 from .errors import CassetteError
 from .languages import RUN_ROOT
 from .models import DEFAULT_MAX_OUTPUT_BYTES, SandboxConfig, SandboxInfo
@@ -103,8 +104,17 @@ class Scrubber:
         return value
 
     def env(self, env: Mapping[str, str] | None) -> dict[str, str]:
-        """An env mapping as stored and matched: secret-named values hidden."""
+        """An env mapping as stored and matched: secret-named values hidden, and learnt, so output that prints them is scrubbed too."""
+        for key, value in (env or {}).items():
+            if looks_secret(key):
+                self.add(key, str(value))
         return {k: ("<scrubbed>" if looks_secret(k) else self.text(str(v))) for k, v in sorted((env or {}).items())}
+
+    def data(self, value: bytes) -> bytes:
+        """Bytes as stored (output, file contents): what is not text is stored as base64, so it is scrubbed before."""
+        for secret, name in self._secrets:
+            value = value.replace(secret.encode(), f"<scrubbed:{name}>".encode())
+        return value
 
     def deep(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -315,9 +325,10 @@ class Cassette:
         from ._cassette_format import read_document
 
         try:
-            interactions = read_document(self._original_text or "", _Loader)
+            provider, interactions = read_document(self._original_text or "", _Loader)
         except ValueError as error:
             raise CassetteError(f"cannot read cassette {self.path}: {error}. To record it again: {self.rerecord_hint}") from None
+        self.provider = self.provider or provider
         return interactions
 
     def interactions(self) -> list[Interaction]:
@@ -422,7 +433,12 @@ def recorded_error(record: Mapping[str, Any]) -> BaseException:
         return _errors.RateLimitError(message, provider=provider, retry_after=float(retry_after) if retry_after is not None else None)
     if issubclass(kind, _errors.ProviderError):
         return kind(message, provider=provider)
-    return kind(message)
+    try:
+        return kind(message)
+    except TypeError:  # a constructor that wants more (ToolchainMissing): the same type, with the message
+        error = kind.__new__(kind)
+        error.args = (message,)
+        return error
 
 
 # -- the middleware ------------------------------------------------------------------------
@@ -450,7 +466,7 @@ class CassetteDriver:
         return f"<CassetteDriver {self.name} mode={self.cassette.mode if self.cassette else 'live'}>"
 
     def __getattr__(self, name: str) -> Any:  # the driver's options and descriptions
-        if name.startswith("__") or name == "inner" or self.__dict__.get("inner") is None:
+        if name.startswith("__") or name == "inner" or name in WIRE_METHODS or self.__dict__.get("inner") is None:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -505,6 +521,7 @@ class CassetteDriver:
     def _replay(self, op: str, args: dict[str, Any]) -> Interaction | None:
         if self.cassette is None:
             return None
+        args.update(self.cassette.scrubber.deep(args))  # matched as stored: scrubbed, so neither a match nor a miss shows a secret
         interaction = self.cassette.play(op, args)
         if interaction is not None:
             self.stats.replayed += 1
@@ -518,7 +535,8 @@ class CassetteDriver:
     def _record(self, op: str, args: dict[str, Any], result: dict[str, Any]) -> None:
         self.stats.live += 1
         if self.cassette is not None and self.cassette.records:
-            self.cassette.append(Interaction(op, args, result))
+            scrub = self.cassette.scrubber.deep
+            self.cassette.append(Interaction(op, scrub(args), scrub(result)))
             self.stats.recorded += 1
 
     def _scrub_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -588,8 +606,8 @@ class CassetteDriver:
     async def destroy(self, sandbox_id: str) -> bool:
         args = {"sandbox": self._placeholder(sandbox_id)}
         if (played := self._replay("destroy", args)) is not None:
-            live = self._live_ids.get(sandbox_id)
-            if live and self.inner is not None:  # a replayed sandbox that went live later
+            live = sandbox_id if sandbox_id in self._placeholders else self._live_ids.get(sandbox_id)
+            if live and self.inner is not None:  # a live sandbox behind the placeholder (new_episodes): it goes too
                 await self.inner.destroy(live)
             return bool(played.result.get("existed", True))
         existed = await self._live().destroy(await self._live_id(sandbox_id))
@@ -631,32 +649,31 @@ class CassetteDriver:
             if "error" in played.result:
                 raise recorded_error(played.result["error"])
             r = played.result
-            if r.get("exit_unknown"):  # a format-1 stream recorded without its status
+            if r.get("exit_unknown"):  # the caller stopped reading before the end (or a format-1 stream without its status)
                 return
-            yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), bool(r.get("dropped")))
+            yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), tuple(r.get("dropped") or ()))
             return
-        recorder = _OutputRecorder(output_limit)
-        result: dict[str, Any] = {}
+        recorder = _OutputRecorder(output_limit, self.cassette.scrubber if self.cassette else None)
+        result: dict[str, Any] = {"exit_unknown": True}  # unless the command ends or fails: the caller stopped reading
         started = time.perf_counter()
         try:
-            async for event in self._live().exec(
-                await self._live_id(sandbox_id), argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, output_limit=output_limit
-            ):
+            live_id = await self._live_id(sandbox_id)
+            async for event in self._live().exec(live_id, argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout, output_limit=output_limit):
                 if isinstance(event, Output):
                     recorder.add(event)
                 else:
                     result = {"exit_code": event.exit_code}
                     result.update({k: True for k in ("timed_out", "oom_killed") if getattr(event, k)})
-                    if event.dropped or recorder.dropped:
-                        result["dropped"] = True
+                    dropped = sorted({*event.dropped, *recorder.dropped})
+                    if dropped:
+                        result["dropped"] = dropped
                 yield event
         except Exception as error:
             result = {"error": error_record(error)}
             raise
         finally:
             self.stats.execute_seconds.append(time.perf_counter() - started)
-            if result:  # an exec the caller abandoned half-way is not a result to replay
-                self._record("exec", args, {"output": recorder.stored(), **result})
+            self._record("exec", args, {"output": recorder.stored(), **result})
 
     # -- files ----------------------------------------------------------------------------------------------
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
@@ -679,43 +696,59 @@ class CassetteDriver:
         except Exception as error:
             self._record("read_file", args, {"error": error_record(error)})
             raise
-        self._record("read_file", args, {"data": _payload(data)})
+        self._record("read_file", args, {"data": _payload(self.cassette.scrubber.data(data) if self.cassette else data)})
         return data
 
 
 class _OutputRecorder:
-    """A command's output as a cassette keeps it: in order, then each stream's tail, within the cap.
+    """A command's output as a cassette keeps it: in the order it came, each stream's head and tail within the cap.
 
-    What is stored is what the engine's ``OutputBuffer`` of the same cap would
-    keep, so a replay gives the same text; ``dropped`` says the middle went.
+    What is kept of each stream is what the engine's ``OutputBuffer`` of the
+    same cap keeps, so a replay gives the same text; ``dropped`` names the
+    streams whose middle went.
     """
 
-    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
+    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_BYTES, scrubber: Scrubber | None = None) -> None:
         self._head_room = {"stdout": limit // 2, "stderr": limit // 2}
         self._tail_room = limit - limit // 2
-        self._chunks: builtins.list[tuple[str, bytes]] = []
-        self._tails = {"stdout": bytearray(), "stderr": bytearray()}
-        self.dropped = False
+        self._chunks: builtins.list[tuple[str, bytearray]] = []  # in order; tail chunks shrink from the front
+        self._tails: dict[str, collections.deque[bytearray]] = {"stdout": collections.deque(), "stderr": collections.deque()}
+        self._tail_size = {"stdout": 0, "stderr": 0}
+        self._scrubber = scrubber
+        self.dropped: set[str] = set()
 
     def add(self, event: Output) -> None:
-        room = self._head_room[event.stream]
+        stream = event.stream
+        room = self._head_room[stream]
         head, rest = event.data[:room], event.data[room:]
         if head:
-            self._head_room[event.stream] -= len(head)
-            if self._chunks and self._chunks[-1][0] == event.stream:
-                self._chunks[-1] = (event.stream, self._chunks[-1][1] + head)
-            else:
-                self._chunks.append((event.stream, head))
+            self._head_room[stream] -= len(head)
+            self._chunks.append((stream, bytearray(head)))
         if rest:
-            tail = self._tails[event.stream]
-            tail += rest
-            if len(tail) > self._tail_room:
-                del tail[: len(tail) - self._tail_room]
-                self.dropped = True
+            chunk = bytearray(rest)
+            self._chunks.append((stream, chunk))
+            self._tails[stream].append(chunk)
+            self._tail_size[stream] += len(chunk)
+            while self._tail_size[stream] > self._tail_room:
+                oldest = self._tails[stream][0]
+                cut = min(len(oldest), self._tail_size[stream] - self._tail_room)
+                del oldest[:cut]  # the same object as in _chunks: it shrinks there too
+                self._tail_size[stream] -= cut
+                self.dropped.add(stream)
+                if not oldest:
+                    self._tails[stream].popleft()
 
     def stored(self) -> builtins.list[dict[str, str]]:
-        chunks = [*self._chunks, *((stream, bytes(tail)) for stream, tail in self._tails.items() if tail)]
-        return [{"stream": stream, **_payload(data)} for stream, data in chunks]
+        merged: builtins.list[tuple[str, bytes]] = []
+        for stream, chunk in self._chunks:
+            if not chunk:
+                continue
+            if merged and merged[-1][0] == stream:
+                merged[-1] = (stream, merged[-1][1] + bytes(chunk))
+            else:
+                merged.append((stream, bytes(chunk)))
+        scrub = self._scrubber.data if self._scrubber else bytes
+        return [{"stream": stream, **_payload(scrub(data))} for stream, data in merged]
 
 
 def cassette_provider(
@@ -725,6 +758,8 @@ def cassette_provider(
     from .provider import SandboxProvider
     from .specs import spec
 
+    if cassette is not None and cassette.provider is None and live is not None:
+        cassette.provider = live.name  # written in the file, so that a replay knows it
     driver = CassetteDriver(live.driver if live is not None else None, cassette, name=name or (live.name if live else None), stats=stats)
     if live is not None:
         return live.with_driver(driver)

@@ -22,11 +22,17 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from .errors import ProviderError, RateLimitError
 from .models import SandboxConfig, SandboxInfo
 
 RESERVED_LABEL_PREFIX = "sandboxes."
 """Labels under this prefix are the library's own bookkeeping (settings, creation tokens, driver metadata):
 stored with the sandbox, never shown in ``labels`` nor matched by ``find``, refused from callers."""
+
+
+WIRE_METHODS = frozenset({"create", "get", "list", "destroy", "exec", "read_file", "write_file", "download_tree", "health_check", "aclose"})
+"""The protocol's methods: a middleware implements them itself and never forwards them by ``__getattr__``
+(which forwards a driver's options), or a layer would be skipped without a sound."""
 
 
 @dataclass(frozen=True)
@@ -42,15 +48,15 @@ class Exit:
     """How a command ended: the last event of ``Driver.exec``.
 
     ``timed_out`` says the driver killed it at its timeout (the engine reports
-    exit code 124 then, whatever the driver saw). ``dropped`` says a layer kept
-    only the head and tail of the output (a cassette past its cap).
+    exit code 124 then, whatever the driver saw). ``dropped`` names the streams
+    of which a layer kept only the head and tail (a cassette past its cap).
     """
 
     exit_code: int
     timed_out: bool = False
     duration_ms: float | None = None
     oom_killed: bool = False
-    dropped: bool = False
+    dropped: tuple[str, ...] = ()
 
 
 Event = Output | Exit
@@ -88,7 +94,9 @@ class Driver(Protocol):
         """Run ``argv`` (no shell); yield ``Output`` as it comes, then one ``Exit``.
 
         At ``timeout`` seconds the command's whole process tree is killed and
-        ``Exit.timed_out`` is set. ``output_limit`` is how many bytes of each
+        ``Exit.timed_out`` is set. A ``RateLimitError`` means the provider refused
+        to start it (it may be sent again); once it has started, a driver raises
+        anything else (``after_start``), since it may have run. ``output_limit`` is how many bytes of each
         stream the caller keeps (head and tail): a driver may drop the middle
         beyond it and say so with ``Exit.dropped``. Closing the iterator early
         ends the command.
@@ -134,3 +142,12 @@ def map_errors(table: ErrorMap) -> Iterator[None]:
                     raise
                 raise mapped from None
         raise
+
+
+@contextlib.contextmanager
+def after_start() -> Iterator[None]:
+    """Around what follows a command's start: a rate limit then is no refusal (it may have run), so never resent."""
+    try:
+        yield
+    except RateLimitError as error:
+        raise ProviderError(f"{error} (after the command had started, so it is not sent again)", provider=error.provider) from None

@@ -113,19 +113,17 @@ class Manager:
         """Explicit name, $SANDBOXES_PROVIDER, the configured default, a registered provider,
         a cloud with credentials (in the spec table's order), else local."""
         if name:
-            specs.spec(name)
-            return name
+            return self._known(name)
         from_environment = os.environ.get(DEFAULT_PROVIDER_VARIABLE)
         if from_environment:
-            if from_environment not in specs.specs():
+            if from_environment not in specs.specs() and from_environment not in self.providers:
                 raise ValueError(
                     f"${DEFAULT_PROVIDER_VARIABLE}={from_environment!r} is not a provider: it names the one default provider, "
                     f"one of {', '.join(specs.names())} (the pytest plugin's list of providers is $SANDBOXES_TEST_PROVIDERS)"
                 )
             return from_environment
         if self.default_provider:
-            specs.spec(self.default_provider)
-            return self.default_provider
+            return self._known(self.default_provider)
         order = specs.names()
         if self.registered:  # given to this Manager: they win over credentials found around
             return sorted(self.registered, key=lambda n: order.index(n) if n in order else len(order))[0]
@@ -155,8 +153,18 @@ class Manager:
         first = self.resolve(provider)
         if fallback is True:
             return [first] + [n for n in self.credentialed() if n != first]
-        named = [specs.spec(n).name for n in (fallback or ())]
+        if isinstance(fallback, str):
+            fallback = [fallback]
+        named = [self._known(n) for n in (fallback or ())]
         return [first, *[n for n in dict.fromkeys(named) if n != first]]
+
+    def _known(self, name: str) -> str:
+        """A provider's name, checked: in the spec table, or registered with this manager."""
+        if not isinstance(name, str):
+            raise TypeError(f"a provider is named by a string, not {type(name).__name__} ({name!r})")
+        if name not in self.providers:
+            specs.spec(name)  # a ValueError naming the known ones
+        return name
 
     async def create_sandbox(
         self,

@@ -23,10 +23,12 @@ The low-level names are those of the reference library (``create_sandbox``,
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import io
 import json
+import math
 import os
 import posixpath
 import secrets
@@ -43,7 +45,7 @@ import anyio
 
 from . import _validate as check
 from ._extract import extract_tar, process_umask
-from .driver import RESERVED_LABEL_PREFIX, Driver, Event, Exit, Output, TreeDownload
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output, TreeDownload
 from .errors import SandboxNotFoundError, SetupFailed, UnsupportedOperation
 from .models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
@@ -66,7 +68,10 @@ SPILL_BYTES = 60_000
 per-argument limit and Modal's 64 KiB argument list, so one threshold serves every provider."""
 SETTINGS_LABEL = RESERVED_LABEL_PREFIX + "settings"
 DEFAULT_MAX_FILE_BYTES = 1 << 30
-_SPILL_RUNNER = 'trap \'rm -f -- "$0"\' EXIT; . "$0"'
+_SPILL_RUNNER = 'script=$(cat -- "$1") && rm -f -- "$1" && shift && eval "$script"'
+"""Reads the spilled script, removes the file before anything runs (so nothing is left, whatever the
+script does), and evaluates it as ``sh -c`` would; ``$0`` stays ``/bin/sh``."""
+MAX_OUTPUT_CAP = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -93,15 +98,31 @@ class Settings:
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> Settings:
+        """The settings a label holds; each value that is not what the engine writes is left at its default."""
         try:
-            stored = json.loads(labels[SETTINGS_LABEL]) if SETTINGS_LABEL in labels else {}
-            return cls(
-                str(stored["cwd"]) if stored.get("cwd") else None,
-                int(stored.get("max_output", DEFAULT_MAX_OUTPUT_BYTES)),
-                float(stored["timeout"]) if stored.get("timeout") else None,
-            )
-        except (ValueError, TypeError, AttributeError):
-            return cls()  # written by something else: the defaults
+            stored = json.loads(labels.get(SETTINGS_LABEL) or "{}")
+        except ValueError:
+            stored = {}
+        if not isinstance(stored, dict):
+            stored = {}
+        cwd, cap, timeout = stored.get("cwd"), stored.get("max_output"), stored.get("timeout")
+        return cls(
+            cwd if isinstance(cwd, str) and cwd.startswith("/") and "\0" not in cwd else None,
+            cap if type(cap) is int and 2 <= cap <= MAX_OUTPUT_CAP else DEFAULT_MAX_OUTPUT_BYTES,
+            float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) and math.isfinite(timeout) and timeout > 0 else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A command as checked at the boundary."""
+
+    sandbox_id: str
+    command: Command
+    env: dict[str, str]
+    cwd: str | None
+    timeout: float | None
+    stdin: bytes | str | None
 
 
 def public(info: SandboxInfo) -> SandboxInfo:
@@ -149,8 +170,8 @@ class SandboxProvider:
         return f"<{type(self).__name__} {self.driver!r}>"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("driver", "_settings"):
-            raise AttributeError(name)
+        if name.startswith("__") or name in ("driver", "_settings") or name in WIRE_METHODS:
+            raise AttributeError(name)  # the wire stays below the engine: callers go through its policy
         return getattr(self.driver, name)
 
     @property
@@ -171,9 +192,9 @@ class SandboxProvider:
         self.driver.max_file_bytes = value  # type: ignore[attr-defined]  # an option of the driver's, which may not declare it
 
     def with_driver(self, driver: Driver) -> SandboxProvider:
-        """The same provider over another driver stack (a middleware added), sharing the settings it knows."""
-        clone = SandboxProvider(driver, spec=self.spec)
-        clone._settings = self._settings
+        """The same provider (its class, its overrides) over another driver stack, sharing the settings it knows."""
+        clone = copy.copy(self)
+        clone.driver = driver
         return clone
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -190,7 +211,7 @@ class SandboxProvider:
         self._settings[info.id] = settings
         try:
             if settings.working_dir:
-                made = await self.execute_command(info.id, ["mkdir", "-p", "--", settings.working_dir], cwd="/")
+                made = await self._run(info.id, ["mkdir", "-p", "--", settings.working_dir], cwd="/")
                 if not made.success:
                     raise ValueError(f"working_dir {settings.working_dir!r} cannot be made in the sandbox: {made.stderr.strip() or made.describe()}")
             for command in config.setup_commands:
@@ -212,9 +233,7 @@ class SandboxProvider:
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo | None:
         """The sandbox with that id, or None when there is none."""
-        if not isinstance(sandbox_id, str) or not sandbox_id:
-            raise TypeError(f"sandbox_id must be a sandbox's id (a non-empty string), not {sandbox_id!r}")
-        return self._known(await self.driver.get(sandbox_id))
+        return self._known(await self.driver.get(check.sandbox_id(sandbox_id)))
 
     async def list_sandboxes(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
         """Every live sandbox whose labels include ``labels``."""
@@ -229,6 +248,8 @@ class SandboxProvider:
 
     async def get_or_create_sandbox(self, config: SandboxConfig) -> SandboxInfo:
         """Reuse a sandbox with the config's labels, or create one."""
+        if not isinstance(config, SandboxConfig):
+            raise TypeError(f"config must be a SandboxConfig, not {type(config).__name__}")
         if config.labels:
             existing = await self.find_sandbox(config.labels)
             if existing is not None:
@@ -237,7 +258,7 @@ class SandboxProvider:
 
     async def destroy_sandbox(self, sandbox_id: str) -> bool:
         """Destroy it; True when it existed."""
-        existed = await self.driver.destroy(sandbox_id)
+        existed = await self.driver.destroy(check.sandbox_id(sandbox_id))
         self._settings.pop(sandbox_id, None)
         return existed
 
@@ -259,32 +280,42 @@ class SandboxProvider:
         return known
 
     # -- commands ----------------------------------------------------------------------------
-    async def _events(
-        self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any, settings: Settings | None = None
-    ) -> AsyncGenerator[Event, None]:
-        command = check.command(command)
-        environment = check.environment(env)
-        cwd = check.optional_path(cwd, "cwd")
-        limit = check.seconds(timeout, "timeout")
-        data = check.stdin(stdin)
-        if data is not None and not self.capabilities.stdin:
+    def _request(self, sandbox_id: Any, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any) -> _Request:
+        """A command's arguments, checked before anything is sent anywhere."""
+        request = _Request(
+            check.sandbox_id(sandbox_id),
+            check.command(command),
+            check.environment(env),
+            check.optional_path(cwd, "cwd"),
+            check.seconds(timeout, "timeout"),
+            check.stdin(stdin),
+        )
+        if request.stdin is not None and not self.capabilities.stdin:
             raise UnsupportedOperation(self.name, "stdin", "write the input to a file and redirect it: sh -c 'cmd < file'")
+        return request
+
+    async def _events(self, request: _Request, settings: Settings | None = None) -> AsyncGenerator[Event, None]:
+        sandbox_id, command, environment = request.sandbox_id, request.command, request.env
         settings = settings or await self._settings_of(sandbox_id)
-        if limit is None:
-            limit = settings.command_timeout or float(getattr(self.driver, "command_timeout", DEFAULT_COMMAND_TIMEOUT_SECONDS))
+        limit = request.timeout or settings.command_timeout or float(getattr(self.driver, "command_timeout", DEFAULT_COMMAND_TIMEOUT_SECONDS))
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        spilled = None
-        if sum(len(part.encode()) + 1 for part in argv) > SPILL_BYTES:
+        size = sum(len(part.encode()) + 1 for part in argv) + sum(len(k.encode()) + len(v.encode()) + 2 for k, v in environment.items())
+        if size > SPILL_BYTES:
+            # Too long for one request on some providers: the script goes in a file. A list runs
+            # through exec (no builtin, keyword or assignment is ever taken from it), the
+            # environment is exported first, and the file is gone before the command starts.
             spilled = f"/tmp/.sandboxes-cmd-{secrets.token_hex(8)}.sh"
-            script = command if isinstance(command, str) else shlex.join(argv)
+            exports = "".join(f"export {shlex.quote(f'{k}={v}')}\n" for k, v in environment.items())
+            script = exports + (command if isinstance(command, str) else "exec " + shlex.join(argv))
             await self.driver.write_file(sandbox_id, spilled, script.encode())
-            argv = ["/bin/sh", "-c", _SPILL_RUNNER, spilled]
+            argv, environment = ["/bin/sh", "-c", _SPILL_RUNNER, "/bin/sh", spilled], {}
+        stdin = request.stdin
         events = self.driver.exec(
             sandbox_id,
             argv,
             env=environment,
-            cwd=_within(settings.working_dir, cwd) or settings.working_dir,
-            stdin=data.encode() if isinstance(data, str) else data,
+            cwd=_within(settings.working_dir, request.cwd) or settings.working_dir,
+            stdin=stdin.encode() if isinstance(stdin, str) else stdin,
             timeout=limit,
             output_limit=settings.max_output_bytes,
         )
@@ -308,27 +339,34 @@ class SandboxProvider:
         stdin: bytes | str | None = None,
     ) -> ExecutionResult:
         """Run a command to its end; a non-zero exit is a result. A string runs under ``sh -c``."""
-        settings = await self._settings_of(sandbox_id)
+        return await self._execute(self._request(sandbox_id, command, env, cwd, timeout, stdin))
+
+    async def _run(self, sandbox_id: str, argv: list[str], cwd: str | None = None) -> ExecutionResult:
+        """One of the engine's own commands (mkdir, test, tar): not the caller's, so no subclass hook sees it."""
+        return await self._execute(_Request(sandbox_id, argv, {}, cwd, None, None))
+
+    async def _execute(self, request: _Request) -> ExecutionResult:
+        """``execute_command`` without the hooks a subclass may add: the engine's own commands (mkdir, tar) come here."""
+        settings = await self._settings_of(request.sandbox_id)
         out, err = OutputBuffer(settings.max_output_bytes), OutputBuffer(settings.max_output_bytes)
         started = time.monotonic()
         ended = Exit(-1)
-        async with contextlib.aclosing(self._events(sandbox_id, command, env, cwd, timeout, stdin, settings)) as events:
+        async with contextlib.aclosing(self._events(request, settings)) as events:
             async for event in events:
                 if isinstance(event, Output):
                     (out if event.stream == "stdout" else err).write(event.data)
                 else:
                     ended = event
-        if ended.dropped:
-            out.truncated = out.truncated or len(out.getvalue()) >= out.limit
-            err.truncated = err.truncated or len(err.getvalue()) >= err.limit
+        out.truncated = out.truncated or "stdout" in ended.dropped
+        err.truncated = err.truncated or "stderr" in ended.dropped
         return ExecutionResult(
             stdout=out.text(),
             stderr=err.text(),
             exit_code=TIMED_OUT_EXIT_CODE if ended.timed_out else ended.exit_code,
             duration_ms=ended.duration_ms if ended.duration_ms is not None else (time.monotonic() - started) * 1000,
             timed_out=ended.timed_out,
-            truncated=out.truncated or err.truncated or ended.dropped,
-            command=command,
+            truncated=out.truncated or err.truncated,
+            command=request.command,
             oom_killed=ended.oom_killed,
         )
 
@@ -343,14 +381,15 @@ class SandboxProvider:
         stdin: bytes | str | None = None,
     ) -> CommandStream:
         """Output chunks as the command produces them, then how it ended (``CommandStream``)."""
+        request = self._request(sandbox_id, command, env, cwd, timeout, stdin)
         if not self.capabilities.streaming:
             raise UnsupportedOperation(self.name, "streaming", "use execute() and read the result's output")
-        return CommandStream(self._stream(sandbox_id, command, env, cwd, timeout, stdin), command=command)
+        return CommandStream(self._stream(request), command=request.command)
 
-    async def _stream(self, sandbox_id: str, command: Any, env: Any, cwd: Any, timeout: Any, stdin: Any) -> AsyncIterator[StreamItem]:
+    async def _stream(self, request: _Request) -> AsyncIterator[StreamItem]:
         decoder = ChunkDecoder()
         started = time.monotonic()
-        async with contextlib.aclosing(self._events(sandbox_id, command, env, cwd, timeout, stdin)) as events:
+        async with contextlib.aclosing(self._events(request)) as events:
             async for event in events:
                 if isinstance(event, Output):
                     if chunk := decoder.decode(event.stream, event.data):
@@ -366,11 +405,13 @@ class SandboxProvider:
         """Write ``data`` (bytes, or text as UTF-8) to ``path``, creating parent directories."""
         contents = check.data(data)  # checked before anything is opened: a bad type never truncates the file
         where = check.path(path)
+        check.sandbox_id(sandbox_id)
         await self.driver.write_file(sandbox_id, _within((await self._settings_of(sandbox_id)).working_dir, where) or where, contents)
 
     async def read_file(self, sandbox_id: str, path: str | os.PathLike[str]) -> bytes:
         """A regular file's bytes, at most ``max_file_bytes`` (else ``OSError(EFBIG)``)."""
         where = check.path(path)
+        check.sandbox_id(sandbox_id)
         where = _within((await self._settings_of(sandbox_id)).working_dir, where) or where
         data = await self.driver.read_file(sandbox_id, where, self.max_file_bytes)
         if len(data) > self.max_file_bytes:
@@ -401,6 +442,8 @@ class SandboxProvider:
         """
         remote = check.path(remote_path, "remote_path")
         local = Path(check.path(local_path, "local_path"))
+        check.sandbox_id(sandbox_id)
+        remote = _within((await self._settings_of(sandbox_id)).working_dir, remote) or remote
         cap = self.max_file_bytes
         if self.capabilities.tree_download and isinstance(self.driver, TreeDownload):
             with tempfile.SpooledTemporaryFile(max_size=8 << 20) as archive:
@@ -412,20 +455,20 @@ class SandboxProvider:
                     archive.seek(0)
                     await anyio.to_thread.run_sync(lambda: extract_tar(archive, local, max_bytes=cap))
                     return
-        probe = await self.execute_command(sandbox_id, ["test", "-d", remote])
+        probe = await self._run(sandbox_id, ["test", "-d", remote])
         if probe.exit_code != 0:
             data = await self.read_file(sandbox_id, remote)
             local.parent.mkdir(parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(_write_new_file, local, data)
             return
         archive_path = f"/tmp/.sandboxes-download-{secrets.token_hex(16)}.tar"
-        packed = await self.execute_command(sandbox_id, ["tar", "-cf", archive_path, "-C", remote, "."])
+        packed = await self._run(sandbox_id, ["tar", "-cf", archive_path, "-C", remote, "."])
         if packed.exit_code != 0:
             raise PermissionError(f"cannot read directory {remote} in the sandbox: {packed.stderr.strip()}")
         try:
             data = await self.read_file(sandbox_id, archive_path)
         finally:
-            await self.execute_command(sandbox_id, ["rm", "-f", archive_path])
+            await self._run(sandbox_id, ["rm", "-f", archive_path])
         await anyio.to_thread.run_sync(functools.partial(extract_tar, io.BytesIO(data), local, max_bytes=cap))
 
 

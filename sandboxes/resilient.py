@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .driver import RESERVED_LABEL_PREFIX, Driver, Event, TreeDownload
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, TreeDownload
 from .errors import ProviderError, RateLimitError
 from .models import SandboxConfig, SandboxInfo
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
@@ -34,6 +34,12 @@ log = logging.getLogger("sandboxes.resilience")
 
 ATTEMPT_LABEL = RESERVED_LABEL_PREFIX + "attempt"  # a token per creation, to find what a lost answer left behind
 CLEANUP_SECONDS = 30.0  # the most a clean-up after a failed creation may take
+
+
+def _untagged(info: SandboxInfo) -> SandboxInfo:
+    """The info without this middleware's creation token (random: it would make every cassette differ)."""
+    info.labels.pop(ATTEMPT_LABEL, None)
+    return info
 
 
 def _rejected(error: BaseException) -> bool:
@@ -62,7 +68,7 @@ class ResilientDriver:
         return f"<ResilientDriver {self.inner!r} circuit={self.breaker.state}>"
 
     def __getattr__(self, name: str) -> Any:  # the driver's options and descriptions
-        if name.startswith("__") or name == "inner":
+        if name.startswith("__") or name == "inner" or name in WIRE_METHODS:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -110,7 +116,7 @@ class ResilientDriver:
             raise
         if lost or self.sdk_resends_creation:
             await self._clean_up(token, keep=info.id)
-        return info
+        return _untagged(info)
 
     async def _clean_up(self, token: str, keep: str | None) -> None:
         """Destroy the sandboxes a creation's failed attempts may have made (best effort, bounded)."""
@@ -129,10 +135,11 @@ class ResilientDriver:
                         log.warning("%s: could not destroy sandbox %s: %s", self.name, info.id, error)
 
     async def get(self, sandbox_id: str) -> SandboxInfo | None:
-        return await self._retried(f"get sandbox {sandbox_id}", lambda: self.inner.get(sandbox_id))
+        info = await self._retried(f"get sandbox {sandbox_id}", lambda: self.inner.get(sandbox_id))
+        return _untagged(info) if info is not None else None
 
     async def list(self, labels: Mapping[str, str]) -> list[SandboxInfo]:
-        return await self._retried("list sandboxes", lambda: self.inner.list(labels))
+        return [_untagged(info) for info in await self._retried("list sandboxes", lambda: self.inner.list(labels))]
 
     async def destroy(self, sandbox_id: str) -> bool:
         """Retried, but never refused by an open circuit: a refused destroy would leak the sandbox."""

@@ -44,7 +44,10 @@ Examples:
 def providers(as_json: bool) -> None:
     """Show which providers are available here, why not, and the local isolation."""
     rows = [(name, *provider_status(name)) for name in specs.names()]
-    default = Manager().resolve(None)
+    try:
+        default = Manager().resolve(None)
+    except ValueError as error:
+        fail(str(error), 2)
     if as_json:
         click.echo(json.dumps({"default": default, "providers": [{"name": n, "available": a, "detail": d} for n, a, d in rows]}, indent=2))
         return

@@ -51,7 +51,7 @@ from e2b.exceptions import (
 from e2b.sandbox.commands.command_handle import CommandExitException
 from packaging.version import Version
 
-from ..driver import ErrorMap, Event, Exit, Output, map_errors
+from ..driver import ErrorMap, Event, Exit, Output, after_start, map_errors
 from ..errors import (
     AuthenticationError,
     ProviderError,
@@ -343,7 +343,7 @@ class E2BDriver:
             try:
                 async for output in receive:
                     yield output
-                with map_errors(self._envd_errors(sandbox_id)):
+                with after_start(), map_errors(self._envd_errors(sandbox_id)):
                     exit_code, timed_out = await finisher
                 yield Exit(exit_code, timed_out=timed_out, duration_ms=(time.monotonic() - started) * 1000)
             finally:
@@ -424,10 +424,11 @@ def _sink(send: Any, stream: Literal["stdout", "stderr"]) -> Callable[[str], Non
 
 
 def _script(argv: Sequence[str]) -> str:
-    """envd takes one shell string: ``["/bin/sh", "-c", s]`` is ``s``, anything else is quoted."""
+    """envd takes one shell string: ``["/bin/sh", "-c", s]`` is ``s``; any other argv is quoted and exec'd,
+    so that no word of it is taken as a shell builtin, keyword or assignment."""
     if len(argv) == 3 and argv[0] in ("/bin/sh", "sh") and argv[1] == "-c":
         return argv[2]
-    return shlex.join(argv)
+    return "exec " + shlex.join(argv)
 
 
 async def _wait(handle: Any) -> Any:

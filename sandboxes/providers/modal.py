@@ -30,7 +30,7 @@ import modal.exception as modal_errors
 from grpclib import GRPCError
 from grpclib.exceptions import StreamTerminatedError
 
-from ..driver import ErrorMap, Event, Exit, Output, map_errors
+from ..driver import ErrorMap, Event, Exit, Output, after_start, map_errors
 from ..errors import AuthenticationError, ProviderError, ProviderUnavailable, RateLimitError, SandboxError, SandboxNotFoundError
 from ..models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
 from ..secrets import Secret, scrub
@@ -348,11 +348,11 @@ class ModalDriver:
                 if item is None:
                     open_streams -= 1
                 elif isinstance(item, BaseException):
-                    with map_errors(errors):
+                    with after_start(), map_errors(errors):
                         raise item
                 else:
                     yield Output(name, item)
-            with map_errors(errors):
+            with after_start(), map_errors(errors):
                 code = await process.wait.aio()
             elapsed = time.monotonic() - started
             timed_out = _timed_out(code, elapsed, seconds)

@@ -93,3 +93,38 @@ async def test_errors_replay_from_a_cassette_as_they_were_raised(provider: Sandb
     again = await player.execute_command(replayed.id, "sleep 30", timeout=1)
     assert (again.exit_code, again.timed_out) == (slow.exit_code, slow.timed_out) == (124, True)
     await player.destroy_sandbox(replayed.id)
+
+
+async def test_a_spilled_command_means_what_it_would_unspilled(provider: SandboxProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandboxes.provider as engine
+
+    monkeypatch.setattr(engine, "SPILL_BYTES", 0)  # every command through a file, as a long one goes
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        for argv in (["cd", "/tmp"], ["exit", "3"], ["FOO=1", "env"], ["if"]):  # a word of a list is never shell syntax
+            assert (await provider.execute_command(info.id, argv)).exit_code == 127, argv
+        assert (await provider.execute_command(info.id, ["printf", "%s", "a\\cb"])).stdout == "a\\cb"
+        assert (await provider.execute_command(info.id, "exit 5")).exit_code == 5
+        assert (await provider.execute_command(info.id, "echo $0")).stdout.strip().endswith("sh")
+        assert (await provider.execute_command(info.id, "echo $VALUE", env={"VALUE": 'it\'s "quoted" $HOME'})).stdout == 'it\'s "quoted" $HOME\n'
+        if provider.capabilities.stdin:
+            assert (await provider.execute_command(info.id, "cat", stdin="fed\n")).stdout == "fed\n"
+        for script in ("exec true", "kill -TERM $$", "trap - EXIT; true"):
+            await provider.execute_command(info.id, script)
+        monkeypatch.setattr(engine, "SPILL_BYTES", 10**9)
+        left = await provider.execute_command(info.id, "ls -A /tmp | grep -c sandboxes-cmd || true")
+        assert left.stdout.strip() == "0", "a spilled script was left behind"
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
+async def test_a_relative_download_starts_at_the_working_dir(provider: SandboxProvider, tmp_path: Path) -> None:
+    info = await provider.create_sandbox(SandboxConfig(working_dir=_workdir()))
+    try:
+        await provider.write_file(info.id, "d/a.txt", b"in the working dir")
+        await provider.download_file(info.id, "d", tmp_path / "tree")
+        assert (tmp_path / "tree" / "a.txt").read_bytes() == b"in the working dir"
+        await provider.download_file(info.id, "d/a.txt", tmp_path / "one.txt")
+        assert (tmp_path / "one.txt").read_bytes() == b"in the working dir"
+    finally:
+        await provider.destroy_sandbox(info.id)

@@ -111,7 +111,7 @@ def test_marked(sandbox):
 
 def test_plain(sandbox, sandbox_factory):
     assert sandbox.execute("echo ${LANE:-none}").stdout == "none\\n"
-    assert sandbox_factory().execute("exit 3").exit_code == 3
+    assert sandbox_factory(working_dir="/tmp/hooked").execute("exit 3").exit_code == 3  # its mkdir is the engine's: not seen
 """
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketStream
 
 from ...driver import Event, Exit, Output
@@ -120,7 +121,16 @@ class LocalDriver:
 
     # -- lifecycle ---------------------------------------------------------------
     async def create(self, config: SandboxConfig) -> SandboxInfo:
-        return self._info(await anyio.to_thread.run_sync(self._start, config))
+        """Start one; cancelled meanwhile, the sandbox the thread made is destroyed, not left running."""
+        with anyio.CancelScope(shield=True):  # the thread cannot be stopped half-way: wait for it
+            state = await anyio.to_thread.run_sync(self._start, config)
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._destroy, state.id)
+            raise
+        return self._info(state)
 
     def _start(self, config: SandboxConfig) -> SandboxState:
         image = config.image
