@@ -261,7 +261,8 @@ async def test_a_format_1_relative_cwd_and_path_replay_against_the_working_dir(t
         "version: 1\nprovider: local\ninteractions:\n"
         "- op: create\n  args: {image: null, labels: {}, env: {}, lifetime: null, memory_mb: null, cpus: null, network: null,"
         " working_dir: /w/, setup_commands: []}\n  result: {sandbox: sandbox-1}\n"
-        "- op: write_file\n  args: {sandbox: sandbox-1, path: rel.txt, data: 'sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881', size: 1}\n  result: {}\n"
+        "- op: write_file\n  args: {sandbox: sandbox-1, path: rel.txt, size: 1,"
+        " data: 'sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881'}\n  result: {}\n"
         "- op: execute\n  args: {sandbox: sandbox-1, command: ls, env: {}, cwd: sub, timeout: null}\n"
         "  result: {exit_code: 0, stdout: \"x\\n\", stderr: '', timed_out: false, truncated: false}\n"
     )
