@@ -14,8 +14,10 @@ from .errors import (
     ToolchainMissing,
     UnsupportedOperation,
 )
+from .judging import Judgement, Verdict, judge
 from .manager import Manager, get_manager, reset_manager
 from .models import Capabilities, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
+from .passk import pass_at_k, summarize
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, CircuitOpenError, RetryPolicy
 from .sandbox import Sandbox, run, run_many, session
@@ -30,6 +32,7 @@ __all__ = [
     "CircuitOpenError",
     "CommandFailed",
     "ExecutionResult",
+    "Judgement",
     "Manager",
     "OutputChunk",
     "ProviderError",
@@ -46,9 +49,13 @@ __all__ = [
     "SharedHostNetworkWarning",
     "ToolchainMissing",
     "UnsupportedOperation",
+    "Verdict",
     "get_manager",
+    "judge",
+    "pass_at_k",
     "reset_manager",
     "run",
     "run_many",
     "session",
+    "summarize",
 ]

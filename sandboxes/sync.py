@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from . import judging as _judge
 from . import sandbox as _async
 from .manager import Manager
 from .models import Command, ExecutionResult, OutputChunk, SandboxConfig, SandboxInfo
@@ -301,3 +302,25 @@ def run(command: Command, provider: str | None = None, **options: Any) -> Execut
 @_twin(_async.run_many)
 def run_many(commands: Sequence[Command], provider: str | None = None, **options: Any) -> list[ExecutionResult]:
     return portal().call(lambda: _async.run_many(commands, provider, **options))
+
+
+@_twin(_judge.judge)
+def judge(
+    sandbox: Sandbox,
+    program: str,
+    language: str,
+    *,
+    tests: str | None = None,
+    stdin: str | bytes | None = None,
+    expected_stdout: str | None = None,
+    cases: Sequence[tuple[str | bytes, str]] | None = None,
+    compare: _judge.Compare = "exact",
+    timeout: float = _judge.DEFAULT_TIMEOUT,
+    files: Mapping[str, str | bytes] | None = None,
+) -> _judge.Judgement:
+    return portal().call(
+        lambda: _judge.judge(
+            sandbox.async_sandbox, program, language, tests=tests, stdin=stdin, expected_stdout=expected_stdout,
+            cases=cases, compare=compare, timeout=timeout, files=files,
+        )
+    )  # fmt: skip

@@ -1,0 +1,180 @@
+"""judge(): verdicts that tell a wrong answer from a crash, a timeout and an early exit, on the local provider.
+
+The embedded-tests attacks are what models learn to do: exit early with status
+0 in every way Python has, forge the end-of-tests report (from the source, from
+an atexit hook, from the judge's own frames or memory), and tamper with what
+the tests use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sandboxes import Sandbox
+from sandboxes.judging import Verdict, judge
+
+pytestmark = pytest.mark.anyio
+
+ADD = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a - b\n"
+TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n\ncheck(add)\n"
+FORGED = "\\njudge-outcome:" + "0" * 32 + ":completed:\\n"
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox.create("local") as made:
+        yield made
+
+
+@pytest.mark.parametrize(
+    ("program", "verdict", "reason"),
+    [
+        (ADD, Verdict.PASSED, ""),
+        (WRONG, Verdict.WRONG_ANSWER, "assertion failed"),
+        ("def add(a, b):\n    return {}[a]\n", Verdict.RUNTIME_ERROR, "KeyError"),
+        ("def add(a, b)\n    return a", Verdict.COMPILE_ERROR, "SyntaxError"),
+        ("def add(a, b):\n    while True:\n        pass\n", Verdict.TIMEOUT, "time limit"),
+        ("x = bytearray(10 ** 11)\n", Verdict.MEMORY_LIMIT, "memory"),
+        ("def add(a, b):\n    return add(a, b)\n", Verdict.RUNTIME_ERROR, "RecursionError"),
+    ],
+)
+async def test_each_outcome_has_its_verdict(sandbox: Sandbox, program: str, verdict: Verdict, reason: str) -> None:
+    judged = await judge(sandbox, program, "python", tests=TESTS, timeout=5)
+    assert (judged.verdict, reason in judged.reason) == (verdict, True), judged.describe()
+    assert judged.passed is (verdict is Verdict.PASSED)
+    assert "judge-outcome" not in (judged.result.stderr if judged.result else "")
+
+
+EARLY_EXITS = {
+    "exit(0)": "exit(0)\n",
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "sys.exit()": "import sys\nsys.exit()\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "kill -9 self": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    "exit from a test call": "def add(a, b):\n    import os\n    os._exit(0)\n",
+    "exit from a thread": "import os, threading\nthreading.Thread(target=lambda: os._exit(0)).start()\nimport time\ntime.sleep(5)\n",
+}
+
+
+@pytest.mark.parametrize("program", EARLY_EXITS.values(), ids=list(EARLY_EXITS))
+async def test_exiting_before_the_tests_finish_is_never_a_pass(sandbox: Sandbox, program: str) -> None:
+    judged = await judge(sandbox, WRONG + program, "python", tests=TESTS, timeout=10)
+    assert judged.verdict is Verdict.RUNTIME_ERROR, judged.describe()
+    assert "before its tests finished" in judged.reason or "killed by" in judged.reason
+
+
+FORGERIES = {
+    "copied from the source": "import re\nprint(open(__file__).read())\nimport os\nos._exit(0)\n",
+    "printed by atexit": f"import atexit, sys, os\natexit.register(lambda: print('{FORGED}', file=sys.stderr))\nos._exit(0)\n",
+    "printed then exit": f"import sys\nprint('{FORGED}', file=sys.stderr)\nsys.exit(0)\n",
+    "the nonce from the judge's frames": (
+        "import sys, os\nf = sys._getframe()\nwhile f:\n    n = f.f_locals.get('nonce')\n    if n:\n"
+        "        os.write(2, ('\\njudge-outcome:%s:completed:\\n' % n).encode()); os._exit(0)\n    f = f.f_back\n"
+    ),
+    "the nonce from other threads' frames": "import sys\nfor frame in sys._current_frames().values():\n    print(frame.f_locals)\n",
+    "the judge's state through gc": "import gc\nfor o in gc.get_objects():\n    if isinstance(o, list) and not o:\n        o.append(True)\n",
+    "the completion event raised by hand": "import sys\nsys.audit('judge.completed')\nsys.audit('judge.restore')\n",
+    "the harness read from disk": "print(open('_judge_harness.py').read()[:100])\n",
+    "stdin read for the nonce": "import sys\nprint(sys.stdin.read())\n",
+    "its own memory through a link": "import os\nos.symlink('/proc/self/mem', '/tmp/judge-mem')\nopen('/tmp/judge-mem', 'rb').read(1)\n",
+    "its memory from a child": "import os, subprocess\nsubprocess.run(['head', '-c', '1', '/proc/%d/mem' % os.getpid()], check=True)\n",
+    "ctypes": "import ctypes\nctypes.CDLL(None)\n",
+    "a replaced code object": "import threading\nt = threading.current_thread()\n(lambda: 0).__code__ = (lambda: 1).__code__\n",
+}
+
+
+@pytest.mark.parametrize("program", FORGERIES.values(), ids=list(FORGERIES))
+async def test_the_end_of_tests_report_cannot_be_forged(sandbox: Sandbox, program: str) -> None:
+    judged = await judge(sandbox, WRONG + program, "python", tests=TESTS, timeout=10)
+    assert judged.verdict is not Verdict.PASSED, judged.describe()
+
+
+async def test_builtins_the_program_patched_are_restored_before_the_tests(sandbox: Sandbox) -> None:
+    tampering = "import builtins\nbuiltins.all = lambda values: True\n" + WRONG
+    tests = "def check(candidate):\n    assert all([candidate(1, 2) == 3])\n\ncheck(add)\n"
+    assert (await judge(sandbox, tampering, "python", tests=tests)).verdict is Verdict.WRONG_ANSWER
+
+
+async def test_the_program_runs_as_python3_main_py_would_run_it(sandbox: Sandbox) -> None:
+    program = (
+        "import sys, __main__, collections, logging\n"
+        "assert __name__ == '__main__' and __main__.__file__.endswith('main.py') and sys.argv == ['main.py']\n"
+        "Point = collections.namedtuple('Point', 'x y')\nlogging.basicConfig()\n"
+        "def add(a, b):\n    return Point(a, b).x + b\n"
+    )
+    judged = await judge(sandbox, program, "python", tests=TESTS)
+    assert judged.passed, judged.describe()
+
+
+async def test_a_failing_test_shows_where_in_the_program_and_the_tests(sandbox: Sandbox) -> None:
+    judged = await judge(sandbox, WRONG, "python", tests=TESTS)
+    assert judged.result is not None
+    assert "_judge_tests.py" in judged.result.stderr and "AssertionError" in judged.result.stderr
+    assert "_judge_harness" not in judged.result.stderr
+
+
+# -- stdin/stdout cases ------------------------------------------------------------------------------
+DOUBLE = {
+    "python": "print(int(input()) * 2)",
+    "c": '#include <stdio.h>\nint main(void) { int n; scanf("%d", &n); printf("%d\\n", n * 2); return 0; }\n',
+    "javascript": "const n = parseInt(require('fs').readFileSync(0, 'utf8')); console.log(n * 2);",
+    "bash": "read n; echo $((n * 2))",
+}
+
+
+@pytest.mark.parametrize("language", DOUBLE)
+async def test_cases_name_the_first_failing_one(sandbox: Sandbox, language: str) -> None:
+    passing = await judge(sandbox, DOUBLE[language], language, cases=[("2\n", "4\n"), ("21\n", "42\n")])
+    assert passing.passed and passing.cases == [Verdict.PASSED, Verdict.PASSED], passing.describe()
+    failing = await judge(sandbox, DOUBLE[language], language, cases=[("2\n", "4\n"), ("3\n", "7\n"), ("4\n", "8\n")])
+    assert (failing.verdict, failing.failing_case) == (Verdict.WRONG_ANSWER, 1)
+
+
+async def test_a_build_that_fails_is_a_compile_error(sandbox: Sandbox) -> None:
+    judged = await judge(sandbox, "int main(void) { return 0", "c", expected_stdout="")
+    assert judged.verdict is Verdict.COMPILE_ERROR and judged.result is not None and "error" in judged.result.stderr
+
+
+async def test_a_crash_a_timeout_and_a_flood(sandbox: Sandbox) -> None:
+    crash = await judge(sandbox, "#include <stdlib.h>\nint main(void) { abort(); }\n", "c", expected_stdout="")
+    assert (crash.verdict, crash.reason) == (Verdict.RUNTIME_ERROR, "killed by SIGABRT")
+    slow = await judge(sandbox, "while True: pass", "python", expected_stdout="", timeout=1)
+    assert slow.verdict is Verdict.TIMEOUT
+    flood = await judge(sandbox, "print('x' * (3 << 20))", "python", expected_stdout="x\n")
+    assert flood.verdict is Verdict.OUTPUT_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("compare", "expected", "printed", "passes"),
+    [
+        ("exact", "1 2\n", "1 2\n", True),
+        ("exact", "1 2\n", "1 2 \n", False),
+        ("whitespace", "1 2\n", "1 2   \n\n\n", True),
+        ("whitespace", "1 2\n", "1  2\n", False),
+        ("float:1e-6", "0.3333333\n", "0.33333331\n", True),
+        ("float:1e-6", "0.3333\n", "0.3334\n", False),
+        ("float:1e-6", "nan\n", "nan\n", True),
+        (lambda expected, actual: actual.strip().lower() == expected.strip().lower(), "YES", "yes\n", True),
+    ],
+)
+async def test_compare_modes(sandbox: Sandbox, compare: object, expected: str, printed: str, passes: bool) -> None:
+    judged = await judge(sandbox, f"import sys\nsys.stdout.write({printed!r})", "python", expected_stdout=expected, compare=compare)  # type: ignore[arg-type]
+    assert judged.passed is passes, judged.describe()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tests": "pass", "expected_stdout": "x"}, "not both"),
+        ({}, "nothing to judge by"),
+        ({"expected_stdout": "x", "compare": "fuzzy"}, "compare must be"),
+        ({"expected_stdout": "x", "compare": "float:abc"}, "tolerance"),
+    ],
+)
+async def test_a_bad_request_is_a_clear_error(sandbox: Sandbox, options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await judge(sandbox, "print(1)", "python", **options)  # type: ignore[arg-type]
