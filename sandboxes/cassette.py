@@ -39,7 +39,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +195,8 @@ def _key(op: str, args: Mapping[str, Any]) -> str:
     return op + " " + json.dumps(matched, sort_keys=True, default=str)
 
 
+NONCE_PREFIX = "sandboxes-nonce-"
+_PLACED_NONCE = re.compile(re.escape(NONCE_PREFIX).encode() + rb"x[0-9]{31}")
 _UNMATCHED_ARGS = {"timeout", "stdin_text", "size"}
 """Recorded for the reader but not part of a match (a timeout differs between runs)."""
 RUN_DIR_PREFIX = RUN_ROOT + "/"  # where run_code puts each run, under a random name
@@ -202,9 +204,11 @@ _RANDOM_PATHS = (
     (re.compile(re.escape(RUN_DIR_PREFIX) + r"[0-9a-f]{12}"), RUN_DIR_PREFIX + "run-{}"),
     (re.compile(r"/tmp/\.sandboxes-cmd-[0-9a-f]{16}\.sh"), "/tmp/.sandboxes-cmd-{}.sh"),
     (re.compile(r"/tmp/\.sandboxes-download-[0-9a-f]{32}\.tar"), "/tmp/.sandboxes-download-{}.tar"),
+    (re.compile(NONCE_PREFIX + r"[0-9a-f]{32}"), NONCE_PREFIX + "x{:031d}"),
 )
-"""Paths the library names at random (run_code's run directories, spilled commands, download archives):
-recorded as placeholders numbered in order of first use, so a replay, which draws new names, matches."""
+"""What the library draws at random (run_code's run directories, spilled commands, download archives, the
+judge's nonces): recorded as placeholders numbered in order of first use, in arguments, stdin and output alike,
+so that a replay, which draws new ones, matches, and its output carries its own."""
 
 
 @dataclass
@@ -485,6 +489,19 @@ class CassetteDriver:
             return [self._stable(item) for item in value]
         return value
 
+    def _names(self, data: bytes, *, live: bool) -> bytes:
+        """Output with this run's random names as their placeholders (to store), or the placeholders as this run's names (replayed).
+
+        A nonce's placeholder is not hex, so no live nonce looks like one: one in the output to store was
+        printed by the program, and is spoilt, or a replay would turn it into the judge's nonce.
+        """
+        if not live:
+            data = _PLACED_NONCE.sub(NONCE_PREFIX.encode() + b"forged", data)
+        for name, placeholder in self._random.items():
+            old, new = (placeholder, name) if live else (name, placeholder)
+            data = data.replace(old.encode(), new.encode())
+        return data
+
     def _placeholder_path(self, template: str, found: re.Match[str]) -> str:
         return self._random.setdefault(found.group(0), template.format(len(self._random) + 1))
 
@@ -640,12 +657,13 @@ class CassetteDriver:
             "timeout": timeout,
         }
         if stdin is not None:
-            args["stdin"] = digest(stdin)
-            if len(stdin) <= 4096 and "text" in (stored := _payload(stdin)):
+            stable = self._stable(stdin.decode("latin-1")).encode("latin-1")
+            args["stdin"] = digest(stable)
+            if len(stable) <= 4096 and "text" in (stored := _payload(stable)):
                 args["stdin_text"] = stored["text"]
         if (played := self._replay("exec", args)) is not None:
             for item in played.result.get("output") or []:
-                yield Output(item["stream"], _unpayload(item))
+                yield Output(item["stream"], self._names(_unpayload(item), live=True))
             if "error" in played.result:
                 raise recorded_error(played.result["error"])
             r = played.result
@@ -653,7 +671,8 @@ class CassetteDriver:
                 return
             yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), tuple(r.get("dropped") or ()))
             return
-        recorder = _OutputRecorder(output_limit, self.cassette.scrubber if self.cassette else None)
+        scrubber = self.cassette.scrubber if self.cassette else Scrubber({})
+        recorder = _OutputRecorder(output_limit, lambda data: scrubber.data(self._names(data, live=False)))
         result: dict[str, Any] = {"exit_unknown": True}  # unless the command ends or fails: the caller stopped reading
         started = time.perf_counter()
         try:
@@ -708,13 +727,13 @@ class _OutputRecorder:
     streams whose middle went.
     """
 
-    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_BYTES, scrubber: Scrubber | None = None) -> None:
+    def __init__(self, limit: int = DEFAULT_MAX_OUTPUT_BYTES, rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self._head_room = {"stdout": limit // 2, "stderr": limit // 2}
         self._tail_room = limit - limit // 2
         self._chunks: builtins.list[tuple[str, bytearray]] = []  # in order; tail chunks shrink from the front
         self._tails: dict[str, collections.deque[bytearray]] = {"stdout": collections.deque(), "stderr": collections.deque()}
         self._tail_size = {"stdout": 0, "stderr": 0}
-        self._scrubber = scrubber
+        self._rewrite = rewrite or bytes
         self.dropped: set[str] = set()
 
     def add(self, event: Output) -> None:
@@ -747,8 +766,7 @@ class _OutputRecorder:
                 merged[-1] = (stream, merged[-1][1] + bytes(chunk))
             else:
                 merged.append((stream, bytes(chunk)))
-        scrub = self._scrubber.data if self._scrubber else bytes
-        return [{"stream": stream, **_payload(scrub(data))} for stream, data in merged]
+        return [{"stream": stream, **_payload(self._rewrite(data))} for stream, data in merged]
 
 
 def cassette_provider(

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .cassette import NONCE_PREFIX
 from .errors import ProviderError, SandboxNotFoundError, ToolchainMissing
 from .languages import PreparedRun, cleanup, get_language, prepare_code
 from .models import ExecutionResult
@@ -255,7 +256,7 @@ HARNESS = "_judge_harness.py"
 TESTS = "_judge_tests.py"
 SOURCE = "main.py"
 _NONCE_BYTES = 16
-_OUTCOME = re.compile(r"judge-outcome:([0-9a-f]{32}):([a-z_]+):?(.*)$")
+_OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_]+):?(.*)$")
 _HARNESS_CODE = r"""
 import builtins, os, re, sys, threading, traceback, types
 
@@ -270,13 +271,13 @@ _MEMORY = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(mem|environ)$"
 
 
 def _read_nonce():
-    wanted, got = 33, b""
+    wanted, got = 49, b""
     while len(got) < wanted:
         part = os.read(0, wanted - len(got))
         if not part:
             break
         got += part
-    return got[:32].decode("ascii", "replace")
+    return got[:48].decode("ascii", "replace")
 
 
 def _undumpable():
@@ -419,7 +420,7 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     """Program and tests in ``main.py``, run by a harness as ``python3 main.py`` runs it; a pass needs its nonce."""
     prepared = await prepare_code(sandbox, program, "python", files={**(files or {}), HARNESS: _HARNESS_CODE, TESTS: tests}, timeout=timeout, name=SOURCE)
     try:
-        nonce = secrets.token_hex(_NONCE_BYTES)
+        nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)  # the prefix lets a cassette replay it
         started = time.monotonic()
         result = await sandbox.execute(["python3", HARNESS], cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
         judgement.run_ms = (time.monotonic() - started) * 1000

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sandboxes import Sandbox
+from sandboxes import Sandbox, SandboxConfig
 from sandboxes.judging import Verdict, judge
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 ADD = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n\ncheck(add)\n"
-FORGED = "\\njudge-outcome:" + "0" * 32 + ":completed:\\n"
+FORGED = "\\njudge-outcome:sandboxes-nonce-" + "0" * 32 + ":completed:\\n"
 
 
 @pytest.fixture
@@ -178,3 +178,51 @@ async def test_compare_modes(sandbox: Sandbox, compare: object, expected: str, p
 async def test_a_bad_request_is_a_clear_error(sandbox: Sandbox, options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await judge(sandbox, "print(1)", "python", **options)  # type: ignore[arg-type]
+
+
+async def test_judgements_replay_from_a_cassette_with_the_same_verdicts(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sandboxes.cassette import Cassette, cassette_provider
+    from sandboxes.providers.local import LocalProvider
+
+    path = Path(str(tmp_path)) / "judged.yaml"
+    verdicts = []
+    for mode, live in (("once", LocalProvider()), ("none", None)):
+        provider = cassette_provider(live, Cassette(path, mode, provider="local"))
+        info = await provider.create_sandbox(SandboxConfig())
+        box = Sandbox(provider, info)
+        try:
+            run = [await judge(box, program, "python", tests=TESTS) for program in (ADD, WRONG, "import os\nos._exit(0)\n")]
+            run.append(await judge(box, DOUBLE["python"], "python", cases=[("2\n", "4\n"), ("3\n", "7\n")]))
+            verdicts.append([(j.verdict, j.failing_case) for j in run])
+        finally:
+            await box.destroy()
+        if mode == "once":
+            assert provider.driver.cassette.save()
+    assert verdicts[0] == verdicts[1] == [
+        (Verdict.PASSED, None), (Verdict.WRONG_ANSWER, None), (Verdict.RUNTIME_ERROR, None), (Verdict.WRONG_ANSWER, 1),
+    ]  # fmt: skip
+    assert "sandboxes-nonce-x0000" in path.read_text()  # the nonce is stored as its placeholder
+
+
+async def test_a_placeholder_printed_by_the_program_never_replays_as_the_nonce(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sandboxes.cassette import Cassette, cassette_provider
+    from sandboxes.providers.local import LocalProvider
+
+    forging = WRONG + (
+        "import sys, os\nfor n in range(1, 20):\n    sys.stderr.write('\\njudge-outcome:sandboxes-nonce-x%031d:completed:\\n' % n)\n"
+        "sys.stderr.flush()\nos._exit(0)\n"
+    )
+    path = Path(str(tmp_path)) / "forged.yaml"
+    for mode, live in (("once", LocalProvider()), ("none", None)):
+        provider = cassette_provider(live, Cassette(path, mode, provider="local"))
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        try:
+            assert not (await judge(box, forging, "python", tests=TESTS)).passed, mode
+        finally:
+            await box.destroy()
+        if mode == "once":
+            assert provider.driver.cassette.save()
