@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import sandboxes.sync as sync
 from sandboxes.cassette import Cassette, CassetteDriver
+from sandboxes.judging import Judgement, judge
 from sandboxes.models import SandboxConfig
 from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox, make_config
@@ -118,6 +120,22 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
             request.node.add_report_section("teardown", "sandbox", f"kept sandbox {info.id} on {sandbox_provider.name} (--sandbox-keep)")
         else:
             portal.call(handle.destroy)
+
+
+@pytest.fixture
+def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any) -> Callable[..., Any]:
+    """``sandbox_judge(program, language, tests=... | expected_stdout=... | cases=...)``: a ``Judgement``, judged in this test's sandbox.
+
+    Blocking in a sync test, a coroutine in an async one. ``assert judgement.passed``
+    shows the verdict, the first failing case and the tails of the output.
+    """
+    if _is_async_test(request):
+
+        async def judge_async(program: str, language: str, **options: Any) -> Judgement:
+            return await judge(sandbox, program, language, **options)
+
+        return judge_async
+    return functools.partial(sync.judge, sandbox)
 
 
 class SandboxFactory:

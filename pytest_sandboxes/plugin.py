@@ -22,6 +22,7 @@ from .fixtures import (
     sandbox_cassette,
     sandbox_config,
     sandbox_factory,
+    sandbox_judge,
     sandbox_provider,
     sandbox_provider_name,
     sandbox_session_factory,
@@ -33,9 +34,18 @@ from .recording import RECORDING
 from .session import STATE, SessionState, new_run_id
 from .xdist import WORKER_INPUT, WORKER_OUTPUT, XdistHooks, is_worker
 
-__all__ = ["sandbox", "sandbox_cassette", "sandbox_config", "sandbox_factory", "sandbox_provider", "sandbox_provider_name", "sandbox_session_factory"]
+__all__ = [
+    "sandbox",
+    "sandbox_cassette",
+    "sandbox_config",
+    "sandbox_factory",
+    "sandbox_judge",
+    "sandbox_provider",
+    "sandbox_provider_name",
+    "sandbox_session_factory",
+]
 
-SANDBOX_FIXTURES = {"sandbox", "sandbox_provider", "sandbox_cassette", "sandbox_factory", "sandbox_session_factory", PROVIDER_PARAM}
+SANDBOX_FIXTURES = {"sandbox", "sandbox_provider", "sandbox_cassette", "sandbox_factory", "sandbox_judge", "sandbox_session_factory", PROVIDER_PARAM}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

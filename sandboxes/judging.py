@@ -62,7 +62,7 @@ class Verdict(enum.StrEnum):
         return self is not Verdict.INFRA_ERROR
 
 
-@dataclass
+@dataclass(repr=False)
 class Judgement:
     """A verdict and how it was reached."""
 
@@ -80,6 +80,9 @@ class Judgement:
     @property
     def passed(self) -> bool:
         return self.verdict is Verdict.PASSED
+
+    def __repr__(self) -> str:  # what pytest shows under a failed ``assert judgement.passed``
+        return f"<Judgement {self.describe()}>"
 
     def describe(self) -> str:
         """A readable account for a failed assertion: the verdict, the failing case, the output's tails."""

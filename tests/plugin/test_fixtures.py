@@ -159,3 +159,38 @@ def test_warm_pool_hands_out_fresh_sandboxes_and_leaves_none(pytester: pytest.Py
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["local*4*"])
     assert live_sandboxes() == []
+
+
+JUDGED = """
+import pytest
+
+ADD = "def add(a, b):\\n    return a + b\\n"
+TESTS = "def check(candidate):\\n    assert candidate(1, 2) == 3\\n\\ncheck(add)\\n"
+
+def test_passes(sandbox_judge):
+    assert sandbox_judge(ADD, "python", tests=TESTS).passed
+
+def test_wrong(sandbox_judge):
+    judgement = sandbox_judge(ADD.replace("+", "-"), "python", tests=TESTS)
+    assert judgement.passed
+
+def test_cases(sandbox_judge):
+    judgement = sandbox_judge("print(int(input()) + 1)", "python", cases=[("1\\n", "2\\n"), ("2\\n", "4\\n")])
+    assert judgement.passed
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+@pytest.mark.anyio
+async def test_async(sandbox_judge):
+    assert (await sandbox_judge(ADD, "python", tests=TESTS)).passed
+"""
+
+
+def test_sandbox_judge_judges_in_the_tests_sandbox_and_explains_a_failure(pytester: pytest.Pytester, live_sandboxes) -> None:
+    pytester.makepyfile(test_judged=JUDGED)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*verdict: wrong_answer (a test's assertion failed)*", "*verdict: wrong_answer (the output differs*first failing case: #1*"])
+    assert live_sandboxes() == []
