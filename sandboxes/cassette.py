@@ -50,7 +50,7 @@ from . import errors as _errors
 from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output
 from .errors import CassetteError
 from .languages import RUN_ROOT
-from .models import DEFAULT_MAX_OUTPUT_BYTES, SandboxConfig, SandboxInfo
+from .models import DEFAULT_MAX_OUTPUT_BYTES, NONCE_PREFIX, SandboxConfig, SandboxInfo
 from .resilience import CircuitOpenError
 from .specs import secret_variables
 
@@ -195,7 +195,6 @@ def _key(op: str, args: Mapping[str, Any]) -> str:
     return op + " " + json.dumps(matched, sort_keys=True, default=str)
 
 
-NONCE_PREFIX = "sandboxes-nonce-"
 _PLACED_NONCE = re.compile(re.escape(NONCE_PREFIX).encode() + rb"x[0-9]{31}")
 _UNMATCHED_ARGS = {"timeout", "stdin_text", "size"}
 """Recorded for the reader but not part of a match (a timeout differs between runs)."""

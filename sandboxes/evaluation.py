@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .errors import ProviderError, SandboxNotFoundError
 from .judging import Judgement, Verdict, judge
 from .passk import Summary, summarize
 from .sandbox import Sandbox
 
+log = logging.getLogger("sandboxes")
 FORMATS = ("humaneval", "stdio")
 INFRA_RETRIES = 2
 """Tries on a fresh sandbox after an ``infra_error``, before it counts."""
@@ -185,16 +188,27 @@ async def judge_sample(
     provider: str | None = None,
     timeout: float = 10.0,
     retries: int = INFRA_RETRIES,
+    background: TaskGroup | None = None,
 ) -> Judgement:
-    """One program, in a fresh sandbox; an infrastructure failure is tried again on a fresh one."""
+    """One program, in a fresh sandbox; an infrastructure failure is tried again on a fresh one.
+
+    With ``background``, the used sandbox is destroyed there, while the next sample starts.
+    """
     judgement: Judgement | None = None
     for _ in range(retries + 1):
         try:
-            async with Sandbox.create(provider) as sandbox:
+            sandbox = await Sandbox.create(provider)
+            try:
                 if problem.tests is not None:
                     judgement = await judge(sandbox, problem.program(program), problem.language, tests=problem.tests, timeout=timeout)
                 else:
                     judgement = await judge(sandbox, program, problem.language, cases=problem.cases, compare=problem.compare, timeout=timeout)
+            finally:
+                if background is not None:
+                    background.start_soon(_destroy, sandbox)
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await sandbox.destroy()
         except (ProviderError, SandboxNotFoundError) as error:  # creating or destroying the sandbox failed: the provider's
             judgement = Judgement(Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}", language=problem.language, provider=provider or "")
         if judgement.verdict is not Verdict.INFRA_ERROR:
@@ -204,6 +218,15 @@ async def judge_sample(
         # Lost on every fresh sandbox: the program's doing (it killed its sandbox), so it counts.
         judgement.verdict, judgement.reason = Verdict.RUNTIME_ERROR, f"the sandbox was lost on each of {retries + 1} tries ({judgement.reason})"
     return judgement
+
+
+async def _destroy(sandbox: Sandbox) -> None:
+    """A used sandbox goes; a failure to destroy it is logged, not the sample's."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await sandbox.destroy()
+        except Exception as error:
+            log.warning("could not destroy sandbox %s after judging: %s", sandbox.id, error)
 
 
 def human_eval_result(judgement: Judgement) -> str:
@@ -264,7 +287,7 @@ async def run_eval(
         nonlocal next_to_write
         for index in order:
             sample = todo[index]
-            judgement = await judge_sample(problems[sample.task_id], sample.completion, provider=provider, timeout=timeout)
+            judgement = await judge_sample(problems[sample.task_id], sample.completion, provider=provider, timeout=timeout, background=reaper)
             async with lock:
                 finished[index] = judgement
                 if progress is not None:
@@ -275,7 +298,8 @@ async def run_eval(
                     done.append((todo[next_to_write], ready))
                     next_to_write += 1
 
-    await _together(worker, jobs)
+    async with anyio.create_task_group() as reaper:
+        await _together(worker, jobs)
     return done
 
 

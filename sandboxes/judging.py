@@ -32,10 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .cassette import NONCE_PREFIX
 from .errors import ProviderError, SandboxNotFoundError, ToolchainMissing
 from .languages import PreparedRun, cleanup, get_language, prepare_code
-from .models import ExecutionResult
+from .models import NONCE_PREFIX, ExecutionResult
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -261,7 +260,20 @@ SOURCE = "main.py"
 _NONCE_BYTES = 16
 _OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_]+):?(.*)$")
 _HARNESS_CODE = r"""
-import builtins, os, re, sys, threading, traceback, types
+import builtins, os, sys, threading, types  # few imports: each is paid for by every judged program
+
+# Started with -S: the site-packages are set up when the program first imports something the
+# standard library does not have (as python3 main.py has them), not paid for by every program.
+
+
+class _LazySite:
+    def find_spec(self, name, path=None, target=None):
+        if path is not None or self not in sys.meta_path:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util, site
+        site.main()
+        return importlib.util.find_spec(name)
 
 # The program runs in a thread of its own. The nonce lives only in the main
 # thread's frame and in an audit hook's closure, neither of which the program
@@ -270,7 +282,14 @@ import builtins, os, re, sys, threading, traceback, types
 # runner, in the program's thread, says so after both parts returned: the
 # hook checks the calling frames' code objects, which the program cannot forge.
 
-_MEMORY = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(mem|environ)$")
+
+
+def _memory(path):
+    # /proc/<self|thread-self|pid>[/task/<tid>]/<mem|environ>
+    parts = path.split("/")
+    if len(parts) == 6 and parts[3] == "task" and parts[4].isdigit():
+        parts = parts[:3] + parts[5:]
+    return len(parts) == 4 and parts[:2] == ["", "proc"] and (parts[2] in ("self", "thread-self") or parts[2].isdigit()) and parts[3] in ("mem", "environ")
 
 
 def _read_nonce():
@@ -323,6 +342,8 @@ def _main():
     try:
         program = compile(source, source_path, "exec")
     except (SyntaxError, ValueError) as error:
+        import traceback
+
         traceback.print_exception(type(error), error, None)
         _report(nonce, "compile", type(error).__name__)
         return 1
@@ -333,6 +354,12 @@ def _main():
     module = types.ModuleType("__main__")  # the program's module is __main__, as under python3 main.py
     module.__file__ = source_path
     sys.modules["__main__"] = module
+    sys.meta_path.append(_LazySite())
+    import site  # with -S, its module only: the builtins it adds (exit, quit, help...) without the .pth files
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
     outcome = []
     completed = []
     armed = [True]
@@ -378,7 +405,7 @@ def _main():
                 target = os.path.realpath(os.fsdecode(args[0]))  # through any link the program made
             finally:
                 inside.pop()
-            if _MEMORY.match(target):
+            if _memory(target):
                 raise PermissionError("the judge does not allow opening %s while the tests run" % os.fsdecode(args[0]))
 
     sys.addaudithook(hook)
@@ -396,6 +423,8 @@ def _main():
         _report(nonce, "exit", str(number))
         return number or 0
     if kind == "error":
+        import traceback
+
         tb = value.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename not in (source_path, tests_path):
             tb = tb.tb_next
@@ -425,7 +454,8 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     try:
         nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)  # the prefix lets a cassette replay it
         started = time.monotonic()
-        result = await sandbox.execute(["python3", HARNESS], cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
+        argv = ["python3", "-S", HARNESS]  # the harness sets up site-packages when the program first needs them
+        result = await sandbox.execute(argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
         judgement.run_ms = (time.monotonic() - started) * 1000
         kind, detail = _outcome(result, nonce)
         judgement.result = result

@@ -12,6 +12,8 @@ from .errors import CommandFailed
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_LIFETIME_SECONDS = 600.0
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 300.0
+NONCE_PREFIX = "sandboxes-nonce-"
+"""How the judge's nonces start, so that a cassette knows them (and stores a placeholder)."""
 
 Command = str | Sequence[str]
 """A string is run by ``sh -c``; a list of arguments is run directly, no shell."""
