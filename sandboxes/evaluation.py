@@ -36,6 +36,7 @@ from anyio.abc import TaskGroup
 
 from .errors import ProviderError, SandboxNotFoundError
 from .judging import Judgement, Verdict, judge
+from .languages import alike_sandboxes
 from .passk import Summary, summarize
 from .sandbox import Sandbox
 
@@ -298,8 +299,9 @@ async def run_eval(
                     done.append((todo[next_to_write], ready))
                     next_to_write += 1
 
-    async with anyio.create_task_group() as reaper:
-        await _together(worker, jobs)
+    with alike_sandboxes():
+        async with anyio.create_task_group() as reaper:
+            await _together(worker, jobs)
     return done
 
 
@@ -316,7 +318,8 @@ async def check_canonical(problems: Mapping[str, Problem], *, provider: str | No
             if not judgement.passed:
                 failing.append(f"{problem.task_id} ({judgement.verdict.value}: {judgement.reason})")
 
-    await _together(worker, jobs)
+    with alike_sandboxes():
+        await _together(worker, jobs)
     return sorted(failing)
 
 

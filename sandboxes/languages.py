@@ -9,12 +9,14 @@ is an argument vector run without a shell. To add a language, add one
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import secrets
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -304,9 +306,8 @@ done
 # sandbox handle -> {tool: None when it works, else why not}; by handle, not id: ids
 # can repeat (cassette placeholders), and the cache goes with the handle.
 _tool_cache: weakref.WeakKeyDictionary[Sandbox, dict[str, str | None]] = weakref.WeakKeyDictionary()
-_usable_on: dict[tuple[str, str | None], set[str]] = {}
-"""Tools that worked in some sandbox of this provider and image: the same in a fresh one (only what works is
-trusted across sandboxes; a tool missing in one is asked again in the next, which may have it installed)."""
+_alike: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("sandboxes_alike", default=None)
+"""Tools that worked in a sandbox alike the ones in use (``alike_sandboxes``); None outside one."""
 
 
 async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
@@ -317,8 +318,9 @@ async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
 async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[str, str]]:
     """(tool, why) for each tool not found by ``command -v``, or found but failing its probe."""
     known = _tool_cache.setdefault(sandbox, {})
-    usable = _usable_on.get(_where(sandbox), set())
-    known.update({tool: None for tool in tools if tool in usable and tool not in known})
+    usable = _alike.get()
+    if usable is not None:
+        known.update({tool: None for tool in tools if tool in usable and tool not in known})
     unknown = [tool for tool in dict.fromkeys(tools) if tool not in known]
     if unknown:
         probes = [f"{tool}?{_PROBES[tool]}" if tool in _PROBES else tool for tool in unknown]
@@ -329,12 +331,20 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
             if tool in found:
                 found[tool] = f"is in the sandbox but does not run ({first_line.strip() or 'no output'})" if broken else "is not installed in the sandbox"
         known.update(found)
-        _usable_on.setdefault(_where(sandbox), set()).update(tool for tool, why in found.items() if why is None)
+        if usable is not None:
+            usable.update(tool for tool, why in found.items() if why is None)
     return [(tool, why) for tool in tools if (why := known[tool]) is not None]
 
 
-def _where(sandbox: Sandbox) -> tuple[str, str | None]:
-    return sandbox.provider, sandbox.info.image
+@contextlib.contextmanager
+def alike_sandboxes() -> Iterator[None]:
+    """Within it, the sandboxes used are made alike (one provider, one config, as ``sandboxes eval`` makes them),
+    so a tool that works in one is not probed again in the next."""
+    token = _alike.set(set())
+    try:
+        yield
+    finally:
+        _alike.reset(token)
 
 
 def _missing(sandbox: Sandbox, language: Language, tool: str, why: str) -> ToolchainMissing:

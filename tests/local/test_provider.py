@@ -100,3 +100,22 @@ async def test_without_openat2_the_agent_gets_no_cgroup_descriptors(tmp_path: Pa
         assert (await provider.execute_command(info.id, "echo fine")).stdout == "fine\n"
     finally:
         await provider.destroy_sandbox(info.id)
+
+
+def test_a_sweep_that_finds_a_helper_already_reaped_by_another_thread_goes_on() -> None:
+    """Concurrent creations (sandboxes eval -j 2) each sweep the helpers that ended: one may find another's gone."""
+    from sandboxes.providers.local import driver as local
+
+    class ReapedMeanwhile:
+        """Ended; and while the sweep looks at it, another thread's sweep takes its entry."""
+
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def poll(self) -> int:
+            local._CHILDREN.pop(self.key, None)
+            return 0
+
+    local._CHILDREN.update({key: [ReapedMeanwhile(key)] for key in ("sb-race-1", "sb-race-2")})  # type: ignore[misc]  # stand-ins for Popen
+    LocalProvider().driver._reap()
+    assert not any(key.startswith("sb-race") for key in local._CHILDREN)

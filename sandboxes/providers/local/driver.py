@@ -431,7 +431,7 @@ class LocalDriver:
     def _reap(self) -> None:
         for sandbox_id, children in list(_CHILDREN.items()):
             if all(child.poll() is not None for child in children):
-                del _CHILDREN[sandbox_id]
+                _CHILDREN.pop(sandbox_id, None)  # another thread may have reaped it meanwhile
 
     async def get(self, sandbox_id: str) -> SandboxInfo | None:
         state = self._load(sandbox_id)
