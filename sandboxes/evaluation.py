@@ -241,6 +241,7 @@ def human_eval_result(judgement: Judgement) -> str:
 
 def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
     return {
+        "task_id": sample.task_id,
         **sample.fields,
         "result": human_eval_result(judgement),
         "passed": judgement.passed,

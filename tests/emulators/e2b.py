@@ -235,6 +235,12 @@ class E2BEmulator:
         """The sandbox dies behind the client's back (killed, or its lifetime ran out)."""
         self._remove(sandbox_id)
 
+    @property
+    def pending_faults(self) -> int:
+        """Injected faults no request has hit yet."""
+        with self._lock:
+            return len(self._faults)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
