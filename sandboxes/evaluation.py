@@ -250,6 +250,7 @@ def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
         "duration_ms": round(judgement.build_ms + judgement.run_ms, 3),
         "provider": judgement.provider,
         "language": judgement.language,
+        "toolchain": judgement.toolchain,
         "sample_line": sample.line,
     }
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import ProviderError, SandboxNotFoundError, ToolchainMissing
-from .languages import PreparedRun, cleanup, get_language, prepare_code
+from .languages import PreparedRun, cleanup, get_language, prepare_code, toolchain_version
 from .models import NONCE_PREFIX, ExecutionResult
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class Judgement:
     """Index (from 0) of the first stdin/stdout case that did not pass."""
     language: str = ""
     provider: str = ""
+    toolchain: str = ""
+    """The first line of the language tool's ``--version`` in the sandbox (provenance)."""
     build_ms: float = 0.0
     run_ms: float = 0.0
     cases: list[Verdict] = field(default_factory=list)
@@ -124,6 +126,7 @@ async def judge(
         raise ValueError("nothing to judge by: give tests, expected_stdout or cases")
     judgement = Judgement(Verdict.INFRA_ERROR, language=lang.name, provider=sandbox.provider)
     try:
+        judgement.toolchain = await toolchain_version(sandbox, lang)
         if tests is not None:
             await _judge_embedded(sandbox, program, tests, judgement, timeout, files)
         else:

@@ -206,7 +206,7 @@ LANGUAGES: tuple[Language, ...] = (
         extensions=(".java",),
         source="Main.java",
         # The single-file source launcher compiles in memory and runs the first class.
-        recipes=(Recipe(requires=("java",), run=("java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "{src}")),),
+        recipes=(Recipe(requires=("java",), run=("java", "-ea", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "{src}")),),  # -ea: assert holds
         install_hint="apt-get install default-jdk-headless (Java 11 or later)",
     ),
     Language(
@@ -336,15 +336,39 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
     return [(tool, why) for tool in tools if (why := known[tool]) is not None]
 
 
+_VERSION_ARGS = {"go": ("version",), "gcc": ("--version",)}
+_versions: weakref.WeakKeyDictionary[Sandbox, dict[str, str]] = weakref.WeakKeyDictionary()
+_alike_versions: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("sandboxes_alike_versions", default=None)
+
+
+async def toolchain_version(sandbox: Sandbox, language: str | Language) -> str:
+    """The first line of the language's tool's ``--version`` in the sandbox (provenance), or "" when it says none."""
+    lang = language if isinstance(language, Language) else get_language(language)
+    recipe = await _choose(sandbox, lang)
+    tool = recipe.requires[0]
+    shared = _alike_versions.get()
+    known = _versions.setdefault(sandbox, {})
+    if tool not in known and shared is not None and tool in shared:
+        known[tool] = shared[tool]
+    if tool not in known:
+        result = await sandbox.execute([tool, *_VERSION_ARGS.get(tool, ("--version",))], timeout=60)
+        text = (result.stdout or result.stderr).strip()
+        known[tool] = text.splitlines()[0] if result.success and text else ""
+        if shared is not None:
+            shared[tool] = known[tool]
+    return known[tool]
+
+
 @contextlib.contextmanager
 def alike_sandboxes() -> Iterator[None]:
     """Within it, the sandboxes used are made alike (one provider, one config, as ``sandboxes eval`` makes them),
     so a tool that works in one is not probed again in the next."""
-    token = _alike.set(set())
+    token, versions = _alike.set(set()), _alike_versions.set({})
     try:
         yield
     finally:
         _alike.reset(token)
+        _alike_versions.reset(versions)
 
 
 def _missing(sandbox: Sandbox, language: Language, tool: str, why: str) -> ToolchainMissing:

@@ -226,3 +226,20 @@ async def test_a_placeholder_printed_by_the_program_never_replays_as_the_nonce(t
             await box.destroy()
         if mode == "once":
             assert provider.driver.cassette.save()
+
+
+async def test_java_asserts_hold_so_a_wrong_answer_is_not_a_pass(sandbox: Sandbox) -> None:
+    program = (
+        "public class Main {\n    public static void main(String[] args) {\n"
+        '        assert 1 + 1 == 3 : "arithmetic";\n        System.out.println("ok");\n    }\n}\n'
+    )
+    judged = await judge(sandbox, program, "java", expected_stdout="ok\n", timeout=60)
+    assert judged.verdict is Verdict.RUNTIME_ERROR and judged.result is not None and "AssertionError" in judged.result.stderr, judged.describe()
+
+
+async def test_a_judgement_names_the_toolchain_that_judged_it(sandbox: Sandbox) -> None:
+    import subprocess
+
+    judged = await judge(sandbox, ADD, "python", tests=TESTS)
+    host = subprocess.run(["python3", "--version"], capture_output=True, text=True).stdout.strip()
+    assert judged.toolchain == host and judged.provider == "local" and judged.language == "python"
