@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,10 @@ from .options import OFF, Settings
 from .recording import CALL_REPORT, provider_of, recording_for
 from .session import STATE, SessionState
 
-__all__ = ["CALL_REPORT", "SandboxFactory", "SessionSandboxFactory", "compose"]
+__all__ = ["CALL_REPORT", "JUDGED", "SandboxFactory", "SessionSandboxFactory", "compose"]
+
+JUDGED = pytest.StashKey[list[str]]()
+"""The verdicts of the judgements a test made through sandbox_judge."""
 
 
 def state_of(config: pytest.Config) -> SessionState:
@@ -129,13 +131,22 @@ def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any) -> Callable[...,
     Blocking in a sync test, a coroutine in an async one. ``assert judgement.passed``
     shows the verdict, the first failing case and the tails of the output.
     """
+    judged = request.node.stash.setdefault(JUDGED, [])
     if _is_async_test(request):
 
         async def judge_async(program: str, language: str, **options: Any) -> Judgement:
-            return await judge(sandbox, program, language, **options)
+            judgement = await judge(sandbox, program, language, **options)
+            judged.append(judgement.verdict.value)
+            return judgement
 
         return judge_async
-    return functools.partial(sync.judge, sandbox)
+
+    def judge_blocking(program: str, language: str, **options: Any) -> Judgement:
+        judgement = sync.judge(sandbox, program, language, **options)
+        judged.append(judgement.verdict.value)
+        return judgement
+
+    return judge_blocking
 
 
 class SandboxFactory:

@@ -21,10 +21,10 @@ import pytest
 from sandboxes import specs
 
 MARKER = "sandbox"
-KEYS = ("providers", "image", "timeout", "env", "labels", "network", "lifetime")
+KEYS = ("providers", "image", "timeout", "env", "labels", "network", "lifetime", "task")
 MARKER_HELP = (
-    "sandbox(providers=..., image=..., timeout=..., env=..., labels=..., network=..., lifetime=...): "
-    "configure the sandbox fixture for this test (keyword arguments only)"
+    "sandbox(providers=..., image=..., timeout=..., env=..., labels=..., network=..., lifetime=..., task=...): "
+    "configure the sandbox fixture for this test (keyword arguments only); task names the problem it judges, for pass@k"
 )
 
 
@@ -37,6 +37,7 @@ class MarkerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     network: bool | None = None
     lifetime: float | None = None
+    task: str | None = None
 
 
 def spec_for(node: pytest.Item | pytest.Function | Any) -> MarkerSpec:
@@ -92,5 +93,9 @@ def _value(key: str, value: Any, where: str) -> Any:
     if key == "image":
         if value is not None and not isinstance(value, str):
             raise bad("a string")
+        return value
+    if key == "task":
+        if not isinstance(value, str) or not value:
+            raise bad("a task id such as 'HumanEval/0'")
         return value
     raise bad("known")  # pragma: no cover - KEYS is checked first

@@ -50,6 +50,10 @@ OPTIONS = (
             "also write the cassettes of failed tests", is_flag=True),
     _Option("pool", "--sandbox-pool", "SANDBOXES_POOL", "sandbox_pool",
             "keep N sandboxes warm per configuration and worker when no cassette records (default: 0)"),
+    _Option("eval_report", "--sandbox-eval-report", "SANDBOXES_EVAL_REPORT", "sandbox_eval_report",
+            "write the verdicts and pass@k of the tests that carry a task (marker task=... or a task_id parameter) to this JSON file"),
+    _Option("eval_k", "--sandbox-eval-k", "SANDBOXES_EVAL_K", "sandbox_eval_k",
+            "the k of pass@k in the eval summary, comma-separated (default: 1,10,100)"),
 )  # fmt: skip
 
 
@@ -78,6 +82,8 @@ class Settings:
     keep: bool = False
     record_failed: bool = False
     pool: int = 0
+    eval_report: Path | None = None
+    eval_k: tuple[int, ...] = (1, 10, 100)
 
 
 def _raw(config: pytest.Config, option: _Option) -> tuple[object, str, Path]:
@@ -136,6 +142,14 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
             kind = "a positive number of seconds" if option.dest == "timeout" else "a whole number >= 0"
             raise pytest.UsageError(f"{origin}={text!r} is not valid: give {kind}")
         return number
-    if option.dest == "cassette_dir":
+    if option.dest in ("cassette_dir", "eval_report"):
         return (base / text).resolve()
+    if option.dest == "eval_k":
+        try:
+            ks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+        except ValueError:
+            ks = ()
+        if not ks or ks[0] < 1:
+            raise pytest.UsageError(f"{origin}={text!r}: give whole numbers of at least 1, separated by commas, such as 1,10")
+        return ks
     return text

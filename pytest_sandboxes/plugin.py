@@ -14,7 +14,7 @@ import pytest
 import sandboxes.sync as sync
 from sandboxes.errors import SandboxError
 
-from . import report
+from . import evaluation, report
 from .cassettes import PROVIDER_PARAM
 from .fixtures import (
     CALL_REPORT,
@@ -112,6 +112,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
+    evaluation.gather(item, call, rep)
     if call.when == "call":
         item.stash[CALL_REPORT] = rep
         uses = SANDBOX_FIXTURES.intersection(getattr(item, "fixturenames", ()))
@@ -167,6 +168,8 @@ def _sweep(state: SessionState) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None or is_worker(config) or not (state.used or state.swept):
+    if state is None or is_worker(config):
         return
-    report.terminal_summary(terminalreporter, state)
+    if state.used or state.swept:
+        report.terminal_summary(terminalreporter, state)
+    evaluation.finish(terminalreporter, state)

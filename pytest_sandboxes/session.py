@@ -55,6 +55,8 @@ class SessionState:
     crashed_workers: list[str] = field(default_factory=list)
     used: bool = False
     pools: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    """task id -> the verdicts of its judged samples (tests that carry a task), for pass@k."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -107,12 +109,15 @@ class SessionState:
             "stats": {name: s.as_dict() for name, s in self.stats.items()},
             "kept": [list(k) for k in self.kept],
             "providers": sorted(self.providers),
+            "samples": self.samples,
         }
 
     def merge(self, data: dict[str, Any]) -> None:
         for name, stats in data.get("stats", {}).items():
             self.stats_for(name).merge(stats)
         self.kept.extend(tuple(k) for k in data.get("kept", ()))
+        for task, verdicts in data.get("samples", {}).items():
+            self.samples.setdefault(task, []).extend(verdicts)
 
 
 def new_run_id() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .judging import Verdict
 
@@ -64,6 +65,17 @@ class Summary:
     @property
     def infra_error_rate(self) -> float:
         return self.infra_errors / self.samples if self.samples else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for JSON."""
+        return {
+            "samples": self.samples,
+            "pass_at_k": {f"pass@{k}": {"value": s.value, "low": s.low, "high": s.high, "problems": s.problems} for k, s in self.scores.items()},
+            "skipped": {f"pass@{k}": why for k, why in self.skipped.items()},
+            "verdicts": self.verdicts,
+            "infra_errors": self.infra_errors,
+            "infra_error_rate": self.infra_error_rate,
+        }
 
 
 def summarize(verdicts_by_problem: Mapping[str, Iterable[Verdict | str | bool]], ks: Sequence[int] = (1, 10, 100), *, seed: int = 0) -> Summary:

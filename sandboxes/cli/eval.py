@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import click
@@ -100,7 +99,7 @@ def eval_command(
         bar.close()
     overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
     if as_json:
-        click.echo(json.dumps({"results": str(results), **_as_dict(overall), "languages": {n: _as_dict(s) for n, s in by_language.items()}}, indent=2))
+        click.echo(json.dumps({"results": str(results), **overall.as_dict(), "languages": {n: s.as_dict() for n, s in by_language.items()}}, indent=2))
         return
     click.echo(_describe(overall, results))
     for name, summary in by_language.items():
@@ -129,17 +128,6 @@ class _Progress:
     def close(self) -> None:
         if self.shown:
             sys.stderr.write("\n")
-
-
-def _as_dict(summary: Summary) -> dict[str, Any]:
-    return {
-        "samples": summary.samples,
-        "pass_at_k": {f"pass@{k}": {"value": s.value, "low": s.low, "high": s.high, "problems": s.problems} for k, s in summary.scores.items()},
-        "skipped": {f"pass@{k}": why for k, why in summary.skipped.items()},
-        "verdicts": summary.verdicts,
-        "infra_errors": summary.infra_errors,
-        "infra_error_rate": summary.infra_error_rate,
-    }
 
 
 def _describe(summary: Summary, results: Path | None) -> str:
