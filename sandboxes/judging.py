@@ -3,14 +3,20 @@
 ``judge(sandbox, program, language, ...)`` builds the program once and decides
 one ``Verdict``. Two styles of problem:
 
-- **Embedded tests** (HumanEval, MultiPL-E): ``tests`` are appended to the
-  program, and a pass means they ran to their end and held. A program that
-  exits early with status 0 is not a pass. Completion is proven by a nonce
-  that the judge's harness reads from stdin before the program runs and
-  writes, with the outcome, only after the tests returned: it is in no file
-  and no variable the program is given. (Python is judged this way today; a
-  program that searches the harness's own frames in memory could still find
-  it, which a separate process would be needed to rule out.)
+- **Embedded tests** (HumanEval): the program and its ``tests`` run in two
+  processes. The program's process runs the program as ``python3 main.py``
+  would and serves calls into it; the judge's process runs the tests (trusted
+  code), whose names for the program's functions are proxies. Every value the
+  tests compare is plain data (numbers, text, lists, tuples, dicts, sets) the
+  judge decoded itself: an object of the program's, such as one whose
+  ``__eq__`` always agrees, is a ``runtime_error``. The tests file is gone
+  before the program starts, and nothing the program does to its own process
+  (patching ``os`` or ``sys``, reading frames, interrupting threads) reaches
+  the judge's, which reads the nonce only after the fork and is not dumpable.
+  A pass is the judge's report, with the nonce, after the tests returned; a
+  program that exits early, or dies, is not a pass. Python only, so far.
+  Unlike ``python3 main.py``, an argument the program mutates is not seen by
+  the tests, and tests that hand the program a function are refused.
 - **stdin/stdout cases** (competitive programming): each case's stdin is fed
   and its stdout compared (``compare``); the first failing case is named.
 
@@ -263,36 +269,303 @@ SOURCE = "main.py"
 _NONCE_BYTES = 16
 _OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_]+):?(.*)$")
 _HARNESS_CODE = r"""
-import builtins, os, sys, threading, types  # few imports: each is paid for by every judged program
+import json, os, sys, types  # few imports: each is paid for by every judged program
 
-# Started with -S: the site-packages are set up when the program first imports something the
-# standard library does not have (as python3 main.py has them), not paid for by every program.
+# Two processes. The child runs the program (untrusted) and serves calls into it.
+# The parent runs the tests (trusted code) against proxies of the program's names,
+# so every value it compares is plain data it decoded itself: no object of the
+# program's (an __eq__ that always agrees) reaches the tests, and nothing the
+# program does (patching os, sys, threading; reading frames or memory) reaches
+# the parent, which holds the nonce, reads it only after the fork, and is not
+# dumpable. A pass is the parent's report, made after the tests returned.
+
+_PLAIN = (type(None), bool, int, float, str, bytes, complex, list, tuple, dict, set, frozenset)
+
+
+class Unplain(TypeError):
+    pass
+
+
+def _encode(value, depth=0):
+    kind = type(value)
+    if depth > 200 or kind not in _PLAIN:
+        raise Unplain("a value of type %s, not plain data (numbers, text, lists, tuples, dicts, sets)" % kind.__name__)
+    if kind is float:
+        return value if value == value and value not in (float("inf"), float("-inf")) else {"$f": repr(value)}
+    if kind in (type(None), bool, int, str):
+        return value
+    if kind is bytes:
+        return {"$b": value.hex()}
+    if kind is complex:
+        return {"$c": [_encode(value.real), _encode(value.imag)]}
+    if kind is list:
+        return [_encode(item, depth + 1) for item in value]
+    if kind is tuple:
+        return {"$t": [_encode(item, depth + 1) for item in value]}
+    if kind is dict:
+        return {"$d": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
+    return {"$s" if kind is set else "$fs": [_encode(item, depth + 1) for item in value]}
+
+
+def _decode(data):
+    if isinstance(data, list):
+        return [_decode(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    (tag, body), = data.items()
+    if tag == "$f":
+        return float(body)
+    if tag == "$b":
+        return bytes.fromhex(body)
+    if tag == "$c":
+        return complex(_decode(body[0]), _decode(body[1]))
+    if tag == "$t":
+        return tuple(_decode(item) for item in body)
+    if tag == "$d":
+        return {_decode(k): _decode(v) for k, v in body}
+    if tag == "$s":
+        return {_decode(item) for item in body}
+    if tag == "$fs":
+        return frozenset(_decode(item) for item in body)
+    raise ValueError("unknown tag %r" % tag)
+
+
+def _send(fd, message):
+    data = json.dumps(message).encode()
+    os.write(fd, b"%d\n" % len(data) + data)
+
+
+def _receive(stream):
+    header = stream.readline()
+    if not header:
+        return None
+    return json.loads(stream.read(int(header)))
+
+
+# -- the child: the program, and calls into it --------------------------------------------------
+def _child(code, source_path, requests, answers):
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # before any of the program's code: the nonce comes on the parent's stdin
+    sys.argv = ["main.py"]
+    sys.path[0] = os.path.dirname(source_path)
+    module = types.ModuleType("__main__")  # the program's module is __main__, as under python3 main.py
+    module.__file__ = source_path
+    sys.modules["__main__"] = module
+    sys.meta_path.append(_LazySite())
+    import site  # with -S, its module only: the builtins it adds (exit, quit, help...) without the .pth files
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+    try:
+        exec(code, module.__dict__)
+    except SystemExit as exited:
+        _send(answers, {"loaded": "exit", "detail": _status(exited.code)})
+        os._exit(0)
+    except BaseException as error:
+        _print_error(error, source_path)
+        _send(answers, {"loaded": "error", "type": type(error).__name__, "assertion": isinstance(error, AssertionError)})
+        os._exit(0)
+    names = {}
+    for name, value in list(module.__dict__.items()):
+        if isinstance(value, types.ModuleType):
+            names[name] = "module:" + value.__name__
+        elif callable(value):
+            names[name] = "callable"
+        else:
+            names[name] = "value"
+    _send(answers, {"loaded": "ok", "names": names})
+    stream = os.fdopen(requests, "rb")
+    while True:
+        request = _receive(stream)
+        if request is None or request.get("op") == "end":
+            os._exit(0)
+        try:
+            target = module.__dict__[request["name"]]
+            if request["op"] == "call":
+                value = target(*_decode(request["args"]), **_decode(request["kwargs"]))
+            else:
+                value = target
+            answer = {"value": _encode(value)}
+        except SystemExit as exited:
+            _send(answers, {"exit": _status(exited.code)})
+            os._exit(0)
+        except Unplain as error:
+            answer = {"unplain": str(error)}
+        except BaseException as error:
+            _print_error(error, source_path)
+            answer = {"raised": type(error).__name__, "message": str(error)[:2000], "builtin": getattr(__builtins__, type(error).__name__, None) is type(error)}
+        _send(answers, answer)
+
+
+def _status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _print_error(error, source_path):
+    import traceback
+
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != source_path:
+        tb = tb.tb_next
+    traceback.print_exception(type(error), error, tb)
 
 
 class _LazySite:
+    # Started with -S: the site-packages are set up when the program first imports something the
+    # standard library does not have (as python3 main.py has them), not paid for by every program.
     def find_spec(self, name, path=None, target=None):
         if path is not None or self not in sys.meta_path:
             return None
         sys.meta_path.remove(self)
         import importlib.util, site
+
         site.main()
         return importlib.util.find_spec(name)
 
-# The program runs in a thread of its own. The nonce lives only in the main
-# thread's frame and in an audit hook's closure, neither of which the program
-# can reach: frames of another thread, gc walks, ctypes and /proc/*/mem are
-# refused while it runs. The tests count as finished only when the genuine
-# runner, in the program's thread, says so after both parts returned: the
-# hook checks the calling frames' code objects, which the program cannot forge.
+
+# -- the parent: the tests, against proxies -------------------------------------------------------------
+class ProgramEnded(Exception):
+    pass
 
 
+class Unsupported(Exception):
+    pass
 
-def _memory(path):
-    # /proc/<self|thread-self|pid>[/task/<tid>]/<mem|environ>
-    parts = path.split("/")
-    if len(parts) == 6 and parts[3] == "task" and parts[4].isdigit():
-        parts = parts[:3] + parts[5:]
-    return len(parts) == 4 and parts[:2] == ["", "proc"] and (parts[2] in ("self", "thread-self") or parts[2].isdigit()) and parts[3] in ("mem", "environ")
+
+class _Program:
+    def __init__(self, requests, answers):
+        self.requests = requests
+        self.answers = os.fdopen(answers, "rb")
+
+    def ask(self, message):
+        try:
+            _send(self.requests, message)
+        except OSError:
+            raise ProgramEnded("the program's process ended while the tests ran") from None
+        answer = _receive(self.answers)
+        if answer is None:
+            raise ProgramEnded("the program's process ended while the tests ran")
+        if "exit" in answer:
+            raise ProgramEnded("the program exited (status %s) while the tests ran" % answer["exit"])
+        if "unplain" in answer:
+            raise ProgramEnded("it returned %s" % answer["unplain"])
+        if "raised" in answer:
+            kind = getattr(__builtins__, answer["raised"], None) if answer.get("builtin") else None
+            if isinstance(kind, type) and issubclass(kind, Exception) and kind is not AssertionError:
+                raise kind(answer["message"])
+            raise ProgramEnded("%s raised by the program" % answer["raised"])
+        return _decode(answer["value"])
+
+
+class _Function:
+    def __init__(self, program, name):
+        self.program, self.__name__ = program, name
+
+    def __call__(self, *args, **kwargs):
+        try:
+            payload = {"op": "call", "name": self.__name__, "args": _encode(list(args)), "kwargs": _encode(kwargs)}
+        except Unplain as error:
+            raise Unsupported("the tests pass the program %s, which the judge cannot send to it" % error) from None
+        return self.program.ask(payload)
+
+
+class _Namespace(dict):
+    def __init__(self, program, names):
+        super().__init__(__name__="__main__", __builtins__=__builtins__)
+        self.program, self.names = program, names
+
+    def __missing__(self, name):
+        kind = self.names.get(name)
+        if kind is None:
+            raise KeyError(name)
+        if kind.startswith("module:"):
+            import importlib
+
+            value = importlib.import_module(kind[7:])
+        elif kind == "callable":
+            value = _Function(self.program, name)
+        else:
+            value = self.program.ask({"op": "get", "name": name})
+        self[name] = value
+        return value
+
+
+def _main():
+    cwd = os.getcwd()
+    source_path = os.path.join(cwd, "main.py")
+    tests_path = os.path.join(cwd, "_judge_tests.py")
+    with open(source_path, "rb") as handle:
+        source = handle.read()
+    with open(tests_path, "rb") as handle:
+        tests_source = handle.read()
+    os.unlink(tests_path)  # before the program runs: it cannot read the tests' expected answers
+    tests = compile(tests_source, tests_path, "exec")
+    import linecache
+
+    linecache.cache[tests_path] = (len(tests_source), None, tests_source.decode("utf-8", "replace").splitlines(True), tests_path)
+    try:
+        code = compile(source, source_path, "exec")
+    except (SyntaxError, ValueError) as error:
+        nonce = _read_nonce()
+        import traceback
+
+        traceback.print_exception(type(error), error, None)
+        return _report(nonce, "compile", type(error).__name__)
+    to_child, requests = os.pipe()
+    answers, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(requests)
+        os.close(answers)
+        _child(code, source_path, to_child, to_parent)
+        os._exit(0)
+    os.close(to_child)
+    os.close(to_parent)
+    nonce = _read_nonce()
+    _undumpable()
+    program = _Program(requests, answers)
+    try:
+        loaded = _receive(program.answers)
+    except (ValueError, OSError):
+        loaded = None
+    if loaded is None:
+        return _ended(nonce, pid, "vanished")
+    if loaded["loaded"] == "exit":
+        return _report(nonce, "exit", str(loaded["detail"]))
+    if loaded["loaded"] == "error":
+        return _report(nonce, "assertion" if loaded["assertion"] else "exception", loaded["type"])
+    namespace = _Namespace(program, loaded["names"])
+    try:
+        exec(tests, namespace)
+    except Unsupported as error:
+        return _report(nonce, "unsupported", str(error))
+    except ProgramEnded as error:
+        return _report(nonce, "ended", str(error))
+    except BaseException as error:
+        import traceback
+
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != tests_path:
+            tb = tb.tb_next
+        traceback.print_exception(type(error), error, tb)
+        return _report(nonce, "assertion" if isinstance(error, AssertionError) else "exception", type(error).__name__)
+    try:
+        _send(requests, {"op": "end"})
+    except OSError:
+        pass
+    os.waitpid(pid, 0)
+    return _report(nonce, "completed")
+
+
+def _ended(nonce, pid, kind):
+    _, status = os.waitpid(pid, 0)
+    return _report(nonce, kind, str(os.waitstatus_to_exitcode(status)))
 
 
 def _read_nonce():
@@ -306,136 +579,13 @@ def _read_nonce():
 
 
 def _undumpable():
-    # Other processes of this user (a child the program starts) cannot read this one's memory.
+    # The program's process (same user) cannot read this one's memory, where the nonce is.
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
     except Exception:
         pass
-
-
-def _run(program, tests, module, outcome):
-    try:
-        exec(program, module.__dict__)
-        sys.audit("judge.restore")  # what the program did to the builtins (a patched abs or len) does not reach the tests
-        exec(tests, module.__dict__)
-    except SystemExit as exited:
-        outcome.append(("exit", exited.code))
-        return
-    except BaseException as error:
-        outcome.append(("error", error))
-        return
-    sys.audit("judge.completed")
-
-
-class _Runner(threading.Thread):
-    def run(self):
-        _run(*self.work)
-
-
-def _main():
-    nonce = _read_nonce()
-    _undumpable()
-    cwd = os.getcwd()
-    source_path = os.path.join(cwd, "main.py")
-    with open(source_path, "rb") as handle:
-        source = handle.read()
-    with open(os.path.join(cwd, "_judge_tests.py"), "rb") as handle:  # the tests: a file of their own
-        tests_source = handle.read()
-    try:
-        program = compile(source, source_path, "exec")
-    except (SyntaxError, ValueError) as error:
-        import traceback
-
-        traceback.print_exception(type(error), error, None)
-        _report(nonce, "compile", type(error).__name__)
-        return 1
-    tests_path = os.path.join(cwd, "_judge_tests.py")
-    tests = compile(tests_source, tests_path, "exec")
-    sys.argv = ["main.py"]
-    sys.path[0] = cwd
-    module = types.ModuleType("__main__")  # the program's module is __main__, as under python3 main.py
-    module.__file__ = source_path
-    sys.modules["__main__"] = module
-    sys.meta_path.append(_LazySite())
-    import site  # with -S, its module only: the builtins it adds (exit, quit, help...) without the .pth files
-
-    site.setquit()
-    site.setcopyright()
-    site.sethelper()
-    outcome = []
-    completed = []
-    armed = [True]
-    threading.stack_size(256 << 20)  # deep recursion as in a main thread
-    runner = _Runner(daemon=True)
-    runner.work = (program, tests, module, outcome)
-    pristine = dict(vars(builtins))
-    genuine = (_run.__code__, _Runner.run.__code__, threading.Thread._bootstrap_inner.__code__)
-    main = threading.get_ident()
-    inside = []
-
-    def from_runner():
-        # Called by the genuine runner, in the program's thread: frames cannot be forged.
-        frame = sys._getframe(2)
-        chain = (frame, frame.f_back, frame.f_back.f_back if frame.f_back else None)
-        return threading.get_ident() == runner.ident and all(f is not None and f.f_code is c for f, c in zip(chain, genuine))
-
-    def hook(event, args):
-        if threading.get_ident() in (main, *inside) or not armed[0]:
-            return  # the judge's own calls
-        if event in ("judge.completed", "judge.restore"):
-            inside.append(threading.get_ident())
-            try:
-                if not from_runner():
-                    return
-                if event == "judge.completed":
-                    completed.append(True)
-                else:
-                    current = vars(builtins)
-                    for name in [name for name in current if name not in pristine]:
-                        del current[name]
-                    current.update(pristine)
-            finally:
-                inside.pop()
-            return
-        if event in ("sys._current_frames", "sys._current_exceptions", "gc.get_objects", "gc.get_referrers", "gc.get_referents") or event.startswith("ctypes."):
-            raise RuntimeError("the judge does not allow %s while the tests run" % event)
-        if event == "object.__setattr__" and len(args) > 1 and args[1] in ("__code__",):
-            raise RuntimeError("the judge does not allow replacing a function's code while the tests run")
-        if event == "open" and args and isinstance(args[0], (str, bytes)):
-            inside.append(threading.get_ident())
-            try:
-                target = os.path.realpath(os.fsdecode(args[0]))  # through any link the program made
-            finally:
-                inside.pop()
-            if _memory(target):
-                raise PermissionError("the judge does not allow opening %s while the tests run" % os.fsdecode(args[0]))
-
-    sys.addaudithook(hook)
-    runner.start()
-    runner.join()
-    armed[0] = False
-    if completed:
-        _report(nonce, "completed")
-        return 0
-    kind, value = outcome[0] if outcome else ("vanished", None)
-    if kind == "exit":
-        number = 0 if value is None else value if isinstance(value, int) else 1
-        if isinstance(value, str):
-            print(value, file=sys.stderr)
-        _report(nonce, "exit", str(number))
-        return number or 0
-    if kind == "error":
-        import traceback
-
-        tb = value.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename not in (source_path, tests_path):
-            tb = tb.tb_next
-        traceback.print_exception(type(value), value, tb)
-        _report(nonce, "assertion" if isinstance(value, AssertionError) else "exception", type(value).__name__)
-        return 1
-    _report(nonce, "vanished")
-    return 1
 
 
 def _report(nonce, kind, detail=""):
@@ -444,7 +594,8 @@ def _report(nonce, kind, detail=""):
             stream.flush()
         except Exception:
             pass
-    os.write(2, ("\njudge-outcome:%s:%s:%s\n" % (nonce, kind, detail)).encode("utf-8", "replace"))
+    os.write(2, ("\njudge-outcome:%s:%s:%s\n" % (nonce, kind, detail.replace("\n", " "))).encode("utf-8", "replace"))
+    return 0 if kind == "completed" else 1
 
 
 sys.exit(_main())
@@ -462,6 +613,8 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
         judgement.run_ms = (time.monotonic() - started) * 1000
         kind, detail = _outcome(result, nonce)
         judgement.result = result
+        if kind == "unsupported":
+            raise ValueError(f"these tests cannot be judged as embedded tests: {detail}")
         judgement.verdict, judgement.reason = _embedded_verdict(result, kind, detail)
     finally:
         await cleanup(sandbox, prepared, now=False)
@@ -496,6 +649,13 @@ def _embedded_verdict(result: ExecutionResult, kind: str | None, detail: str) ->
         return Verdict.RUNTIME_ERROR, f"{detail} raised outside an assertion"
     if kind == "exit":
         return Verdict.RUNTIME_ERROR, f"the program exited (status {detail}) before its tests finished"
+    if kind == "ended":  # the program's process failed a call from the tests: it died, exited, or returned no plain value
+        return Verdict.RUNTIME_ERROR, detail
+    if kind == "vanished":
+        status = int(detail) if detail.lstrip("-").isdigit() else 0
+        return Verdict.RUNTIME_ERROR, f"the program's process {_exit_reason(status)} before its tests ran"
+    if kind == "unsupported":
+        raise ValueError(f"these tests cannot be judged: {detail}")
     if kind == "completed":  # the tests held, then something at exit failed it
         return Verdict.RUNTIME_ERROR, f"the tests finished, then the process {_exit_reason(result.exit_code)}"
     if result.exit_code == 0:

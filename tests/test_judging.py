@@ -15,6 +15,8 @@ import pytest
 from sandboxes import Sandbox, SandboxConfig
 from sandboxes.judging import Verdict, judge
 
+from ._forgeries import RED_TEAM
+
 pytestmark = pytest.mark.anyio
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -64,7 +66,7 @@ EARLY_EXITS = {
 async def test_exiting_before_the_tests_finish_is_never_a_pass(sandbox: Sandbox, program: str) -> None:
     judged = await judge(sandbox, WRONG + program, "python", tests=TESTS, timeout=10)
     assert judged.verdict is Verdict.RUNTIME_ERROR, judged.describe()
-    assert "before its tests finished" in judged.reason or "killed by" in judged.reason
+    assert any(words in judged.reason for words in ("before its tests", "while the tests ran", "killed by")), judged.reason
 
 
 FORGERIES = {
@@ -84,6 +86,7 @@ FORGERIES = {
     "its memory from a child": "import os, subprocess\nsubprocess.run(['head', '-c', '1', '/proc/%d/mem' % os.getpid()], check=True)\n",
     "ctypes": "import ctypes\nctypes.CDLL(None)\n",
     "a replaced code object": "import threading\nt = threading.current_thread()\n(lambda: 0).__code__ = (lambda: 1).__code__\n",
+    **RED_TEAM,  # found by a red team against the first, single-process harness
 }
 
 
@@ -91,6 +94,25 @@ FORGERIES = {
 async def test_the_end_of_tests_report_cannot_be_forged(sandbox: Sandbox, program: str) -> None:
     judged = await judge(sandbox, WRONG + program, "python", tests=TESTS, timeout=10)
     assert judged.verdict is not Verdict.PASSED, judged.describe()
+
+
+async def test_a_value_that_is_not_plain_data_never_reaches_the_tests(sandbox: Sandbox) -> None:
+    always_equal = (
+        "class Equal(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n\ndef add(a, b):\n    return Equal(a - b)\n"
+    )
+    judged = await judge(sandbox, always_equal, "python", tests=TESTS)
+    assert (judged.verdict, "not plain data" in judged.reason) == (Verdict.RUNTIME_ERROR, True), judged.describe()
+
+
+async def test_the_program_cannot_read_the_tests(sandbox: Sandbox) -> None:
+    peeking = "import os\nSEEN = os.path.exists('_judge_tests.py')\ndef add(a, b):\n    assert not SEEN, 'the tests were readable'\n    return a + b\n"
+    judged = await judge(sandbox, peeking, "python", tests=TESTS)
+    assert judged.passed, judged.describe()
+
+
+async def test_tests_that_hand_the_program_a_function_are_refused_clearly(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError, match="cannot be judged as embedded tests"):
+        await judge(sandbox, "def apply(f, x):\n    return f(x)\n", "python", tests="assert apply(lambda v: v + 1, 1) == 2\n")
 
 
 async def test_builtins_the_program_patched_are_restored_before_the_tests(sandbox: Sandbox) -> None:
