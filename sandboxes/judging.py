@@ -269,7 +269,7 @@ SOURCE = "main.py"
 _NONCE_BYTES = 16
 _OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_]+):?(.*)$")
 _HARNESS_CODE = r"""
-import json, os, sys, types  # few imports: each is paid for by every judged program
+import marshal, os, sys, types  # few imports, all built in: each is paid for by every judged program
 
 # Two processes. The child runs the program (untrusted) and serves calls into it.
 # The parent runs the tests (trusted code) against proxies of the program's names,
@@ -286,60 +286,34 @@ class Unplain(TypeError):
     pass
 
 
-def _encode(value, depth=0):
+def _plain(value, depth=0):
+    # Exact built-in types all the way down: no subclass, no object of the program's.
     kind = type(value)
     if depth > 200 or kind not in _PLAIN:
         raise Unplain("a value of type %s, not plain data (numbers, text, lists, tuples, dicts, sets)" % kind.__name__)
-    if kind is float:
-        return value if value == value and value not in (float("inf"), float("-inf")) else {"$f": repr(value)}
-    if kind in (type(None), bool, int, str):
-        return value
-    if kind is bytes:
-        return {"$b": value.hex()}
-    if kind is complex:
-        return {"$c": [_encode(value.real), _encode(value.imag)]}
-    if kind is list:
-        return [_encode(item, depth + 1) for item in value]
-    if kind is tuple:
-        return {"$t": [_encode(item, depth + 1) for item in value]}
-    if kind is dict:
-        return {"$d": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
-    return {"$s" if kind is set else "$fs": [_encode(item, depth + 1) for item in value]}
-
-
-def _decode(data):
-    if isinstance(data, list):
-        return [_decode(item) for item in data]
-    if not isinstance(data, dict):
-        return data
-    (tag, body), = data.items()
-    if tag == "$f":
-        return float(body)
-    if tag == "$b":
-        return bytes.fromhex(body)
-    if tag == "$c":
-        return complex(_decode(body[0]), _decode(body[1]))
-    if tag == "$t":
-        return tuple(_decode(item) for item in body)
-    if tag == "$d":
-        return {_decode(k): _decode(v) for k, v in body}
-    if tag == "$s":
-        return {_decode(item) for item in body}
-    if tag == "$fs":
-        return frozenset(_decode(item) for item in body)
-    raise ValueError("unknown tag %r" % tag)
+    if kind in (list, tuple, set, frozenset):
+        for item in value:
+            _plain(item, depth + 1)
+    elif kind is dict:
+        for key, item in value.items():
+            _plain(key, depth + 1)
+            _plain(item, depth + 1)
+    return value
 
 
 def _send(fd, message):
-    data = json.dumps(message).encode()
-    os.write(fd, b"%d\n" % len(data) + data)
+    data = marshal.dumps(message)
+    view = memoryview(len(data).to_bytes(8, "big") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _receive(stream):
-    header = stream.readline()
-    if not header:
+    header = stream.read(8)
+    if len(header) < 8:
         return None
-    return json.loads(stream.read(int(header)))
+    data = stream.read(int.from_bytes(header, "big"))
+    return marshal.loads(data)
 
 
 # -- the child: the program, and calls into it --------------------------------------------------
@@ -361,11 +335,11 @@ def _child(code, source_path, requests, answers):
         exec(code, module.__dict__)
     except SystemExit as exited:
         _send(answers, {"loaded": "exit", "detail": _status(exited.code)})
-        os._exit(0)
+        _leave(0)
     except BaseException as error:
         _print_error(error, source_path)
         _send(answers, {"loaded": "error", "type": type(error).__name__, "assertion": isinstance(error, AssertionError)})
-        os._exit(0)
+        _leave(0)
     names = {}
     for name, value in list(module.__dict__.items()):
         if isinstance(value, types.ModuleType):
@@ -379,23 +353,32 @@ def _child(code, source_path, requests, answers):
     while True:
         request = _receive(stream)
         if request is None or request.get("op") == "end":
-            os._exit(0)
+            _leave(0)
         try:
             target = module.__dict__[request["name"]]
             if request["op"] == "call":
-                value = target(*_decode(request["args"]), **_decode(request["kwargs"]))
+                value = target(*request["args"], **request["kwargs"])
             else:
                 value = target
-            answer = {"value": _encode(value)}
+            answer = {"value": _plain(value)}
         except SystemExit as exited:
             _send(answers, {"exit": _status(exited.code)})
-            os._exit(0)
+            _leave(0)
         except Unplain as error:
             answer = {"unplain": str(error)}
         except BaseException as error:
             _print_error(error, source_path)
             answer = {"raised": type(error).__name__, "message": str(error)[:2000], "builtin": getattr(__builtins__, type(error).__name__, None) is type(error)}
         _send(answers, answer)
+
+
+def _leave(status):
+    for stream in (sys.stdout, sys.stderr):  # what the program printed is not lost
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
 
 
 def _status(code):
@@ -448,9 +431,14 @@ class _Program:
             _send(self.requests, message)
         except OSError:
             raise ProgramEnded("the program's process ended while the tests ran") from None
-        answer = _receive(self.answers)
+        try:
+            answer = _receive(self.answers)
+        except (ValueError, EOFError, TypeError):
+            raise ProgramEnded("the program's process sent the judge something it cannot read") from None
         if answer is None:
             raise ProgramEnded("the program's process ended while the tests ran")
+        if not isinstance(answer, dict):
+            raise ProgramEnded("the program's process sent the judge something it cannot read")
         if "exit" in answer:
             raise ProgramEnded("the program exited (status %s) while the tests ran" % answer["exit"])
         if "unplain" in answer:
@@ -460,7 +448,10 @@ class _Program:
             if isinstance(kind, type) and issubclass(kind, Exception) and kind is not AssertionError:
                 raise kind(answer["message"])
             raise ProgramEnded("%s raised by the program" % answer["raised"])
-        return _decode(answer["value"])
+        try:
+            return _plain(answer["value"])  # checked again here: the program's process may answer anything
+        except (Unplain, RecursionError) as error:
+            raise ProgramEnded("it returned %s" % error) from None
 
 
 class _Function:
@@ -469,7 +460,7 @@ class _Function:
 
     def __call__(self, *args, **kwargs):
         try:
-            payload = {"op": "call", "name": self.__name__, "args": _encode(list(args)), "kwargs": _encode(kwargs)}
+            payload = {"op": "call", "name": self.__name__, "args": _plain(args), "kwargs": _plain(kwargs)}
         except Unplain as error:
             raise Unsupported("the tests pass the program %s, which the judge cannot send to it" % error) from None
         return self.program.ask(payload)
@@ -506,9 +497,6 @@ def _main():
         tests_source = handle.read()
     os.unlink(tests_path)  # before the program runs: it cannot read the tests' expected answers
     tests = compile(tests_source, tests_path, "exec")
-    import linecache
-
-    linecache.cache[tests_path] = (len(tests_source), None, tests_source.decode("utf-8", "replace").splitlines(True), tests_path)
     try:
         code = compile(source, source_path, "exec")
     except (SyntaxError, ValueError) as error:
@@ -532,14 +520,20 @@ def _main():
     program = _Program(requests, answers)
     try:
         loaded = _receive(program.answers)
-    except (ValueError, OSError):
+    except (ValueError, EOFError, TypeError, OSError):
+        loaded = None
+    if not isinstance(loaded, dict) or loaded.get("loaded") not in ("ok", "exit", "error"):
+        loaded = None
+    elif loaded["loaded"] == "ok" and not (isinstance(loaded.get("names"), dict) and all(isinstance(v, str) for v in loaded["names"].values())):
         loaded = None
     if loaded is None:
         return _ended(nonce, pid, "vanished")
     if loaded["loaded"] == "exit":
-        return _report(nonce, "exit", str(loaded["detail"]))
+        _reap(pid)
+        return _report(nonce, "exit", str(loaded.get("detail")))
     if loaded["loaded"] == "error":
-        return _report(nonce, "assertion" if loaded["assertion"] else "exception", loaded["type"])
+        _reap(pid)
+        return _report(nonce, "assertion" if loaded.get("assertion") is True else "exception", str(loaded.get("type")))
     namespace = _Namespace(program, loaded["names"])
     try:
         exec(tests, namespace)
@@ -548,8 +542,10 @@ def _main():
     except ProgramEnded as error:
         return _report(nonce, "ended", str(error))
     except BaseException as error:
-        import traceback
+        import linecache, traceback
 
+        # the file is gone (the program must not read it): its lines, for the traceback
+        linecache.cache[tests_path] = (len(tests_source), None, tests_source.decode("utf-8", "replace").splitlines(True), tests_path)
         tb = error.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != tests_path:
             tb = tb.tb_next
@@ -559,13 +555,27 @@ def _main():
         _send(requests, {"op": "end"})
     except OSError:
         pass
-    os.waitpid(pid, 0)
+    _reap(pid)
     return _report(nonce, "completed")
 
 
+def _reap(pid, grace=2.0):
+    # The program's process ends by itself when told; one that does not is killed.
+    import time
+
+    deadline = time.monotonic() + grace
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        time.sleep(0.001)
+
+
 def _ended(nonce, pid, kind):
-    _, status = os.waitpid(pid, 0)
-    return _report(nonce, kind, str(os.waitstatus_to_exitcode(status)))
+    return _report(nonce, kind, str(_reap(pid, grace=0.5)))
 
 
 def _read_nonce():

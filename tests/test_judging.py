@@ -265,3 +265,22 @@ async def test_a_judgement_names_the_toolchain_that_judged_it(sandbox: Sandbox) 
     judged = await judge(sandbox, ADD, "python", tests=TESTS)
     host = subprocess.run(["python3", "--version"], capture_output=True, text=True).stdout.strip()
     assert judged.toolchain == host and judged.provider == "local" and judged.language == "python"
+
+
+async def test_what_the_program_prints_is_kept(sandbox: Sandbox) -> None:
+    judged = await judge(sandbox, "print('loaded')\ndef add(a, b):\n    print('called', a, b)\n    return a + b\n", "python", tests=TESTS)
+    assert judged.passed and judged.result is not None
+    assert judged.result.stdout.splitlines() == ["loaded", "called 1 2", "called 2 2"]
+
+
+async def test_an_answer_the_program_forges_on_the_judges_channel_is_no_pass(sandbox: Sandbox) -> None:
+    forging = WRONG + (
+        "import os, marshal\n"
+        "for fd in range(3, 20):\n"
+        "    try:\n"
+        "        data = marshal.dumps({'value': 3})\n"
+        "        os.write(fd, len(data).to_bytes(8, 'big') + data + b'garbage')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    assert not (await judge(sandbox, forging, "python", tests=TESTS)).passed
