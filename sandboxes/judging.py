@@ -271,6 +271,12 @@ _OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_
 _HARNESS_CODE = r"""
 import marshal, os, sys, types  # few imports, all built in: each is paid for by every judged program
 
+# The judge imports from the standard library only: not from its run directory or PYTHONPATH, where the
+# program can write (a planted traceback.py would run in the judge's process). The program gets them back.
+_PROGRAM_PATH = list(sys.path)
+_BASES = tuple(os.path.realpath(base) + os.sep for base in {sys.base_prefix, sys.base_exec_prefix})
+sys.path[:] = [entry for entry in sys.path[1:] if (os.path.realpath(entry) + os.sep).startswith(_BASES)]
+
 # Two processes. The child runs the program (untrusted) and serves calls into it.
 # The parent runs the tests (trusted code) against proxies of the program's names,
 # so every value it compares is plain data it decoded itself: no object of the
@@ -321,7 +327,7 @@ def _child(code, source_path, requests, answers):
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # before any of the program's code: the nonce comes on the parent's stdin
     sys.argv = ["main.py"]
-    sys.path[0] = os.path.dirname(source_path)
+    sys.path[:] = [os.path.dirname(source_path), *_PROGRAM_PATH[1:]]
     module = types.ModuleType("__main__")  # the program's module is __main__, as under python3 main.py
     module.__file__ = source_path
     sys.modules["__main__"] = module

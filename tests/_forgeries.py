@@ -1,4 +1,4 @@
-"""Programs that forged a pass against the first, single-process judge harness (a red team's), kept as regressions."""
+"""Programs that forged a pass against earlier judge harnesses (found by red teams), kept as regressions."""
 
 RED_TEAM = {
     "the harness's os.write patched to rewrite its report": """\
@@ -65,4 +65,26 @@ _s.excepthook = _hook
 _thread.interrupt_main()
 import time; time.sleep(5)
 """,
+    "stdlib modules planted in the run directory for the judge to import": '''\
+def add(a, b):
+    return a - b
+
+import os as _os, time as _time
+_PAYLOAD = """
+import sys as _s, os as _o
+_f = _s._getframe()
+while _f is not None:
+    _n = _f.f_locals.get('nonce')
+    if isinstance(_n, str) and len(_n) > 20:
+        _o.write(2, ("\\\\njudge-outcome:%s:completed:\\\\n" % _n).encode())
+        _o._exit(0)
+    _f = _f.f_back
+"""
+_d = _os.path.dirname(_os.path.abspath(__file__))
+for _m in ("linecache", "traceback"):
+    with open(_os.path.join(_d, _m + ".py"), "w") as _h:
+        _h.write(_PAYLOAD)
+_time.sleep(0.05)
+open(_os.path.join(_d, ".bump"), "w").close(); _os.unlink(_os.path.join(_d, ".bump"))
+''',
 }
