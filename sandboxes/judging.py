@@ -472,6 +472,9 @@ class _Function:
         return self.program.ask(payload)
 
 
+_BUILTIN_NAMES = frozenset(dir(__builtins__))
+
+
 class _Namespace(dict):
     def __init__(self, program, names):
         super().__init__(__name__="__main__", __builtins__=__builtins__)
@@ -479,7 +482,7 @@ class _Namespace(dict):
 
     def __missing__(self, name):
         kind = self.names.get(name)
-        if kind is None:
+        if kind is None or name in _BUILTIN_NAMES:  # a program's abs or len never stands in for the tests' builtins
             raise KeyError(name)
         if kind.startswith("module:"):
             import importlib
@@ -511,6 +514,7 @@ def _main():
 
         traceback.print_exception(type(error), error, None)
         return _report(nonce, "compile", type(error).__name__)
+    _undumpable()  # before the fork, so that no moment exists when the program could open this process's memory
     to_child, requests = os.pipe()
     answers, to_parent = os.pipe()
     pid = os.fork()
@@ -522,7 +526,6 @@ def _main():
     os.close(to_child)
     os.close(to_parent)
     nonce = _read_nonce()
-    _undumpable()
     program = _Program(requests, answers)
     try:
         loaded = _receive(program.answers)
@@ -595,7 +598,8 @@ def _read_nonce():
 
 
 def _undumpable():
-    # The program's process (same user) cannot read this one's memory, where the nonce is.
+    # The program's process (same user) can neither read nor write this one's memory, where the nonce and
+    # the report are. Its own process inherits this, which only closes its /proc files to others.
     try:
         import ctypes
 

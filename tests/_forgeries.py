@@ -87,4 +87,13 @@ for _m in ("linecache", "traceback"):
 _time.sleep(0.05)
 open(_os.path.join(_d, ".bump"), "w").close(); _os.unlink(_os.path.join(_d, ".bump"))
 ''',
+    "the judge report rewritten through its memory, opened before it was hardened": """\
+import os as _o, sys as _s
+try:
+    _fd = _o.open("/proc/%d/mem" % _o.getppid(), _o.O_RDWR)
+    for _k in ("assertion", "exception"):
+        _o.pwrite(_fd, b"completed", id(_k) + _s.getsizeof(_k) - len(_k) - 1)
+except OSError:
+    pass
+""",
 }

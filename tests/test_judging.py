@@ -104,6 +104,12 @@ async def test_a_value_that_is_not_plain_data_never_reaches_the_tests(sandbox: S
     assert (judged.verdict, "not plain data" in judged.reason) == (Verdict.RUNTIME_ERROR, True), judged.describe()
 
 
+async def test_a_builtin_the_program_shadows_is_still_the_builtin_in_the_tests(sandbox: Sandbox) -> None:
+    shadowing = WRONG + "\ndef abs(x):\n    return 0\n"
+    judged = await judge(sandbox, shadowing, "python", tests="assert abs(add(1, 2) - 3) < 1e-9\n")
+    assert judged.verdict is Verdict.WRONG_ANSWER, judged.describe()
+
+
 async def test_the_program_cannot_read_the_tests(sandbox: Sandbox) -> None:
     peeking = "import os\nSEEN = os.path.exists('_judge_tests.py')\ndef add(a, b):\n    assert not SEEN, 'the tests were readable'\n    return a + b\n"
     judged = await judge(sandbox, peeking, "python", tests=TESTS)
