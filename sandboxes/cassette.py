@@ -130,10 +130,6 @@ def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _as_bytes(data: bytes | str | None) -> bytes | None:
-    return data.encode() if isinstance(data, str) else data
-
-
 def _payload(data: bytes) -> dict[str, Any]:
     """File contents as stored: text when it is text, else base64."""
     try:

@@ -196,6 +196,7 @@ async def judge_sample(
     With ``background``, the used sandbox is destroyed there, while the next sample starts.
     """
     judgement: Judgement | None = None
+    lost_each_time = True
     for _ in range(retries + 1):
         try:
             sandbox = await Sandbox.create(provider)
@@ -214,8 +215,9 @@ async def judge_sample(
             judgement = Judgement(Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}", language=problem.language, provider=provider or "")
         if judgement.verdict is not Verdict.INFRA_ERROR:
             return judgement
+        lost_each_time = lost_each_time and judgement.lost
     assert judgement is not None
-    if "SandboxNotFoundError" in judgement.reason or "lost" in judgement.reason:
+    if lost_each_time:
         # Lost on every fresh sandbox: the program's doing (it killed its sandbox), so it counts.
         judgement.verdict, judgement.reason = Verdict.RUNTIME_ERROR, f"the sandbox was lost on each of {retries + 1} tries ({judgement.reason})"
     return judgement

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ProviderError, SandboxNotFoundError, ToolchainMissing
+from .errors import ProviderError, SandboxNotFoundError
 from .languages import PreparedRun, cleanup, get_language, prepare_code, toolchain_version
 from .models import NONCE_PREFIX, ExecutionResult
 
@@ -83,6 +83,8 @@ class Judgement:
     build_ms: float = 0.0
     run_ms: float = 0.0
     cases: list[Verdict] = field(default_factory=list)
+    lost: bool = False
+    """The sandbox vanished while judging (an ``infra_error``, unless it happens on every fresh try)."""
 
     @property
     def passed(self) -> bool:
@@ -139,8 +141,7 @@ async def judge(
             await _judge_cases(sandbox, program, lang.name, cases, comparer, judgement, timeout, files)
     except (ProviderError, SandboxNotFoundError) as error:
         judgement.verdict, judgement.reason = Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}"
-    except ToolchainMissing:
-        raise
+        judgement.lost = isinstance(error, SandboxNotFoundError)
     return judgement
 
 

@@ -336,7 +336,7 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
     return [(tool, why) for tool in tools if (why := known[tool]) is not None]
 
 
-_VERSION_ARGS = {"go": ("version",), "gcc": ("--version",)}
+_VERSION_ARGS = {"go": ("version",)}  # the others take --version
 _versions: weakref.WeakKeyDictionary[Sandbox, dict[str, str]] = weakref.WeakKeyDictionary()
 _alike_versions: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("sandboxes_alike_versions", default=None)
 

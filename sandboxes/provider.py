@@ -36,7 +36,7 @@ import shlex
 import stat
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -516,13 +516,3 @@ def _write_new_file(local: Path, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
-
-
-def shell_command(argv: Sequence[str]) -> str:
-    """An argument vector as one shell string, for drivers whose provider only takes strings.
-
-    ``["/bin/sh", "-c", script]`` (how the engine sends a string command) comes back as the script itself.
-    """
-    if len(argv) == 3 and argv[0] in ("/bin/sh", "sh") and argv[1] == "-c":
-        return argv[2]
-    return shlex.join(argv)

@@ -5,20 +5,17 @@ command prints them; once the loop is over the same object says how the
 command ended (``exit_code``, ``timed_out``, ``result``), so a caller that
 shows output live does not need a second command to learn the status.
 
-A provider's ``stream_execution`` is an async generator decorated with
-``@streaming``: it yields its chunks and, last, one ``ExitStatus``, which the
-``CommandStream`` keeps instead of passing on.
+The engine's stream yields the chunks and, last, one ``ExitStatus``, which
+the ``CommandStream`` keeps instead of passing on.
 """
 
 from __future__ import annotations
 
 import codecs
-import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 from .models import (
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -79,11 +76,6 @@ class CommandStream(AsyncIterator[OutputChunk]):
         self._started = time.monotonic()
         self._out = OutputBuffer(max_output_bytes)
         self._err = OutputBuffer(max_output_bytes)
-
-    @classmethod
-    def of(cls, source: AsyncIterator[StreamItem], *, command: Command | None = None) -> CommandStream:
-        """``source`` as a CommandStream (itself when it already is one)."""
-        return source if isinstance(source, CommandStream) else cls(source, command=command)
 
     def __repr__(self) -> str:
         state = f"exit_code={self.exit_code} timed_out={self.timed_out}" if self.ended else "running"
@@ -154,16 +146,3 @@ class CommandStream(AsyncIterator[OutputChunk]):
             truncated=self._out.truncated or self._err.truncated,
             command=self.command,
         )
-
-
-def streaming(method: Callable[..., AsyncIterator[StreamItem]]) -> Callable[..., CommandStream]:
-    """Make a provider's ``stream_execution`` generator return a ``CommandStream``.
-
-    The generator yields ``OutputChunk``s and, last, one ``ExitStatus``.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: Any, sandbox_id: str, command: Command, *args: Any, **kwargs: Any) -> CommandStream:
-        return CommandStream(method(self, sandbox_id, command, *args, **kwargs), command=command)
-
-    return wrapper

@@ -60,3 +60,10 @@ async def test_a_fault_that_stays_is_an_infra_error_left_out_of_the_scores(confi
     verdicts, summary = await _verdicts(tmp_path, "down")
     assert verdicts == [Verdict.INFRA_ERROR.value] * len(SAMPLES)
     assert summary == {"pass@1": None, "infra": len(SAMPLES)}  # nothing scored, nothing counted as failed
+
+
+async def test_a_sandbox_lost_on_every_fresh_try_is_the_programs_doing_and_counts(configured: E2BEmulator, tmp_path: Path) -> None:
+    configured.fail_next(502, count=10_000, target="envd", message="The sandbox was not found")  # each vanishes under its program
+    verdicts, summary = await _verdicts(tmp_path, "lost")
+    assert verdicts == [Verdict.RUNTIME_ERROR.value] * len(SAMPLES), verdicts
+    assert summary == {"pass@1": 0.0, "infra": 0}
