@@ -14,7 +14,8 @@ one ``Verdict``. Two styles of problem:
   (patching ``os`` or ``sys``, reading frames, interrupting threads) reaches
   the judge's, which reads the nonce only after the fork and is not dumpable.
   A pass is the judge's report, with the nonce, after the tests returned; a
-  program that exits early, or dies, is not a pass. Python only, so far.
+  program that exits early, or dies, is not a pass. The other languages
+  run their tests in the program's process (``_embedded``).
   Unlike ``python3 main.py``, an argument the program mutates is not seen by
   the tests, and tests that hand the program a function are refused.
 - **stdin/stdout cases** (competitive programming): each case's stdin is fed
@@ -38,8 +39,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import _embedded
 from .errors import ProviderError, SandboxNotFoundError
-from .languages import PreparedRun, cleanup, get_language, prepare_code, toolchain_version
+from .languages import Language, PreparedRun, cleanup, get_language, prepare_code, toolchain_version
 from .models import NONCE_PREFIX, ExecutionResult
 
 if TYPE_CHECKING:
@@ -113,10 +115,12 @@ async def judge(
     compare: Compare = "exact",
     timeout: float = DEFAULT_TIMEOUT,
     files: Mapping[str, str | bytes] | None = None,
+    edition: str | None = None,
 ) -> Judgement:
     """Build ``program`` once in ``sandbox`` and judge it.
 
-    With ``tests``: embedded tests, appended to the program. With
+    With ``tests``: embedded tests, appended to the program (``edition`` is
+    Rust's, 2021 unless given). With
     ``expected_stdout`` (and ``stdin``) or ``cases`` (a list of
     ``(stdin, expected_stdout)``): stdin/stdout cases, compared by ``compare``
     (``"exact"``, ``"whitespace"``, ``"float:1e-6"`` or a function of
@@ -126,16 +130,19 @@ async def judge(
     comparer = _comparer(compare)
     if tests is not None and (cases is not None or expected_stdout is not None):
         raise ValueError("give either tests (embedded tests) or stdin/stdout cases, not both")
-    if tests is not None and lang.name != "python":
-        raise ValueError(f"embedded tests are judged for python only so far, not {lang.name}; give stdin/stdout cases instead")
+    plan = _embedded.plan(lang, program, tests, edition) if tests is not None and lang.name != "python" else None
+    if edition is not None and plan is None:
+        raise ValueError(f"edition is Rust's (rustc --edition) for embedded tests, not for {lang.name} {'tests' if tests else 'cases'}; leave it out")
     if cases is None:
         cases = [(stdin or b"", expected_stdout)] if expected_stdout is not None else []
     if tests is None and not cases:
         raise ValueError("nothing to judge by: give tests, expected_stdout or cases")
     judgement = Judgement(Verdict.INFRA_ERROR, language=lang.name, provider=sandbox.provider)
     try:
-        judgement.toolchain = await toolchain_version(sandbox, lang)
-        if tests is not None:
+        judgement.toolchain = await toolchain_version(sandbox, plan.language if plan else lang)
+        if plan is not None:
+            await _judge_in_process(sandbox, plan, judgement, timeout, files)
+        elif tests is not None:
             await _judge_embedded(sandbox, program, tests, judgement, timeout, files)
         else:
             await _judge_cases(sandbox, program, lang.name, cases, comparer, judgement, timeout, files)
@@ -183,7 +190,7 @@ async def _judge_cases(
 
 
 async def _build(
-    sandbox: Sandbox, program: str, language: str, judgement: Judgement, timeout: float, files: Mapping[str, str | bytes] | None
+    sandbox: Sandbox, program: str, language: str | Language, judgement: Judgement, timeout: float, files: Mapping[str, str | bytes] | None
 ) -> PreparedRun | None:
     """The program written and built; None (and a ``compile_error``) when the build failed."""
     started = time.monotonic()
@@ -261,6 +268,37 @@ def _close(expected: list[str], actual: list[str], tolerance: float) -> bool:
         if not (math.isfinite(a) and math.isfinite(b)) or not math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance):
             return False
     return True
+
+
+# -- embedded tests in the program's process (every language but python) -------------------------
+async def _judge_in_process(sandbox: Sandbox, plan: _embedded.Plan, judgement: Judgement, timeout: float, files: Mapping[str, str | bytes] | None) -> None:
+    """Program and tests built as one, run with the epilogue that reports the nonce once the tests returned."""
+    prepared = await _build(sandbox, plan.source, plan.language, judgement, timeout, {**(files or {}), **plan.files})
+    if prepared is None:
+        return
+    try:
+        nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)
+        started = time.monotonic()
+        result = await sandbox.execute(prepared.argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
+        judgement.run_ms = (time.monotonic() - started) * 1000
+        kind, _ = _outcome(result, nonce)
+        judgement.result = result
+        judgement.verdict, judgement.reason = _in_process_verdict(result, kind == "completed", plan)
+    finally:
+        await cleanup(sandbox, prepared, now=False)
+
+
+def _in_process_verdict(result: ExecutionResult, reported: bool, plan: _embedded.Plan) -> tuple[Verdict, str]:
+    ended, why = _ended(result)
+    if ended in (Verdict.TIMEOUT, Verdict.MEMORY_LIMIT):
+        return ended, why
+    if ended is None:
+        if reported:
+            return Verdict.PASSED, ""
+        return Verdict.RUNTIME_ERROR, "the process ended with status 0 before its tests finished (no report from the judge)"
+    if plan.assertion_failed(result.stdout + "\n" + result.stderr, result.exit_code):
+        return Verdict.WRONG_ANSWER, f"a test failed ({why})"
+    return Verdict.RUNTIME_ERROR, f"the process {why.removeprefix('exited with ')} before its tests finished" if why.startswith("exited") else why
 
 
 # -- embedded tests (python) -----------------------------------------------------------------------------

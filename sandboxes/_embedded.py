@@ -1,0 +1,248 @@
+"""Embedded tests in the languages other than Python: how each is assembled, built and run.
+
+The tests are appended to the program, as MultiPL-E and HumanEval-X do, and
+built and run as the bare toolchain would (the reference commands are in
+``REFERENCE``). One addition per language, an epilogue that the toolchain
+reaches only after the tests returned: it reads the run's nonce from stdin and
+reports ``judge-outcome:<nonce>:completed`` on stderr. An exit before the tests
+end (``exit(0)``, ``System.exit(0)``, ``process.exit(0)``, ``os.Exit(0)``,
+``std::process::exit(0)``, an ``at_exit`` hook) never reaches it, and the
+source holds no nonce to copy, so neither is a pass.
+
+- C, C++ and Rust link the epilogue around ``main`` (``-Wl,--wrap=main``): the
+  program's own ``main`` (or libtest's) runs unchanged and returns to it;
+- Java runs the first class's ``main`` from a launcher class, Go from a
+  ``TestMain``, JavaScript and TypeScript from a ``beforeExit`` listener that
+  ``node -r`` loads first; Ruby and bash append it to the source's end (Ruby's
+  runs Test::Unit there instead of at exit).
+
+The limit, unlike Python's two processes: here the tests share the program's
+process. A program written against this judge can take the nonce from stdin
+first, or patch the test framework it shares a process with, and forge a
+pass. Judge untrusted Python through the two-process harness; for these
+languages the nonce stops the generic cheats (early exit, copying a marker),
+not a targeted one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .languages import Language, Recipe
+
+Argv = tuple[str, ...]
+
+EDITIONS = ("2015", "2018", "2021", "2024")
+DEFAULT_EDITION = "2021"
+
+REFERENCE = {
+    "python": "python3 main.py",
+    "javascript": "node main.js",
+    "typescript": "tsc --target es2022 --module commonjs main.ts && node main.js",
+    "java": "javac -encoding UTF-8 Main.java && java -ea Problem",
+    "go": "go test -c -o main.test main_test.go && ./main.test",
+    "rust": "rustc --test --edition 2021 main.rs && ./main (fn main in the tests: rustc --edition 2021 main.rs)",
+    "c": "gcc -O1 main.c -lm && ./a.out",
+    "cpp": "g++ -O1 main.cpp && ./a.out",
+    "ruby": "ruby main.rb",
+    "bash": "bash main.sh",
+}
+"""The bare command each language's verdict equals (the program and its tests in one file)."""
+
+_REPORT = "judge-outcome:{nonce}:completed"
+
+_C_EPILOGUE = r"""/* sandboxes judge: linked with -Wl,--wrap=main, so the program's main returns here. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+int __real_main(int argc, char **argv, char **envp);
+int __wrap_main(int argc, char **argv, char **envp) {
+    int status = __real_main(argc, argv, envp);
+    char nonce[128];
+    ssize_t got;
+    if (status != 0) return status;
+    fflush(stdout);
+    got = read(0, nonce, sizeof nonce - 1);
+    nonce[got > 0 ? got : 0] = 0;
+    nonce[strcspn(nonce, "\r\n")] = 0;
+    fprintf(stderr, "judge-outcome:%s:completed\n", nonce);
+    fflush(stderr);
+    return 0;
+}
+#ifdef __cplusplus
+}
+#endif
+"""
+
+_NODE_EPILOGUE = r"""// sandboxes judge: loaded first (node -r); reports when the event loop is done, which an exit skips.
+'use strict';
+const fs = require('fs');
+process.once('beforeExit', () => {
+  let nonce = '';
+  try { nonce = fs.readFileSync(0, 'utf8').trim(); } catch (error) { nonce = ''; }
+  fs.writeSync(2, `judge-outcome:${nonce}:completed\n`);
+});
+"""
+
+_JAVA_LAUNCHER = "SandboxesJudgeMain"
+_JAVA_EPILOGUE = r"""// sandboxes judge: runs the program's main class, then reports; System.exit in it skips the report.
+public class SandboxesJudgeMain {
+    public static void main(String[] args) throws Throwable {
+        java.lang.reflect.Method main = Class.forName(args[0]).getMethod("main", String[].class);
+        main.setAccessible(true);
+        try {
+            main.invoke(null, (Object) new String[0]);
+        } catch (java.lang.reflect.InvocationTargetException error) {
+            throw error.getCause();
+        }
+        System.out.flush();
+        String nonce = new java.io.BufferedReader(new java.io.InputStreamReader(System.in)).readLine();
+        System.err.println("judge-outcome:" + (nonce == null ? "" : nonce.trim()) + ":completed");
+        System.err.flush();
+    }
+}
+"""
+
+_GO_EPILOGUE = """// sandboxes judge: the tests run from here, and a report follows only when they all passed.
+package {package}
+
+import (
+\t"bufio"
+\t"fmt"
+\t"os"
+\t"strings"
+\t"testing"
+)
+
+func TestMain(m *testing.M) {{
+\tcode := m.Run()
+\tif code == 0 {{
+\t\tnonce, _ := bufio.NewReader(os.Stdin).ReadString('\\n')
+\t\tfmt.Fprintf(os.Stderr, "judge-outcome:%s:completed\\n", strings.TrimSpace(nonce))
+\t}}
+\tos.Exit(code)
+}}
+"""
+
+_RUBY_EPILOGUE = """
+# sandboxes judge: the tests run here (not at exit), then the report; an exit before this line is not a pass.
+if defined?(Test::Unit::AutoRunner) && Test::Unit::AutoRunner.need_auto_run?
+  Test::Unit::AutoRunner.need_auto_run = false
+  exit(false) unless Test::Unit::AutoRunner.run
+end
+$stdout.flush
+$stderr.write("judge-outcome:#{$stdin.read.to_s.strip}:completed\\n")
+$stderr.flush
+"""
+
+_BASH_EPILOGUE = """
+# sandboxes judge: reached only when the tests above ran to here.
+read -r __sandboxes_judge_nonce || true
+printf 'judge-outcome:%s:completed\\n' "$__sandboxes_judge_nonce" >&2
+"""
+
+_C_MAIN = "_judge_main.c"
+_NODE_FIRST = "_judge_first.js"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One program with its tests, ready for ``prepare_code``: the language to build it as, its text, its helper files."""
+
+    language: Language
+    source: str
+    files: dict[str, str]
+    assertion: re.Pattern[str] | None
+    """Output that says a test's assertion failed (a ``wrong_answer``); any other failure is a ``runtime_error``.
+    None: every failing exit status is a test's (bash tests fail the script with ``set -e``), and a signal a crash."""
+    crash: re.Pattern[str] | None = None
+    """Output that says the program crashed, even where an assertion's failure shows too (a panicking Go test)."""
+
+    def assertion_failed(self, output: str, exit_code: int) -> bool:
+        if self.assertion is None:
+            return 0 < exit_code < 128
+        return bool(self.assertion.search(output)) and not (self.crash and self.crash.search(output))
+
+
+def plan(language: Language, program: str, tests: str, edition: str | None = None) -> Plan:
+    """How to judge ``program`` with its embedded ``tests`` in ``language`` (not python, which has its own harness)."""
+    source = program.rstrip("\n") + "\n" + tests
+    if not source.endswith("\n"):
+        source += "\n"
+    name = language.name
+    if edition is not None and name != "rust":
+        raise ValueError(f"edition is Rust's (rustc --edition), not {name}'s; leave it out")
+    if name in ("c", "cpp"):
+        compiler = "gcc" if name == "c" else "g++"
+        file = "main.c" if name == "c" else "main.cpp"
+        libm = ("-lm",) if name == "c" else ()
+        build = (compiler, "-O1", "-o", "{out}", file, _C_MAIN, *libm, "-Wl,--wrap=main")
+        pattern = re.compile(r"Assertion [`'].*' failed")
+        return _plan(language, file, source, (compiler,), (build,), ("{out}",), {_C_MAIN: _C_EPILOGUE}, pattern)
+    if name == "rust":
+        edition = edition or DEFAULT_EDITION
+        if edition not in EDITIONS:
+            raise ValueError(f"unknown Rust edition {edition!r}: use one of {', '.join(EDITIONS)}")
+        test_mode = () if re.search(r"\bfn\s+main\s*\(", source) else ("--test",)
+        link = ("-C", "link-arg=-Wl,--wrap=main", "-C", "link-arg={dir}/_judge_main.o")
+        builds = (
+            ("cc", "-c", "-O1", "-o", "_judge_main.o", _C_MAIN),
+            ("rustc", *test_mode, "--edition", edition, *link, "-o", "{out}", "main.rs"),
+        )
+        pattern = re.compile(r"panicked at (?:'assertion|[^\n]*\n(?:assertion failed|assertion `left [!=]= right` failed))")
+        return _plan(language, "main.rs", source, ("rustc", "cc"), builds, ("{out}",), {_C_MAIN: _C_EPILOGUE}, pattern)
+    if name in ("javascript", "typescript"):
+        pattern = re.compile(r"AssertionError|ERR_ASSERTION")
+        files = {_NODE_FIRST: _NODE_EPILOGUE}
+        node = ("node", "-r", f"./{_NODE_FIRST}")
+        if name == "javascript":
+            return _plan(language, "main.js", source, ("node",), (("node", "--check", "main.js"),), (*node, "main.js"), files, pattern)
+        check = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build", "main.ts")  # a type error fails the build
+        return _plan(language, "main.ts", source, ("tsc", "node"), (check,), (*node, ".build/main.js"), files, pattern)
+    if name == "java":
+        public = re.search(r"^public\s+(?:(?:final|abstract|sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+(\w+)", source, re.M)
+        first = re.search(r"^(?:(?:public|final|abstract|sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+(\w+)", source, re.M)
+        first = first or re.search(r"\bclass\s+(\w+)", source)
+        file = f"{public.group(1)}.java" if public else "Main.java"
+        main_class = first.group(1) if first else "Main"
+        build = ("javac", "-encoding", "UTF-8", "-d", ".build", file, f"{_JAVA_LAUNCHER}.java")
+        run = ("java", "-ea", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ".build", _JAVA_LAUNCHER, main_class)
+        pattern = re.compile(r"java\.lang\.AssertionError")
+        return _plan(language, file, source, ("javac", "java"), (build,), run, {f"{_JAVA_LAUNCHER}.java": _JAVA_EPILOGUE}, pattern)
+    if name == "go":
+        package = re.search(r"^package\s+(\w+)", source, re.M)
+        files = {"sandboxes_judge_main_test.go": _GO_EPILOGUE.format(package=package.group(1) if package else "main")}
+        build = ("go", "test", "-c", "-o", "{out}", "main_test.go", "sandboxes_judge_main_test.go")
+        pattern = re.compile(r"^\s*--- FAIL", re.M)
+        return _plan(language, "main_test.go", source, ("go",), (build,), ("{out}",), files, pattern, crash=re.compile(r"^panic: ", re.M))
+    if name == "ruby":
+        pattern = re.compile(r"^Failure:", re.M)
+        return _plan(language, "main.rb", source + _RUBY_EPILOGUE, ("ruby",), (("ruby", "-c", "main.rb"),), ("ruby", "main.rb"), {}, pattern)
+    if name == "bash":
+        return _plan(language, "main.sh", source + _BASH_EPILOGUE, ("bash",), (("bash", "-n", "main.sh"),), ("bash", "main.sh"), {}, None)
+    raise ValueError(f"embedded tests are judged for {', '.join(REFERENCE)}, not {name}; give stdin/stdout cases instead")
+
+
+def _plan(
+    language: Language,
+    file: str,
+    source: str,
+    requires: tuple[str, ...],
+    build: tuple[Argv, ...],
+    run: Argv,
+    files: dict[str, str],
+    assertion: re.Pattern[str] | None,
+    crash: re.Pattern[str] | None = None,
+) -> Plan:
+    as_built = Language(
+        name=language.name,
+        source=file,
+        recipes=(Recipe(requires=requires, build=build, run=run),),
+        install_hint=language.install_hint,
+        env=language.env,
+    )
+    return Plan(as_built, source, files, assertion, crash)
