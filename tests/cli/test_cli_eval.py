@@ -137,5 +137,66 @@ def test_stdio_problems_in_several_languages_and_a_summary_per_language(cli: CLI
 
 def test_an_unknown_format_is_a_usage_error(cli: CLI, dataset: tuple[Path, Path]) -> None:
     problems, samples = dataset
+    done = cli("eval", str(samples), "--problems", str(problems), "--format", "apps")
+    assert done.returncode == 2 and b"apps" in done.stderr and b"multipl-e" in done.stderr and b"Traceback" not in done.stderr
+
+
+MULTIPL_E = [
+    {
+        "name": "HumanEval_53_add",
+        "language": "cpp",
+        "prompt": "#include<assert.h>\n#include<bits/stdc++.h>\n// Add two numbers x and y\nlong add(long x, long y) {\n",
+        "tests": "}\nint main() {\n    auto candidate = add;\n    assert(candidate((0), (1)) == (1));\n    assert(candidate((5), (7)) == (12));\n}\n",
+        "stop_tokens": ["\n}"],
+    },
+    {
+        "name": "HumanEval_53_add",
+        "language": "js",
+        "prompt": "//Add two numbers x and y\nfunction add(x, y){\n",
+        "tests": "}\n\nconst assert = require('node:assert');\n\n\nfunction test() {\n  let candidate = add;\n"
+        "  assert.deepEqual(candidate(0, 1),1);\n  assert.deepEqual(candidate(5, 7),12);\n}\n\ntest();",
+    },
+    {
+        "name": "HumanEval_53_add",
+        "language": "rs",
+        "edition": "2021",
+        "prompt": "/// Add two numbers x and y\nfn add(x: isize, y: isize) -> isize {\n",
+        "tests": "}\n\nfn main() {\n    let candidate = add;\n    assert_eq!(candidate(0, 1), 1);\n    assert_eq!(candidate(5, 7), 12);\n}\n",
+    },
+]
+
+
+def test_multipl_e_problems_in_three_languages(cli: CLI, tmp_path: Path) -> None:
+    """MultiPL-E's own shape: a problem per language under one name, so each language is its own problems file."""
+    completions = {
+        "cpp": ("    return x + y;", "    return x - y;", "    exit(0);"),
+        "js": ("  return x + y;", "  return x * y;", "  process.exit(0);"),
+        "rs": ("    x + y", "    x * y", "    std::process::exit(0)"),
+    }  # cut before the stop token "\n}": the tests begin with it
+    summaries = {}
+    for problem in MULTIPL_E:
+        language = str(problem["language"])
+        problems = _write(tmp_path / f"{language}.jsonl", [problem])
+        samples = _write(tmp_path / f"{language}-samples.jsonl", [{"name": problem["name"], "completion": c} for c in completions[language]])
+        done = cli("eval", str(samples), "--problems", str(problems), "--format", "multipl-e", "-k", "1", "--json", timeout=300)
+        assert done.returncode == 0, done.stderr.decode()
+        summaries[language] = json.loads(done.stdout)
+        lines = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
+        assert [line["verdict"] for line in lines] == ["passed", "wrong_answer", "runtime_error"], lines
+        assert lines[0]["task_id"] == "HumanEval_53_add" and lines[0]["toolchain"]
+    assert {language: s["pass_at_k"]["pass@1"]["value"] for language, s in summaries.items()} == pytest.approx({"cpp": 1 / 3, "js": 1 / 3, "rs": 1 / 3})
+
+
+@pytest.mark.parametrize(
+    ("problem", "said"),
+    [
+        ({"name": "a", "language": "cobol", "prompt": "", "tests": ""}, "problems.jsonl:1: unknown language 'cobol'"),
+        ({"language": "cpp", "prompt": "", "tests": ""}, "problems.jsonl:1: missing or not a string: name (or task_id)"),
+        ({"name": "a", "language": "rs", "prompt": "", "tests": "", "edition": 2021}, "problems.jsonl:1: edition must be a string"),
+    ],
+)
+def test_bad_multipl_e_input_is_named(cli: CLI, tmp_path: Path, problem: dict[str, Any], said: str) -> None:
+    problems = _write(tmp_path / "problems.jsonl", [problem])
+    samples = _write(tmp_path / "samples.jsonl", [{"name": "a", "completion": ""}])
     done = cli("eval", str(samples), "--problems", str(problems), "--format", "multipl-e")
-    assert done.returncode == 2 and b"multipl-e" in done.stderr and b"Traceback" not in done.stderr
+    assert done.returncode == 2 and said in one_line_error(done), done.stderr
