@@ -57,6 +57,8 @@ class Exit:
     duration_ms: float | None = None
     oom_killed: bool = False
     dropped: tuple[str, ...] = ()
+    cpu_ms: float | None = None
+    """User plus system CPU time of the command and the processes it waited for, where the provider measures it."""
 
 
 Event = Output | Exit

@@ -294,6 +294,7 @@ def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
         "verdict": judgement.verdict.value,
         "reason": judgement.reason,
         "duration_ms": round(judgement.build_ms + judgement.run_ms, 3),
+        "cpu_ms": judgement.cpu_ms,
         "provider": judgement.provider,
         "language": judgement.language,
         "toolchain": judgement.toolchain,

@@ -84,6 +84,8 @@ class Judgement:
     """The first line of the language tool's ``--version`` in the sandbox (provenance)."""
     build_ms: float = 0.0
     run_ms: float = 0.0
+    cpu_ms: float | None = None
+    """CPU time (user + system) of the runs, not the build, where the provider measures it (local does)."""
     cases: list[Verdict] = field(default_factory=list)
     lost: bool = False
     """The sandbox vanished while judging (an ``infra_error``, unless it happens on every fresh try)."""
@@ -166,11 +168,14 @@ async def _judge_cases(
     prepared = await _build(sandbox, program, language, judgement, timeout, files)
     if prepared is None:
         return
+    cpu_times: list[float | None] = []
     try:
         for index, (case_stdin, expected) in enumerate(cases):
             started = time.monotonic()
             result = await sandbox.execute(prepared.argv, cwd=prepared.directory, env=prepared.env, stdin=case_stdin, timeout=timeout)
             judgement.run_ms += (time.monotonic() - started) * 1000
+            cpu_times.append(result.cpu_ms)
+            judgement.cpu_ms = None if None in cpu_times else math.fsum(t or 0.0 for t in cpu_times)
             verdict, reason = _ended(result)
             if verdict is None:
                 if result.truncated:
@@ -280,7 +285,7 @@ async def _judge_in_process(sandbox: Sandbox, plan: _embedded.Plan, judgement: J
         nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)
         started = time.monotonic()
         result = await sandbox.execute(prepared.argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
-        judgement.run_ms = (time.monotonic() - started) * 1000
+        judgement.run_ms, judgement.cpu_ms = (time.monotonic() - started) * 1000, result.cpu_ms
         kind, _ = _outcome(result, nonce)
         judgement.result = result
         judgement.verdict, judgement.reason = _in_process_verdict(result, kind == "completed", plan)
@@ -669,7 +674,7 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
         started = time.monotonic()
         argv = ["python3", "-S", HARNESS]  # the harness sets up site-packages when the program first needs them
         result = await sandbox.execute(argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
-        judgement.run_ms = (time.monotonic() - started) * 1000
+        judgement.run_ms, judgement.cpu_ms = (time.monotonic() - started) * 1000, result.cpu_ms
         kind, detail = _outcome(result, nonce)
         judgement.result = result
         if kind == "unsupported":

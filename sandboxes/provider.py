@@ -368,6 +368,7 @@ class SandboxProvider:
             truncated=out.truncated or err.truncated,
             command=request.command,
             oom_killed=ended.oom_killed,
+            cpu_ms=ended.cpu_ms,
         )
 
     def stream_execution(

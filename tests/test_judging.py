@@ -215,7 +215,7 @@ async def test_judgements_replay_from_a_cassette_with_the_same_verdicts(tmp_path
     from sandboxes.providers.local import LocalProvider
 
     path = Path(str(tmp_path)) / "judged.yaml"
-    verdicts = []
+    verdicts, cpu_times = [], []
     for mode, live in (("once", LocalProvider()), ("none", None)):
         provider = cassette_provider(live, Cassette(path, mode, provider="local"))
         info = await provider.create_sandbox(SandboxConfig())
@@ -224,6 +224,7 @@ async def test_judgements_replay_from_a_cassette_with_the_same_verdicts(tmp_path
             run = [await judge(box, program, "python", tests=TESTS) for program in (ADD, WRONG, "import os\nos._exit(0)\n")]
             run.append(await judge(box, DOUBLE["python"], "python", cases=[("2\n", "4\n"), ("3\n", "7\n")]))
             verdicts.append([(j.verdict, j.failing_case) for j in run])
+            cpu_times.append([j.cpu_ms for j in run])
         finally:
             await box.destroy()
         if mode == "once":
@@ -232,6 +233,7 @@ async def test_judgements_replay_from_a_cassette_with_the_same_verdicts(tmp_path
         (Verdict.PASSED, None), (Verdict.WRONG_ANSWER, None), (Verdict.RUNTIME_ERROR, None), (Verdict.WRONG_ANSWER, 1),
     ]  # fmt: skip
     assert "sandboxes-nonce-x0000" in path.read_text()  # the nonce is stored as its placeholder
+    assert cpu_times[0] == cpu_times[1] and all(t is not None and t > 0 for t in cpu_times[0])  # measured, recorded, replayed
 
 
 async def test_a_placeholder_printed_by_the_program_never_replays_as_the_nonce(tmp_path: object) -> None:

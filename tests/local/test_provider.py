@@ -119,3 +119,17 @@ def test_a_sweep_that_finds_a_helper_already_reaped_by_another_thread_goes_on() 
     local._CHILDREN.update({key: [ReapedMeanwhile(key)] for key in ("sb-race-1", "sb-race-2")})  # type: ignore[misc]  # stand-ins for Popen
     LocalProvider().driver._reap()
     assert not any(key.startswith("sb-race") for key in local._CHILDREN)
+
+
+async def test_a_commands_cpu_time_is_measured_with_what_it_waited_for(tmp_path: Path) -> None:
+    """wait4's rusage: a busy child counts, time asleep does not."""
+    provider = LocalProvider(state_dir=tmp_path)
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        busy = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+        spinning = await provider.execute_command(info.id, ["sh", "-c", 'python3 -c "$1"; true', "sh", busy])
+        sleeping = await provider.execute_command(info.id, ["sleep", "0.5"])
+        assert spinning.cpu_ms is not None and spinning.cpu_ms >= 380, spinning
+        assert sleeping.cpu_ms is not None and sleeping.cpu_ms < 100 <= 500 <= sleeping.duration_ms, sleeping
+    finally:
+        await provider.destroy_sandbox(info.id)

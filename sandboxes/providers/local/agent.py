@@ -386,7 +386,7 @@ class Agent:
             cgroups.done(group)
         if not vanished:
             try:
-                status = {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started), "oom_killed": oom_killed}
+                status = {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started), "oom_killed": oom_killed, "cpu_ms": child.cpu_ms}
                 conn.sendall(wire.reply_frame(wire.EXIT, status))
             except OSError:
                 pass
@@ -512,6 +512,7 @@ class Child:
     def __init__(self, pid: int, stdin: int | None, stdout: int, stderr: int) -> None:
         self.pid, self.stdin, self.stdout, self.stderr = pid, stdin, stdout, stderr
         self.returncode: int | None = None
+        self.cpu_ms: float | None = None  # from wait4: the command and every process it waited for
 
     @classmethod
     def spawn(
@@ -588,18 +589,23 @@ class Child:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+                self._ended(status, usage)
         return self.returncode
 
     def wait(self) -> int:
         if self.returncode is None:
             try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
+                _, status, usage = os.wait4(self.pid, 0)
+                self._ended(status, usage)
             except ChildProcessError:  # reaped already: it was killed
                 self.returncode = -9
+        return -9 if self.returncode is None else self.returncode
+
+    def _ended(self, status: int, usage: resource.struct_rusage) -> int:
+        self.cpu_ms = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
+        self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
 

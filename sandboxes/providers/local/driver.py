@@ -569,7 +569,9 @@ class LocalDriver:
                         yield Output("stderr", payload)
                     elif kind == wire.EXIT:
                         ended = json.loads(payload)
-                        yield Exit(ended["exit_code"], bool(ended["timed_out"]), ended["duration_ms"], bool(ended.get("oom_killed")))
+                        yield Exit(
+                            ended["exit_code"], bool(ended["timed_out"]), ended["duration_ms"], bool(ended.get("oom_killed")), cpu_ms=ended.get("cpu_ms")
+                        )
                         return
                     elif kind == wire.ERROR:
                         raise _agent_error(json.loads(payload), self.name)
