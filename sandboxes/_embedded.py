@@ -78,10 +78,22 @@ int __wrap_main(int argc, char **argv, char **envp) {
 #endif
 """
 
-_NODE_EPILOGUE = r"""// sandboxes judge: loaded first (node -r); reports when the event loop is done, which an exit skips.
+_C_GUARD = """#undef NDEBUG
+#undef main
+#undef assert
+#include <assert.h>
+#line {line}
+"""
+"""Between the program and the tests: the program cannot switch ``assert`` off (``NDEBUG``, its own
+``assert``) nor rename the tests' ``main``; ``#line`` keeps the tests' line numbers."""
+
+_NODE_ENDED = 'Symbol.for("sandboxes.judge.tests-ended")'
+_NODE_EPILOGUE = r"""// sandboxes judge: loaded first (node -r); reports when the event loop is done, which an exit skips,
+// and only when the line after the tests ran (a top-level return or a swallowed exception skips it).
 'use strict';
 const fs = require('fs');
 process.once('beforeExit', () => {
+  if (globalThis[Symbol.for('sandboxes.judge.tests-ended')] !== true) return;
   let nonce = '';
   try { nonce = fs.readFileSync(0, 'utf8').trim(); } catch (error) { nonce = ''; }
   fs.writeSync(2, `judge-outcome:${nonce}:completed\n`);
@@ -90,9 +102,23 @@ process.once('beforeExit', () => {
 
 _JAVA_LAUNCHER = "SandboxesJudgeMain"
 _JAVA_EPILOGUE = r"""// sandboxes judge: runs the program's main class, then reports; System.exit in it skips the report.
+// The candidates, nearest the tests' main first: the first top-level class that declares a static main.
 public class SandboxesJudgeMain {
     public static void main(String[] args) throws Throwable {
-        java.lang.reflect.Method main = Class.forName(args[0]).getMethod("main", String[].class);
+        java.lang.reflect.Method main = null;
+        for (String name : args) {
+            try {
+                Class<?> type = Class.forName(name, false, SandboxesJudgeMain.class.getClassLoader());
+                java.lang.reflect.Method found = type.getDeclaredMethod("main", String[].class);
+                if (java.lang.reflect.Modifier.isStatic(found.getModifiers())) {
+                    main = found;
+                    break;
+                }
+            } catch (ClassNotFoundException | NoSuchMethodException | LinkageError error) {
+                continue;
+            }
+        }
+        if (main == null) throw new IllegalStateException("sandboxes judge: no class declares the tests' static main(String[])");
         main.setAccessible(true);
         try {
             main.invoke(null, (Object) new String[0]);
@@ -112,6 +138,7 @@ package {package}
 
 import (
 \t"bufio"
+\t"flag"
 \t"fmt"
 \t"os"
 \t"strings"
@@ -119,6 +146,14 @@ import (
 )
 
 func TestMain(m *testing.M) {{
+\t// Every test runs: flags an init() put in os.Args or set (-test.run=^$) are undone.
+\tos.Args = os.Args[:1]
+\tflag.Parse()
+\tflag.VisitAll(func(f *flag.Flag) {{
+\t\tif strings.HasPrefix(f.Name, "test.") {{
+\t\t\t_ = f.Value.Set(f.DefValue)
+\t\t}}
+\t}})
 \tcode := m.Run()
 \tif code == 0 {{
 \t\tnonce, _ := bufio.NewReader(os.Stdin).ReadString('\\n')
@@ -132,6 +167,7 @@ _RUBY_EPILOGUE = """
 # sandboxes judge: the tests run here (not at exit), then the report; an exit before this line is not a pass.
 if defined?(Test::Unit::AutoRunner) && Test::Unit::AutoRunner.need_auto_run?
   Test::Unit::AutoRunner.need_auto_run = false
+  ARGV.clear # options the program put there would choose which tests run
   exit(false) unless Test::Unit::AutoRunner.run
 end
 $stdout.flush
@@ -170,9 +206,9 @@ class Plan:
 
 def plan(language: Language, program: str, tests: str, edition: str | None = None) -> Plan:
     """How to judge ``program`` with its embedded ``tests`` in ``language`` (not python, which has its own harness)."""
-    source = program.rstrip("\n") + "\n" + tests
-    if not source.endswith("\n"):
-        source += "\n"
+    program = program.rstrip("\n") + "\n"
+    tests = tests if tests.endswith("\n") else tests + "\n"
+    source = program + tests
     name = language.name
     if edition is not None and name != "rust":
         raise ValueError(f"edition is Rust's (rustc --edition), not {name}'s; leave it out")
@@ -182,12 +218,15 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
         libm = ("-lm",) if name == "c" else ()
         build = (compiler, "-O1", "-o", "{out}", file, _C_MAIN, *libm, "-Wl,--wrap=main")
         pattern = re.compile(r"Assertion [`'].*' failed")
-        return _plan(language, file, source, (compiler,), (build,), ("{out}",), {_C_MAIN: _C_EPILOGUE}, pattern)
+        guarded = program + _C_GUARD.format(line=program.count("\n") + 1) + tests
+        return _plan(language, file, guarded, (compiler,), (build,), ("{out}",), {_C_MAIN: _C_EPILOGUE}, pattern)
     if name == "rust":
         edition = edition or DEFAULT_EDITION
         if edition not in EDITIONS:
             raise ValueError(f"unknown Rust edition {edition!r}: use one of {', '.join(EDITIONS)}")
-        test_mode = () if re.search(r"\bfn\s+main\s*\(", source) else ("--test",)
+        test_mode = ("--test",) if re.search(r"#\[\s*test\s*\]", tests) else ()  # the tests' shape decides, never the program
+        if edition != "2015":  # std's own macros, whatever macro_rules! the program defined under their names
+            source = program + re.sub(r"(?<![\w:])(assert|assert_eq|assert_ne|panic)!", r"::std::\1!", tests)
         link = ("-C", "link-arg=-Wl,--wrap=main", "-C", "link-arg={dir}/_judge_main.o")
         builds = (
             ("cc", "-c", "-O1", "-o", "_judge_main.o", _C_MAIN),
@@ -200,17 +239,16 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
         files = {_NODE_FIRST: _NODE_EPILOGUE}
         node = ("node", "-r", f"./{_NODE_FIRST}")
         if name == "javascript":
+            source += f"globalThis[{_NODE_ENDED}] = true;\n"
             return _plan(language, "main.js", source, ("node",), (("node", "--check", "main.js"),), (*node, "main.js"), files, pattern)
+        source += f"(globalThis as any)[{_NODE_ENDED}] = true;\n"
         check = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build", "main.ts")  # a type error fails the build
         return _plan(language, "main.ts", source, ("tsc", "node"), (check,), (*node, ".build/main.js"), files, pattern)
     if name == "java":
         public = re.search(r"^public\s+(?:(?:final|abstract|sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+(\w+)", source, re.M)
-        first = re.search(r"^(?:(?:public|final|abstract|sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+(\w+)", source, re.M)
-        first = first or re.search(r"\bclass\s+(\w+)", source)
         file = f"{public.group(1)}.java" if public else "Main.java"
-        main_class = first.group(1) if first else "Main"
         build = ("javac", "-encoding", "UTF-8", "-d", ".build", file, f"{_JAVA_LAUNCHER}.java")
-        run = ("java", "-ea", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ".build", _JAVA_LAUNCHER, main_class)
+        run = ("java", "-ea", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ".build", _JAVA_LAUNCHER, *_java_main_classes(program, tests))
         pattern = re.compile(r"java\.lang\.AssertionError")
         return _plan(language, file, source, ("javac", "java"), (build,), run, {f"{_JAVA_LAUNCHER}.java": _JAVA_EPILOGUE}, pattern)
     if name == "go":
@@ -225,6 +263,16 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
     if name == "bash":
         return _plan(language, "main.sh", source + _BASH_EPILOGUE, ("bash",), (("bash", "-n", "main.sh"),), ("bash", "main.sh"), {}, None)
     raise ValueError(f"embedded tests are judged for {', '.join(REFERENCE)}, not {name}; give stdin/stdout cases instead")
+
+
+def _java_main_classes(program: str, tests: str) -> list[str]:
+    """Where the tests' ``main`` is, the classes declared before it, nearest first (the class it closes, in
+    MultiPL-E; its own, in HumanEval-X); tests with no ``main`` run the first class, as ``java Main.java`` does."""
+    declared = r"\b(?:class|interface|enum|record)\s+(\w+)"
+    found = re.search(r"\bstatic\s+(?:final\s+)?void\s+main\s*\(", tests)
+    if found is None:
+        return list(dict.fromkeys(re.findall(declared, program + tests))) or ["Main"]
+    return list(dict.fromkeys(reversed(re.findall(declared, program + tests[: found.start()])))) or ["Main"]
 
 
 def _plan(

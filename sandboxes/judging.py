@@ -303,7 +303,7 @@ def _in_process_verdict(result: ExecutionResult, reported: bool, plan: _embedded
         return Verdict.RUNTIME_ERROR, "the process ended with status 0 before its tests finished (no report from the judge)"
     if plan.assertion_failed(result.stdout + "\n" + result.stderr, result.exit_code):
         return Verdict.WRONG_ANSWER, f"a test failed ({why})"
-    return Verdict.RUNTIME_ERROR, f"the process {why.removeprefix('exited with ')} before its tests finished" if why.startswith("exited") else why
+    return Verdict.RUNTIME_ERROR, f"the process {'was ' if why.startswith('killed') else ''}{why} before its tests finished"
 
 
 # -- embedded tests (python) -----------------------------------------------------------------------------

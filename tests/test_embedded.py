@@ -211,3 +211,61 @@ async def test_a_loop_in_a_compiled_language_is_a_timeout(sandbox: Sandbox) -> N
 async def test_an_edition_is_rusts_alone(sandbox: Sandbox, language: str, edition: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await judge(sandbox, "x", language, tests="y", edition=edition)
+
+
+HUMANEVAL_X_JAVA = (
+    "import java.util.*;\nclass Solution {\n    public long add(long a, long b) {\n        return a {op} b;\n    }\n}\n",
+    "public class Main {\n    public static void main(String[] args) {\n        Solution s = new Solution();\n"
+    '        if (s.add(1, 2) != 3) throw new AssertionError("add");\n    }\n}\n',
+)
+# A red team's passes for wrong programs that needed no knowledge of the judge (round 1 of the in-process languages).
+RED_TEAM = [
+    pytest.param("c", "#define NDEBUG\n" + PROBLEMS["c"].wrong, None, id="c-NDEBUG"),
+    pytest.param("cpp", PROBLEMS["cpp"].wrong + "#undef assert\n#define assert(x) ((void)0)\n", None, id="cpp-own-assert"),
+    pytest.param("c", PROBLEMS["c"].wrong + "int main(void) { return 0; }\n#define main unused_main\n", None, id="c-rename-the-tests-main"),
+    pytest.param("rust", PROBLEMS["rust"].wrong + "fn main() {}\n", RUST_TESTS, id="rust-own-main-drops-cfg-test"),
+    pytest.param("rust", "macro_rules! assert_eq { ($($t:tt)*) => {} }\n" + PROBLEMS["rust"].wrong, None, id="rust-own-assert_eq"),
+    pytest.param(
+        "java",
+        "import java.util.*;\nclass Helper {\n    public static void main(String[] args) {}\n}\n"
+        + PROBLEMS["java"].wrong.removeprefix("import java.util.*;\n"),
+        None,
+        id="java-first-class-main",
+    ),
+    pytest.param(
+        "java",
+        HUMANEVAL_X_JAVA[0].replace("{op}", "-").replace("    public long", "    public static void main(String[] a) {}\n    public long"),
+        HUMANEVAL_X_JAVA[1],
+        id="java-x-own-main",
+    ),
+    pytest.param("javascript", PROBLEMS["javascript"].wrong + "return;\n", None, id="js-top-level-return"),
+    pytest.param("typescript", PROBLEMS["typescript"].wrong + "// @ts-ignore\nreturn;\n", None, id="ts-top-level-return"),
+    pytest.param("javascript", "process.on('uncaughtException', () => {});\n" + PROBLEMS["javascript"].wrong, None, id="js-swallow-exceptions"),
+    pytest.param(
+        "go",
+        PROBLEMS["go"].wrong.replace('import "testing"', 'import (\n\t"os"\n\t"testing"\n)') + 'func init() { os.Args = append(os.Args, "-test.run=^$") }\n',
+        None,
+        id="go-init-filters-tests",
+    ),
+    pytest.param("ruby", "ARGV.replace(['-n', 'no_such_test'])\n" + PROBLEMS["ruby"].wrong, None, id="ruby-argv"),
+]
+
+
+@pytest.mark.parametrize(("language", "program", "tests"), RED_TEAM)
+async def test_switching_the_tests_off_is_no_pass(sandbox: Sandbox, language: str, program: str, tests: str | None) -> None:
+    judged = await judge(sandbox, program, language, tests=tests or PROBLEMS[language].tests, timeout=60)
+    assert not judged.passed, judged.describe()
+
+
+async def test_java_runs_the_class_whose_main_the_tests_declare(sandbox: Sandbox) -> None:
+    """HumanEval-X's shape: the tests bring their own public class Main after the program's class Solution."""
+    program, tests = HUMANEVAL_X_JAVA
+    right = await judge(sandbox, program.replace("{op}", "+"), "java", tests=tests, timeout=60)
+    wrong = await judge(sandbox, program.replace("{op}", "-"), "java", tests=tests, timeout=60)
+    assert (right.verdict, wrong.verdict) == (Verdict.PASSED, Verdict.WRONG_ANSWER), (right.describe(), wrong.describe())
+
+
+async def test_the_tests_line_numbers_are_kept_in_a_c_assertion(sandbox: Sandbox) -> None:
+    judged = await judge(sandbox, PROBLEMS["c"].wrong, "c", tests=PROBLEMS["c"].tests, timeout=60)
+    program_lines = PROBLEMS["c"].wrong.count("\n")
+    assert judged.result is not None and f"main.c:{program_lines + 2}:" in judged.result.stderr, judged.describe()
