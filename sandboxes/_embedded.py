@@ -16,12 +16,19 @@ source holds no nonce to copy, so neither is a pass.
   ``node -r`` loads first; Ruby and bash append it to the source's end (Ruby's
   runs Test::Unit there instead of at exit).
 
+What runs is decided by the tests, never the program: Rust's ``--test`` when
+the tests hold ``#[test]``, Java's class the one whose ``main`` the tests
+declare. The tests get the toolchain's own asserts (C and C++ re-include
+``assert.h`` after the program, with ``NDEBUG`` and ``main`` undefined; Rust
+tests call ``::std::assert_eq!``), and test filters the program set (Go's
+flags, Ruby's ARGV) are undone. A red team's passes are regression tests.
+
 The limit, unlike Python's two processes: here the tests share the program's
 process. A program written against this judge can take the nonce from stdin
-first, or patch the test framework it shares a process with, and forge a
-pass. Judge untrusted Python through the two-process harness; for these
-languages the nonce stops the generic cheats (early exit, copying a marker),
-not a targeted one.
+first, or patch what the tests use (Ruby's ``Integer#==``, node's ``assert``,
+a bash function named ``set``), and forge a pass. Judge untrusted Python
+through the two-process harness; for these languages the nonce stops the
+generic cheats (early exit, copying a marker), not a targeted one.
 """
 
 from __future__ import annotations

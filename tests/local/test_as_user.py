@@ -39,7 +39,7 @@ def test_the_local_suite_passes_as_an_ordinary_user() -> None:
         delegated = delegated_cgroup(user)
         if delegated:
             env["SANDBOXES_CGROUP_PARENT"] = delegated
-        suites = ["tests/local", "tests/conformance", "tests/test_languages.py", "tests/test_judging.py"]
+        suites = ["tests/local", "tests/conformance", "tests/test_languages.py", "tests/test_judging.py", "tests/test_embedded.py"]
         selection = [*suites, "-k", "local or not (e2b or modal or daytona or cloudflare)"]
         command = [python, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-n", "0"]
         done = subprocess.run(as_user(user, command, env), cwd=copy, capture_output=True, text=True, timeout=600)
