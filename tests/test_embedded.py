@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from sandboxes import Sandbox
+from sandboxes import Sandbox, ToolchainMissing
 from sandboxes._embedded import REFERENCE
-from sandboxes.judging import Verdict, judge
+from sandboxes.judging import Judgement, Verdict, judge
 
 pytestmark = pytest.mark.anyio
 
@@ -115,6 +116,14 @@ PROBLEMS: dict[str, Problem] = {
 }
 
 
+async def judge_or_skip(sandbox: Sandbox, program: str, language: str, **options: Any) -> Judgement:
+    """``judge``, skipped with the reason where this machine's toolchain cannot run (rustup's under /root, for another user)."""
+    try:
+        return await judge(sandbox, program, language, **options)
+    except ToolchainMissing as missing:
+        pytest.skip(str(missing))
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     async with Sandbox.create("local") as made:
@@ -134,7 +143,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 )
 async def test_each_language_gives_each_verdict(sandbox: Sandbox, language: str, answer: str, verdict: Verdict) -> None:
     problem = PROBLEMS[language]
-    judged = await judge(sandbox, getattr(problem, answer), language, tests=problem.tests, timeout=60)
+    judged = await judge_or_skip(sandbox, getattr(problem, answer), language, tests=problem.tests, timeout=60)
     assert judged.verdict is verdict, judged.describe()
     if answer == "early_exit":
         assert "before its tests finished" in judged.reason
@@ -173,7 +182,7 @@ FORGERIES = [
 
 @pytest.mark.parametrize(("language", "program"), FORGERIES)
 async def test_no_exit_or_forged_report_is_a_pass(sandbox: Sandbox, language: str, program: str) -> None:
-    judged = await judge(sandbox, program, language, tests=PROBLEMS[language].tests, timeout=60)
+    judged = await judge_or_skip(sandbox, program, language, tests=PROBLEMS[language].tests, timeout=60)
     assert judged.verdict is Verdict.RUNTIME_ERROR, judged.describe()
 
 
@@ -193,14 +202,14 @@ RUST_TESTS = "#[cfg(test)]\nmod tests {\n    use super::*;\n\n    #[test]\n    f
 async def test_rust_unit_tests_run_under_rustc_test(sandbox: Sandbox, body: str, verdict: Verdict) -> None:
     """HumanEval-Rust's shape: #[test] functions and no main, so rustc --test builds libtest's runner."""
     program = f"fn add(a: i64, b: i64) -> i64 {{\n    {body}\n}}\n"
-    judged = await judge(sandbox, program, "rust", tests=RUST_TESTS, timeout=60, edition="2024")
+    judged = await judge_or_skip(sandbox, program, "rust", tests=RUST_TESTS, timeout=60, edition="2024")
     assert judged.verdict is verdict, judged.describe()
     if verdict is Verdict.PASSED:
         assert judged.result is not None and "test result: ok. 1 passed" in judged.result.stdout
 
 
 async def test_a_loop_in_a_compiled_language_is_a_timeout(sandbox: Sandbox) -> None:
-    judged = await judge(sandbox, "#include <assert.h>\nlong add(long a, long b) {\n    for (;;) {}\n}\n", "c", tests=PROBLEMS["c"].tests, timeout=3)
+    judged = await judge_or_skip(sandbox, "#include <assert.h>\nlong add(long a, long b) {\n    for (;;) {}\n}\n", "c", tests=PROBLEMS["c"].tests, timeout=3)
     assert judged.verdict is Verdict.TIMEOUT, judged.describe()
 
 
@@ -253,19 +262,19 @@ RED_TEAM = [
 
 @pytest.mark.parametrize(("language", "program", "tests"), RED_TEAM)
 async def test_switching_the_tests_off_is_no_pass(sandbox: Sandbox, language: str, program: str, tests: str | None) -> None:
-    judged = await judge(sandbox, program, language, tests=tests or PROBLEMS[language].tests, timeout=60)
+    judged = await judge_or_skip(sandbox, program, language, tests=tests or PROBLEMS[language].tests, timeout=60)
     assert not judged.passed, judged.describe()
 
 
 async def test_java_runs_the_class_whose_main_the_tests_declare(sandbox: Sandbox) -> None:
     """HumanEval-X's shape: the tests bring their own public class Main after the program's class Solution."""
     program, tests = HUMANEVAL_X_JAVA
-    right = await judge(sandbox, program.replace("{op}", "+"), "java", tests=tests, timeout=60)
-    wrong = await judge(sandbox, program.replace("{op}", "-"), "java", tests=tests, timeout=60)
+    right = await judge_or_skip(sandbox, program.replace("{op}", "+"), "java", tests=tests, timeout=60)
+    wrong = await judge_or_skip(sandbox, program.replace("{op}", "-"), "java", tests=tests, timeout=60)
     assert (right.verdict, wrong.verdict) == (Verdict.PASSED, Verdict.WRONG_ANSWER), (right.describe(), wrong.describe())
 
 
 async def test_the_tests_line_numbers_are_kept_in_a_c_assertion(sandbox: Sandbox) -> None:
-    judged = await judge(sandbox, PROBLEMS["c"].wrong, "c", tests=PROBLEMS["c"].tests, timeout=60)
+    judged = await judge_or_skip(sandbox, PROBLEMS["c"].wrong, "c", tests=PROBLEMS["c"].tests, timeout=60)
     program_lines = PROBLEMS["c"].wrong.count("\n")
     assert judged.result is not None and f"main.c:{program_lines + 2}:" in judged.result.stderr, judged.describe()
