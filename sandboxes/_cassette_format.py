@@ -151,10 +151,6 @@ def _ERROR(value: Any) -> bool:
     return seconds and texts and (number is None or (type(number) is int and number in EXIT_CODES))
 
 
-def _MILLISECONDS(value: Any) -> bool:
-    return _NUMBER(value) and value >= 0
-
-
 def _DROPPED(value: Any) -> bool:
     return isinstance(value, list) and all(stream in ("stdout", "stderr") for stream in value)
 
@@ -187,7 +183,6 @@ _FIELDS: dict[str, tuple[dict[str, tuple[Callable[[Any], bool], str]], dict[str,
             "exit_code": (_INT, "a whole number"),
             "timed_out": (_BOOL, "true or false"),
             "oom_killed": (_BOOL, "true or false"),
-            "cpu_ms": (_MILLISECONDS, "a number of milliseconds >= 0"),
             "dropped": (_DROPPED, "a list of streams (stdout, stderr)"),
             "exit_unknown": (_BOOL, "true or false"),
         },

@@ -664,7 +664,7 @@ class CassetteDriver:
             r = played.result
             if r.get("exit_unknown"):  # the caller stopped reading before the end (or a format-1 stream without its status)
                 return
-            yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), tuple(r.get("dropped") or ()), r.get("cpu_ms"))
+            yield Exit(int(r.get("exit_code", 0)), bool(r.get("timed_out")), None, bool(r.get("oom_killed")), tuple(r.get("dropped") or ()))
             return
         scrubber = self.cassette.scrubber if self.cassette else Scrubber({})
         recorder = _OutputRecorder(output_limit, lambda data: scrubber.data(self._names(data, live=False)))
@@ -678,8 +678,6 @@ class CassetteDriver:
                 else:
                     result = {"exit_code": event.exit_code}
                     result.update({k: True for k in ("timed_out", "oom_killed") if getattr(event, k)})
-                    if event.cpu_ms is not None:
-                        result["cpu_ms"] = event.cpu_ms
                     dropped = sorted({*event.dropped, *recorder.dropped})
                     if dropped:
                         result["dropped"] = dropped

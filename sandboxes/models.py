@@ -112,7 +112,7 @@ class ExecutionResult:
     truncated: bool = False
     command: Command | None = field(default=None, repr=False)
     oom_killed: bool = False  # the sandbox's memory limit killed part of this command (where the provider can tell)
-    cpu_ms: float | None = None  # user + system CPU time, where the provider measures it (local: the command and what it waited for)
+    cpu_ms: float | None = None  # user + system CPU time where the provider measures it (local: the command and what it waited for; not a replay)
 
     @property
     def success(self) -> bool:

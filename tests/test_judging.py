@@ -233,7 +233,8 @@ async def test_judgements_replay_from_a_cassette_with_the_same_verdicts(tmp_path
         (Verdict.PASSED, None), (Verdict.WRONG_ANSWER, None), (Verdict.RUNTIME_ERROR, None), (Verdict.WRONG_ANSWER, 1),
     ]  # fmt: skip
     assert "sandboxes-nonce-x0000" in path.read_text()  # the nonce is stored as its placeholder
-    assert cpu_times[0] == cpu_times[1] and all(t is not None and t > 0 for t in cpu_times[0])  # measured, recorded, replayed
+    # Measured live; a replay measured nothing (CPU time differs run to run, so a cassette that kept it would change each time).
+    assert all(t is not None and t > 0 for t in cpu_times[0]) and cpu_times[1] == [None] * 4
 
 
 async def test_a_placeholder_printed_by_the_program_never_replays_as_the_nonce(tmp_path: object) -> None:
