@@ -272,6 +272,35 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
     raise ValueError(f"embedded tests are judged for {', '.join(REFERENCE)}, not {name}; give stdin/stdout cases instead")
 
 
+_NODE_TYPES = "_judge_node.d.ts"
+_NODE_TYPES_TEXT = """// sandboxes judge: node's globals and modules as `any`, for a type check without @types/node.
+declare var process: any;
+declare var require: any;
+declare var module: any;
+declare var Buffer: any;
+declare var __dirname: any;
+declare var __filename: any;
+declare module "*";
+"""
+
+
+def typescript_for_cases(language: Language) -> tuple[Language, dict[str, str]]:
+    """TypeScript for stdin/stdout cases: type-checked by ``tsc`` (a type error is a ``compile_error``), then run by node.
+
+    Node's own names are typed ``any`` by a declarations file, since @types/node
+    is often absent: a program is checked for its own types, not node's.
+    """
+    build = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build", "main.ts", _NODE_TYPES)
+    as_built = Language(
+        name=language.name,
+        source="main.ts",
+        recipes=(Recipe(requires=("tsc", "node"), build=(build,), run=("node", ".build/main.js")),),
+        install_hint=language.install_hint,
+        env=language.env,
+    )
+    return as_built, {_NODE_TYPES: _NODE_TYPES_TEXT}
+
+
 def _java_main_classes(program: str, tests: str) -> list[str]:
     """Where the tests' ``main`` is, the classes declared before it, nearest first (the class it closes, in
     MultiPL-E; its own, in HumanEval-X); tests with no ``main`` run the first class, as ``java Main.java`` does."""

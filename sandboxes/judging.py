@@ -141,13 +141,14 @@ async def judge(
         raise ValueError("nothing to judge by: give tests, expected_stdout or cases")
     judgement = Judgement(Verdict.INFRA_ERROR, language=lang.name, provider=sandbox.provider)
     try:
-        judgement.toolchain = await toolchain_version(sandbox, plan.language if plan else lang)
+        built, extra = _embedded.typescript_for_cases(lang) if lang.name == "typescript" and plan is None else (lang, {})
+        judgement.toolchain = await toolchain_version(sandbox, plan.language if plan else built)
         if plan is not None:
             await _judge_in_process(sandbox, plan, judgement, timeout, files)
         elif tests is not None:
             await _judge_embedded(sandbox, program, tests, judgement, timeout, files)
         else:
-            await _judge_cases(sandbox, program, lang.name, cases, comparer, judgement, timeout, files)
+            await _judge_cases(sandbox, program, built, cases, comparer, judgement, timeout, {**(files or {}), **extra})
     except (ProviderError, SandboxNotFoundError) as error:
         judgement.verdict, judgement.reason = Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}"
         judgement.lost = isinstance(error, SandboxNotFoundError)
@@ -158,7 +159,7 @@ async def judge(
 async def _judge_cases(
     sandbox: Sandbox,
     program: str,
-    language: str,
+    language: str | Language,
     cases: Sequence[tuple[str | bytes, str | None]],
     comparer: Callable[[str, str], bool],
     judgement: Judgement,

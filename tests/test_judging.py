@@ -293,3 +293,22 @@ async def test_an_answer_the_program_forges_on_the_judges_channel_is_no_pass(san
         "        pass\n"
     )
     assert not (await judge(sandbox, forging, "python", tests=TESTS)).passed
+
+
+TS_DOUBLE = (
+    "import * as readline from 'readline';\n"
+    "const lines: string[] = [];\n"
+    "readline.createInterface({ input: process.stdin }).on('line', (line: string) => lines.push(line)).on('close', () => {\n"
+    "  const n: number = parseInt(lines[0], 10);\n"
+    "  console.log({typed} * 2);\n"
+    "});\n"
+)
+
+
+async def test_typescript_cases_are_type_checked_without_node_types(sandbox: Sandbox) -> None:
+    """A type error is a compile_error, as MultiPL-E's tsc has it; node's own names need no @types/node."""
+    typed = await judge(sandbox, TS_DOUBLE.replace("{typed}", "n"), "typescript", cases=[("21\n", "42\n")], timeout=60)
+    assert typed.verdict is Verdict.PASSED, typed.describe()
+    mistyped = await judge(sandbox, TS_DOUBLE.replace("{typed}", "lines[0]"), "typescript", cases=[("21\n", "42\n")], timeout=60)
+    assert mistyped.verdict is Verdict.COMPILE_ERROR and "TS2362" in (mistyped.result.stdout if mistyped.result else ""), mistyped.describe()
+    assert typed.toolchain.startswith("Version"), typed.toolchain  # tsc's, which judged it
