@@ -190,6 +190,7 @@ printf 'judge-outcome:%s:completed\\n' "$__sandboxes_judge_nonce" >&2
 
 _C_MAIN = "_judge_main.c"
 _NODE_FIRST = "_judge_first.js"
+_TSC = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build")  # exits non-zero on a type error
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,7 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
             source += f"globalThis[{_NODE_ENDED}] = true;\n"
             return _plan(language, "main.js", source, ("node",), (("node", "--check", "main.js"),), (*node, "main.js"), files, pattern)
         source += f"(globalThis as any)[{_NODE_ENDED}] = true;\n"
-        check = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build", "main.ts")  # a type error fails the build
-        return _plan(language, "main.ts", source, ("tsc", "node"), (check,), (*node, ".build/main.js"), files, pattern)
+        return _plan(language, "main.ts", source, ("tsc", "node"), ((*_TSC, "main.ts"),), (*node, ".build/main.js"), files, pattern)
     if name == "java":
         public = re.search(r"^public\s+(?:(?:final|abstract|sealed|strictfp)\s+)*(?:class|interface|enum|record)\s+(\w+)", source, re.M)
         file = f"{public.group(1)}.java" if public else "Main.java"
@@ -290,14 +290,7 @@ def typescript_for_cases(language: Language) -> tuple[Language, dict[str, str]]:
     Node's own names are typed ``any`` by a declarations file, since @types/node
     is often absent: a program is checked for its own types, not node's.
     """
-    build = ("tsc", "--target", "es2022", "--module", "commonjs", "--outDir", ".build", "main.ts", _NODE_TYPES)
-    as_built = Language(
-        name=language.name,
-        source="main.ts",
-        recipes=(Recipe(requires=("tsc", "node"), build=(build,), run=("node", ".build/main.js")),),
-        install_hint=language.install_hint,
-        env=language.env,
-    )
+    as_built = _as_built(language, "main.ts", ("tsc", "node"), ((*_TSC, "main.ts", _NODE_TYPES),), ("node", ".build/main.js"))
     return as_built, {_NODE_TYPES: _NODE_TYPES_TEXT}
 
 
@@ -322,11 +315,10 @@ def _plan(
     assertion: re.Pattern[str] | None,
     crash: re.Pattern[str] | None = None,
 ) -> Plan:
-    as_built = Language(
-        name=language.name,
-        source=file,
-        recipes=(Recipe(requires=requires, build=build, run=run),),
-        install_hint=language.install_hint,
-        env=language.env,
-    )
-    return Plan(as_built, source, files, assertion, crash)
+    return Plan(_as_built(language, file, requires, build, run), source, files, assertion, crash)
+
+
+def _as_built(language: Language, file: str, requires: tuple[str, ...], build: tuple[Argv, ...], run: Argv) -> Language:
+    """``language`` with the one recipe the judge builds and runs it by."""
+    recipe = Recipe(requires=requires, build=build, run=run)
+    return Language(name=language.name, source=file, recipes=(recipe,), install_hint=language.install_hint, env=language.env)
