@@ -1,8 +1,8 @@
 """Embedded tests in the languages other than Python: how each is assembled, built and run.
 
 The tests are appended to the program, as MultiPL-E and HumanEval-X do, and
-built and run as the bare toolchain would (the reference commands are in
-``REFERENCE``). One addition per language, an epilogue that the toolchain
+built and run as the bare toolchain would (the README gives each
+language's reference command). One addition per language, an epilogue that the toolchain
 reaches only after the tests returned: it reads the run's nonce from stdin and
 reports ``judge-outcome:<nonce>:completed`` on stderr. An exit before the tests
 end (``exit(0)``, ``System.exit(0)``, ``process.exit(0)``, ``os.Exit(0)``,
@@ -43,21 +43,8 @@ Argv = tuple[str, ...]
 EDITIONS = ("2015", "2018", "2021", "2024")
 DEFAULT_EDITION = "2021"
 
-REFERENCE = {
-    "python": "python3 main.py",
-    "javascript": "node main.js",
-    "typescript": "tsc --target es2022 --module commonjs main.ts && node main.js",
-    "java": "javac -encoding UTF-8 Main.java && java -ea Problem",
-    "go": "go test -c -o main.test main_test.go && ./main.test",
-    "rust": "rustc --test --edition 2021 main.rs && ./main (fn main in the tests: rustc --edition 2021 main.rs)",
-    "c": "gcc -O1 main.c -lm && ./a.out",
-    "cpp": "g++ -O1 main.cpp && ./a.out",
-    "ruby": "ruby main.rb",
-    "bash": "bash main.sh",
-}
-"""The bare command each language's verdict equals (the program and its tests in one file)."""
-
-_REPORT = "judge-outcome:{nonce}:completed"
+LANGUAGES = ("python", "javascript", "typescript", "java", "go", "rust", "c", "cpp", "ruby", "bash")
+"""The languages whose embedded tests are judged (python by the two-process harness in ``judging``)."""
 
 _C_EPILOGUE = r"""/* sandboxes judge: linked with -Wl,--wrap=main, so the program's main returns here. */
 #include <stdio.h>
@@ -269,7 +256,7 @@ def plan(language: Language, program: str, tests: str, edition: str | None = Non
         return _plan(language, "main.rb", source + _RUBY_EPILOGUE, ("ruby",), (("ruby", "-c", "main.rb"),), ("ruby", "main.rb"), {}, pattern)
     if name == "bash":
         return _plan(language, "main.sh", source + _BASH_EPILOGUE, ("bash",), (("bash", "-n", "main.sh"),), ("bash", "main.sh"), {}, None)
-    raise ValueError(f"embedded tests are judged for {', '.join(REFERENCE)}, not {name}; give stdin/stdout cases instead")
+    raise ValueError(f"embedded tests are judged for {', '.join(LANGUAGES)}, not {name}; give stdin/stdout cases instead")
 
 
 _NODE_TYPES = "_judge_node.d.ts"

@@ -40,7 +40,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._embedded import REFERENCE as EMBEDDED_LANGUAGES
+from ._embedded import LANGUAGES as EMBEDDED_LANGUAGES
 from .errors import ProviderError, SandboxNotFoundError
 from .judging import Judgement, Verdict, judge
 from .languages import alike_sandboxes, get_language

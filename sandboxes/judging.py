@@ -283,12 +283,7 @@ async def _judge_in_process(sandbox: Sandbox, plan: _embedded.Plan, judgement: J
     if prepared is None:
         return
     try:
-        nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)
-        started = time.monotonic()
-        result = await sandbox.execute(prepared.argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
-        judgement.run_ms, judgement.cpu_ms = (time.monotonic() - started) * 1000, result.cpu_ms
-        kind, _ = _outcome(result, nonce)
-        judgement.result = result
+        result, kind, _ = await _run_reporting(sandbox, prepared, prepared.argv, judgement, timeout)
         judgement.verdict, judgement.reason = _in_process_verdict(result, kind == "completed", plan)
     finally:
         await cleanup(sandbox, prepared, now=False)
@@ -671,18 +666,25 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     """Program and tests in ``main.py``, run by a harness as ``python3 main.py`` runs it; a pass needs its nonce."""
     prepared = await prepare_code(sandbox, program, "python", files={**(files or {}), HARNESS: _HARNESS_CODE, TESTS: tests}, timeout=timeout, name=SOURCE)
     try:
-        nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)  # the prefix lets a cassette replay it
-        started = time.monotonic()
         argv = ["python3", "-S", HARNESS]  # the harness sets up site-packages when the program first needs them
-        result = await sandbox.execute(argv, cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
-        judgement.run_ms, judgement.cpu_ms = (time.monotonic() - started) * 1000, result.cpu_ms
-        kind, detail = _outcome(result, nonce)
-        judgement.result = result
+        result, kind, detail = await _run_reporting(sandbox, prepared, argv, judgement, timeout)
         if kind == "unsupported":
             raise ValueError(f"these tests cannot be judged as embedded tests: {detail}")
         judgement.verdict, judgement.reason = _embedded_verdict(result, kind, detail)
     finally:
         await cleanup(sandbox, prepared, now=False)
+
+
+async def _run_reporting(
+    sandbox: Sandbox, prepared: PreparedRun, argv: Sequence[str], judgement: Judgement, timeout: float
+) -> tuple[ExecutionResult, str | None, str]:
+    """The run, with a fresh nonce on stdin; the judge's report (kind, detail) when it carries that nonce."""
+    nonce = NONCE_PREFIX + secrets.token_hex(_NONCE_BYTES)  # the prefix lets a cassette replay it
+    started = time.monotonic()
+    result = await sandbox.execute(list(argv), cwd=prepared.directory, env=prepared.env, stdin=nonce + "\n", timeout=timeout)
+    judgement.run_ms, judgement.cpu_ms, judgement.result = (time.monotonic() - started) * 1000, result.cpu_ms, result
+    kind, detail = _outcome(result, nonce)
+    return result, kind, detail
 
 
 def _outcome(result: ExecutionResult, nonce: str) -> tuple[str | None, str]:

@@ -8,14 +8,16 @@ report, which only the toolchain's path after the tests reaches.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandboxes import Sandbox, ToolchainMissing
-from sandboxes._embedded import REFERENCE
+from sandboxes._embedded import LANGUAGES
 from sandboxes.judging import Judgement, Verdict, judge
 
 pytestmark = pytest.mark.anyio
@@ -151,8 +153,10 @@ async def test_each_language_gives_each_verdict(sandbox: Sandbox, language: str,
     assert judged.toolchain, "the toolchain that judged it is named"
 
 
-def test_every_language_has_a_reference_command() -> None:
-    assert set(REFERENCE) == {*PROBLEMS, "python"}
+def test_every_language_is_tested_here_and_has_its_reference_command_in_the_readme() -> None:
+    assert set(LANGUAGES) == {*PROBLEMS, "python"}
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert all(re.search(rf"^  \| {language} \| `", readme, re.M) for language in LANGUAGES)
 
 
 FORGED = "judge-outcome:sandboxes-nonce-" + "0" * 32 + ":completed"
