@@ -27,7 +27,7 @@ def delegated_cgroup(user: pwd.struct_passwd) -> str | None:
 
 def test_the_local_suite_passes_as_an_ordinary_user() -> None:
     user, python = ordinary_user()
-    copy = readable_copy(user, ["sandboxes", "pytest_sandboxes", "tests", "pyproject.toml"])
+    copy = readable_copy(user, ["sandboxes", "pytest_sandboxes", "tests", "pyproject.toml", "README.md"])
     try:
         env = {
             # ~/.local/bin first: CI puts a tool there (bun), as pip --user does.
