@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 import sandboxes.sync as sync
 from sandboxes.cassette import Cassette, CassetteDriver
-from sandboxes.judging import Judgement, judge
+from sandboxes.judging import Judgement, judge_retrying
 from sandboxes.models import SandboxConfig
 from sandboxes.provider import SandboxProvider
 from sandboxes.sandbox import Sandbox, make_config
@@ -25,6 +26,8 @@ __all__ = ["CALL_REPORT", "JUDGED", "SandboxFactory", "SessionSandboxFactory", "
 
 JUDGED = pytest.StashKey[list[str]]()
 """The verdicts of the judgements a test made through sandbox_judge."""
+SANDBOX_CONFIG = pytest.StashKey[SandboxConfig]()
+"""The final config of the test's ``sandbox``, for sandbox_judge's fresh sandboxes."""
 
 
 def state_of(config: pytest.Config) -> SessionState:
@@ -103,6 +106,7 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
     """
     state = state_of(request.config)
     config = configured(request.node, compose(sandbox_config, state.settings, spec_for(request.node), state.labels))
+    request.node.stash[SANDBOX_CONFIG] = config
     portal = sync.portal()
     recorder = sandbox_provider.driver
     pool = state.pool_for(sandbox_provider.name) if state.settings.pool and isinstance(recorder, CassetteDriver) and recorder.cassette is None else None
@@ -125,28 +129,38 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
 
 
 @pytest.fixture
-def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any) -> Callable[..., Any]:
+def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any, sandbox_provider: SandboxProvider, sandbox_factory: SandboxFactory) -> Callable[..., Any]:
     """``sandbox_judge(program, language, tests=... | expected_stdout=... | cases=...)``: a ``Judgement``, judged in this test's sandbox.
 
     Blocking in a sync test, a coroutine in an async one. ``assert judgement.passed``
-    shows the verdict, the first failing case and the tails of the output.
+    shows the verdict, the first failing case and the tails of the output. An
+    ``infra_error`` is judged again in a fresh sandbox from ``sandbox_factory``
+    (``retries`` more times, two unless given), and a sandbox the program lost
+    every time counts as its ``runtime_error``, as ``sandboxes eval`` counts it.
     """
     judged = request.node.stash.setdefault(JUDGED, [])
-    if _is_async_test(request):
+    first: Sandbox = sandbox if isinstance(sandbox, Sandbox) else sandbox.async_sandbox
+    config = request.node.stash[SANDBOX_CONFIG]
+    current: Sandbox | None = first  # None once lost: the next judgement starts in a fresh one
 
-        async def judge_async(program: str, language: str, **options: Any) -> Judgement:
-            judgement = await judge(sandbox, program, language, **options)
-            judged.append(judgement.verdict.value)
-            return judgement
+    @asynccontextmanager
+    async def sandboxes(attempt: int) -> AsyncIterator[Sandbox]:
+        nonlocal current
+        if attempt or current is None:  # a fresh one like the first; the factory destroys (or keeps) it when the test ends
+            current = await sandbox_factory._create(sandbox_provider, config)
+        yield current
 
-        return judge_async
-
-    def judge_blocking(program: str, language: str, **options: Any) -> Judgement:
-        judgement = sync.judge(sandbox, program, language, **options)
+    async def judge_async(program: str, language: str, **options: Any) -> Judgement:
+        nonlocal current
+        judgement = await judge_retrying(sandboxes, program, language, provider=first.provider, **options)
+        if judgement.lost:
+            current = None
         judged.append(judgement.verdict.value)
         return judgement
 
-    return judge_blocking
+    if _is_async_test(request):
+        return judge_async
+    return lambda program, language, **options: sync.portal().call(lambda: judge_async(program, language, **options))
 
 
 class SandboxFactory:

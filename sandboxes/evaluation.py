@@ -32,7 +32,8 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +42,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._embedded import LANGUAGES as EMBEDDED_LANGUAGES
-from .errors import ProviderError, SandboxNotFoundError
-from .judging import Judgement, Verdict, judge
+from .judging import INFRA_RETRIES, Judgement, Verdict, judge_retrying
 from .languages import alike_sandboxes, get_language
 from .passk import Summary, summarize
 from .sandbox import Sandbox
 
 log = logging.getLogger("sandboxes")
 FORMATS = ("humaneval", "multipl-e", "stdio")
-INFRA_RETRIES = 2
-"""Tries on a fresh sandbox after an ``infra_error``, before it counts."""
 
 
 class EvalInputError(ValueError):
@@ -238,33 +236,27 @@ async def judge_sample(
 
     With ``background``, the used sandbox is destroyed there, while the next sample starts.
     """
-    judgement: Judgement | None = None
-    lost_each_time = True
-    for _ in range(retries + 1):
+
+    @asynccontextmanager
+    async def fresh(attempt: int) -> AsyncIterator[Sandbox]:
+        sandbox = await Sandbox.create(provider)
         try:
-            sandbox = await Sandbox.create(provider)
-            try:
-                if problem.tests is not None:
-                    whole = problem.program(program)
-                    judgement = await judge(sandbox, whole, problem.language, tests=problem.tests, timeout=timeout, edition=problem.edition)
-                else:
-                    judgement = await judge(sandbox, program, problem.language, cases=problem.cases, compare=problem.compare, timeout=timeout)
-            finally:
-                if background is not None:
-                    background.start_soon(_destroy, sandbox)
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await sandbox.destroy()
-        except (ProviderError, SandboxNotFoundError) as error:  # creating or destroying the sandbox failed: the provider's
-            judgement = Judgement(Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}", language=problem.language, provider=provider or "")
-        if judgement.verdict is not Verdict.INFRA_ERROR:
-            return judgement
-        lost_each_time = lost_each_time and judgement.lost
-    assert judgement is not None
-    if lost_each_time:
-        # Lost on every fresh sandbox: the program's doing (it killed its sandbox), so it counts.
-        judgement.verdict, judgement.reason = Verdict.RUNTIME_ERROR, f"the sandbox was lost on each of {retries + 1} tries ({judgement.reason})"
-    return judgement
+            yield sandbox
+        finally:
+            if background is not None:
+                background.start_soon(_destroy, sandbox)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await sandbox.destroy()
+
+    if problem.tests is not None:
+        whole = problem.program(program)
+        return await judge_retrying(
+            fresh, whole, problem.language, retries=retries, provider=provider or "", tests=problem.tests, timeout=timeout, edition=problem.edition
+        )
+    return await judge_retrying(
+        fresh, program, problem.language, retries=retries, provider=provider or "", cases=problem.cases, compare=problem.compare, timeout=timeout
+    )
 
 
 async def _destroy(sandbox: Sandbox) -> None:

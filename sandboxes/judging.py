@@ -30,14 +30,16 @@ failure of the provider (sandbox lost, provider error after retries) is
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import re
 import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _embedded
 from .errors import ProviderError, SandboxNotFoundError
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from .sandbox import Sandbox
 
 DEFAULT_TIMEOUT = 10.0
+INFRA_RETRIES = 2
+"""Tries on a fresh sandbox after an ``infra_error``, before it counts."""
+log = logging.getLogger("sandboxes")
 Compare = str | Callable[[str, str], bool]
 
 
@@ -152,6 +157,46 @@ async def judge(
     except (ProviderError, SandboxNotFoundError) as error:
         judgement.verdict, judgement.reason = Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}"
         judgement.lost = isinstance(error, SandboxNotFoundError)
+    return judgement
+
+
+async def judge_retrying(
+    sandboxes: Callable[[int], AbstractAsyncContextManager[Sandbox]],
+    program: str,
+    language: str,
+    *,
+    retries: int = INFRA_RETRIES,
+    provider: str = "",
+    **options: Any,
+) -> Judgement:
+    """``judge`` in ``sandboxes(0)``; after an ``infra_error``, again in ``sandboxes(1)`` and on, ``retries`` more times.
+
+    ``sandboxes(attempt)`` enters a sandbox (made fresh for a retry) and leaves
+    it destroyed or kept, as its owner decides. A sandbox lost on every try was
+    lost by the program (it killed what ran it, ``kill -9 -1``): that counts as
+    a ``runtime_error``, or a program could opt out of being scored. Any other
+    ``infra_error`` stays one.
+    """
+    judgement: Judgement | None = None
+    lost_each_time = True
+    for attempt in range(retries + 1):
+        this: Judgement | None = None
+        try:
+            async with sandboxes(attempt) as sandbox:
+                this = await judge(sandbox, program, language, **options)
+        except (ProviderError, SandboxNotFoundError) as error:  # making or leaving the sandbox failed: the provider's
+            if this is None:
+                this = Judgement(Verdict.INFRA_ERROR, f"{type(error).__name__}: {error}", language=get_language(language).name, provider=provider)
+            else:
+                log.warning("could not let go of the sandbox after judging: %s", error)
+        judgement = this
+        if judgement.verdict is not Verdict.INFRA_ERROR:
+            return judgement
+        lost_each_time = lost_each_time and judgement.lost
+    assert judgement is not None
+    if lost_each_time:
+        tries = f"each of {retries + 1} tries" if retries else "its only try"
+        judgement.verdict, judgement.reason = Verdict.RUNTIME_ERROR, f"the sandbox was lost on {tries} ({judgement.reason})"
     return judgement
 
 

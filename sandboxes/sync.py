@@ -317,10 +317,11 @@ def judge(
     compare: _judge.Compare = "exact",
     timeout: float = _judge.DEFAULT_TIMEOUT,
     files: Mapping[str, str | bytes] | None = None,
+    edition: str | None = None,
 ) -> _judge.Judgement:
     return portal().call(
         lambda: _judge.judge(
             sandbox.async_sandbox, program, language, tests=tests, stdin=stdin, expected_stdout=expected_stdout,
-            cases=cases, compare=compare, timeout=timeout, files=files,
+            cases=cases, compare=compare, timeout=timeout, files=files, edition=edition,
         )
     )  # fmt: skip

@@ -22,7 +22,7 @@ def test_each_blocking_method_has_its_async_twins_parameters_and_docstring(name:
     assert ours == theirs
 
 
-@pytest.mark.parametrize("name", ["run", "run_many"])
+@pytest.mark.parametrize("name", ["run", "run_many", "judge"])
 def test_the_module_functions_too(name: str) -> None:
     blocking, original = getattr(sync, name), getattr(sandboxes, name)
     assert inspect.getdoc(blocking) == inspect.getdoc(original)

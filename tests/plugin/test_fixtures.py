@@ -194,3 +194,40 @@ def test_sandbox_judge_judges_in_the_tests_sandbox_and_explains_a_failure(pytest
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*verdict: wrong_answer (a test's assertion failed)*", "*verdict: wrong_answer (the output differs*first failing case: #1*"])
     assert live_sandboxes() == []
+
+
+KILLS_ITS_SANDBOX = """
+import pytest
+
+KILLER = "import os, signal\\nos.kill(-1, signal.SIGKILL)\\n"
+
+def test_kills(sandbox_judge, sandbox_factory):
+    judgement = sandbox_judge(KILLER, "python", expected_stdout="")
+    assert (judgement.verdict, judgement.lost) == ("runtime_error", True), judgement
+    assert "lost on each of 3 tries" in judgement.reason
+    assert len(sandbox_factory.sandboxes) == 2  # two fresh ones after the test's own
+
+def test_retries_are_few(sandbox_judge):
+    judgement = sandbox_judge(KILLER, "python", tests="pass\\n", retries=0)
+    assert (judgement.verdict, judgement.lost) == ("runtime_error", True), judgement
+
+def test_then_judges_on(sandbox_judge):
+    sandbox_judge(KILLER, "python", expected_stdout="", retries=0)
+    assert sandbox_judge("print(2)", "python", expected_stdout="2\\n", retries=0).passed  # in a fresh sandbox, not the lost one
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+@pytest.mark.anyio
+async def test_async(sandbox_judge):
+    assert (await sandbox_judge(KILLER, "python", expected_stdout="", retries=1)).verdict == "runtime_error"
+"""
+
+
+def test_a_program_that_kills_its_sandbox_is_judged_again_fresh_and_counts_as_a_runtime_error(pytester: pytest.Pytester, live_sandboxes) -> None:
+    # kill -9 -1 ends the sandbox's agent too: were that an infra_error, a program could opt out of being scored.
+    pytester.makepyfile(test_killer=KILLS_ITS_SANDBOX)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "anyio")
+    result.assert_outcomes(passed=4)
+    assert live_sandboxes() == []
