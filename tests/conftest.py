@@ -11,6 +11,7 @@ import pytest
 import sandboxes
 from sandboxes import SandboxConfig
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local.recycling import IDLE
 
 pytest_plugins = ["pytester"]  # the plugin tests run real pytest sessions
 
@@ -39,6 +40,7 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     sandboxes.reset_manager()
     yield state
     sandboxes.reset_manager()
+    IDLE.drain()  # the idle sandboxes of this test's state dir: no later test can lease them
     leftovers = [p.name for p in state.iterdir() if p.name.startswith("sb-")] if state.exists() else []
     if leftovers:
         from sandboxes.providers.local import LocalProvider

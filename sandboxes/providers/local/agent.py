@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the type checker reads the modules the agent's own imports 
     import signal
     from typing import Any
 
+    from . import _reset
     from . import _wire as wire
 else:
     import _signal as signal
@@ -125,6 +126,9 @@ def main() -> None:
     agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process", cgroups=cgroups)
     if cgroups is None and _prctl(36, 1) == 0:  # PR_SET_CHILD_SUBREAPER: a command's orphans become ours
         agent.adopts = True
+    agent.deadline = settings["deadline"]
+    if settings.get("recyclable"):
+        agent.baseline = __import__("_reset").Baseline(_libc_function("syscall"))  # before any workload runs
     ready_fd = settings["ready_fd"]
     if settings.get("workdir"):
         try:  # the default cwd of every command, made as the sandbox's own user
@@ -136,9 +140,8 @@ def main() -> None:
         SAFE_CWD[0] = agent.cwd
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
-    deadline = settings["deadline"]
     while True:
-        remaining = deadline - time.time()
+        remaining = agent.deadline - time.time()
         if remaining <= 0:
             break
         server.settimeout(min(remaining, 1.0 if agent.adopts else 60.0))
@@ -172,6 +175,8 @@ class Agent:
         # (a daemon that left its session) is adopted by it, so a timeout can find it.
         self.adopts = False
         self.running: dict[int, bytes] = {}  # command pid -> its start time (/proc stat field 22)
+        self.deadline = 0.0  # the end of the sandbox's lifetime, or of its lease (``lease``)
+        self.baseline: _reset.Baseline | None = None  # a recyclable sandbox's state when new
 
     def reap_adopted(self) -> None:
         """Reap adopted orphans that ended (never a command: its thread waits for it)."""
@@ -193,6 +198,15 @@ class Agent:
             kill_tree(pid)
         os._exit(0)
 
+    def reset(self, deadline: float) -> list[str]:
+        """End the lease: the sandbox as new, or the residue that stops it (then it is destroyed)."""
+        if self.baseline is None:
+            return ["this sandbox was not made to be recycled"]
+        residue: list[str] = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None)
+        self.running.clear()
+        self.deadline = deadline  # until leased again: an idle sandbox whose owner is gone ends soon
+        return residue
+
     def serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn)
         try:
@@ -211,6 +225,12 @@ class Agent:
                 self.read(conn, **request)
             elif op == "pack":
                 self.pack(conn, **request)
+            elif op == "reset":
+                residue = self.reset(request["deadline"])
+                conn.sendall(wire.reply_frame(wire.OK, {"residue": "\n".join(residue)}))
+            elif op == "lease":
+                self.env, self.deadline = request["env"], request["deadline"]
+                conn.sendall(wire.reply_frame(wire.OK, {}))
             elif op == "ping":
                 conn.sendall(wire.reply_frame(wire.OK, {"pid": os.getpid()}))
             elif op == "shutdown":

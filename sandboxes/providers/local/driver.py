@@ -36,14 +36,16 @@ from . import network as network_setup
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
 from .cgroups import describe as cgroups_describe
 from .etc import etc_snapshot
-from .layout import WORKSPACE, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
+from .layout import WORKSPACE, Toolchains, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
+from .recycling import IDLE, IDLE_SECONDS, LEASE_MARGIN, LIFETIMES
 from .seccomp import seccomp_filter
-from .state import SandboxState, allocate_uid, cache_root, process_start, release_uid, remove_state, remove_tree, state_root
+from .state import SandboxState, allocate_uid, cache_root, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
 READY_TIMEOUT = 30.0
 AGENT_GRACE = 2.0  # beyond a command's timeout, before the host gives up on the agent
 AS_HEADROOM = 64 << 30
+RESET_TIMEOUT = 15.0  # the agent's own waits for processes to go are 3 s each
 log = logging.getLogger("sandboxes")
 Isolation = Literal["bwrap", "process"]
 
@@ -75,6 +77,7 @@ class LocalDriver:
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS,
         extra_binds: tuple[str, ...] = (),
         cgroup_parent: str | None = None,
+        recycle: bool = True,
     ) -> None:
         if isolation not in ("bwrap", "process"):
             raise ValueError(f"isolation must be 'bwrap' or 'process', not {isolation!r}")
@@ -92,6 +95,8 @@ class LocalDriver:
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
         self.cgroup_parent = cgroup_parent  # else $SANDBOXES_CGROUP_PARENT, else this process's own cgroup
+        # A destroyed sandbox is reset and leased again by this process (``recycling``), not ended.
+        self.recycle = recycle
         if isolation == "process":
             warnings.warn(
                 "isolation='process' runs code with resource limits only: no namespaces, so it can read what your user can read and reach the network",
@@ -140,6 +145,10 @@ class LocalDriver:
                 "for a container image use a cloud provider (-p e2b, modal or daytona)"
             )
         self._reap()
+        toolchains = self._toolchains()
+        shape = self._shape(config, toolchains)
+        if shape is not None and (leased := self._lease(shape, config, toolchains)) is not None:
+            return leased
         root = self.root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         sandbox_id = "sb-" + secrets.token_hex(6)
@@ -150,7 +159,7 @@ class LocalDriver:
         try:
             as_root = os.geteuid() == 0
             uid = allocate_uid(directory) if as_root else None
-            return self._spawn(config, sandbox_id, directory, uid, as_root)
+            return self._spawn(config, sandbox_id, directory, uid, as_root, toolchains, shape)
         except BaseException:
             parent = find_cgroup_parent(self.cgroup_parent) if self.isolation == "bwrap" else None
             if parent is not None:
@@ -160,12 +169,16 @@ class LocalDriver:
             remove_state(directory)
             raise
 
-    def _spawn(self, config: SandboxConfig, sandbox_id: str, directory: Path, uid: int | None, as_root: bool) -> SandboxState:
+    def _spawn(
+        self, config: SandboxConfig, sandbox_id: str, directory: Path, uid: int | None, as_root: bool, toolchains: Toolchains, shape: str | None
+    ) -> SandboxState:
         lifetime = config.lifetime or self.lifetime
+        # A recyclable sandbox's watchdog outlasts its first lease: each lease's
+        # lifetime is kept by the agent's deadline, re-armed at every lease.
+        watchdog = lifetime * LIFETIMES if shape is not None else lifetime
         memory_mb = config.memory_mb or self.memory_mb
         network = self._network_mode(bool(config.network))
         private = (str(self.root), str(cache_root()))
-        toolchains = discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ), private)
         python = os.path.realpath(sys.executable) if config.image else agent_python()
         inside_uid = uid if uid is not None else os.getuid()
         inside_gid = uid if uid is not None else os.getgid()
@@ -183,6 +196,7 @@ class LocalDriver:
             "cwd": WORKSPACE,
             "ready_fd": ready_w,
             "isolation": self.isolation,
+            "recyclable": shape is not None,
             "limits": {
                 "RLIMIT_NPROC": self.max_processes,
                 "RLIMIT_FSIZE": self.max_file_mb * MIB,
@@ -239,7 +253,7 @@ class LocalDriver:
             # The lifetime is kept from outside: the sandbox cannot stop this
             # watchdog, and bwrap (--die-with-parent) takes every process of
             # the sandbox with it when the watchdog kills it.
-            argv = [_watchdog(), "-s", "KILL", f"{lifetime:.3f}", *argv]
+            argv = [_watchdog(), "-s", "KILL", f"{watchdog:.3f}", *argv]
             workspace = WORKSPACE
         else:
             # Outside the (0700) state dir, so that as root the sandbox's own uid can enter it.
@@ -321,10 +335,95 @@ class LocalDriver:
                 "network": network,
                 **({"cgroup": cgroup.paths()} if cgroup is not None else {}),
                 **({"cpus": config.cpus, "cpus_enforced": cpus_enforced} if config.cpus is not None else {}),
+                **({"recycle": {"shape": shape, "owner": os.getpid(), "until": time.time() + watchdog}} if shape is not None else {}),
             },
         )
         state.save(directory)
         return state
+
+    # -- recycling -----------------------------------------------------------------
+    def _toolchains(self) -> Toolchains:
+        private = (str(self.root), str(cache_root()))
+        return discover_toolchains(os.environ.get("PATH", ""), self.extra_binds, rustup_home_of(os.environ), private)
+
+    def _shape(self, config: SandboxConfig, toolchains: Toolchains) -> str | None:
+        """What two sandboxes must share for one to serve the other's lease; None: never recycled.
+
+        Not with an image (its root is a writable overlay no reset reaches),
+        nor on the host's network (its counters and sockets are the host's).
+        """
+        if not self.recycle or self.isolation != "bwrap" or config.image is not None:
+            return None
+        if config.network and network_setup.user_network_unavailable() is not None:
+            return None
+        limits = (self.max_processes, self.max_file_mb, self.max_open_files, self.workspace_mb, self.tmp_mb, self.shm_mb)
+        return json.dumps([str(self.root), bool(config.network), config.memory_mb or self.memory_mb, config.cpus, limits, toolchains.binds, self.cgroup_parent])
+
+    def _lease(self, shape: str, config: SandboxConfig, toolchains: Toolchains) -> SandboxState | None:
+        """An idle sandbox of this shape, renamed and re-armed for a new lease; None when there is none."""
+        lifetime = config.lifetime or self.lifetime
+        while (entry := IDLE.take(shape)) is not None:
+            state: SandboxState = entry[1]
+            if not state.alive() or _recycled(state)["until"] - time.time() < lifetime + LEASE_MARGIN:
+                self._destroy_state(state)  # ended meanwhile, or too old to hold this lease
+                continue
+            try:
+                return self._renew(state, config, toolchains, lifetime)
+            except (OSError, ProviderError, ValueError) as error:
+                log.warning("could not lease recycled sandbox %s again, starting a new one: %s", state.id, error)
+                self._destroy_state(state)
+        return None
+
+    def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
+        deadline = time.time() + lifetime
+        self._move(state, "sb-" + secrets.token_hex(6))
+        self._ask(state, {"op": "lease", "env": {**sandbox_env(toolchains), **config.env}, "deadline": deadline}, READY_TIMEOUT)
+        state.labels, state.created_at, state.expires_at = dict(config.labels), time.time(), deadline
+        state.save(self.root / state.id)
+        return state
+
+    def _park(self, state: SandboxState) -> bool:
+        """Reset a sandbox its holder let go and keep it for the next lease; False: it must be destroyed."""
+        idle_until = min(time.time() + IDLE_SECONDS, _recycled(state)["until"])
+        try:
+            residue = self._ask(state, {"op": "reset", "deadline": idle_until}, RESET_TIMEOUT).get("residue")
+        except (OSError, ProviderError, ValueError) as error:
+            log.info("sandbox %s is not recycled: its reset failed (%s)", state.id, error)
+            return False
+        if not isinstance(residue, str) or residue:
+            log.info("sandbox %s is not recycled: %s", state.id, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
+            return False
+        self._move(state, "idle-" + secrets.token_hex(6))
+        state.labels, state.expires_at = {}, idle_until
+        state.save(self.root / state.id)
+        return IDLE.put(_recycled(state)["shape"], (self, state))
+
+    def _move(self, state: SandboxState, new_id: str) -> None:
+        """Rename a sandbox: its state dir (the agent's socket with it), uid and helpers follow."""
+        old = state.id
+        (self.root / old).rename(self.root / new_id)
+        state.id = new_id
+        reassign_uid(state.uid, self.root / new_id)
+        if old in _CHILDREN:
+            _CHILDREN[new_id] = _CHILDREN.pop(old)
+
+    def _ask(self, state: SandboxState, request: dict[str, object], timeout: float) -> dict[str, Any]:
+        """One request to the agent and its answer (JSON), from a worker thread."""
+        with socket.socket(socket.AF_UNIX) as conn, _short_socket_path(self.root / state.id) as path:
+            conn.settimeout(timeout)
+            conn.connect(path)
+            conn.sendall(wire.request_frame(request))
+            parser = wire.FrameParser()
+            while data := conn.recv(1 << 16):
+                for kind, payload in parser.feed(data):
+                    if kind == wire.OK:
+                        answer = json.loads(payload or b"{}")
+                        if not isinstance(answer, dict):
+                            raise ValueError(f"the agent answered {request['op']!r} with {answer!r}")
+                        return answer
+                    if kind == wire.ERROR:
+                        raise _agent_error(json.loads(payload), self.name)
+        raise ProviderError(f"the agent of sandbox {state.id} closed the connection during {request['op']!r}", provider=self.name)
 
     def _network_mode(self, wanted: bool) -> str:
         """ "none"; for a networked sandbox "slirp4netns" (its own network, no way to the
@@ -399,8 +498,8 @@ class LocalDriver:
         )
 
     def _load(self, sandbox_id: str) -> SandboxState | None:
-        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
-            return None
+        if not sandbox_id.startswith("sb-") or "/" in sandbox_id:
+            return None  # an idle sandbox ("idle-...") is nobody's to reach
         directory = self.root / sandbox_id
         state = SandboxState.load(directory)
         if state is None:
@@ -447,6 +546,9 @@ class LocalDriver:
         except FileNotFoundError:
             return []
         for entry in entries:
+            if entry.startswith("idle-"):
+                self._sweep_idle(entry)
+                continue
             if not entry.startswith("sb-"):
                 continue
             state = self._load(entry)
@@ -458,6 +560,12 @@ class LocalDriver:
                 found.append(self._info(state))
         return found
 
+    def _sweep_idle(self, entry: str) -> None:
+        """An idle sandbox of a process that died: its agent ended it; its state goes."""
+        state = SandboxState.load(self.root / entry)
+        if state is not None and not state.alive():
+            self._forget(state, self.root / entry)
+
     async def destroy(self, sandbox_id: str) -> bool:
         return await anyio.to_thread.run_sync(self._destroy, sandbox_id)
 
@@ -467,17 +575,23 @@ class LocalDriver:
             _kill(state.pid)
 
     def _destroy(self, sandbox_id: str) -> bool:
+        """Gone for its holder: reset and parked for the next lease where it can be, else ended."""
         state = self._load(sandbox_id)
         if state is None:
             return False
+        if self.recycle and "recycle" in state.extra and _recycled(state)["owner"] == os.getpid() and self._park(state):
+            return True
+        self._destroy_state(state)
+        return True
+
+    def _destroy_state(self, state: SandboxState) -> None:
         if self.isolation == "process" or state.isolation == "process":
             self._shutdown_process_sandbox(state)
         _kill(state.pid)
         deadline = time.monotonic() + 5
         while state.alive() and time.monotonic() < deadline:
             time.sleep(0.002)
-        self._forget(state, self.root / sandbox_id)
-        return True
+        self._forget(state, self.root / state.id)
 
     def _shutdown_process_sandbox(self, state: SandboxState) -> None:
         """Without a pid namespace, end the agent's command trees through the agent."""
@@ -633,6 +747,11 @@ class LocalDriver:
             yield
         if scope.cancelled_caught:
             raise TimeoutError(f"sandbox {sandbox_id}'s agent did not answer within {self.command_timeout:g}s while handling {path}")
+
+
+def _recycled(state: SandboxState) -> dict[str, Any]:
+    """A recyclable sandbox's shape, owner pid and watchdog deadline."""
+    return state.extra["recycle"]  # type: ignore[return-value]
 
 
 def _socket_path(directory: Path) -> str:

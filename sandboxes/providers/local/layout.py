@@ -228,7 +228,7 @@ def agent_argv(python: str, bundle: str) -> list[str]:
     return [python, "-E", "-s", "-S", "-c", f"import sys; sys.path[0] = {bundle!r}; import agent; agent.main()"]
 
 
-AGENT_SOURCES = (AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py")
+AGENT_SOURCES = (AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py", AGENT_DIR / "_reset.py")
 COMPILE_ALL = "import py_compile, sys\nfor source in sys.argv[1:]: py_compile.compile(source, doraise=True)"
 
 
@@ -324,6 +324,7 @@ def bwrap_argv(
         if network == "slirp4netns":
             argv += ["--ro-bind", str(state_dir / "resolv.conf"), "/etc/resolv.conf"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm"]
+    argv += ["--mqueue", "/dev/mqueue"]  # the ipc namespace's message queues, so that a reset can see them
     argv += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     for directory in [] if image else [b for b in toolchains.binds if _under_tmp(b)]:
         argv += ["--ro-bind", directory, directory]  # after the sandbox's own /tmp, or it would hide them (a venv in /tmp)

@@ -133,6 +133,15 @@ def allocate_uid(owner: Path) -> int:
     raise RuntimeError("no free sandbox uid: too many local sandboxes")
 
 
+def reassign_uid(uid: int | None, owner: Path) -> None:
+    """The uid now belongs to the state dir ``owner`` (a recycled sandbox moved)."""
+    if uid is not None:
+        slot = UID_REGISTRY / str(uid)
+        temporary = slot.with_name(f".{uid}.moving")
+        temporary.write_text(str(owner))
+        temporary.replace(slot)
+
+
 def release_uid(uid: int | None) -> None:
     if uid is not None:
         (UID_REGISTRY / str(uid)).unlink(missing_ok=True)

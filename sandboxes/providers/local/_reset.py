@@ -1,0 +1,263 @@
+"""Resetting a sandbox for its next lease, in the agent: end, empty, and prove.
+
+A recycled sandbox must be as trustworthy as a new one. ``Baseline`` is taken
+when the agent starts, before any workload runs; ``reset`` ends every process
+of the sandbox but the agent, empties the writable mounts, and then compares
+what it can see with the baseline. Anything it cannot put back as it was, it
+names as residue, and the host destroys the sandbox instead of leasing it
+again. Some things are never put back, only detected, because no reset can
+undo what they leave (an IPC object's id sequence, a loopback packet counter,
+a socket in TIME_WAIT): a lease that used them gets a new sandbox after it.
+
+Loaded by the agent only in a recyclable sandbox; standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+WRITABLE = ("/workspace", "/tmp", "/dev/shm")
+MQUEUE = "/dev/mqueue"
+SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
+SETTLE_SECONDS = 3.0  # for killed processes to be reaped and their threads and sockets to go
+RLIMITS = tuple(sorted(name for name in dir(resource) if name.startswith("RLIMIT_")))
+IOPRIO_GET = {"x86_64": 252, "aarch64": 31, "riscv64": 31, "ppc64le": 274, "s390x": 283}
+IOPRIO_WHO_PROCESS = 1
+
+
+class Baseline:
+    """What the agent and the writable places look like in a new sandbox."""
+
+    def __init__(self, syscall: Callable[..., int]) -> None:
+        self.syscall = syscall
+        self.me = os.getpid()
+        self.thread = self.attributes(self.me)
+        self.limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
+        self.roots = {path: _root_state(path) for path in WRITABLE}
+        self.counters = _interface_counters()
+
+    def attributes(self, tid: int) -> tuple[Any, ...]:
+        """What a process of the same uid may change in an agent thread, and its children inherit."""
+        ioprio = self.syscall(IOPRIO_GET[os.uname().machine], IOPRIO_WHO_PROCESS, tid) if os.uname().machine in IOPRIO_GET else None
+        return (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid), sorted(os.sched_getaffinity(tid)), ioprio)
+
+
+def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) -> list[str]:
+    """Leave the sandbox as new; the residue that stops that (empty when clean)."""
+    residue: list[str] = []
+    if os.uname().machine not in IOPRIO_GET:
+        residue.append(f"cannot read an I/O priority on {os.uname().machine}")
+    _end_processes(baseline.me, reap)
+    residue += _wait_for(lambda: _others(baseline.me), "process")
+    residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in (baseline.me, own_thread)], "agent thread")
+    for path in WRITABLE:
+        _empty(path)
+    residue += _check_roots(baseline)
+    residue += _check_agent(baseline)
+    residue += [f"a System V IPC object ({line})" for path in SYSV_IPC for line in _table(path)]
+    residue += [f"a POSIX message queue ({name})" for name in _listdir(MQUEUE)]
+    if _interface_counters() != baseline.counters:
+        residue.append("network traffic (its counters and sockets in TIME_WAIT outlive a reset)")
+    residue += _wait_for(lambda: _unix_sockets(), "unix socket")
+    return residue
+
+
+def _end_processes(me: int, reap: Callable[[], None] | None) -> None:
+    """SIGKILL every process but the agent and the namespace's init, until none is left.
+
+    ``kill(-1)`` walks the process list under the lock that ``fork`` takes,
+    so a process forking meanwhile cannot slip a child past it; it is repeated
+    for the children of forks that were half-way through.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while _others(me) and time.monotonic() < deadline:
+        try:
+            os.kill(-1, 9)
+        except ProcessLookupError:
+            pass
+        if reap is not None:
+            reap()
+        time.sleep(0.001)
+
+
+def _others(me: int) -> list[str]:
+    found = []
+    for entry in _listdir("/proc"):
+        if entry.isdigit() and int(entry) not in (1, me):
+            found.append(f"pid {entry} ({_read(f'/proc/{entry}/comm').strip() or '?'})")
+    return found
+
+
+def _threads() -> list[int]:
+    return [int(tid) for tid in _listdir("/proc/self/task")]
+
+
+def _wait_for(left: Callable[[], list[str]], what: str) -> list[str]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (found := left()) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return [f"a {what} that would not end: {item}" for item in found[:5]]
+
+
+def _empty(top: str) -> None:
+    """Remove everything under ``top``, however deep, modes 000 and unsearchable directories too.
+
+    Directories are entered by descriptor and never through a link; no
+    process is left to swap one in.
+    """
+    try:
+        root = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    stack: list[tuple[int, str]] = [(root, "")]
+    while stack:
+        fd, dirname = stack[-1]
+        _own(fd)
+        entered = False
+        for name in _listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+                continue
+            except IsADirectoryError:
+                pass
+            except OSError:
+                continue  # reported by the check that follows
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except PermissionError:  # a directory without r or x: its owner may give them back
+                try:
+                    os.chmod(name, 0o700, dir_fd=fd)
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    continue
+            except OSError:
+                continue
+            stack.append((child, name))
+            entered = True
+            break
+        if entered:
+            continue
+        stack.pop()
+        os.close(fd)
+        if stack:
+            try:
+                os.rmdir(dirname, dir_fd=stack[-1][0])
+            except OSError:
+                pass
+
+
+def _own(fd: int) -> None:
+    """Give a directory of ours back the write and search bits, so its entries can go."""
+    try:
+        status = os.fstat(fd)
+        if status.st_uid == os.geteuid() and status.st_mode & 0o700 != 0o700:
+            os.fchmod(fd, (status.st_mode & 0o7777) | 0o700)
+    except OSError:
+        pass
+
+
+def _root_state(path: str) -> tuple[Any, ...]:
+    status = os.stat(path, follow_symlinks=False)
+    vfs = os.statvfs(path)
+    return (status.st_mode, status.st_uid, status.st_gid, vfs.f_blocks - vfs.f_bfree, vfs.f_files - vfs.f_ffree, _xattrs(path))
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        return sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _check_roots(baseline: Baseline) -> list[str]:
+    residue = []
+    for path, wanted in baseline.roots.items():
+        mode, uid = wanted[0], wanted[1]
+        for name in _xattrs(path):
+            if name not in wanted[5]:
+                try:
+                    os.removexattr(path, name, follow_symlinks=False)
+                except OSError:
+                    pass
+        if uid == os.geteuid():
+            try:
+                os.chmod(path, mode & 0o7777, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                try:
+                    os.chmod(path, mode & 0o7777)
+                except OSError:
+                    pass
+        left = _listdir(path)
+        if left:
+            residue.append(f"files left in {path}: {', '.join(repr(name) for name in left[:5])}")
+        now = _wait_until_equal(path, wanted)  # freed pages can lag the unlink
+        if now != wanted:
+            residue.append(f"{path} is not as new: (mode, uid, gid, blocks used, inodes used, xattrs) {now} != {wanted}")
+    return residue
+
+
+def _wait_until_equal(path: str, wanted: tuple[Any, ...]) -> tuple[Any, ...]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (now := _root_state(path)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return now
+
+
+def _check_agent(baseline: Baseline) -> list[str]:
+    residue = []
+    limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
+    for name, value in limits.items():
+        if value != baseline.limits[name]:
+            residue.append(f"the agent's {name} was changed to {value} (was {baseline.limits[name]})")
+    for tid in _threads():
+        try:
+            now = baseline.attributes(tid)
+        except OSError:
+            continue  # a thread that just ended
+        if now != baseline.thread:
+            residue.append(f"agent thread {tid}'s (nice, scheduler, cpus, io priority) was changed to {now} (was {baseline.thread})")
+    return residue
+
+
+def _interface_counters() -> list[str]:
+    """Every network interface's byte and packet counters, which only traffic moves."""
+    return [line.split(None, 1)[-1] for line in _table("/proc/net/dev", header_lines=2)]
+
+
+def _unix_sockets() -> list[str]:
+    """Unix sockets of this network namespace that are not the agent's own."""
+    own = set()
+    for fd in _listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            own.add(target[8:-1])
+    return [line for line in _table("/proc/net/unix") if line.split()[6] not in own]
+
+
+def _table(path: str, header_lines: int = 1) -> list[str]:
+    return [line for line in _read(path).splitlines()[header_lines:] if line.strip()]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _listdir(path: str | int) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
