@@ -24,6 +24,7 @@ import pytest
 
 from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError, SharedHostNetworkWarning
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local.recycling import IDLE
 from sandboxes.providers.local.state import remove_tree
 from sandboxes.resilient import ResilientDriver
 
@@ -81,6 +82,8 @@ async def test_fork_bomb_is_bounded_and_ends_with_the_sandbox(provider: LocalPro
     assert peak > SMALL["max_processes"] // 2, f"the bomb never got going ({peak} processes): the test measures nothing"
     assert peak <= SMALL["max_processes"] + 8, f"{peak} processes in a sandbox limited to {SMALL['max_processes']}"
     await provider.destroy_sandbox(info.id)
+    assert len(_processes_in_namespace_of(state.pid)) <= 2, "the bomb outlived its lease"  # none, or a reset sandbox's init and agent
+    IDLE.drain()
     assert _processes_in_namespace_of(state.pid) == []
     assert subprocess.run(["true"]).returncode == 0, "the host can no longer start processes"
 
