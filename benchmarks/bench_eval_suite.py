@@ -13,7 +13,7 @@ the program, a Manager list for the verdict):
 Then the same suite in replay vs live. All measured in this run, wall time
 of whole runs; prints the ratios.
 
-    python benchmarks/bench_eval_suite.py [--programs 150] [--pool 2]
+    python benchmarks/bench_eval_suite.py [--programs 150]
 """
 
 from __future__ import annotations
@@ -137,7 +137,6 @@ def run_pytest(directory: Path, *args: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--programs", type=int, default=150)
-    parser.add_argument("--pool", type=int, default=2, help="warm sandboxes per worker for the pooled live run")
     options = parser.parse_args()
     progs = programs(options.programs)
     import json
@@ -161,12 +160,12 @@ def main() -> None:
         print("the same pytest suite, -n 2, each check by that harness, no sandbox:")
         same_runner = run_pytest(unsandboxed, "-n", "2", "-p", "no:sandboxes")
         print(f"    {same_runner:.2f}s")
-        print("sandbox fixture, -n 2, live, no pool:")
-        live = run_pytest(directory, "-n", "2", "--sandbox-record-mode=off")
+        print("sandbox fixture, -n 2, live, a new sandbox per test (--sandbox-fresh):")
+        live = run_pytest(directory, "-n", "2", "--sandbox-record-mode=off", "--sandbox-fresh")
         print(f"    {live:.2f}s")
-        print(f"sandbox fixture, -n 2, live, warm pool of {options.pool}:")
-        pooled = run_pytest(directory, "-n", "2", "--sandbox-record-mode=off", f"--sandbox-pool={options.pool}")
-        print(f"    {pooled:.2f}s")
+        print("sandbox fixture, -n 2, live, recycled sandboxes (the default):")
+        recycled = run_pytest(directory, "-n", "2", "--sandbox-record-mode=off")
+        print(f"    {recycled:.2f}s")
         print("recording the cassettes (-n 2, rewrite):")
         recorded = run_pytest(directory, "-n", "2", "--sandbox-record-mode=rewrite")
         print(f"    {recorded:.2f}s")
@@ -178,10 +177,10 @@ def main() -> None:
         print(f"    {replay2:.2f}s")
         shutil.rmtree(unsandboxed)
 
-    best_live = min(live, pooled)
+    best_live = min(live, recycled)
     print()
-    print(f"live (no pool) / unsandboxed harness:   {live / base:.2f}x   (target <= 2x)")
-    print(f"live (warm pool) / unsandboxed harness: {pooled / base:.2f}x   (target <= 2x)")
+    print(f"live (fresh) / unsandboxed harness:    {live / base:.2f}x")
+    print(f"live (recycled) / unsandboxed harness: {recycled / base:.2f}x")
     print(f"live (best) / same pytest -n 2 suite, unsandboxed: {best_live / same_runner:.2f}x")
     print(f"live / replay (one process):            {best_live / replay:.1f}x faster in replay   (target >= 10x)")
     print(f"live / replay (-n 2):                   {best_live / replay2:.1f}x faster in replay")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -108,14 +107,7 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
     config = configured(request.node, compose(sandbox_config, state.settings, spec_for(request.node), state.labels))
     request.node.stash[SANDBOX_CONFIG] = config
     portal = sync.portal()
-    recorder = sandbox_provider.driver
-    pool = state.pool_for(sandbox_provider.name) if state.settings.pool and isinstance(recorder, CassetteDriver) and recorder.cassette is None else None
-    if pool is not None and isinstance(recorder, CassetteDriver):
-        started = time.perf_counter()
-        info = portal.call(pool.acquire, config)
-        recorder.adopt(seconds=time.perf_counter() - started)
-    else:
-        info = portal.call(sandbox_provider.create_sandbox, config)
+    info = portal.call(sandbox_provider.create_sandbox, config)
     handle = Sandbox(sandbox_provider, info, command_timeout=config.command_timeout)
     try:
         yield handle if _is_async_test(request) else sync.Sandbox(handle)

@@ -48,8 +48,8 @@ OPTIONS = (
             "keep the sandboxes of failed tests for debugging (their ids are reported)", is_flag=True),
     _Option("record_failed", "--sandbox-record-failed", "SANDBOXES_RECORD_FAILED", "sandbox_record_failed",
             "also write the cassettes of failed tests", is_flag=True),
-    _Option("pool", "--sandbox-pool", "SANDBOXES_POOL", "sandbox_pool",
-            "keep N sandboxes warm per configuration and worker when no cassette records (default: 0)"),
+    _Option("fresh", "--sandbox-fresh", "SANDBOXES_FRESH", "sandbox_fresh",
+            "a new sandbox for every test: the local provider otherwise resets a destroyed sandbox and leases it again", is_flag=True),
     _Option("eval_report", "--sandbox-eval-report", "SANDBOXES_EVAL_REPORT", "sandbox_eval_report",
             "write the verdicts and pass@k of the tests that carry a task (marker task=... or a task_id parameter) to this JSON file"),
     _Option("eval_k", "--sandbox-eval-k", "SANDBOXES_EVAL_K", "sandbox_eval_k",
@@ -62,7 +62,7 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.is_flag:
             group.addoption(option.flag, action="store_true", default=None, dest=f"sandbox_{option.dest}", help=option.help + f" [env {option.env}]")
-            parser.addini(option.ini, option.help, type="bool", default=None)
+            parser.addini(option.ini, option.help, default=None)  # parsed by us: a bad value is a usage error, not a crash
         else:
             group.addoption(
                 option.flag, action="store", default=None, dest=f"sandbox_{option.dest}", metavar=option.dest.upper(), help=option.help + f" [env {option.env}]"
@@ -81,7 +81,7 @@ class Settings:
     image: str | None = None
     keep: bool = False
     record_failed: bool = False
-    pool: int = 0
+    fresh: bool = False
     eval_report: Path | None = None
     eval_k: tuple[int, ...] = (1, 10, 100)
 
@@ -133,14 +133,13 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
         if text not in MODES:
             raise pytest.UsageError(f"{origin}={text!r} is not a record mode; valid modes: {', '.join(MODES)}")
         return text
-    if option.dest in ("timeout", "pool"):
+    if option.dest == "timeout":
         try:
-            number = float(text) if option.dest == "timeout" else int(text)
+            number = float(text)
         except ValueError:
             number = -1
-        if number < 0 or (option.dest == "timeout" and number == 0):
-            kind = "a positive number of seconds" if option.dest == "timeout" else "a whole number >= 0"
-            raise pytest.UsageError(f"{origin}={text!r} is not valid: give {kind}")
+        if number <= 0:
+            raise pytest.UsageError(f"{origin}={text!r} is not valid: give a positive number of seconds")
         return number
     if option.dest in ("cassette_dir", "eval_report"):
         return (base / text).resolve()

@@ -6,6 +6,7 @@ and the summary printed, only when a test asked for a sandbox fixture.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 import sandboxes.sync as sync
 from sandboxes.errors import SandboxError
+from sandboxes.models import FRESH_ENV
 
 from . import evaluation, report
 from .cassettes import PROVIDER_PARAM
@@ -69,8 +71,16 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         run_id, worker = new_run_id(), "main"
     config.stash[STATE] = SessionState(settings, run_id, worker)
+    if settings.fresh and not os.environ.get(FRESH_ENV):
+        # The local provider reads it at each creation and destroy; restored when pytest is done.
+        os.environ[FRESH_ENV] = "1"
+        config.add_cleanup(_recycle_again)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(config), "sandboxes-xdist")
+
+
+def _recycle_again() -> None:
+    os.environ.pop(FRESH_ENV, None)
 
 
 @pytest.hookimpl(trylast=True)
@@ -133,7 +143,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    state.close_pools()
     if is_worker(config):
         config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]  # set by pytest-xdist on its workers only
     else:

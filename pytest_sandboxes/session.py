@@ -54,7 +54,6 @@ class SessionState:
     left_behind: dict[str, int] = field(default_factory=dict)
     crashed_workers: list[str] = field(default_factory=list)
     used: bool = False
-    pools: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
     """task id -> the verdicts of its judged samples (tests that carry a task), for pass@k."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
@@ -87,21 +86,6 @@ class SessionState:
 
             self.providers[name] = get_manager().get_provider(name)
         return self.providers[name]
-
-    def pool_for(self, name: str) -> Any:
-        """The warm pool of a live provider in this process, opened on first use."""
-        from sandboxes.pool import WarmPool
-        from sandboxes.sync import portal
-
-        if name not in self.pools:
-            manager = portal().wrap_async_context_manager(WarmPool(self.provider(name), self.settings.pool))
-            self.pools[name] = (manager, manager.__enter__())
-        return self.pools[name][1]
-
-    def close_pools(self) -> None:
-        while self.pools:
-            _, (manager, _pool) = self.pools.popitem()
-            manager.__exit__(None, None, None)
 
     def export(self) -> dict[str, Any]:
         """What a worker sends to the controller (plain data for execnet)."""

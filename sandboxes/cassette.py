@@ -590,14 +590,6 @@ class CassetteDriver:
         self._record("create", args, {"sandbox": placeholder, **({"network": network} if isinstance(network, bool) else {})})
         return info
 
-    def adopt(self, seconds: float | None = None) -> None:
-        """Count a sandbox created ahead of time (by a warm pool) as if created now; live use only."""
-        if self.cassette is not None:
-            raise CassetteError("a pooled sandbox cannot be recorded or replayed: it was made before its test")
-        if seconds is not None:
-            self.stats.create_seconds.append(seconds)
-        self.stats.created += 1
-
     async def get(self, sandbox_id: str) -> SandboxInfo | None:
         args = {"sandbox": self._placeholder(sandbox_id)}
         if (played := self._replay("get", args)) is not None:

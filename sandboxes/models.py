@@ -11,6 +11,8 @@ from .errors import CommandFailed
 
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_LIFETIME_SECONDS = 600.0
+FRESH_ENV = "SANDBOXES_FRESH"
+"""Set to 1, true, yes or on: no sandbox is recycled, each creation starts a new one (local provider)."""
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 300.0
 NONCE_PREFIX = "sandboxes-nonce-"
 """How the judge's nonces start, so that a cassette knows them (and stores a placeholder)."""

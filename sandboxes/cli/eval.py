@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 
 from .. import evaluation
 from ..judging import Judgement
+from ..models import FRESH_ENV
 from ..passk import Summary
 from ._util import check_provider, fail, provider_option, reported
 
@@ -67,6 +69,7 @@ def _ks(value: str) -> list[int]:
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Seconds for the build and each run.")
 @click.option("--resume", is_flag=True, help="Skip the samples already in the results file (by their line number).")
 @click.option("--check-canonical", is_flag=True, help="First judge the problems' canonical solutions; refuse to score (exit 3) if any fails.")
+@click.option("--fresh", is_flag=True, help="A new sandbox for every sample (local): no reset sandbox is leased again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(
     samples: Path,
@@ -79,10 +82,13 @@ def eval_command(
     timeout: float,
     resume: bool,
     check_canonical: bool,
+    fresh: bool,
     as_json: bool,
 ) -> None:
     """Judge every sample and print pass@k, verdict counts and the infra-error rate."""
     wanted = _ks(ks)
+    if fresh:
+        os.environ[FRESH_ENV] = "1"  # this process judges and exits: the local provider reads it at each creation
     check_provider(provider)
     try:
         table = evaluation.read_problems(problems, data_format)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -144,21 +146,26 @@ def test_keep_leaves_a_failed_tests_sandbox_and_reports_it(pytester: pytest.Pyte
     LocalProvider()._destroy(kept[0])
 
 
-def test_warm_pool_hands_out_fresh_sandboxes_and_leaves_none(pytester: pytest.Pytester, live_sandboxes) -> None:
-    pytester.makepyfile(
-        """
-        import pytest
+RECYCLED = """
+import pytest
 
-        @pytest.mark.parametrize("n", range(4))
-        def test_pooled(sandbox, n):
-            assert sandbox.execute("ls /workspace").stdout == ""
-            sandbox.write_file("/workspace/used", "1")
-        """
-    )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-pool=2")
+@pytest.mark.parametrize("n", range(4))
+def test_leased(sandbox, n, pytestconfig):
+    assert sandbox.execute("ls -A /workspace /tmp").stdout == "/tmp:\\n\\n/workspace:\\n"  # as new
+    sandbox.write_file("/workspace/used", "1")
+    with open(pytestconfig.rootpath / "incarnations", "a") as seen:
+        seen.write(sandbox.execute("cut -d' ' -f22 /proc/1/stat").stdout)
+"""
+
+
+@pytest.mark.parametrize(("args", "new_ones"), [((), 1), (("--sandbox-fresh",), 4)], ids=["recycled", "fresh"])
+def test_the_sandbox_fixture_recycles_unless_fresh(pytester: pytest.Pytester, live_sandboxes, args: tuple[str, ...], new_ones: int) -> None:
+    pytester.makepyfile(test_leased=RECYCLED)
+    result = pytester.runpytest("-p", "no:cacheprovider", *args)
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["local*4*"])
+    assert len(set((pytester.path / "incarnations").read_text().split())) == new_ones
     assert live_sandboxes() == []
+    assert "SANDBOXES_FRESH" not in os.environ  # --sandbox-fresh is undone when pytest is done
 
 
 JUDGED = """

@@ -39,7 +39,7 @@ def test_timeout_comes_from_command_line_then_env_then_ini(pytester: pytest.Pyte
         ((), {"SANDBOXES_RECORD_MODE": "sometimes"}, "", "valid modes: off, none, once, new_episodes, all, rewrite"),
         ((), {}, "sandbox_timeout = soon", "give a positive number of seconds"),
         ((), {"SANDBOXES_KEEP": "maybe"}, "", "is not a boolean: use one of 1, true, yes, on, 0, false, no, off"),
-        (("--sandbox-pool=-1",), {}, "", "give a whole number >= 0"),
+        ((), {}, "sandbox_fresh = sometimes", "is not a boolean: use one of 1, true, yes, on, 0, false, no, off"),
     ],
 )
 def test_bad_value_is_a_usage_error_listing_valid_ones(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args, env, ini, message) -> None:

@@ -30,7 +30,7 @@ from anyio.abc import SocketStream
 
 from ...driver import Event, Exit, Output
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
-from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, SandboxConfig, SandboxInfo
+from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
 from . import network as network_setup
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
@@ -77,7 +77,7 @@ class LocalDriver:
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS,
         extra_binds: tuple[str, ...] = (),
         cgroup_parent: str | None = None,
-        recycle: bool = True,
+        recycle: bool | None = None,
     ) -> None:
         if isolation not in ("bwrap", "process"):
             raise ValueError(f"isolation must be 'bwrap' or 'process', not {isolation!r}")
@@ -95,14 +95,21 @@ class LocalDriver:
         self.command_timeout = command_timeout
         self.extra_binds = tuple(extra_binds)
         self.cgroup_parent = cgroup_parent  # else $SANDBOXES_CGROUP_PARENT, else this process's own cgroup
-        # A destroyed sandbox is reset and leased again by this process (``recycling``), not ended.
-        self.recycle = recycle
+        # A destroyed sandbox is reset and leased again by this process (``recycling``), not ended;
+        # None: unless $SANDBOXES_FRESH says otherwise (pytest --sandbox-fresh, sandboxes eval --fresh).
+        self._recycle = recycle
         if isolation == "process":
             warnings.warn(
                 "isolation='process' runs code with resource limits only: no namespaces, so it can read what your user can read and reach the network",
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    @property
+    def recycle(self) -> bool:
+        if self._recycle is not None:
+            return self._recycle
+        return os.environ.get(FRESH_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
 
     @property
     def root(self) -> Path:
