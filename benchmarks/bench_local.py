@@ -7,6 +7,8 @@ machine slows both alike. Targets (issues 2 and 9; 9 allows 5x for creation, har
   create until usable      <= 5x one bare `bwrap ... true` spawn
   execute("true") round trip <= 3x one bare subprocess.run(["true"])
   an idle sandbox            <= 20 MiB of host memory (PSS of its processes)
+The per-check cost split of a recycled sandbox (issue 12) is printed beside
+them: a lease, a reset, an exec, and python3's own start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -67,12 +70,14 @@ def sandbox_pids(ns_init: int) -> list[int]:
 
 async def main(rounds: int) -> int:
     with tempfile.TemporaryDirectory() as state:
-        provider = LocalProvider(state_dir=state)
+        python = os.path.realpath(sys.executable)  # the toolchain the sandbox binds
+        provider = LocalProvider(state_dir=state, recycle=False)
+        recycling = LocalProvider(state_dir=state, recycle=True)
         bwrap = find_bwrap()
         warm = await provider.create_sandbox(SandboxConfig())
         await provider.destroy_sandbox(warm.id)
 
-        bwrap_times, create_times = [], []
+        bwrap_times, create_times, lease_times, reset_times = [], [], [], []
         for _ in range(rounds):
             started = time.perf_counter()
             bare_bwrap(bwrap)
@@ -81,12 +86,20 @@ async def main(rounds: int) -> int:
             info = await provider.create_sandbox(SandboxConfig())
             create_times.append(time.perf_counter() - started)
             await provider.destroy_sandbox(info.id)
+            started = time.perf_counter()
+            leased = await recycling.create_sandbox(SandboxConfig())
+            lease_times.append(time.perf_counter() - started)
+            await recycling.execute_command(leased.id, "echo used > /workspace/f")
+            started = time.perf_counter()
+            await recycling.destroy_sandbox(leased.id)
+            reset_times.append(time.perf_counter() - started)
+        lease_times, reset_times = lease_times[1:], reset_times[1:]  # the first lease is a creation
 
         info = await provider.create_sandbox(SandboxConfig())
         try:
             for _ in range(20):
                 await provider.execute_command(info.id, "true")
-            true_times, exec_times = [], []
+            true_times, exec_times, python_times, host_python_times = [], [], [], []
             for _ in range(rounds * 5):
                 started = time.perf_counter()
                 subprocess.run(["true"], check=True)
@@ -95,6 +108,14 @@ async def main(rounds: int) -> int:
                 result = await provider.execute_command(info.id, ["true"])
                 exec_times.append(time.perf_counter() - started)
                 assert result.success
+            for _ in range(rounds):
+                started = time.perf_counter()
+                subprocess.run([python, "-c", "pass"], check=True)
+                host_python_times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                result = await provider.execute_command(info.id, [python, "-c", "pass"])
+                python_times.append(time.perf_counter() - started)
+                assert result.success, result.describe()
             await anyio.sleep(0.5)
             state_of = provider._load(info.id)
             assert state_of is not None
@@ -114,6 +135,11 @@ async def main(rounds: int) -> int:
         row("create until usable", create_times, bwrap_times, 5.0),
         row("execute(['true']) round trip", exec_times, true_times, 3.0),
     ]
+    print("a check in a recycled sandbox, its parts (ratios against the same baselines):")
+    row("  lease (create, recycled)", lease_times, bwrap_times, 5.0)
+    row("  reset (destroy, recycled)", reset_times, bwrap_times, 5.0)
+    row("  exec (true)", exec_times, true_times, 3.0)
+    row(f"  interpreter start ({python} -c pass)", python_times, host_python_times, 3.0)
     idle_ok = idle_mib <= 20
     print(f"{'idle sandbox memory':<28} {idle_mib:8.2f} MiB PSS over {len(pids)} processes  (target <= 20 MiB) {'ok' if idle_ok else 'MISSED'}")
     return 0 if all(results) and idle_ok else 1
