@@ -10,15 +10,20 @@ detects, and the next lease gets a new sandbox. Never a dirty one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import anyio
 import pytest
 
 from sandboxes import SandboxConfig, SandboxNotFoundError
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local import _wire as wire
+from sandboxes.providers.local.driver import LocalDriver
 from sandboxes.providers.local.recycling import IDLE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
@@ -135,6 +140,29 @@ LEFTOVERS = [
         recycled=len(os.sched_getaffinity(0)) == 1,  # one CPU: nothing changed
     ),
     Leftover(
+        "the agent's scheduler time slice (sched_setattr)",
+        f'{PY} "import ctypes, os, struct; libc = ctypes.CDLL(None, use_errno=True)\n'
+        "number = {'x86_64': 314, 'aarch64': 274}[os.uname().machine]\n"
+        f"record = ctypes.create_string_buffer(struct.pack('IIQiIQQQII', 56, 0, 0, 0, 0, 12345678, 0, 0, 0, 0), 56)\n"
+        f'assert libc.syscall(number, {AGENT}, record, 0) == 0, ctypes.get_errno()" && echo left',
+        f'{PY} "import ctypes, os, struct; libc = ctypes.CDLL(None)\n'
+        "record = ctypes.create_string_buffer(56); libc.syscall({'x86_64': 315, 'aarch64': 275}[os.uname().machine], 0, record, 56, 0)\n"
+        "print('clean' if struct.unpack('IIQiIQQQII', record.raw)[5] != 12345678 else 'the slice of the last lease')\"",
+        recycled=False,
+    ),
+    Leftover(
+        "IP counters moved by packets that never reach an interface (unroutable sends)",
+        f'{PY} "import socket\nfor _ in range(77):\n  s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n'
+        "  try: s.sendto(b'x', ('10.1.2.3', 9))\n  except OSError: pass\" && echo left",
+        "test \"$(awk '/^Ip:/ {print $13}' /proc/net/snmp | tail -1)\" = 0 && echo clean",
+        recycled=False,
+    ),
+    Leftover(
+        "the writable places' times (when the last lease last wrote)",
+        "touch -d '2001-01-01' /workspace /tmp /dev/shm 2>/dev/null; echo left",
+        'test -z "$(stat -c %y /workspace /tmp /dev/shm | grep ^2001)" && echo clean',
+    ),
+    Leftover(
         "the agent's I/O priority",
         f'{PY} "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); '
         f"assert libc.syscall(251 if os.uname().machine == 'x86_64' else 30, 1, {AGENT}, 3 << 13) == 0, ctypes.get_errno()\" && echo left",
@@ -171,6 +199,62 @@ async def test_the_next_lease_finds_nothing_of_the_last(provider: LocalProvider,
         assert looked.stdout.strip() == "clean", looked.describe()
     finally:
         await provider.destroy_sandbox(second.id)
+
+
+async def test_what_the_last_holder_asks_during_or_after_the_reset_never_reaches_the_next_lease(provider: LocalProvider) -> None:
+    first = await provider.create_sandbox(SandboxConfig())
+    born = await _incarnation(provider, first.id)
+    planted = "setsid sh -c 'sleep 1; echo from-the-last-lease > /tmp/planted; exec sleep 1000' </dev/null >/dev/null 2>&1 & echo ok"
+    refused = 0
+
+    async def keep_asking() -> None:  # a holder whose commands race its own destroy
+        nonlocal refused
+        for _ in range(200):
+            try:
+                await provider.execute_command(first.id, planted)
+            except SandboxNotFoundError:
+                refused += 1
+                return
+
+    async with anyio.create_task_group() as group:
+        for _ in range(6):
+            group.start_soon(keep_asking)
+        await anyio.sleep(0.2)
+        await provider.destroy_sandbox(first.id)
+    assert refused == 6
+    second = await provider.create_sandbox(SandboxConfig())
+    try:
+        assert await _incarnation(provider, second.id) == born
+        looked = await provider.execute_command(second.id, f"sleep 1.5; test ! -e /tmp/planted && {NO_PROCESSES}")
+        assert looked.stdout.strip() == "clean", looked.describe()
+    finally:
+        await provider.destroy_sandbox(second.id)
+
+
+async def test_a_connection_of_the_last_lease_is_refused_in_the_next(provider: LocalProvider) -> None:
+    first = await provider.create_sandbox(SandboxConfig())
+    born = await _incarnation(provider, first.id)
+    driver = provider.driver
+    assert isinstance(driver, LocalDriver)
+    early = await driver._connect(first.id)  # made in the first lease, used in the second
+    await provider.destroy_sandbox(first.id)
+    second = await provider.create_sandbox(SandboxConfig())
+    try:
+        assert await _incarnation(provider, second.id) == born
+        request = {"op": "exec", "argv": ["sh", "-c", "echo planted > /tmp/planted"], "env": {}, "cwd": None, "timeout": 5.0, "stdin": False}
+        async with early:  # the reset closed it; were it open, the agent would refuse it (LeaseEnded)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await early.send(wire.request_frame(request))
+            answers = [kind for kind, _ in await _answers(driver, early)]
+        assert wire.EXIT not in answers and wire.STDOUT not in answers, answers
+        looked = await provider.execute_command(second.id, "test ! -e /tmp/planted && echo clean")
+        assert looked.stdout.strip() == "clean", looked.describe()
+    finally:
+        await provider.destroy_sandbox(second.id)
+
+
+async def _answers(driver: LocalDriver, stream: Any) -> list[tuple[bytes, bytes]]:
+    return [frame async for frame in driver._frames(stream)]
 
 
 async def test_a_lease_is_a_new_sandbox_to_its_holder(provider: LocalProvider) -> None:

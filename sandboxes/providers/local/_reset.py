@@ -26,10 +26,13 @@ if TYPE_CHECKING:
 WRITABLE = ("/workspace", "/tmp", "/dev/shm")
 MQUEUE = "/dev/mqueue"
 SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
+NET_COUNTERS = ("/proc/net/dev", "/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")  # only traffic (or an attempt at it) moves them
 SETTLE_SECONDS = 3.0  # for killed processes to be reaped and their threads and sockets to go
 RLIMITS = tuple(sorted(name for name in dir(resource) if name.startswith("RLIMIT_")))
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31, "riscv64": 31, "ppc64le": 274, "s390x": 283}
+SCHED_GETATTR = {"x86_64": 315, "aarch64": 275, "riscv64": 275, "ppc64le": 356, "s390x": 346}
 IOPRIO_WHO_PROCESS = 1
+SCHED_ATTR_SIZE = 56  # struct sched_attr as of Linux 5.3 (policy, nice, priority, runtime/slice, deadline, period, clamps)
 
 
 class Baseline:
@@ -37,6 +40,7 @@ class Baseline:
 
     def __init__(self, syscall: Callable[..., int]) -> None:
         self.syscall = syscall
+        self.machine = os.uname().machine
         self.me = os.getpid()
         self.thread = self.attributes(self.me)
         self.limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
@@ -44,21 +48,54 @@ class Baseline:
         self.counters = _interface_counters()
 
     def attributes(self, tid: int) -> tuple[Any, ...]:
-        """What a process of the same uid may change in an agent thread, and its children inherit."""
-        ioprio = self.syscall(IOPRIO_GET[os.uname().machine], IOPRIO_WHO_PROCESS, tid) if os.uname().machine in IOPRIO_GET else None
-        return (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid), sorted(os.sched_getaffinity(tid)), ioprio)
+        """What a process of the same uid may change in an agent thread, and its children inherit:
+        nice, CPUs, I/O priority, and the whole scheduling record (policy, time slice, clamps)."""
+        ioprio = self.syscall(IOPRIO_GET[self.machine], IOPRIO_WHO_PROCESS, tid) if self.machine in IOPRIO_GET else None
+        return (os.getpriority(os.PRIO_PROCESS, tid), sorted(os.sched_getaffinity(tid)), ioprio, self.sched_attr(tid))
+
+    def sched_attr(self, tid: int) -> bytes | None:
+        if self.machine not in SCHED_GETATTR:
+            return None
+        record = _sched_record()
+        if self.syscall(SCHED_GETATTR[self.machine], tid, record, SCHED_ATTR_SIZE, 0) != 0:
+            return None
+        return bytes(memoryview(record))
+
+
+def _sched_record() -> Any:
+    """A zeroed ``struct sched_attr`` buffer, through ``_ctypes`` alone (as the agent's libc calls)."""
+    if not _RECORD:
+        import _ctypes
+
+        class Char(_ctypes._SimpleCData):  # type: ignore[type-arg]  # generic only in typeshed
+            _type_ = "c"
+
+        class Record(_ctypes.Array):  # type: ignore[type-arg]
+            _type_ = Char
+            _length_ = SCHED_ATTR_SIZE
+
+        _RECORD.append(Record)
+    return _RECORD[0]()
+
+
+_RECORD: list[Any] = []
 
 
 def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) -> list[str]:
     """Leave the sandbox as new; the residue that stops that (empty when clean)."""
     residue: list[str] = []
-    if os.uname().machine not in IOPRIO_GET:
-        residue.append(f"cannot read an I/O priority on {os.uname().machine}")
+    if baseline.machine not in IOPRIO_GET or baseline.machine not in SCHED_GETATTR:
+        residue.append(f"cannot read an I/O priority or a scheduling record on {baseline.machine}")
+    # The agent refuses every new request of the last lease by now. Its requests
+    # still in flight end once their processes do; then whatever they started
+    # in their last moments is ended too, and only then is anything emptied.
+    _end_processes(baseline.me, reap)
+    residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in (baseline.me, own_thread)], "agent thread")
     _end_processes(baseline.me, reap)
     residue += _wait_for(lambda: _others(baseline.me), "process")
-    residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in (baseline.me, own_thread)], "agent thread")
     for path in WRITABLE:
         _empty(path)
+        _touch(path)
     residue += _check_roots(baseline)
     residue += _check_agent(baseline)
     residue += [f"a System V IPC object ({line})" for path in SYSV_IPC for line in _table(path)]
@@ -66,6 +103,7 @@ def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) 
     if _interface_counters() != baseline.counters:
         residue.append("network traffic (its counters and sockets in TIME_WAIT outlive a reset)")
     residue += _wait_for(lambda: _unix_sockets(), "unix socket")
+    residue += [f"a process started during the reset: {item}" for item in _others(baseline.me)[:5]]
     return residue
 
 
@@ -153,6 +191,14 @@ def _empty(top: str) -> None:
                 pass
 
 
+def _touch(path: str) -> None:
+    """Its times say when it was reset, not when the last lease last wrote there."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
 def _own(fd: int) -> None:
     """Give a directory of ours back the write and search bits, so its entries can go."""
     try:
@@ -222,13 +268,13 @@ def _check_agent(baseline: Baseline) -> list[str]:
         except OSError:
             continue  # a thread that just ended
         if now != baseline.thread:
-            residue.append(f"agent thread {tid}'s (nice, scheduler, cpus, io priority) was changed to {now} (was {baseline.thread})")
+            residue.append(f"agent thread {tid}'s nice value, CPUs, I/O priority or scheduling record (policy, slice, clamps) was changed")
     return residue
 
 
 def _interface_counters() -> list[str]:
-    """Every network interface's byte and packet counters, which only traffic moves."""
-    return [line.split(None, 1)[-1] for line in _table("/proc/net/dev", header_lines=2)]
+    """The namespace's network counters (interfaces, IP, TCP, UDP, ICMP), which only traffic moves."""
+    return [_read(path) for path in NET_COUNTERS]
 
 
 def _unix_sockets() -> list[str]:

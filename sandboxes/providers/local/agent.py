@@ -153,12 +153,15 @@ def main() -> None:
             continue
         conn = socket.socket(fileno=fd)
         conn.settimeout(None)
+        # Read here, in the one thread that accepts, before any later connection
+        # (a reset's) is: a connection of a past lease is known as one.
+        lease = agent.lease
         try:
-            _thread.start_new_thread(agent.serve, (conn,))
+            _thread.start_new_thread(agent.serve, (conn, lease))
         except RuntimeError:
             # Every process slot is taken (a fork bomb: the agent shares the
             # workload's uid and so its process limit): answer inline.
-            agent.serve(conn)
+            agent.serve(conn, lease)
     agent.shutdown()
 
 
@@ -177,6 +180,11 @@ class Agent:
         self.running: dict[int, bytes] = {}  # command pid -> its start time (/proc stat field 22)
         self.deadline = 0.0  # the end of the sandbox's lifetime, or of its lease (``lease``)
         self.baseline: _reset.Baseline | None = None  # a recyclable sandbox's state when new
+        # Counts the resets: work asked for on a connection of an earlier lease is refused,
+        # and ``lease_lock`` makes that check and a command's spawn one step against a reset.
+        self.lease = 0
+        self.lease_lock = _thread.allocate_lock()
+        self.connections: dict[socket.socket, int] = {}  # open ones, by the lease they came in
 
     def reap_adopted(self) -> None:
         """Reap adopted orphans that ended (never a command: its thread waits for it)."""
@@ -198,17 +206,31 @@ class Agent:
             kill_tree(pid)
         os._exit(0)
 
-    def reset(self, deadline: float) -> list[str]:
+    def reset(self, deadline: float, own: socket.socket) -> list[str]:
         """End the lease: the sandbox as new, or the residue that stops it (then it is destroyed)."""
         if self.baseline is None:
             return ["this sandbox was not made to be recycled"]
+        with self.lease_lock:
+            self.lease += 1  # from here, nothing more of the last lease starts
+            for conn, lease in self.connections.items():
+                if lease < self.lease and conn is not own:  # a request on its way or in flight: it ends now
+                    try:
+                        conn.shutdown(2)  # SHUT_RDWR
+                    except OSError:
+                        pass
         residue: list[str] = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None)
         self.running.clear()
         self.deadline = deadline  # until leased again: an idle sandbox whose owner is gone ends soon
         return residue
 
-    def serve(self, conn: socket.socket) -> None:
+    def check_lease(self, lease: int) -> None:
+        if lease != self.lease:
+            raise LeaseEnded("this sandbox was destroyed (its lease ended) while the request was on its way")
+
+    def serve(self, conn: socket.socket, lease: int) -> None:
         reader = _Reader(conn)
+        with self.lease_lock:
+            self.connections[conn] = lease
         try:
             parts = []
             kind, payload = reader.next()
@@ -217,8 +239,10 @@ class Agent:
                 kind, payload = reader.next()
             request = wire.decode_request(b"".join(parts) + payload)
             op = request.pop("op")
+            if op in ("exec", "write", "read", "pack"):
+                self.check_lease(lease)
             if op == "exec":
-                self.execute(conn, reader, **request)
+                self.execute(conn, reader, lease, **request)
             elif op == "write":
                 self.write(conn, reader, **request)
             elif op == "read":
@@ -226,7 +250,7 @@ class Agent:
             elif op == "pack":
                 self.pack(conn, **request)
             elif op == "reset":
-                residue = self.reset(request["deadline"])
+                residue = self.reset(request["deadline"], conn)
                 conn.sendall(wire.reply_frame(wire.OK, {"residue": "\n".join(residue)}))
             elif op == "lease":
                 self.env, self.deadline = request["env"], request["deadline"]
@@ -243,6 +267,8 @@ class Agent:
         except Exception as error:  # report, never crash the agent
             _send_error(conn, error)
         finally:
+            with self.lease_lock:
+                self.connections.pop(conn, None)
             conn.close()
 
     # -- files -------------------------------------------------------------
@@ -349,6 +375,7 @@ class Agent:
         self,
         conn: socket.socket,
         reader: _Reader,
+        lease: int,
         argv: list[str],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -370,7 +397,13 @@ class Agent:
         cgroups = self.cgroups
         group = cgroups.command() if cgroups is not None else None
         try:
-            child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
+            with self.lease_lock:  # a reset that began meanwhile ends it here, or kills what it starts
+                self.check_lease(lease)
+                child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
+        except LeaseEnded:
+            if cgroups is not None and group is not None:
+                cgroups.done(group)
+            raise
         except OSError as error:
             if cgroups is not None and group is not None:
                 cgroups.done(group)
@@ -417,6 +450,10 @@ class Agent:
             kind, _ = reader.next()
             if kind == wire.EOF:
                 break
+
+
+class LeaseEnded(Exception):
+    """A request on a connection of a lease that a reset ended (the host reads it as a gone sandbox)."""
 
 
 errno_EFBIG = 27  # not `import errno`: every import is start-up time

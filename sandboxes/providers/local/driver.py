@@ -392,15 +392,18 @@ class LocalDriver:
     def _park(self, state: SandboxState) -> bool:
         """Reset a sandbox its holder let go and keep it for the next lease; False: it must be destroyed."""
         idle_until = min(time.time() + IDLE_SECONDS, _recycled(state)["until"])
+        held = state.id
+        # Renamed first: from here no new connection reaches it by its old id, and the
+        # agent refuses what comes on the ones made before (their lease is over).
         try:
+            self._move(state, "idle-" + secrets.token_hex(6))
             residue = self._ask(state, {"op": "reset", "deadline": idle_until}, RESET_TIMEOUT).get("residue")
         except (OSError, ProviderError, ValueError) as error:
-            log.info("sandbox %s is not recycled: its reset failed (%s)", state.id, error)
+            log.info("sandbox %s is not recycled: its reset failed (%s)", held, error)
             return False
         if not isinstance(residue, str) or residue:
-            log.info("sandbox %s is not recycled: %s", state.id, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
+            log.info("sandbox %s is not recycled: %s", held, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
             return False
-        self._move(state, "idle-" + secrets.token_hex(6))
         state.labels, state.expires_at = {}, idle_until
         state.save(self.root / state.id)
         return IDLE.put(_recycled(state)["shape"], (self, state))
@@ -836,6 +839,8 @@ def _agent_error(error: dict[str, Any], provider: str) -> Exception:
     never retried; ``ProviderError`` only when the agent itself failed."""
     if isinstance(error.get("errno"), int):
         return OSError(error["errno"], error.get("message") or "", error.get("filename"))
+    if error.get("type") == "LeaseEnded":  # the request came on a connection of a lease that is over
+        return SandboxNotFoundError(str(error.get("message")))
     return ProviderError(f"sandbox agent error: {error.get('type')}: {error.get('message')}", provider=provider)
 
 
