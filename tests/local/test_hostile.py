@@ -246,6 +246,25 @@ async def test_host_processes_cannot_be_signalled(provider: LocalProvider, box: 
         victim.wait()
 
 
+async def test_the_inits_descriptors_lead_to_no_host_file(provider: LocalProvider, box: str, tmp_path: Path) -> None:
+    # As an ordinary user bubblewrap's init shares the sandbox's uid: its stdio
+    # must be nothing on the host that a program could write (or fill) through /proc/1/fd.
+    marker = "init-fd-marker-5521"
+    result = await provider.execute_command(box, f"for fd in 0 1 2; do echo {marker} >> /proc/1/fd/$fd; done 2>&1; echo tried")
+    assert result.stdout.strip().endswith("tried"), result.describe()
+    state = provider.root
+    written = [path for path in state.rglob("*") if path.is_file() and not path.is_symlink() and marker.encode() in _head(path)]
+    assert written == [], f"a program wrote into host files through /proc/1/fd: {written}"
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return b""
+
+
 async def test_kill_everything_harms_only_its_own_sandbox(provider: LocalProvider) -> None:
     victim = subprocess.Popen(["sleep", "60"])
     bystander = await provider.create_sandbox(SandboxConfig())

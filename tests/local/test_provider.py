@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import SandboxConfig
+from sandboxes import ProviderError, SandboxConfig
 from sandboxes.providers.local import LocalProvider
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +133,12 @@ async def test_a_commands_cpu_time_is_measured_with_what_it_waited_for(tmp_path:
         assert sleeping.cpu_ms is not None and sleeping.cpu_ms < 100 <= 500 <= sleeping.duration_ms, sleeping
     finally:
         await provider.destroy_sandbox(info.id)
+
+
+async def test_a_sandbox_that_cannot_start_says_what_bubblewrap_said_and_leaves_nothing(tmp_path: Path) -> None:
+    image, state = tmp_path / "empty-rootfs", tmp_path / "state"
+    image.mkdir()
+    provider = LocalProvider(state_dir=state)
+    with pytest.raises(ProviderError, match=r"failed to start: bwrap: execvp .*No such file"):
+        await provider.create_sandbox(SandboxConfig(image=str(image)))
+    assert [p.name for p in state.iterdir() if p.name.startswith(("sb-", "idle-"))] == []

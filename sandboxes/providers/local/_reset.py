@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 WRITABLE = ("/workspace", "/tmp", "/dev/shm")
 MQUEUE = "/dev/mqueue"
 SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
+FLOW_LABELS = "/proc/net/ip6_flowlabel"  # a label lingers after its socket, holding 148 bits of the lease's choosing
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # chattr's flags (+d, +A on tmpfs): the owner may set them
 NET_COUNTERS = ("/proc/net/dev", "/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")  # only traffic (or an attempt at it) moves them
 SETTLE_SECONDS = 3.0  # for killed processes to be reaped and their threads and sockets to go
 RLIMITS = tuple(sorted(name for name in dir(resource) if name.startswith("RLIMIT_")))
@@ -95,11 +97,13 @@ def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) 
     residue += _wait_for(lambda: _others(baseline.me), "process")
     for path in WRITABLE:
         _empty(path)
+    for path in (*WRITABLE, MQUEUE):
         _touch(path)
     residue += _check_roots(baseline)
     residue += _check_agent(baseline)
     residue += [f"a System V IPC object ({line})" for path in SYSV_IPC for line in _table(path)]
     residue += [f"a POSIX message queue ({name})" for name in _listdir(MQUEUE)]
+    residue += [f"an IPv6 flow label ({line.split()[0]})" for line in _table(FLOW_LABELS)]
     if _interface_counters() != baseline.counters:
         residue.append("network traffic (its counters and sockets in TIME_WAIT outlive a reset)")
     residue += _wait_for(lambda: _unix_sockets(), "unix socket")
@@ -212,7 +216,29 @@ def _own(fd: int) -> None:
 def _root_state(path: str) -> tuple[Any, ...]:
     status = os.stat(path, follow_symlinks=False)
     vfs = os.statvfs(path)
-    return (status.st_mode, status.st_uid, status.st_gid, vfs.f_blocks - vfs.f_bfree, vfs.f_files - vfs.f_ffree, _xattrs(path))
+    return (status.st_mode, status.st_uid, status.st_gid, vfs.f_blocks - vfs.f_bfree, vfs.f_files - vfs.f_ffree, _xattrs(path), _flags(path))
+
+
+def _flags(path: str, wanted: int | None = None) -> int | None:
+    """The directory's inode flags (``lsattr``), first set to ``wanted``; None where the file system has none."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if wanted is not None:
+            try:
+                fcntl.ioctl(fd, FS_IOC_SETFLAGS, wanted.to_bytes(8, "little"))
+            except OSError:
+                pass
+        try:
+            return int.from_bytes(fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)), "little")
+        except OSError:
+            return None
+    finally:
+        os.close(fd)
 
 
 def _xattrs(path: str) -> list[str]:
@@ -232,6 +258,8 @@ def _check_roots(baseline: Baseline) -> list[str]:
                     os.removexattr(path, name, follow_symlinks=False)
                 except OSError:
                     pass
+        if wanted[6] is not None:
+            _flags(path, wanted[6])
         if uid == os.geteuid():
             try:
                 os.chmod(path, mode & 0o7777, follow_symlinks=False)
@@ -245,7 +273,7 @@ def _check_roots(baseline: Baseline) -> list[str]:
             residue.append(f"files left in {path}: {', '.join(repr(name) for name in left[:5])}")
         now = _wait_until_equal(path, wanted)  # freed pages can lag the unlink
         if now != wanted:
-            residue.append(f"{path} is not as new: (mode, uid, gid, blocks used, inodes used, xattrs) {now} != {wanted}")
+            residue.append(f"{path} is not as new: (mode, uid, gid, blocks used, inodes used, xattrs, flags) {now} != {wanted}")
     return residue
 
 

@@ -275,13 +275,17 @@ class LocalDriver:
         exit_r, exit_w = os.pipe() if network == "slirp4netns" else (-1, -1)
         settings["listen_fd"] = listener.fileno()
         settings["inherited_fds"] = [fd for fd in (listener.fileno(), ready_w, exit_w, *cgroup_fds.values()) if fd >= 0]
-        log = open(directory / "log", "wb")  # noqa: SIM115 - handed to Popen, closed right after it starts
+        # What bubblewrap and the agent print goes to a pipe the host reads only
+        # while the sandbox starts: never to a host file, which a process of the
+        # sandbox could reach through /proc/1/fd (bwrap's init shares an ordinary
+        # user's uid) and fill.
+        log_r, log_w = os.pipe()
         try:
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=log,
+                stdout=log_w,
+                stderr=log_w,
                 pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, exit_w, *cgroup_fds.values()) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
@@ -290,7 +294,7 @@ class LocalDriver:
         except OSError as error:
             raise ProviderUnavailable(f"cannot start bubblewrap: {error}", provider=self.name) from error
         finally:
-            log.close()
+            os.close(log_w)
             listener.close()
             for fd in (seccomp_fd, exit_w, *cgroup_fds.values()):
                 if fd >= 0:
@@ -309,7 +313,7 @@ class LocalDriver:
             if ready != b"ready\n":
                 process.kill()
                 process.wait()
-                raise self._start_failure(directory)
+                raise self._start_failure(_drain(log_r))
             pid = process.pid
             if self.isolation == "bwrap":
                 pid = json.loads(_read_with_timeout(info_r, READY_TIMEOUT))["child-pid"]
@@ -321,6 +325,7 @@ class LocalDriver:
             process.wait()
             raise
         finally:
+            os.close(log_r)  # from here what they print goes nowhere
             os.close(ready_r)
             os.close(info_r)
             if exit_r >= 0:
@@ -357,9 +362,12 @@ class LocalDriver:
         """What two sandboxes must share for one to serve the other's lease; None: never recycled.
 
         Not with an image (its root is a writable overlay no reset reaches),
-        nor on the host's network (its counters and sockets are the host's).
+        nor on the host's network (its counters and sockets are the host's),
+        nor for an ordinary user: there bubblewrap's own init shares the
+        sandbox's uid, and its memory, limits and pipes could carry a lease's
+        data to the next (a red team did), which no reset of the agent's reaches.
         """
-        if not self.recycle or self.isolation != "bwrap" or config.image is not None:
+        if not self.recycle or self.isolation != "bwrap" or config.image is not None or os.geteuid() != 0:
             return None
         if config.network and network_setup.user_network_unavailable() is not None:
             return None
@@ -411,9 +419,9 @@ class LocalDriver:
     def _move(self, state: SandboxState, new_id: str) -> None:
         """Rename a sandbox: its state dir (the agent's socket with it), uid and helpers follow."""
         old = state.id
+        reassign_uid(state.uid, self.root / new_id)
         (self.root / old).rename(self.root / new_id)
         state.id = new_id
-        reassign_uid(state.uid, self.root / new_id)
         if old in _CHILDREN:
             _CHILDREN[new_id] = _CHILDREN.pop(old)
 
@@ -477,8 +485,7 @@ class LocalDriver:
             return "rlimits per process (this kernel has no openat2, which the agent needs to hold cgroup descriptors safely)"
         return cgroups_describe(self.cgroup_parent)
 
-    def _start_failure(self, directory: Path) -> ProviderError:
-        log = (directory / "log").read_text(errors="replace").strip()
+    def _start_failure(self, log: str) -> ProviderError:
         if self.isolation == "bwrap" and ("namespace" in log.lower() or "Operation not permitted" in log):
             return ProviderUnavailable(
                 f"bubblewrap cannot create namespaces here ({log.splitlines()[-1] if log else 'no output'}). "
@@ -861,6 +868,16 @@ def _read_with_timeout(fd: int, timeout: float) -> bytes:
         if data.endswith(b"\n") or data.endswith(b"}"):
             break
     return b"".join(chunks)
+
+
+def _drain(fd: int, limit: int = 1 << 16) -> str:
+    """What is in a pipe now (its writers have ended), at most ``limit`` bytes."""
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    with contextlib.suppress(OSError):
+        while sum(map(len, chunks)) < limit and (data := os.read(fd, limit)):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace").strip()
 
 
 def _kill(pid: int) -> None:

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 UID_BASE = 1_900_000_000
 UID_SLOTS = 1_000_000
 UID_REGISTRY = Path("/run/pytest-sandboxes/uids")
+UID_MOVE_SECONDS = 60.0
 
 
 def state_root() -> Path:
@@ -123,8 +125,8 @@ def allocate_uid(owner: Path) -> int:
             fd = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             holder = _read(slot)
-            if holder and Path(holder).is_dir():
-                continue
+            if (holder and Path(holder).is_dir()) or _younger_than(slot, UID_MOVE_SECONDS):
+                continue  # in use, or its sandbox is being renamed (``reassign_uid`` before the rename)
             slot.unlink(missing_ok=True)  # its sandbox is gone: the slot is free
             continue
         with os.fdopen(fd, "w") as handle:
@@ -134,7 +136,11 @@ def allocate_uid(owner: Path) -> int:
 
 
 def reassign_uid(uid: int | None, owner: Path) -> None:
-    """The uid now belongs to the state dir ``owner`` (a recycled sandbox moved)."""
+    """The uid now belongs to the state dir ``owner`` (a recycled sandbox moves there next).
+
+    Written before the rename: a slot this young is never taken for free,
+    though its holder dir does not exist yet.
+    """
     if uid is not None:
         slot = UID_REGISTRY / str(uid)
         temporary = slot.with_name(f".{uid}.moving")
@@ -215,6 +221,13 @@ def _remove_or_open(parent: int, name: str) -> tuple[int, str] | None:
             return None
     except OSError:
         return None
+
+
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
 
 
 def _read(path: Path) -> str | None:
