@@ -12,7 +12,11 @@ drivers (retry and circuit breaker in ``resilient``, record and replay in
 Drivers import this module, ``models`` and ``errors``; nothing above them.
 What only some drivers can do is an optional protocol, tied to a capability
 in the provider's spec: ``TreeDownload`` (``tree_download``). A driver that
-can tell a memory kill sets ``Exit.oom_killed`` (``oom_reporting``).
+can tell a memory kill sets ``Exit.oom_killed`` (``oom_reporting``). A driver
+with ``warm_python`` takes an argv that begins with ``WARM_PYTHON`` as the
+Python command line after it, to be run from an interpreter that has
+already started where it can (the local one forks a zygote); the engine and
+the languages add it only for such a driver, and cassettes leave it out.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from .errors import ProviderError, RateLimitError
 from .models import SandboxConfig, SandboxInfo
+
+WARM_PYTHON = "sandboxes:warm-python"
+"""First in an argv: run the Python command line that follows warm (capability ``warm_python``)."""
 
 RESERVED_LABEL_PREFIX = "sandboxes."
 """Labels under this prefix are the library's own bookkeeping (settings, creation tokens, driver metadata):

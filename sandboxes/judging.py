@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _embedded
+from .driver import WARM_PYTHON
 from .errors import ProviderError, SandboxNotFoundError
 from .languages import Language, PreparedRun, cleanup, get_language, prepare_code, toolchain_version
 from .models import NONCE_PREFIX, ExecutionResult
@@ -711,7 +712,11 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     """Program and tests in ``main.py``, run by a harness as ``python3 main.py`` runs it; a pass needs its nonce."""
     prepared = await prepare_code(sandbox, program, "python", files={**(files or {}), HARNESS: _HARNESS_CODE, TESTS: tests}, timeout=timeout, name=SOURCE)
     try:
-        argv = ["python3", "-S", HARNESS]  # the harness sets up site-packages when the program first needs them
+        # Cold, the harness sets up site-packages when the program first needs them (-S); warm, the
+        # zygote set them up once, as python3 main.py has them.
+        argv = ["python3", "-S", HARNESS]
+        if sandbox.provider_instance.capabilities.warm_python:
+            argv.insert(0, WARM_PYTHON)
         result, kind, detail = await _run_reporting(sandbox, prepared, argv, judgement, timeout)
         if kind == "unsupported":
             raise ValueError(f"these tests cannot be judged as embedded tests: {detail}")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._entry_points import published
+from .driver import WARM_PYTHON
 from .errors import ToolchainMissing
 from .models import DEFAULT_COMMAND_TIMEOUT_SECONDS, ExecutionResult, SandboxConfig
 
@@ -487,6 +488,8 @@ async def prepare_code(
         prepared.argv = [f"./target/release/{name}"]
     else:
         prepared.argv = _fill(recipe.run, values)
+    if lang.name == "python" and sandbox.provider_instance.capabilities.warm_python:
+        prepared.argv = [WARM_PYTHON, *prepared.argv]  # forked from an interpreter that has started, where the driver can
     return prepared
 
 

@@ -13,6 +13,8 @@ DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_LIFETIME_SECONDS = 600.0
 FRESH_ENV = "SANDBOXES_FRESH"
 """Set to 1, true, yes or on: no sandbox is recycled, each creation starts a new one (local provider)."""
+WARM_ENV = "SANDBOXES_WARM_PYTHON"
+"""Set to 0, false, no or off: Python programs start a new interpreter each, never a warm one (local provider)."""
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 300.0
 NONCE_PREFIX = "sandboxes-nonce-"
 """How the judge's nonces start, so that a cassette knows them (and stores a placeholder)."""
@@ -192,6 +194,7 @@ class Capabilities:
     merges_stderr: bool = False  # stderr arrives inside stdout (Daytona): a result's stderr is then always empty
     tree_download: bool = False  # the driver sends a directory as one tar stream (``driver.TreeDownload``)
     oom_reporting: bool = False  # ``ExecutionResult.oom_killed`` is set when the memory limit killed the command
+    warm_python: bool = False  # Python programs can start from a warm interpreter (``driver.WARM_PYTHON``)
 
     def as_dict(self) -> dict[str, bool]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

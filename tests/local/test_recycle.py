@@ -270,6 +270,7 @@ async def test_a_connection_of_the_last_lease_is_refused_in_the_next(provider: L
         looked = await provider.execute_command(second.id, "test ! -e /tmp/planted && echo clean")
         assert looked.stdout.strip() == "clean", looked.describe()
     finally:
+        await early.aclose()
         await provider.destroy_sandbox(second.id)
 
 

@@ -55,6 +55,23 @@ class Baseline:
         ioprio = self.syscall(IOPRIO_GET[self.machine], IOPRIO_WHO_PROCESS, tid) if self.machine in IOPRIO_GET else None
         return (os.getpriority(os.PRIO_PROCESS, tid), sorted(os.sched_getaffinity(tid)), ioprio, self.sched_attr(tid))
 
+    def intact(self, pid: int, started: str) -> bool:
+        """A process the agent started (a warm interpreter) is as it was: the same process (the
+        agent's child, started then: not another that took its pid), running, one thread, no
+        signal pending but SIGCHLD, and the agent's own limits and scheduling."""
+        stat = _read(f"/proc/{pid}/stat")
+        status = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in _read(f"/proc/{pid}/status").splitlines() if ":" in line}
+        try:
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] not in ("S", "R") or int(fields[1]) != self.me or fields[19] != started or status.get("Threads") != "1":
+                return False
+            if any(int(status.get(name, "1"), 16) & ~(1 << 16) for name in ("SigPnd", "ShdPnd")):  # SIGCHLD is bit 17
+                return False
+            limits = {name: resource.prlimit(pid, getattr(resource, name)) for name in RLIMITS}
+            return limits == self.limits and self.attributes(pid) == self.thread
+        except (OSError, ValueError, IndexError):
+            return False
+
     def sched_attr(self, tid: int) -> bytes | None:
         if self.machine not in SCHED_GETATTR:
             return None
@@ -83,18 +100,31 @@ def _sched_record() -> Any:
 _RECORD: list[Any] = []
 
 
-def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) -> list[str]:
-    """Leave the sandbox as new; the residue that stops that (empty when clean)."""
+def reset(
+    baseline: Baseline, own_thread: int, reap: Callable[[], None] | None, keep: dict[int, tuple[int, str, str]] | None = None
+) -> tuple[list[str], set[int]]:
+    """Leave the sandbox as new; the residue that stops that (empty when clean), and the kept pids.
+
+    ``keep``: the agent's warm interpreters (``_warm``), pid -> (the agent's
+    thread that listens to it, the inode of its socket, its start time). Each
+    stays only if it is as the agent made it (``Baseline.intact``); any other
+    is ended.
+    """
+    kept = dict(keep or {})
     residue: list[str] = []
     if baseline.machine not in IOPRIO_GET or baseline.machine not in SCHED_GETATTR:
         residue.append(f"cannot read an I/O priority or a scheduling record on {baseline.machine}")
     # The agent refuses every new request of the last lease by now. Its requests
     # still in flight end once their processes do; then whatever they started
     # in their last moments is ended too, and only then is anything emptied.
-    _end_processes(baseline.me, reap)
-    residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in (baseline.me, own_thread)], "agent thread")
-    _end_processes(baseline.me, reap)
-    residue += _wait_for(lambda: _others(baseline.me), "process")
+    _end_processes(baseline.me, reap, kept)
+    for pid in [pid for pid, (_, _, started) in kept.items() if not baseline.intact(pid, started)]:  # changed by the lease: it goes
+        del kept[pid]
+        _kill(pid)
+    ours = {baseline.me, own_thread, *(thread for thread, _, _ in kept.values())}
+    residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in ours], "agent thread")
+    _end_processes(baseline.me, reap, kept)
+    residue += _wait_for(lambda: _others(baseline.me, kept), "process")
     for path in WRITABLE:
         _empty(path)
     for path in (*WRITABLE, MQUEUE):
@@ -106,35 +136,49 @@ def reset(baseline: Baseline, own_thread: int, reap: Callable[[], None] | None) 
     residue += [f"an IPv6 flow label ({line.split()[0]})" for line in _table(FLOW_LABELS)]
     if _interface_counters() != baseline.counters:
         residue.append("network traffic (its counters and sockets in TIME_WAIT outlive a reset)")
-    residue += _wait_for(lambda: _unix_sockets(), "unix socket")
-    residue += [f"a process started during the reset: {item}" for item in _others(baseline.me)[:5]]
-    return residue
+    residue += _wait_for(lambda: _unix_sockets({inode for _, inode, _ in kept.values()}), "unix socket")
+    residue += [f"a process started during the reset: {item}" for item in _others(baseline.me, kept)[:5]]
+    return residue, set(kept)
 
 
-def _end_processes(me: int, reap: Callable[[], None] | None) -> None:
-    """SIGKILL every process but the agent and the namespace's init, until none is left.
+def _end_processes(me: int, reap: Callable[[], None] | None, kept: dict[int, Any]) -> None:
+    """SIGKILL every process but the agent, the namespace's init and ``kept``, until none is left.
 
     ``kill(-1)`` walks the process list under the lock that ``fork`` takes,
     so a process forking meanwhile cannot slip a child past it; it is repeated
-    for the children of forks that were half-way through.
+    for the children of forks that were half-way through. With processes to
+    keep, each pass kills every other one by pid: a killed process forks no
+    more, so what one pass misses (a child forked before its parent died) the
+    next one finds.
     """
     deadline = time.monotonic() + SETTLE_SECONDS
-    while _others(me) and time.monotonic() < deadline:
-        try:
-            os.kill(-1, 9)
-        except ProcessLookupError:
-            pass
+    while (victims := _pids(me, kept)) and time.monotonic() < deadline:
+        if kept:
+            for pid in victims:
+                _kill(pid)
+        else:
+            try:
+                os.kill(-1, 9)
+            except ProcessLookupError:
+                pass
         if reap is not None:
             reap()
         time.sleep(0.001)
 
 
-def _others(me: int) -> list[str]:
-    found = []
-    for entry in _listdir("/proc"):
-        if entry.isdigit() and int(entry) not in (1, me):
-            found.append(f"pid {entry} ({_read(f'/proc/{entry}/comm').strip() or '?'})")
-    return found
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pids(me: int, kept: dict[int, Any] | None = None) -> list[int]:
+    return [int(entry) for entry in _listdir("/proc") if entry.isdigit() and int(entry) not in (1, me) and int(entry) not in (kept or {})]
+
+
+def _others(me: int, kept: dict[int, Any] | None = None) -> list[str]:
+    return [f"pid {pid} ({_read(f'/proc/{pid}/comm').strip() or '?'})" for pid in _pids(me, kept)]
 
 
 def _threads() -> list[int]:
@@ -305,9 +349,9 @@ def _interface_counters() -> list[str]:
     return [_read(path) for path in NET_COUNTERS]
 
 
-def _unix_sockets() -> list[str]:
-    """Unix sockets of this network namespace that are not the agent's own."""
-    own = set()
+def _unix_sockets(kept: set[str]) -> list[str]:
+    """Unix sockets of this network namespace that are not the agent's own (or its warm interpreters')."""
+    own = set(kept)
     for fd in _listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")

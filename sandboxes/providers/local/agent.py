@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the type checker reads the modules the agent's own imports 
     import signal
     from typing import Any
 
-    from . import _reset
+    from . import _reset, _warm
     from . import _wire as wire
 else:
     import _signal as signal
@@ -185,6 +185,7 @@ class Agent:
         self.lease = 0
         self.lease_lock = _thread.allocate_lock()
         self.connections: dict[socket.socket, int] = {}  # open ones, by the lease they came in
+        self.zygotes: dict[tuple[Any, ...], _warm.Zygote] = {}  # warm Python, by (interpreter, flags, env)
 
     def reap_adopted(self) -> None:
         """Reap adopted orphans that ended (never a command: its thread waits for it)."""
@@ -218,8 +219,14 @@ class Agent:
                         conn.shutdown(2)  # SHUT_RDWR
                     except OSError:
                         pass
-        residue: list[str] = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None)
+        keep = {zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive}
+        residue: list[str]
+        residue, kept = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None, keep)
         self.running.clear()
+        # A warm interpreter the lease left as the agent made it serves the next one; the others ended.
+        self.zygotes = {key: zygote for key, zygote in self.zygotes.items() if zygote.pid in kept}
+        for zygote in self.zygotes.values():
+            zygote.forget_runs()
         self.deadline = deadline  # until leased again: an idle sandbox whose owner is gone ends soon
         return residue
 
@@ -231,7 +238,10 @@ class Agent:
         reader = _Reader(conn)
         with self.lease_lock:
             self.connections[conn] = lease
+            over = lease != self.lease  # a reset began after it was accepted, and before it was counted here
         try:
+            if over:
+                raise LeaseEnded("this sandbox was destroyed (its lease ended) while the request was on its way")
             parts = []
             kind, payload = reader.next()
             while kind == wire.HEADER_PART:
@@ -382,6 +392,7 @@ class Agent:
         timeout: float | None = None,
         stdin: bool = False,
         script: str | None = None,
+        warm: bool = False,
     ) -> None:
 
         started = time.monotonic()
@@ -399,7 +410,11 @@ class Agent:
         try:
             with self.lease_lock:  # a reset that began meanwhile ends it here, or kills what it starts
                 self.check_lease(lease)
-                child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
+                child: Child | _warm.WarmChild | None = None
+                if warm and script is None and self.baseline is not None:
+                    child = self._warm_start(argv, full_env, workdir, stdin, cgroups, group)
+                if child is None:
+                    child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
         except LeaseEnded:
             if cgroups is not None and group is not None:
                 cgroups.done(group)
@@ -444,12 +459,60 @@ class Agent:
             except OSError:
                 pass
 
+    # -- warm Python ---------------------------------------------------------
+    def _zygote(self, key: tuple[Any, ...]) -> _warm.Zygote:
+        zygote = self.zygotes.get(key)
+        if zygote is None or not zygote.alive:
+            executable, flags, env = key
+            zygote = self.zygotes[key] = __import__("_warm").Zygote(_spawn_zygote, executable, flags, dict(env))
+        return zygote
+
+    def _warm_start(
+        self, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, cgroups: Cgroups | None, group: str | None
+    ) -> _warm.WarmChild | None:
+        """The run forked from a zygote of its interpreter, flags and environment; None: start it cold."""
+        warm = __import__("_warm")
+        plan = warm.plan(argv)
+        if plan is None:
+            return None
+        flags, path, args = plan
+        os.close(_checked(_open(cwd, os.O_RDONLY | os.O_DIRECTORY), cwd))  # as a cold start checks it
+        key = (_which(argv[0], env.get("PATH", ""), cwd), flags, tuple(sorted(env.items())))
+        zygote = self._zygote(key)
+        stdin_r, stdin_w = os.pipe() if want_stdin else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        theirs = [stdin_r, out_w, err_w, *(cgroups.entry_fds(group) if cgroups is not None and group is not None else [])]
+        try:
+            pid = zygote.fork(argv, path, args, cwd, env, theirs)
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        if pid is None:
+            for fd in (stdin_w, out_r, err_r):
+                if fd >= 0:
+                    os.close(fd)
+            return None
+        self.running[pid] = _start_time(pid)
+        child: _warm.WarmChild = warm.WarmChild(zygote, pid, stdin_w if want_stdin else None, out_r, err_r)
+        return child
+
     @staticmethod
     def _drain_stdin(reader: _Reader, stdin: bool) -> None:
         while stdin:
             kind, _ = reader.next()
             if kind == wire.EOF:
                 break
+
+
+def _spawn_zygote(argv: list[str], env: dict[str, str], channel: int) -> int:
+    """Start a zygote as a command starts (own session, default SIGPIPE), its channel on fd 3, no stdio."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    actions.append((os.POSIX_SPAWN_DUP2, channel, 3))
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in FOREIGN_FDS]
+    with Child._spawning:
+        os.chdir("/")
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
 
 
 class LeaseEnded(Exception):
@@ -727,6 +790,12 @@ class Cgroups:
         for fd in self.agent_fds:
             _write_at(fd, "tasks", "0")
 
+    def entry_fds(self, name: str) -> list[int]:
+        """Files a process writes "0" to, to enter the command's cgroups itself (a run forked from a zygote)."""
+        if self.v2:
+            return [self.procs_fd(name)]
+        return [os.open(f"{name}/tasks", os.O_WRONLY | os.O_CLOEXEC, dir_fd=fd) for fd in self.work_fds]
+
     def procs_fd(self, name: str) -> int:
         return os.open(f"{name}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.work_fds[0])
 
@@ -803,7 +872,7 @@ def _which(name: str, path: str, cwd: str) -> str:
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def _pump(child: Child, conn: socket.socket, reader: _Reader, want_stdin: bool, timeout: float | None, started: float) -> tuple[bool, bool]:
+def _pump(child: Child | _warm.WarmChild, conn: socket.socket, reader: _Reader, want_stdin: bool, timeout: float | None, started: float) -> tuple[bool, bool]:
     """Move bytes between the command and the socket until the command ends.
 
     Returns (timed_out, client_vanished). Never blocks on one side while the

@@ -28,9 +28,9 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketStream
 
-from ...driver import Event, Exit, Output
+from ...driver import WARM_PYTHON, Event, Exit, Output
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
-from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, SandboxConfig, SandboxInfo
+from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
 from . import network as network_setup
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
@@ -78,6 +78,7 @@ class LocalDriver:
         extra_binds: tuple[str, ...] = (),
         cgroup_parent: str | None = None,
         recycle: bool | None = None,
+        warm_python: bool | None = None,
     ) -> None:
         if isolation not in ("bwrap", "process"):
             raise ValueError(f"isolation must be 'bwrap' or 'process', not {isolation!r}")
@@ -98,6 +99,9 @@ class LocalDriver:
         # A destroyed sandbox is reset and leased again by this process (``recycling``), not ended;
         # None: unless $SANDBOXES_FRESH says otherwise (pytest --sandbox-fresh, sandboxes eval --fresh).
         self._recycle = recycle
+        # Python programs (run_code, judge) fork a warm interpreter in recyclable sandboxes;
+        # None: unless $SANDBOXES_WARM_PYTHON is 0, false, no or off.
+        self._warm_python = warm_python
         if isolation == "process":
             warnings.warn(
                 "isolation='process' runs code with resource limits only: no namespaces, so it can read what your user can read and reach the network",
@@ -110,6 +114,12 @@ class LocalDriver:
         if self._recycle is not None:
             return self._recycle
         return os.environ.get(FRESH_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
+
+    @property
+    def warm_python(self) -> bool:
+        if self._warm_python is not None:
+            return self._warm_python
+        return os.environ.get(WARM_ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
     @property
     def root(self) -> Path:
@@ -655,7 +665,11 @@ class LocalDriver:
         output_limit: int,
     ) -> AsyncIterator[Event]:
         """The agent runs it; its frames become events. An agent that stops answering ends the sandbox."""
+        warm = bool(argv) and argv[0] == WARM_PYTHON
+        argv = argv[1:] if warm else argv
         request: dict[str, object] = {"op": "exec", "argv": list(argv), "env": dict(env), "cwd": cwd, "timeout": timeout, "stdin": stdin is not None}
+        if warm and self.warm_python:
+            request["warm"] = True
         stream = await self._connect(sandbox_id)
         async with stream:
             try:

@@ -228,7 +228,7 @@ def agent_argv(python: str, bundle: str) -> list[str]:
     return [python, "-E", "-s", "-S", "-c", f"import sys; sys.path[0] = {bundle!r}; import agent; agent.main()"]
 
 
-AGENT_SOURCES = (AGENT_DIR / "agent.py", AGENT_DIR / "_wire.py", AGENT_DIR / "_reset.py")
+AGENT_SOURCES = tuple(AGENT_DIR / name for name in ("agent.py", "_wire.py", "_reset.py", "_warm.py", "_zygote.py"))
 COMPILE_ALL = "import py_compile, sys\nfor source in sys.argv[1:]: py_compile.compile(source, doraise=True)"
 
 

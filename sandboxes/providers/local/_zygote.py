@@ -1,0 +1,236 @@
+"""A Python interpreter that has already started, forked for each program it runs.
+
+The agent starts it as ``python3 [flags] _zygote.py`` with the environment
+of the runs it will serve, so its start-up (site, .pth hooks, encodings) is
+what ``python3 [flags] main.py`` would do. For each run the agent sends the
+program's path, arguments, working directory and stdio (and the cgroup files
+the run must enter) over a socket; the zygote forks, and the child becomes
+``python3 main.py``: its own session, stdio, cwd, ``sys.argv``,
+``sys.path[0]``, a fresh ``__main__``, the modules of a fresh interpreter
+only, dumpable again, default signal dispositions; the program is compiled
+from its file and run, and the interpreter ends as it would (``atexit``,
+flushing, exit status). The zygote reaps its children and reports each exit
+status and CPU time to the agent.
+
+What stays different from a new interpreter is documented in the README
+(the hash seed is the zygote's; ``id()`` values and memory layout follow
+from the fork).
+
+Run by the sandbox's own python3 (any version from 3.8), from source:
+nothing here may need more than that interpreter has at start, and what it
+imports beyond that is taken out of ``sys.modules`` in each child.
+"""
+
+import sys
+
+_FRESH = set(sys.modules)  # what a new interpreter with these flags has: the child gets exactly these
+
+import _socket  # noqa: E402
+import marshal  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import Any
+else:
+    import _signal  # not `signal`: it imports enum, which a new interpreter has not
+
+SCM_RIGHTS = 1
+PR_SET_DUMPABLE = 4
+MAX_FDS = 16
+
+
+def _prctl(option: int, value: int) -> int:
+    import _ctypes
+
+    class Long(_ctypes._SimpleCData):  # type: ignore[type-arg]  # generic only in typeshed
+        _type_ = "l"
+
+    class Function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = Long
+
+    class Libc:
+        _handle = _ctypes.dlopen(None)  # type: ignore[arg-type]  # dlopen(NULL): the program, libc with it
+
+    return int(
+        Function(("prctl", Libc()))(  # type: ignore[arg-type]  # a handle is all CFuncPtr needs of a CDLL
+            Long(option), Long(value), Long(0), Long(0), Long(0)
+        )
+    )
+
+
+def _say(channel: "_socket.socket", *words: object) -> None:
+    """A line to the agent, plain text: the agent never unmarshals what a sandbox could forge."""
+    channel.sendall(" ".join(str(word) for word in words).encode())
+
+
+def serve(channel_fd: int) -> "tuple[dict[str, Any], list[int]]":
+    """Fork a child per request and report its start and its end. Returns only in a child: its request."""
+    channel = _socket.socket(fileno=channel_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(_signal.SIGCHLD, lambda number, frame: None)  # its wake-up byte is what counts
+    import gc
+
+    gc.freeze()  # what the zygote holds is never collected in a run: no run copies it by counting it
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                os.read(wake_r, 4096)
+                _reap(channel)
+                continue
+            data, ancillary, _, _ = channel.recvmsg(1 << 20, _socket.CMSG_SPACE(MAX_FDS * 4))
+            if not data:
+                os._exit(0)  # the agent is gone
+            fds = []
+            for level, kind, payload in ancillary:
+                if level == _socket.SOL_SOCKET and kind == SCM_RIGHTS:
+                    fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, len(payload) - len(payload) % 4, 4)]
+            request = marshal.loads(data)  # from the agent
+            pid = os.fork()
+            if pid == 0:
+                channel.close()
+                _signal.set_wakeup_fd(-1)
+                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                os.close(wake_r)
+                os.close(wake_w)
+                return request, fds
+            for passed in fds:
+                os.close(passed)
+            _say(channel, "started", request["token"], pid)
+
+
+def _reap(channel: "_socket.socket") -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _say(channel, "ended", pid, status, round((usage.ru_utime + usage.ru_stime) * 1000, 3))
+
+
+def become(request: "dict[str, Any]", fds: "list[int]") -> "tuple[Any, dict[str, Any]]":
+    """In the child: become ``python3 <flags> <path> <args>``; the program's code and its globals."""
+    stdin, stdout, stderr, *cgroup_files = fds
+    for fd in cgroup_files:  # the run's cgroups, entered before the program allocates anything
+        try:
+            os.write(fd, b"0")
+        except OSError:
+            os._exit(125)
+        os.close(fd)
+    os.setsid()
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        os.dup2(fd, target)
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:  # not closerange: without close_range it is 65,000 calls
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _prctl(PR_SET_DUMPABLE, 1)  # the zygote is not, so that no run can write into it; a new python3 is
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    path = request["path"]
+    absolute = os.path.abspath(path)
+    sys.argv[:] = [path, *request["args"]]
+    if hasattr(sys, "orig_argv"):  # 3.10+: the command line as given (/proc/self/cmdline stays the zygote's)
+        sys.orig_argv = list(request["orig_argv"])
+    sys.path[0] = os.path.dirname(absolute)
+    for name in set(sys.modules) - _FRESH:
+        del sys.modules[name]
+    with open(absolute, "rb") as handle:
+        code = compile(handle.read(), absolute, "exec", dont_inherit=True)
+    main = sys.modules["__main__"]
+    loader = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", absolute)
+    namespace = main.__dict__
+    builtins = namespace["__builtins__"]
+    namespace.clear()  # the zygote's own globals: from here only locals are used
+    namespace.update(__name__="__main__", __doc__=None, __package__=None, __loader__=loader, __spec__=None)
+    namespace.update(__annotations__={}, __builtins__=builtins, __file__=absolute, __cached__=None)
+    return code, namespace
+
+
+def _main() -> None:
+    """Serve; in a child, run the program as ``python3 main.py`` would, and end as it would."""
+    import sys as system
+
+    _prctl(PR_SET_DUMPABLE, 0)
+    exit_status, finish, fresh = _exit_status, _finish, _FRESH  # the module's globals are the program's from here
+    request, fds = serve(int(system.argv[1]))
+    try:
+        code, namespace = become(request, fds)
+    except (SyntaxError, ValueError) as error:  # the program does not compile: said as python3 says it
+        system.excepthook(type(error), error.with_traceback(None), None)
+        finish(1, system, fresh)
+    del request, fds
+    try:
+        exec(code, namespace)
+        status = 0
+    except SystemExit as exited:
+        status = exit_status(exited.code, system)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            raise  # the interpreter's own way out: killed by SIGINT
+        traceback = error.__traceback__
+        error = error.with_traceback(traceback.tb_next if traceback is not None else None)  # from the program's frames
+        system.excepthook(type(error), error, error.__traceback__)
+        status = 1
+    finish(status, system, fresh)
+
+
+def _exit_status(code: object, system: "Any") -> int:
+    """What the interpreter exits with for ``SystemExit(code)``: a message is printed, and is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=system.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _finish(status: int, system: "Any", fresh: "set[str]") -> None:
+    """End as Py_FinalizeEx ends a program: its threads joined, its atexit callbacks run, its
+    objects torn down (``__del__`` runs, files left open are flushed and closed), its output
+    flushed. Only the program's objects: those of the zygote, frozen before the fork, are not
+    touched, which would copy every page the zygote shares with the run (tens of milliseconds)."""
+    import atexit
+    import gc
+    import os as system_os
+
+    collect, leave = gc.collect, system_os._exit  # held: the loop below may clear their modules
+    threading = system.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    main = system.modules["__main__"].__dict__
+    for name in [name for name in main if name != "__builtins__"]:
+        del main[name]
+    for name in reversed([name for name in system.modules if name not in fresh]):  # the modules it imported, last first
+        module = system.modules.pop(name, None)
+        if module is not None and hasattr(module, "__dict__"):
+            module.__dict__.clear()
+    collect()
+    for stream in (system.stdout, system.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            status = status or 120  # as the interpreter: its output could not be written
+    leave(status)
+
+
+if __name__ == "__main__":
+    _main()
