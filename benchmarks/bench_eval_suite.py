@@ -95,8 +95,7 @@ PROGRAMS = json.loads(Path(__file__).with_name("programs.json").read_text())
 
 @pytest.mark.parametrize("index", range(len(PROGRAMS)))
 def test_program(sandbox, index):
-    sandbox.write_file("/workspace/main.py", PROGRAMS[index])
-    result = sandbox.execute(["python3", "main.py"], cwd="/workspace")
+    result = sandbox.run_code(PROGRAMS[index], "python")  # python3 main.py (warm, in a recycled sandbox)
     assert result.exit_code == 0, result.stderr
 """
 
