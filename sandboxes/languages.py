@@ -488,7 +488,7 @@ async def prepare_code(
         prepared.argv = [f"./target/release/{name}"]
     else:
         prepared.argv = _fill(recipe.run, values)
-    if lang.name == "python" and sandbox.provider_instance.capabilities.warm_python:
+    if lang.name == "python":
         prepared.argv = [WARM_PYTHON, *prepared.argv]  # forked from an interpreter that has started, where the driver can
     return prepared
 

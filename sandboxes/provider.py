@@ -45,7 +45,7 @@ import anyio
 
 from . import _validate as check
 from ._extract import extract_tar, process_umask
-from .driver import RESERVED_LABEL_PREFIX, WARM_PYTHON, WIRE_METHODS, Driver, Event, Exit, Output, TreeDownload
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output, TreeDownload, cold_argv
 from .errors import SandboxNotFoundError, SetupFailed, UnsupportedOperation
 from .models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
@@ -299,15 +299,15 @@ class SandboxProvider:
         settings = settings or await self._settings_of(sandbox_id)
         limit = request.timeout or settings.command_timeout or float(getattr(self.driver, "command_timeout", DEFAULT_COMMAND_TIMEOUT_SECONDS))
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        if argv[:1] == [WARM_PYTHON] and not self.capabilities.warm_python:
-            argv = argv[1:]
+        if not self.capabilities.warm_python:
+            argv = cold_argv(argv)
         size = sum(len(part.encode()) + 1 for part in argv) + sum(len(k.encode()) + len(v.encode()) + 2 for k, v in environment.items())
         if size > SPILL_BYTES:
             # Too long for one request on some providers: the script goes in a file. A list runs
             # through exec (no builtin, keyword or assignment is ever taken from it), the
             # environment is exported first, and the file is gone before the command starts.
             spilled = f"/tmp/.sandboxes-cmd-{secrets.token_hex(8)}.sh"
-            argv = argv[1:] if argv[:1] == [WARM_PYTHON] else argv  # a spilled command starts cold
+            argv = cold_argv(argv)  # a spilled command starts cold
             exports = "".join(f"export {shlex.quote(f'{k}={v}')}\n" for k, v in environment.items())
             script = exports + (command if isinstance(command, str) else "exec " + shlex.join(argv))
             await self.driver.write_file(sandbox_id, spilled, script.encode())

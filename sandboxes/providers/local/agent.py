@@ -237,11 +237,9 @@ class Agent:
     def serve(self, conn: socket.socket, lease: int) -> None:
         reader = _Reader(conn)
         with self.lease_lock:
-            self.connections[conn] = lease
-            over = lease != self.lease  # a reset began after it was accepted, and before it was counted here
+            self.connections[conn] = lease  # from here a reset shuts it
         try:
-            if over:
-                raise LeaseEnded("this sandbox was destroyed (its lease ended) while the request was on its way")
+            self.check_lease(lease)  # a reset that began before it was counted
             parts = []
             kind, payload = reader.next()
             while kind == wire.HEADER_PART:

@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketStream
 
-from ...driver import WARM_PYTHON, Event, Exit, Output
+from ...driver import WARM_PYTHON, Event, Exit, Output, cold_argv
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
 from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
@@ -39,7 +39,7 @@ from .etc import etc_snapshot
 from .layout import WORKSPACE, Toolchains, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .recycling import IDLE, IDLE_SECONDS, LEASE_MARGIN, LIFETIMES
 from .seccomp import seccomp_filter
-from .state import SandboxState, allocate_uid, cache_root, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
+from .state import SandboxState, age_of, allocate_uid, cache_root, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
 READY_TIMEOUT = 30.0
@@ -111,15 +111,11 @@ class LocalDriver:
 
     @property
     def recycle(self) -> bool:
-        if self._recycle is not None:
-            return self._recycle
-        return os.environ.get(FRESH_ENV, "").strip().lower() in ("", "0", "false", "no", "off")
+        return self._recycle if self._recycle is not None else not _switch(FRESH_ENV, default=False)
 
     @property
     def warm_python(self) -> bool:
-        if self._warm_python is not None:
-            return self._warm_python
-        return os.environ.get(WARM_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+        return self._warm_python if self._warm_python is not None else _switch(WARM_ENV, default=True)
 
     @property
     def root(self) -> Path:
@@ -580,7 +576,7 @@ class LocalDriver:
                 continue
             state = self._load(entry)
             if state is None:
-                if not (self.root / entry / "meta.json").exists() and _older_than(self.root / entry, 120):
+                if not (self.root / entry / "meta.json").exists() and age_of(self.root / entry) > 120:
                     remove_state(self.root / entry)  # a creation that died half-way
                 continue
             if all(state.labels.get(k) == v for k, v in labels.items()):
@@ -622,14 +618,8 @@ class LocalDriver:
 
     def _shutdown_process_sandbox(self, state: SandboxState) -> None:
         """Without a pid namespace, end the agent's command trees through the agent."""
-        with socket.socket(socket.AF_UNIX) as conn, _short_socket_path(self.root / state.id) as path:
-            conn.settimeout(5)
-            try:
-                conn.connect(path)
-                conn.sendall(wire.request_frame({"op": "shutdown"}))
-                conn.recv(64)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError, ProviderError, ValueError):
+            self._ask(state, {"op": "shutdown"}, 5)
 
     # -- talking to the agent ------------------------------------------------------
     async def _connect(self, sandbox_id: str) -> SocketStream:
@@ -666,7 +656,7 @@ class LocalDriver:
     ) -> AsyncIterator[Event]:
         """The agent runs it; its frames become events. An agent that stops answering ends the sandbox."""
         warm = bool(argv) and argv[0] == WARM_PYTHON
-        argv = argv[1:] if warm else argv
+        argv = cold_argv(argv)
         request: dict[str, object] = {"op": "exec", "argv": list(argv), "env": dict(env), "cwd": cwd, "timeout": timeout, "stdin": stdin is not None}
         if warm and self.warm_python:
             request["warm"] = True
@@ -778,6 +768,12 @@ class LocalDriver:
             yield
         if scope.cancelled_caught:
             raise TimeoutError(f"sandbox {sandbox_id}'s agent did not answer within {self.command_timeout:g}s while handling {path}")
+
+
+def _switch(variable: str, *, default: bool) -> bool:
+    """An environment variable read as on/off: unset or empty is ``default``; 0, false, no and off are off."""
+    value = os.environ.get(variable, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
 
 
 def _recycled(state: SandboxState) -> dict[str, Any]:
@@ -899,13 +895,6 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _older_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime > seconds
-    except OSError:
-        return False
 
 
 def _userns_hint() -> str:

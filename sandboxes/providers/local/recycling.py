@@ -71,9 +71,9 @@ class IdleSet:
         for entry in entries:
             _end(entry)
 
-    def count(self, shape: str | None = None) -> int:
+    def count(self) -> int:
         with self._lock:
-            return sum(len(entries) for key, entries in self._by_shape.items() if shape in (None, key))
+            return sum(len(entries) for entries in self._by_shape.values())
 
     def _forget(self) -> None:
         """In a forked child: the parent's idle sandboxes are the parent's."""

