@@ -174,7 +174,7 @@ async def judge_retrying(
 
     ``sandboxes(attempt)`` enters a sandbox (made fresh for a retry) and leaves
     it destroyed or kept, as its owner decides. A sandbox lost on every try was
-    lost by the program (it killed what ran it, ``kill -9 -1``): that counts as
+    lost by the program (on a cloud provider, it can kill what runs it): that counts as
     a ``runtime_error``, or a program could opt out of being scored. Any other
     ``infra_error`` stays one.
     """

@@ -44,6 +44,7 @@ class Baseline:
         self.syscall = syscall
         self.machine = os.uname().machine
         self.me = os.getpid()
+        self.threads = set(_threads())  # the agent's own for good (its lifeline's), besides those a request starts
         self.thread = self.attributes(self.me)
         self.limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
         self.roots = {path: _root_state(path) for path in WRITABLE}
@@ -121,7 +122,7 @@ def reset(
     for pid in [pid for pid, (_, _, started) in kept.items() if not baseline.intact(pid, started)]:  # changed by the lease: it goes
         del kept[pid]
         _kill(pid)
-    ours = {baseline.me, own_thread, *(thread for thread, _, _ in kept.values())}
+    ours = {*baseline.threads, own_thread, *(thread for thread, _, _ in kept.values())}
     residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in ours], "agent thread")
     _end_processes(baseline.me, reap, kept)
     residue += _wait_for(lambda: _others(baseline.me, kept), "process")

@@ -306,7 +306,10 @@ def bwrap_argv(
     bwrap dies with its parent, the lifetime watchdog (``provider.py``). Every
     process inside runs under the seccomp filter of ``seccomp.py``.
     """
-    argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    # --as-pid-1: the agent is the namespace's init, so nothing inside can signal
+    # it (a SIGKILL from its own namespace never reaches an init), it adopts every
+    # orphan, and its end is the end of every process of the sandbox.
+    argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         # No user namespace may be made inside (the seccomp filter refuses it too,
         # and is what refuses it as root, where bwrap makes none).
