@@ -23,11 +23,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SharedHostNetworkWarning
+from sandboxes import CircuitBreaker, ProviderError, RetryPolicy, SandboxConfig, SandboxError, SandboxNotFoundError, SharedHostNetworkWarning
 from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local.recycling import IDLE
 from sandboxes.providers.local.state import remove_tree
 from sandboxes.resilient import ResilientDriver
+from tests.local.processes import agent_pid
+from tests.local.processes import parent as _parent
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
 
@@ -267,17 +269,23 @@ def _head(path: Path) -> bytes:
         return b""
 
 
-async def test_kill_everything_harms_only_its_own_processes(provider: LocalProvider) -> None:
+async def test_kill_everything_harms_only_its_own_sandbox(provider: LocalProvider) -> None:
     victim = subprocess.Popen(["sleep", "60"])
     bystander = await provider.create_sandbox(SandboxConfig())
     info = await provider.create_sandbox(SandboxConfig())
     try:
-        # The agent shares the workload's uid, but is its namespace's init: kill -9 -1
-        # ends every other process of this sandbox, the command too, and nothing else.
-        result = await provider.execute_command(info.id, "sleep 100 & kill -9 -1; echo survived")
-        assert result.stdout == "survived\n", result.describe()  # kill(-1) spares its caller
-        left = (await provider.execute_command(info.id, "ps -e -o comm=")).stdout.split()
-        assert "sleep" not in left and left.count("python3") == 1, left  # the agent, alive, and this command
+        command = "sleep 100 & kill -9 -1; echo survived"
+        if AGENT_IS_INIT:
+            # The agent shares the workload's uid, but is its namespace's init: kill -9 -1
+            # ends every other process of this sandbox (not its caller) and nothing else.
+            assert (await provider.execute_command(info.id, command)).stdout == "survived\n"
+            left = (await provider.execute_command(info.id, "ps -e -o comm=")).stdout.split()
+            assert "sleep" not in left and left.count("python3") == 1, left  # the agent, alive, and this command
+        else:
+            # As root, the agent took the workload's uid: killing every process of that uid
+            # ends this sandbox, and only this one.
+            with pytest.raises(SandboxNotFoundError):
+                await provider.execute_command(info.id, command)
         assert victim.poll() is None, "a sandbox killed a host process"
         assert (await provider.execute_command(bystander.id, "echo fine")).stdout == "fine\n"
     finally:
@@ -541,8 +549,10 @@ async def test_errors_from_sandbox_content_are_the_callers_and_never_open_the_ci
 # -- the agent is out of the workload's reach -------------------------------------------------
 
 AGENT_PID = "$PPID"  # a command's shell is the agent's child
+AGENT_IS_INIT = os.geteuid() != 0  # for an ordinary user (bwrap --as-pid-1)
 
 
+@pytest.mark.skipif(not AGENT_IS_INIT, reason="as root, bubblewrap's init (root's) is the namespace's init, and the agent shares the workload's uid")
 async def test_no_signal_from_inside_reaches_the_agent(provider: LocalProvider, box: str) -> None:
     # As the namespace's init, the agent gets only the signals it handles, and it handles none.
     for name in ("STOP", "INT", "TERM", "HUP", "USR1", "KILL"):
@@ -557,7 +567,7 @@ async def test_a_stopped_agent_cannot_hold_a_command_or_the_lifetime(provider: L
     await provider.execute_command(info.id, f"sh -c 'sleep 300 # {marker}' >/dev/null 2>&1 &")
     # A hung agent (stopped from the host here: nothing inside can stop it) holds no
     # command: the host gives up on it at the command's timeout and ends the sandbox.
-    os.kill(provider._load(info.id).pid, signal.SIGSTOP)
+    os.kill(agent_pid(provider, info.id), signal.SIGSTOP)
     started = time.monotonic()
     result = await provider.execute_command(info.id, "sleep 30", timeout=3)
     elapsed = time.monotonic() - started
@@ -573,14 +583,23 @@ async def test_the_lifetime_is_kept_from_outside_the_sandbox(provider: LocalProv
     info = await provider.create_sandbox(SandboxConfig())
     await provider.execute_command(info.id, f"sh -c 'sleep 300 # {marker}' >/dev/null 2>&1 &")
     # At the end of the lifetime the watchdog outside (which nothing inside can reach)
-    # kills bubblewrap, and with it goes the agent, the pid namespace's init, and every
-    # process of the sandbox. Here bubblewrap is killed as the watchdog would.
-    agent = provider._load(info.id).pid
-    with open(f"/proc/{agent}/stat") as stat:
-        os.kill(int(stat.read().rsplit(")", 1)[1].split()[1]), signal.SIGKILL)
+    # kills bubblewrap, and the sandbox's init (the agent, or bubblewrap's own as root)
+    # gets its parent-death signal: every process of the sandbox ends with it, even a
+    # stopped agent. Here bubblewrap is killed as the watchdog would.
+    agent = agent_pid(provider, info.id)
+    os.kill(agent, signal.SIGSTOP)
+    bubblewrap = agent
+    while _comm(_parent(bubblewrap)) != "timeout":
+        bubblewrap = _parent(bubblewrap)
+    os.kill(bubblewrap, signal.SIGKILL)
     with anyio.fail_after(5):
         while _processes_with_marker(marker) or await provider.get_sandbox(info.id) is not None:
             await anyio.sleep(0.05)
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as comm:
+        return comm.read().strip()
 
 
 async def test_the_agent_cannot_be_traced_or_read_in_either_mode(provider: LocalProvider, box: str) -> None:

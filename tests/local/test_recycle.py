@@ -26,6 +26,7 @@ from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local import _wire as wire
 from sandboxes.providers.local.driver import LocalDriver
 from sandboxes.providers.local.recycling import IDLE
+from tests.local.processes import agent_pid
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
 
@@ -326,7 +327,7 @@ async def test_shapes_are_not_mixed_and_fresh_turns_recycling_off() -> None:
 
 async def test_a_killed_agent_is_never_recycled(provider: LocalProvider) -> None:
     first = await provider.create_sandbox(SandboxConfig())
-    os.kill(provider._load(first.id).pid, signal.SIGKILL)  # from the host: nothing inside can
+    os.kill(agent_pid(provider, first.id), signal.SIGKILL)  # from the host, as nothing inside may
     with pytest.raises(SandboxNotFoundError):
         await provider.execute_command(first.id, "true")
     await provider.destroy_sandbox(first.id)

@@ -44,7 +44,7 @@ class Baseline:
         self.syscall = syscall
         self.machine = os.uname().machine
         self.me = os.getpid()
-        self.threads = set(_threads())  # the agent's own for good (its lifeline's), besides those a request starts
+        self.threads = set(_threads())  # the agent's own for good, besides those a request starts
         self.thread = self.attributes(self.me)
         self.limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
         self.roots = {path: _root_state(path) for path in WRITABLE}

@@ -122,13 +122,8 @@ def main() -> None:
         os.setgroups([])
         os.setgid(settings["gid"])
         os.setuid(uid)
-        # The new credentials cleared bubblewrap's --die-with-parent: armed again,
-        # the agent (and with it, as init, the whole sandbox) ends with bubblewrap.
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an init gets the signals it handles: a workload's SIGINT must not end it
-    if "lifeline" in settings:
-        _thread.start_new_thread(_hold_lifeline, tuple(settings["lifeline"]))
     agent = Agent(settings["env"], settings["cwd"], own_uid=uid is not None, track_commands=settings["isolation"] == "process", cgroups=cgroups)
     if os.getpid() == 1 or (cgroups is None and _prctl(36, 1) == 0):  # the init, or PR_SET_CHILD_SUBREAPER: orphans become ours
         agent.adopts = True
@@ -169,23 +164,6 @@ def main() -> None:
             # workload's uid and so its process limit): answer inline.
             agent.serve(conn, lease)
     agent.shutdown()
-
-
-def _hold_lifeline(alive: int, holder: int) -> None:
-    """End the sandbox when bubblewrap does: the watchdog killed it at the end of the lifetime.
-
-    bubblewrap's --die-with-parent cannot do it where the agent took a uid of its
-    own (the kernel lets bubblewrap, which dropped its capabilities, signal no other
-    uid). bubblewrap and the watchdog hold the pipe's other end: it reads as ended
-    once both are gone. The agent is the pid namespace's init, so its end is every
-    process's.
-    """
-    os.close(holder)
-    try:
-        while os.read(alive, 1):
-            pass
-    finally:
-        os._exit(0)
 
 
 class Agent:

@@ -199,10 +199,8 @@ class LocalDriver:
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         seccomp_fd = -1
-        life_r, life_w = -1, -1
         if self.isolation == "bwrap":
             seccomp_fd = os.open(seccomp_filter(cache_root(), deny_userns=True), os.O_RDONLY)
-            life_r, life_w = os.pipe()  # the agent's lifeline: held by the watchdog and bubblewrap too
         settings: dict[str, Any] = {
             "uid": uid,
             "gid": uid,
@@ -282,9 +280,7 @@ class LocalDriver:
         # slirp4netns exits once the sandbox's last holder of this pipe (its agent) is gone.
         exit_r, exit_w = os.pipe() if network == "slirp4netns" else (-1, -1)
         settings["listen_fd"] = listener.fileno()
-        if life_r >= 0:
-            settings["lifeline"] = [life_r, life_w]
-        settings["inherited_fds"] = [fd for fd in (listener.fileno(), ready_w, exit_w, life_r, life_w, *cgroup_fds.values()) if fd >= 0]
+        settings["inherited_fds"] = [fd for fd in (listener.fileno(), ready_w, exit_w, *cgroup_fds.values()) if fd >= 0]
         # What bubblewrap and the agent print goes to a pipe the host reads only
         # while the sandbox starts: never to a host file, which a process of the
         # sandbox could reach through /proc/1/fd (bwrap's init shares an ordinary
@@ -296,7 +292,7 @@ class LocalDriver:
                 stdin=subprocess.PIPE,
                 stdout=log_w,
                 stderr=log_w,
-                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, exit_w, life_r, life_w, *cgroup_fds.values()) if fd >= 0),
+                pass_fds=tuple(fd for fd in (info_w, ready_w, listener.fileno(), seccomp_fd, exit_w, *cgroup_fds.values()) if fd >= 0),
                 env={"PATH": env["PATH"], "LANG": "C.UTF-8", "HOME": workspace},
                 start_new_session=True,
                 cwd=str(directory),
@@ -306,7 +302,7 @@ class LocalDriver:
         finally:
             os.close(log_w)
             listener.close()
-            for fd in (seccomp_fd, exit_w, life_r, life_w, *cgroup_fds.values()):
+            for fd in (seccomp_fd, exit_w, *cgroup_fds.values()):
                 if fd >= 0:
                     os.close(fd)
             if info_w >= 0:
@@ -373,8 +369,8 @@ class LocalDriver:
 
         Not with an image (its root is a writable overlay no reset reaches),
         nor on the host's network (its counters and sockets are the host's).
-        The agent is the sandbox's init (``bwrap --as-pid-1``): no process a
-        lease cannot reach is left where it could keep that lease's data.
+        For an ordinary user the agent is the sandbox's init (``layout``): no
+        process that a lease cannot reset is left to keep that lease's data.
         """
         if not self.recycle or self.isolation != "bwrap" or config.image is not None:
             return None

@@ -306,14 +306,17 @@ def bwrap_argv(
     bwrap dies with its parent, the lifetime watchdog (``provider.py``). Every
     process inside runs under the seccomp filter of ``seccomp.py``.
     """
-    # --as-pid-1: the agent is the namespace's init, so nothing inside can signal
-    # it (a SIGKILL from its own namespace never reaches an init), it adopts every
-    # orphan, and its end is the end of every process of the sandbox.
-    argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv = [bwrap, "--new-session", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         # No user namespace may be made inside (the seccomp filter refuses it too,
-        # and is what refuses it as root, where bwrap makes none).
-        argv += ["--unshare-user", "--disable-userns"]
+        # and is what refuses it as root, where bwrap makes none). The agent is the
+        # namespace's init: bubblewrap's own would share the sandbox's uid, and a
+        # lease could keep its data there (its memory, limits) for the next. As
+        # init, no signal from inside reaches the agent, it adopts every orphan,
+        # and its end (bubblewrap's parent-death signal) is every process's. As
+        # root, bubblewrap's init is root's, out of the sandbox's reach, and the
+        # agent, which takes a uid of its own, could not get that signal.
+        argv += ["--unshare-user", "--disable-userns", "--as-pid-1"]
     if network != "host":  # "none", or "slirp4netns" attached to this namespace once it exists
         argv.append("--unshare-net")
     argv += ["--hostname", "sandbox"]
