@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sandboxes import Sandbox, SandboxConfig, judge
+from sandboxes.driver import WARM_PYTHON
 from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local.recycling import IDLE
 
@@ -120,6 +121,77 @@ async def test_the_zygote_is_kept_across_leases_unless_a_lease_changed_it() -> N
         assert pids[0] == pids[1] != pids[2], pids  # kept after a clean lease, replaced after the renice
         assert last == "0"
     finally:
+        IDLE.drain()
+
+
+PLANT_A_USER_SITE = """
+import os, signal, site
+packages = site.getusersitepackages()
+os.makedirs(packages, exist_ok=True)
+with open(os.path.join(packages, "lease.pth"), "w") as pth:
+    pth.write("import builtins; builtins.LEASE_A = 'was here'\\n")
+import builtins
+if not hasattr(builtins, "LEASE_A"):
+    os.kill(os.getppid(), signal.SIGKILL)  # its zygote: the next run starts one that runs lease.pth
+print(getattr(builtins, "LEASE_A", "not yet"))
+"""
+
+TAINTS = {
+    # Untrusted code alone: a zygote started after it wrote a user site ran that site's .pth.
+    "a user site": [["run_code", PLANT_A_USER_SITE], ["run_code", PLANT_A_USER_SITE]],
+    # An interpreter a lease wrote, and a command line with a lease's words (anyone can read it).
+    "an interpreter in the workspace": [["execute", "cp $(command -v python3) /workspace/py"], ["warm", "/workspace/py", "main.py"]],
+    "free words on its command line": [["warm", "python3", "-X", "lease-a-secret", "main.py"]],
+}
+
+
+@pytest.mark.parametrize("taint", list(TAINTS))
+async def test_a_zygote_that_may_have_run_a_leases_code_ends_with_that_lease(taint: str) -> None:
+    provider = LocalProvider()
+    try:
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        born = (await box.execute("cut -d' ' -f22 /proc/1/stat")).stdout
+        await box.write_file("/workspace/main.py", "print('main')\n")
+        outputs = []
+        for how, *what in TAINTS[taint]:
+            if how == "run_code":
+                outputs.append((await box.run_code(what[0], "python")).stdout)
+            elif how == "execute":
+                assert (await box.execute(what[0])).exit_code == 0
+            else:
+                ran = await box.execute([WARM_PYTHON, *what], cwd="/workspace")
+                assert ran.stdout == "main\n", ran.describe()
+        assert (await box.execute("pgrep -f '[_]zygote.py'")).stdout.strip(), "no zygote: the test tests nothing"
+        if taint == "a user site":
+            assert outputs == ["not yet\n", "was here\n"]  # the second run's zygote ran the lease's .pth
+        await box.destroy()
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        assert (await box.execute("cut -d' ' -f22 /proc/1/stat")).stdout == born  # the same sandbox, leased again
+        assert (await box.execute("pgrep -f '[_]zygote.py' || echo none")).stdout.strip() == "none"
+        ran = await box.run_code("import builtins; print(getattr(builtins, 'LEASE_A', 'clean'))", "python")
+        assert ran.stdout == "clean\n", ran.describe()
+        await box.destroy()
+    finally:
+        IDLE.drain()
+
+
+async def test_a_zygote_counts_against_the_sandboxs_memory() -> None:
+    provider = LocalProvider(memory_mb=128)
+    box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+    try:
+        # A user site whose .pth holds 256 MiB in every interpreter that starts: the zygote too.
+        plant = (
+            "import os, site\nos.makedirs(site.getusersitepackages())\n"
+            "open(site.getusersitepackages() + '/big.pth', 'w').write('import builtins; builtins.BIG = bytearray(256 << 20)\\n')\n"
+            "os.kill(os.getppid(), 9)\n"  # its zygote: the next run starts one, which runs big.pth
+        )
+        await box.run_code(plant, "python")
+        assert (await box.execute("ls /workspace/.local/lib/*/site-packages")).stdout == "big.pth\n"
+        ran = await box.run_code("import builtins; print(len(builtins.BIG))", "python")
+        assert ran.exit_code != 0 and "268435456" not in ran.stdout, ran.describe()
+        assert ran.oom_killed or "MemoryError" in ran.stderr, ran.describe()
+    finally:
+        await box.destroy()
         IDLE.drain()
 
 

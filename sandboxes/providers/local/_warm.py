@@ -30,6 +30,48 @@ START_SECONDS = 30.0  # a zygote's own start (site, .pth hooks) on a slow machin
 FLAGS = {"-s", "-E", "-I", "-B", "-u", "-O", "-OO", "-b", "-bb", "-q", "-P"}
 COLD_ONLY = {"-S"}  # asks a cold start to skip site (the judge's harness sets it up lazily); a zygote set it up once
 FLAGS_WITH_VALUE = {"-X", "-W"}
+# Variables through which a zygote's start could read what a lease wrote (a path into the
+# sandbox's writable mounts, or to a process's descriptor): such a zygote ends with its lease.
+LEASE_REACHABLE_ENV = (
+    *("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONPLATLIBDIR", "PYTHONPYCACHEPREFIX"),
+    *("LD_", "GCONV_PATH", "LOCPATH"),
+)
+
+
+def start_witness(executable: str, flags: tuple[str, ...], env: dict[str, str]) -> tuple[str, int] | None:
+    """What must stay as it is while a zygote starts for it to serve later leases (``still_clean``); None: it never may.
+
+    A reset keeps a zygote for the next lease only if nothing the lease wrote
+    could have run in it: its interpreter is on a read-only mount, its command
+    line (which anyone can read) carries no free words, no variable points its
+    start elsewhere, and the user site (``$HOME/.local``, whose ``.pth`` files
+    Python runs at start) did not exist from before it started until it first
+    answered (``$HOME`` unchanged: its ctime, which no process can set back).
+    """
+    if any(flag in FLAGS_WITH_VALUE for flag in flags) or any(name.startswith(LEASE_REACHABLE_ENV) for name in env):
+        return None
+    try:
+        if not os.statvfs(os.path.realpath(executable)).f_flag & os.ST_RDONLY:
+            return None
+    except OSError:  # not a file (a descriptor's memfd, say)
+        return None
+    if "-s" in flags or "-I" in flags or env.get("PYTHONNOUSERSITE"):
+        return ("", 0)
+    return _home_state(env.get("HOME", ""))
+
+
+def still_clean(witness: tuple[str, int]) -> bool:
+    """The zygote has started and ``witness`` holds still: nothing of a lease's ran at its start."""
+    return not witness[0] or _home_state(witness[0]) == witness
+
+
+def _home_state(home: str) -> tuple[str, int] | None:
+    try:
+        if not home.startswith("/") or os.path.lexists(os.path.join(home, ".local")):
+            return None
+        return (home, os.stat(home).st_ctime_ns)
+    except OSError:
+        return None
 
 
 def plan(argv: list[str]) -> tuple[tuple[str, ...], str, list[str]] | None:
@@ -58,6 +100,9 @@ class Zygote:
 
     def __init__(self, spawn: Any, executable: str, flags: tuple[str, ...], env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.witness = start_witness(executable, flags, env)
+        self.keep: bool | None = None if self.witness is not None else False  # past its lease: decided at its first answer
+        self.group: str | None = None  # its cgroup (the agent's to name and remove)
         try:
             self.inode = str(os.fstat(theirs.fileno()).st_ino)  # its end, in /proc/net/unix: not a lease's socket
             self.pid = spawn([executable, *flags, ZYGOTE, "3"], env, theirs.fileno())
@@ -140,6 +185,8 @@ class Zygote:
             with self.state:
                 self.started.pop(token, None)
         pid: int | None = waiter[1]
+        if pid is not None and self.keep is None and self.witness is not None:
+            self.keep = still_clean(self.witness)
         return pid
 
     def exit_of(self, pid: int) -> tuple[int, float] | None:

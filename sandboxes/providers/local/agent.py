@@ -220,11 +220,14 @@ class Agent:
                         conn.shutdown(2)  # SHUT_RDWR
                     except OSError:
                         pass
-        keep = {zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive}
+        keep = {zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive and zygote.keep}
         residue: list[str]
         residue, kept = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None, keep)
         self.running.clear()
         # A warm interpreter the lease left as the agent made it serves the next one; the others ended.
+        for zygote in self.zygotes.values():
+            if zygote.pid not in kept:
+                self._zygote_ended(zygote)
         self.zygotes = {key: zygote for key, zygote in self.zygotes.items() if zygote.pid in kept}
         for zygote in self.zygotes.values():
             zygote.forget_runs()
@@ -462,9 +465,23 @@ class Agent:
     def _zygote(self, key: tuple[Any, ...]) -> _warm.Zygote:
         zygote = self.zygotes.get(key)
         if zygote is None or not zygote.alive:
+            if zygote is not None:
+                self._zygote_ended(zygote)
             executable, flags, env = key
-            zygote = self.zygotes[key] = __import__("_warm").Zygote(_spawn_zygote, executable, flags, dict(env))
+            group = self.cgroups.command() if self.cgroups is not None else None
+            try:
+                zygote = __import__("_warm").Zygote(_zygote_spawner(self.cgroups, group), executable, flags, dict(env))
+            except BaseException:
+                if self.cgroups is not None and group is not None:
+                    self.cgroups.done(group)
+                raise
+            zygote.group = group
+            self.zygotes[key] = zygote
         return zygote
+
+    def _zygote_ended(self, zygote: _warm.Zygote) -> None:
+        if self.cgroups is not None and zygote.group is not None:
+            self.cgroups.done(zygote.group)  # removed once empty
 
     def _warm_start(
         self, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, cgroups: Cgroups | None, group: str | None
@@ -504,14 +521,66 @@ class Agent:
                 break
 
 
-def _spawn_zygote(argv: list[str], env: dict[str, str], channel: int) -> int:
-    """Start a zygote as a command starts (own session, default SIGPIPE), its channel on fd 3, no stdio."""
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    actions.append((os.POSIX_SPAWN_DUP2, channel, 3))
-    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in FOREIGN_FDS]
-    with Child._spawning:
-        os.chdir("/")
-        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+def _spawn(
+    executable: str,
+    argv: list[str],
+    env: dict[str, str],
+    actions: list[tuple[Any, ...]],
+    cwd: str,
+    cgroups: Cgroups | None,
+    group: str | None,
+    running: dict[int, bytes] | None = None,
+) -> int:
+    """posix_spawn in ``cwd``, in its own session, the child born in the cgroup ``group``."""
+    procs = -1
+    if cgroups is not None and group is not None and cgroups.v2:
+        # cgroup v2 keeps a process's threads together: the child moves
+        # itself before it runs the command (fd 9 is its cgroup.procs).
+        procs = cgroups.procs_fd(group)
+        actions = [*actions, (os.POSIX_SPAWN_DUP2, procs, 9)]
+        argv = ["/bin/sh", "-c", 'echo 0 >&9 || exit 125; exec 9>&-; exec "$@"', "sh", executable, *argv[1:]]
+        executable = "/bin/sh"
+    try:
+        with Child._spawning:
+            if cwd == SAFE_CWD[0] or cwd == "/":
+                os.chdir(cwd)  # the sandbox's own workspace (the agent's default, no link in it), or the root
+            else:
+                directory = _checked(_open(cwd, os.O_RDONLY | os.O_DIRECTORY), cwd)
+                try:
+                    os.fchdir(directory)
+                finally:
+                    os.close(directory)
+            mover = cgroups if cgroups is not None and group is not None and not cgroups.v2 else None
+            try:
+                if mover is not None and group is not None:
+                    mover.enter_command(group)  # v1: this thread, so the child it spawns
+                pid = os.posix_spawn(
+                    executable, argv, env, file_actions=actions, setsid=True,
+                    setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                )  # fmt: skip
+            finally:
+                if mover is not None:
+                    mover.leave_command()
+                os.chdir("/")
+            if running is not None:
+                running[pid] = _start_time(pid)
+    finally:
+        if procs >= 0:
+            os.close(procs)
+    return pid
+
+
+def _zygote_spawner(cgroups: Cgroups | None, group: str | None) -> Any:
+    """How a zygote starts: as a command (own session, default SIGPIPE), in the sandbox's cgroup
+    ``group`` (its memory counts as the sandbox's), its channel on fd 3, no stdio."""
+
+    def spawn(argv: list[str], env: dict[str, str], channel: int) -> int:
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        actions.append((os.POSIX_SPAWN_DUP2, channel, 3))
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in FOREIGN_FDS]
+        return _spawn(argv[0], argv, env, actions, "/", cgroups, group)
+
+    return spawn
 
 
 class LeaseEnded(Exception):
@@ -666,37 +735,7 @@ class Child:
             # The child resolves the program's path with the agent's descriptors: close the
             # host's first, or a path through /proc/self/fd/N/.. would lead onto the host.
             actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in FOREIGN_FDS]
-            if cgroups is not None and group is not None and cgroups.v2:
-                # cgroup v2 keeps a process's threads together: the child moves
-                # itself before it runs the command (fd 9 is its cgroup.procs).
-                procs = cgroups.procs_fd(group)
-                theirs.append(procs)
-                actions.append((os.POSIX_SPAWN_DUP2, procs, 9))
-                argv = ["/bin/sh", "-c", 'echo 0 >&9 || exit 125; exec 9>&-; exec "$@"', "sh", executable, *argv[1:]]
-                executable = "/bin/sh"
-            with cls._spawning:
-                if cwd == SAFE_CWD[0]:
-                    os.chdir(cwd)  # the sandbox's own workspace: the agent's default, no link in it
-                else:
-                    directory = _checked(_open(cwd, os.O_RDONLY | os.O_DIRECTORY), cwd)
-                    try:
-                        os.fchdir(directory)
-                    finally:
-                        os.close(directory)
-                mover = cgroups if cgroups is not None and group is not None and not cgroups.v2 else None
-                try:
-                    if mover is not None and group is not None:
-                        mover.enter_command(group)  # v1: this thread, so the child it spawns
-                    pid = os.posix_spawn(
-                        executable, argv, env, file_actions=actions, setsid=True,
-                        setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                    )  # fmt: skip
-                finally:
-                    if mover is not None:
-                        mover.leave_command()
-                    os.chdir("/")
-                if running is not None:
-                    running[pid] = _start_time(pid)
+            pid = _spawn(executable, argv, env, actions, cwd, cgroups, group, running)
         except BaseException:
             for fd in ours:
                 os.close(fd)
