@@ -74,6 +74,12 @@ LEFTOVERS = [
         'test "$(stat -c %a /workspace)" = 755 && test -z "$(getfattr -d /workspace 2>/dev/null)" && echo clean',
     ),
     Leftover(
+        "the modes and times of /dev/pts, its ptmx and /dev/mqueue (an ordinary user owns them)",
+        "touch -m -d @6210279 /dev/pts /dev/pts/ptmx /dev/mqueue; chmod 2705 /dev/pts; chmod 0604 /dev/pts/ptmx; chmod 5321 /dev/mqueue; echo left",
+        "test \"$(stat -c %a /dev/pts /dev/pts/ptmx /dev/mqueue | tr '\\n' ' ')\" = '755 666 1777 '"
+        " && test -z \"$(stat -c %Y /dev/pts /dev/pts/ptmx /dev/mqueue | grep -x 6210279)\" && echo clean",
+    ),
+    Leftover(
         "background processes: setsid, double-forked, deaf to SIGTERM, stopped, zombie",
         "setsid sh -c 'trap \"\" TERM HUP; exec sleep 1000' </dev/null >/dev/null 2>&1 &"
         f" {PY} \"import os\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n    os.execvp('sleep', ['sleep', '999'])\";"

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 WRITABLE = ("/workspace", "/tmp", "/dev/shm")
 MQUEUE = "/dev/mqueue"
+# Not emptied but owned (as an ordinary user) by the sandbox's uid, whose modes and times a lease may set.
+MOUNT_POINTS = ("/dev/pts", "/dev/pts/ptmx", MQUEUE)
 SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 FLOW_LABELS = "/proc/net/ip6_flowlabel"  # a label lingers after its socket, holding 148 bits of the lease's choosing
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # chattr's flags (+d, +A on tmpfs): the owner may set them
@@ -48,6 +50,7 @@ class Baseline:
         self.thread = self.attributes(self.me)
         self.limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS}
         self.roots = {path: _root_state(path) for path in WRITABLE}
+        self.mount_points = {path: _owner_and_mode(path) for path in MOUNT_POINTS}
         self.counters = _interface_counters()
 
     def attributes(self, tid: int) -> tuple[Any, ...]:
@@ -128,9 +131,10 @@ def reset(
     residue += _wait_for(lambda: _others(baseline.me, kept), "process")
     for path in WRITABLE:
         _empty(path)
-    for path in (*WRITABLE, MQUEUE):
+    for path in (*WRITABLE, *MOUNT_POINTS):
         _touch(path)
     residue += _check_roots(baseline)
+    residue += _check_mount_points(baseline)
     residue += _check_agent(baseline)
     residue += [f"a System V IPC object ({line})" for path in SYSV_IPC for line in _table(path)]
     residue += [f"a POSIX message queue ({name})" for name in _listdir(MQUEUE)]
@@ -319,6 +323,30 @@ def _check_roots(baseline: Baseline) -> list[str]:
         now = _wait_until_equal(path, wanted)  # freed pages can lag the unlink
         if now != wanted:
             residue.append(f"{path} is not as new: (mode, uid, gid, blocks used, inodes used, xattrs, flags) {now} != {wanted}")
+    return residue
+
+
+def _owner_and_mode(path: str) -> tuple[int, int, int] | None:
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (status.st_uid, status.st_gid, status.st_mode)
+
+
+def _check_mount_points(baseline: Baseline) -> list[str]:
+    """Their modes put back (their times were, by ``_touch``)."""
+    residue = []
+    for path, wanted in baseline.mount_points.items():
+        now = _owner_and_mode(path)
+        if now != wanted and now is not None and wanted is not None and now[0] == os.geteuid():
+            try:
+                os.chmod(path, wanted[2] & 0o7777)
+            except OSError:
+                pass
+            now = _owner_and_mode(path)
+        if now != wanted:
+            residue.append(f"{path} is not as new: (uid, gid, mode) {now} != {wanted}")
     return residue
 
 
