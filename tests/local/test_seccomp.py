@@ -185,6 +185,9 @@ PROBES = [
     _probe("io_uring_enter", "io_uring_enter", -1, 0, 0, 0, 0, 0),
     _probe("io_uring_register", "io_uring_register", -1, 0, 0, 0),
     _probe("fanotify_init", "fanotify_init", 0, 0),
+    # Watching the files shared with other sandboxes and the host.
+    _probe("inotify_init1", "inotify_init1", 0),
+    _probe("inotify_init", "inotify_init"),
     # Changing the kernel or the machine (arguments the kernel rejects, were the filter absent).
     _probe("kexec_load", "kexec_load", 0, 100, 0, 0),  # more segments than KEXEC_SEGMENT_MAX
     _probe("kexec_file_load", "kexec_file_load", -1, -1, 0, 0, 0),

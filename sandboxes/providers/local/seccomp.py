@@ -9,7 +9,8 @@ profile for a container without capabilities, this filter refuses with EPERM:
   a user namespace hands out capabilities over fresh network and mount
   namespaces, the door most unprivileged kernel exploits come through;
 - the largest attack surfaces: ``bpf``, ``io_uring_*``, ``userfaultfd``,
-  ``perf_event_open``, the keyrings;
+  ``perf_event_open``, the keyrings, inotify (it sees other sandboxes' use of
+  the files they share);
 - what changes the machine rather than the process: modules, kexec, mounts,
   clocks, swap, quotas, accounting, reboot, port I/O;
 - what reads or steers other processes: ``ptrace``, ``process_vm_*``,
@@ -101,6 +102,10 @@ DENIED = (
     # The kernel's largest attack surfaces.
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
     "io_uring_register", "keyctl", "add_key", "request_key", "fanotify_init",
+    # Watching files: inotify sees which files of the mounts shared with the host (/usr)
+    # other sandboxes and the host open, and its instances count against a per-user
+    # limit the host's own processes share. No toolchain needs it (fs.watch would fail).
+    "inotify_init", "inotify_init1",
     # Other processes' memory and state. No toolchain needs ptrace (gdb, strace and
     # LeakSanitizer, which AddressSanitizer runs at exit, do: they fail here).
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise",
