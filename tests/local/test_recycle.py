@@ -77,7 +77,7 @@ LEFTOVERS = [
         "the modes and times of /dev/pts, its ptmx and /dev/mqueue (an ordinary user owns them)",
         "touch -m -d @6210279 /dev/pts /dev/pts/ptmx /dev/mqueue; chmod 2705 /dev/pts; chmod 0604 /dev/pts/ptmx; chmod 5321 /dev/mqueue; echo left",
         "test \"$(stat -c %a /dev/pts /dev/pts/ptmx /dev/mqueue | tr '\\n' ' ')\" = '755 666 1777 '"
-        " && test -z \"$(stat -c %Y /dev/pts /dev/pts/ptmx /dev/mqueue | grep -x 6210279)\" && echo clean",
+        ' && test -z "$(stat -c %Y /dev/pts /dev/pts/ptmx /dev/mqueue | grep -x 6210279)" && echo clean',
     ),
     Leftover(
         "background processes: setsid, double-forked, deaf to SIGTERM, stopped, zombie",

@@ -142,6 +142,8 @@ TAINTS = {
     # An interpreter a lease wrote, and a command line with a lease's words (anyone can read it).
     "an interpreter in the workspace": [["execute", "cp $(command -v python3) /workspace/py"], ["warm", "/workspace/py", "main.py"]],
     "free words on its command line": [["warm", "python3", "-X", "lease-a-secret", "main.py"]],
+    # A link to the sandbox's python3 in a venv the lease made: Python reads the venv's pyvenv.cfg.
+    "a venv in the workspace": [["execute", "python3 -m venv --without-pip /workspace/venv"], ["warm", "/workspace/venv/bin/python3", "main.py"]],
 }
 
 

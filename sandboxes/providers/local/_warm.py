@@ -50,8 +50,11 @@ def start_witness(executable: str, flags: tuple[str, ...], env: dict[str, str]) 
     """
     if any(flag in FLAGS_WITH_VALUE for flag in flags) or any(name.startswith(LEASE_REACHABLE_ENV) for name in env):
         return None
+    # The interpreter, and where it was found: Python looks for a pyvenv.cfg (a venv's site-packages)
+    # beside the path it was started by, a link's too, and in that directory's parent.
+    places = (os.path.realpath(executable), os.path.dirname(executable), os.path.dirname(os.path.dirname(executable)))
     try:
-        if not os.statvfs(os.path.realpath(executable)).f_flag & os.ST_RDONLY:
+        if not all(os.statvfs(place).f_flag & os.ST_RDONLY for place in places):
             return None
     except OSError:  # not a file (a descriptor's memfd, say)
         return None
