@@ -95,6 +95,21 @@ async def test_a_judged_program_is_warm_and_judged_the_same(pair: tuple[Sandbox,
         assert verdicts[0] == verdicts[1] == ("wrong_answer" if wrong else "passed")
 
 
+async def test_a_program_compiled_once_is_run_as_compiled_from_its_own_file(pair: tuple[Sandbox, Sandbox]) -> None:
+    # The zygote keeps the code of a source it compiled without a warning (the judge's harness):
+    # a later run of the same bytes, from another directory, names its own file in a traceback.
+    failing = "def f():\n    raise ValueError('no')\nf()\n"
+    ran = [await pair[0].run_code(failing, "python") for _ in range(3)]
+    files = [re.findall(r'File "([^"]+)"', r.stderr) for r in ran]
+    assert all(len(set(names)) == 1 and names[0].endswith("/main.py") for names in files), files
+    assert len({names[0] for names in files}) == 3, files  # each run's own directory
+    # A compile-time warning is printed by every run, as by every python3 main.py.
+    warned = "x = 1\nprint(x is 1)\n"
+    for box in pair:
+        for _ in range(2):
+            assert "SyntaxWarning" in (await box.run_code(warned, "python")).stderr
+
+
 async def test_a_timeout_ends_the_run_and_a_killed_zygote_is_replaced(pair: tuple[Sandbox, Sandbox]) -> None:
     warm, _ = pair
     looped = await warm.run_code("while True:\n    pass\n", "python", timeout=1)
