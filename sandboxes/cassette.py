@@ -40,14 +40,14 @@ import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import errors as _errors
-from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output, cold_argv
+from .driver import RESERVED_LABEL_PREFIX, TOOLCHAINS, WIRE_METHODS, Driver, Event, Exit, Output, cold_argv
 from .errors import CassetteError
 from .languages import RUN_ROOT
 from .models import DEFAULT_MAX_OUTPUT_BYTES, NONCE_PREFIX, SandboxConfig, SandboxInfo
@@ -588,7 +588,10 @@ class CassetteDriver:
         self._limits[placeholder] = config.max_output_bytes
         network = info.metadata.get("network")
         self._record("create", args, {"sandbox": placeholder, **({"network": network} if isinstance(network, bool) else {})})
-        return info
+        if self.cassette is None:
+            return info
+        # Not alike another for its tools: each test's cassette holds the lookups it replays, whatever ran before it.
+        return replace(info, metadata={key: value for key, value in info.metadata.items() if key != TOOLCHAINS})
 
     async def get(self, sandbox_id: str) -> SandboxInfo | None:
         args = {"sandbox": self._placeholder(sandbox_id)}

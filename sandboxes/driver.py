@@ -33,6 +33,10 @@ from .models import SandboxConfig, SandboxInfo
 WARM_PYTHON = "sandboxes:warm-python"
 """First in an argv: run the Python command line that follows warm (capability ``warm_python``)."""
 
+TOOLCHAINS = "toolchains"
+"""A ``SandboxInfo.metadata`` key: the driver's word that every sandbox it made with that value has
+the same tools, so a tool found in one is not looked for again in the next (``languages``)."""
+
 
 def cold_argv(argv: Sequence[str]) -> list[str]:
     """The command line itself, without the ``WARM_PYTHON`` marker (a cold start, or a cassette's record)."""

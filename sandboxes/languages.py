@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._entry_points import published
-from .driver import WARM_PYTHON
+from .driver import TOOLCHAINS, WARM_PYTHON
 from .errors import ToolchainMissing
 from .models import DEFAULT_COMMAND_TIMEOUT_SECONDS, ExecutionResult, SandboxConfig
 
@@ -307,8 +307,21 @@ done
 # sandbox handle -> {tool: None when it works, else why not}; by handle, not id: ids
 # can repeat (cassette placeholders), and the cache goes with the handle.
 _tool_cache: weakref.WeakKeyDictionary[Sandbox, dict[str, str | None]] = weakref.WeakKeyDictionary()
-_alike: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("sandboxes_alike", default=None)
-"""Tools that worked in a sandbox alike the ones in use (``alike_sandboxes``); None outside one."""
+_alike: contextvars.ContextVar[tuple[set[str], dict[str, str]] | None] = contextvars.ContextVar("sandboxes_alike", default=None)
+"""Tools that worked in a sandbox alike the ones in use (``alike_sandboxes``), and their versions; None outside one."""
+_alike_by_key: dict[tuple[str, str], tuple[set[str], dict[str, str]]] = {}  # (provider, TOOLCHAINS) -> tools, versions
+
+
+def _alike_of(sandbox: Sandbox) -> tuple[set[str], dict[str, str]] | None:
+    """What worked in sandboxes alike this one (tools, versions): within ``alike_sandboxes``,
+    or the ones of its provider with the same ``TOOLCHAINS`` (a recycled local sandbox's)."""
+    shared = _alike.get()
+    if shared is not None:
+        return shared
+    key = sandbox.info.metadata.get(TOOLCHAINS)
+    if not isinstance(key, str):
+        return None
+    return _alike_by_key.setdefault((sandbox.provider, key), (set(), {}))
 
 
 async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
@@ -319,7 +332,8 @@ async def missing_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[str]:
 async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[str, str]]:
     """(tool, why) for each tool not found by ``command -v``, or found but failing its probe."""
     known = _tool_cache.setdefault(sandbox, {})
-    usable = _alike.get()
+    alike = _alike_of(sandbox)
+    usable = alike[0] if alike is not None else None
     if usable is not None:
         known.update({tool: None for tool in tools if tool in usable and tool not in known})
     unknown = [tool for tool in dict.fromkeys(tools) if tool not in known]
@@ -339,7 +353,6 @@ async def unusable_tools(sandbox: Sandbox, tools: Sequence[str]) -> list[tuple[s
 
 _VERSION_ARGS = {"go": ("version",)}  # the others take --version
 _versions: weakref.WeakKeyDictionary[Sandbox, dict[str, str]] = weakref.WeakKeyDictionary()
-_alike_versions: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("sandboxes_alike_versions", default=None)
 
 
 async def toolchain_version(sandbox: Sandbox, language: str | Language) -> str:
@@ -347,7 +360,8 @@ async def toolchain_version(sandbox: Sandbox, language: str | Language) -> str:
     lang = language if isinstance(language, Language) else get_language(language)
     recipe = await _choose(sandbox, lang)
     tool = recipe.requires[0]
-    shared = _alike_versions.get()
+    alike = _alike_of(sandbox)
+    shared = alike[1] if alike is not None else None
     known = _versions.setdefault(sandbox, {})
     if tool not in known and shared is not None and tool in shared:
         known[tool] = shared[tool]
@@ -364,12 +378,11 @@ async def toolchain_version(sandbox: Sandbox, language: str | Language) -> str:
 def alike_sandboxes() -> Iterator[None]:
     """Within it, the sandboxes used are made alike (one provider, one config, as ``sandboxes eval`` makes them),
     so a tool that works in one is not probed again in the next."""
-    token, versions = _alike.set(set()), _alike_versions.set({})
+    token = _alike.set((set(), {}))
     try:
         yield
     finally:
         _alike.reset(token)
-        _alike_versions.reset(versions)
 
 
 def _missing(sandbox: Sandbox, language: Language, tool: str, why: str) -> ToolchainMissing:

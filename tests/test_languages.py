@@ -10,6 +10,7 @@ import pytest
 from sandboxes import ExecutionResult, SandboxConfig, ToolchainMissing, sync
 from sandboxes import languages as langs
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local.driver import LocalDriver
 from sandboxes.sandbox import Sandbox as AsyncSandbox
 
 from ._programs import BROKEN, BROKEN_MARK, ECHO, ECHO_ARGS, ECHO_OUT, ECHO_STDIN, LANGUAGES, PAYLOAD, program
@@ -174,3 +175,24 @@ def test_every_language_survives_the_per_process_limits_where_no_cgroup_can_be_h
         assert (result.exit_code, result.stdout) == (0, PAYLOAD), result.describe()
     finally:
         sandbox.destroy()
+
+
+def test_a_sandbox_alike_the_last_is_not_searched_for_its_tools_again(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(langs, "_alike_by_key", {})
+    seen: list[list[str]] = []
+    real = LocalDriver.exec
+
+    def spying(self: LocalDriver, sandbox_id: str, argv: list[str], **options: Any) -> Any:
+        seen.append(list(argv))
+        return real(self, sandbox_id, argv, **options)
+
+    monkeypatch.setattr(LocalDriver, "exec", spying)
+    provider = LocalProvider(state_dir=tmp_path_factory.mktemp("alike-state"))
+    for n in range(3):  # each a new sandbox of the provider (a recycled one as root), with the same binds and PATH
+        sandbox = sync.Sandbox(AsyncSandbox(provider, sync.portal().call(provider.create_sandbox, SandboxConfig())))
+        try:
+            assert sync.judge(sandbox, f"print({n})", "python", expected_stdout=f"{n}\n").passed
+        finally:
+            sandbox.destroy()
+    assert sum(argv[:2] == ["/bin/sh", "-c"] for argv in seen) == 1, seen  # command -v python3, once
+    assert sum(argv[-1:] == ["--version"] for argv in seen) == 1, seen

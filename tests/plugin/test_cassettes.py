@@ -155,3 +155,23 @@ def test_run_code_records_and_replays_offline(pytester: pytest.Pytester, live_sa
     assert "/tmp/sandboxes-run/run-1" in text and "/tmp/sandboxes-run/run-2" in text
     replayed = pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=none")
     replayed.assert_outcomes(passed=1)
+
+
+JUDGED_TWICE = """
+import pytest
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_judged(sandbox_judge, n):
+    assert sandbox_judge(f"print({n})", "python", expected_stdout=f"{n}\\n").passed
+"""
+
+
+def test_each_cassette_holds_its_own_tool_lookups_whatever_ran_before(pytester: pytest.Pytester, live_sandboxes) -> None:
+    # Live, a local sandbox alike the last one is not searched for its tools again; a test that
+    # records looks for them itself, so that it replays alone.
+    pytester.makepyfile(test_suite=JUDGED_TWICE)
+    pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=once").assert_outcomes(passed=2)
+    second = yaml.safe_load((pytester.path / "sandbox_cassettes" / "test_suite" / "local" / "test_judged[2].yaml").read_text())
+    assert any(i["op"] == "exec" and "--version" in i["args"]["argv"] for i in second["interactions"])
+    pytester.runpytest("-p", "no:cacheprovider", "--sandbox-record-mode=none", "test_suite.py::test_judged[2]").assert_outcomes(passed=1)
+    assert live_sandboxes() == []

@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import logging
 import marshal
@@ -28,7 +29,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketStream
 
-from ...driver import WARM_PYTHON, Event, Exit, Output, cold_argv
+from ...driver import TOOLCHAINS, WARM_PYTHON, Event, Exit, Output, cold_argv
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
 from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
@@ -354,6 +355,7 @@ class LocalDriver:
                 **({"cgroup": cgroup.paths()} if cgroup is not None else {}),
                 **({"cpus": config.cpus, "cpus_enforced": cpus_enforced} if config.cpus is not None else {}),
                 **({"recycle": {"shape": shape, "owner": os.getpid(), "until": time.time() + watchdog}} if shape is not None else {}),
+                **_toolchains_key(config.image, toolchains, env),
             },
         )
         state.save(directory)
@@ -397,8 +399,11 @@ class LocalDriver:
     def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
         deadline = time.time() + lifetime
         self._move(state, "sb-" + secrets.token_hex(6))
-        self._ask(state, {"op": "lease", "env": {**sandbox_env(toolchains), **config.env}, "deadline": deadline}, READY_TIMEOUT)
+        env = {**sandbox_env(toolchains), **config.env}
+        self._ask(state, {"op": "lease", "env": env, "deadline": deadline}, READY_TIMEOUT)
         state.labels, state.created_at, state.expires_at = dict(config.labels), time.time(), deadline
+        state.extra.pop(TOOLCHAINS, None)
+        state.extra.update(_toolchains_key(config.image, toolchains, env))
         state.save(self.root / state.id)
         return state
 
@@ -516,6 +521,7 @@ class LocalDriver:
                 "workspace": state.workspace,
                 "limits": "per sandbox (cgroup)" if state.extra.get("cgroup") else "per process (rlimits: no cgroup could be had)",
                 **({"cpus": state.extra["cpus"], "cpus_enforced": state.extra.get("cpus_enforced")} if "cpus" in state.extra else {}),
+                **({TOOLCHAINS: state.extra[TOOLCHAINS]} if TOOLCHAINS in state.extra else {}),
             },
         )
 
@@ -773,6 +779,16 @@ def _switch(variable: str, *, default: bool) -> bool:
     """An environment variable read as on/off: unset or empty is ``default``; 0, false, no and off are off."""
     value = os.environ.get(variable, "").strip().lower()
     return default if not value else value not in ("0", "false", "no", "off")
+
+
+def _toolchains_key(image: str | None, toolchains: Toolchains, env: Mapping[str, str]) -> dict[str, str]:
+    """``{TOOLCHAINS: key}``: every sandbox with that key has the same tools (the same binds and
+    PATH), so a tool found in one need not be looked for in the next (``languages``). Nothing when
+    PATH leads into a place a sandbox writes to, where what is found is the sandbox's own."""
+    path = env.get("PATH", "")
+    if image is not None or any(entry.startswith((WORKSPACE, "/tmp", "/dev")) or not entry.startswith("/") for entry in path.split(":")):
+        return {}
+    return {TOOLCHAINS: hashlib.sha256(json.dumps([list(toolchains.binds), path]).encode()).hexdigest()[:16]}
 
 
 def _recycled(state: SandboxState) -> dict[str, Any]:
