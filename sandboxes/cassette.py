@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import errors as _errors
-from .driver import RESERVED_LABEL_PREFIX, TOOLCHAINS, WIRE_METHODS, Driver, Event, Exit, Output, cold_argv
+from .driver import RESERVED_LABEL_PREFIX, TOOLCHAINS, WIRE_METHODS, Driver, Event, Exit, FilesUpload, Output, cold_argv
 from .errors import CassetteError
 from .languages import RUN_ROOT
 from .models import DEFAULT_MAX_OUTPUT_BYTES, NONCE_PREFIX, SandboxConfig, SandboxInfo
@@ -695,6 +695,15 @@ class CassetteDriver:
             self._record("write_file", args, {"error": error_record(error)})
             raise
         self._record("write_file", args, {})
+
+    async def write_files(self, sandbox_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        """In one exchange when nothing is recorded; recorded and replayed as a ``write_file`` each."""
+        if self.cassette is None and isinstance(self.inner, FilesUpload):
+            await self.inner.write_files(await self._live_id(sandbox_id), files)
+            self.stats.live += 1
+            return
+        for path, data in files:
+            await self.write_file(sandbox_id, path, data)
 
     async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         args = {"sandbox": self._placeholder(sandbox_id), "path": self._stable(path)}

@@ -48,7 +48,7 @@ RESERVED_LABEL_PREFIX = "sandboxes."
 stored with the sandbox, never shown in ``labels`` nor matched by ``find``, refused from callers."""
 
 
-WIRE_METHODS = frozenset({"create", "get", "list", "destroy", "exec", "read_file", "write_file", "download_tree", "health_check", "aclose"})
+WIRE_METHODS = frozenset({"create", "get", "list", "destroy", "exec", "read_file", "write_file", "write_files", "download_tree", "health_check", "aclose"})
 """The protocol's methods: a middleware implements them itself and never forwards them by ``__getattr__``
 (which forwards a driver's options), or a layer would be skipped without a sound."""
 
@@ -142,6 +142,14 @@ class TreeDownload(Protocol):
 
     async def download_tree(self, sandbox_id: str, path: str, sink: Callable[[bytes], object], limit: int) -> None:
         """Feed a tar of the directory ``path`` to ``sink``; ``NotADirectoryError`` when it is not one."""
+
+
+@runtime_checkable
+class FilesUpload(Protocol):
+    """A driver that writes several files in one exchange (capability ``files_upload``)."""
+
+    async def write_files(self, sandbox_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        """Write each ``(path, data)`` in order, creating parent directories; the first that fails raises."""
 
 
 ErrorMap = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[BaseException], BaseException | None]]]

@@ -488,8 +488,7 @@ async def prepare_code(
         for dep in manifests:
             env.update({k: v.format_map(values) for k, v in dep.offline_env})
     else:
-        for name, data in program.items():
-            await sandbox.write_file(f"{directory}/{name}", data)
+        await sandbox.write_files({f"{directory}/{name}": data for name, data in program.items()})
     builds = next((dep.build for dep in manifests if dep.build is not None), recipe.build)
     for step in builds:
         result = await sandbox.execute(_fill(step, values), cwd=directory, env=env, timeout=timeout)

@@ -193,6 +193,7 @@ class Capabilities:
     gpu: bool = False
     merges_stderr: bool = False  # stderr arrives inside stdout (Daytona): a result's stderr is then always empty
     tree_download: bool = False  # the driver sends a directory as one tar stream (``driver.TreeDownload``)
+    files_upload: bool = False  # the driver writes several files in one exchange (``driver.FilesUpload``)
     oom_reporting: bool = False  # ``ExecutionResult.oom_killed`` is set when the memory limit killed the command
     warm_python: bool = False  # Python programs can start from a warm interpreter (``driver.WARM_PYTHON``)
 

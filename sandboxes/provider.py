@@ -45,7 +45,7 @@ import anyio
 
 from . import _validate as check
 from ._extract import extract_tar, process_umask
-from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, Output, TreeDownload, cold_argv
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, FilesUpload, Output, TreeDownload, cold_argv
 from .errors import SandboxNotFoundError, SetupFailed, UnsupportedOperation
 from .models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
@@ -411,6 +411,19 @@ class SandboxProvider:
         where = check.path(path)
         check.sandbox_id(sandbox_id)
         await self.driver.write_file(sandbox_id, _within((await self._settings_of(sandbox_id)).working_dir, where) or where, contents)
+
+    async def write_files(self, sandbox_id: str, files: Mapping[str, bytes | str]) -> None:
+        """Write each file (path -> bytes, or text as UTF-8): in one exchange where the provider can
+        (capability ``files_upload``), else one by one."""
+        contents = [(check.path(path), check.data(data)) for path, data in files.items()]
+        check.sandbox_id(sandbox_id)
+        working_dir = (await self._settings_of(sandbox_id)).working_dir
+        placed = [(_within(working_dir, where) or where, data) for where, data in contents]
+        if self.capabilities.files_upload and isinstance(self.driver, FilesUpload):
+            await self.driver.write_files(sandbox_id, placed)
+            return
+        for where, data in placed:
+            await self.driver.write_file(sandbox_id, where, data)
 
     async def read_file(self, sandbox_id: str, path: str | os.PathLike[str]) -> bytes:
         """A regular file's bytes, at most ``max_file_bytes`` (else ``OSError(EFBIG)``)."""

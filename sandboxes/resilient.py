@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, TreeDownload
+from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, FilesUpload, TreeDownload
 from .errors import ProviderError, RateLimitError
 from .models import SandboxConfig, SandboxInfo
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
@@ -216,6 +216,15 @@ class ResilientDriver:
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
         """Retried: writing the same bytes twice leaves the same file."""
         await self._retried(f"write {path}", lambda: self.inner.write_file(sandbox_id, path, data))
+
+    async def write_files(self, sandbox_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        """Retried as one, as ``write_file``: the same files twice are the same files."""
+        inner = self.inner
+        if not isinstance(inner, FilesUpload):
+            for path, data in files:
+                await self.write_file(sandbox_id, path, data)
+            return
+        await self._retried(f"write {len(files)} files", lambda: inner.write_files(sandbox_id, files))
 
     async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         return await self._retried(f"read {path}", lambda: self.inner.read_file(sandbox_id, path, limit))

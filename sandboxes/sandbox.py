@@ -225,6 +225,10 @@ class Sandbox:
         """Write bytes (or text, as UTF-8) to ``path``, creating parent directories."""
         await self._provider.write_file(self.id, path, data)
 
+    async def write_files(self, files: Mapping[str, bytes | str]) -> None:
+        """Write several files (path -> bytes, or text as UTF-8): in one exchange where the provider can."""
+        await self._provider.write_files(self.id, files)
+
     async def read_file(self, path: str | os.PathLike[str]) -> bytes:
         """A regular file's bytes (at most the provider's ``max_file_bytes``)."""
         return await self._provider.read_file(self.id, path)

@@ -99,7 +99,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         "local",
         "sandboxes.providers.local.driver",
         "LocalDriver",
-        Capabilities(**{**_ALL.as_dict(), "tree_download": True, "oom_reporting": True, "warm_python": True}),
+        Capabilities(**{**_ALL.as_dict(), "tree_download": True, "files_upload": True, "oom_reporting": True, "warm_python": True}),
         cloud=False,
     ),
     ProviderSpec(

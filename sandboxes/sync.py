@@ -186,6 +186,10 @@ class Sandbox:
     def write_file(self, path: str | os.PathLike[str], data: bytes | str) -> None:
         portal().call(self._inner.write_file, path, data)
 
+    @_twin(_async.Sandbox.write_files)
+    def write_files(self, files: Mapping[str, bytes | str]) -> None:
+        portal().call(self._inner.write_files, files)
+
     @_twin(_async.Sandbox.read_file)
     def read_file(self, path: str | os.PathLike[str]) -> bytes:
         return portal().call(self._inner.read_file, path)

@@ -10,7 +10,7 @@ import sandboxes
 import sandboxes.sync as sync
 
 METHODS = ["create", "get", "find", "get_or_create", "list", "configure", "execute", "execute_many", "stream",
-           "write_file", "read_file", "upload", "download", "run_code", "destroy"]  # fmt: skip
+           "write_file", "write_files", "read_file", "upload", "download", "run_code", "destroy"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", METHODS)

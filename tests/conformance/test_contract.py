@@ -115,6 +115,14 @@ async def test_files_both_ways(provider: SandboxProvider, sandbox_id: str) -> No
     assert result.stdout.strip() == str(len(payload))
 
 
+async def test_several_files_at_once(provider: SandboxProvider, sandbox_id: str) -> None:
+    payload = bytes(range(256)) * 300  # more than one frame's worth
+    files = {"many/a.txt": "text, as UTF-8 é", "many/deeper/b.bin": payload, "many/empty": b""}
+    await provider.write_files(sandbox_id, files)
+    for path, data in files.items():
+        assert await provider.read_file(sandbox_id, path) == (data.encode() if isinstance(data, str) else data)
+
+
 async def test_missing_file_raises_file_not_found(provider: SandboxProvider, sandbox_id: str) -> None:
     with pytest.raises(FileNotFoundError, match="no-such-file"):
         await provider.read_file(sandbox_id, "no-such-file.txt")

@@ -68,6 +68,12 @@ async def test_write_file_refuses_bad_data_without_truncating_the_file(sandbox: 
         await sandbox.write_file("a\0b", b"x")
 
 
+async def test_write_files_checks_every_file_before_writing_any(sandbox: Sandbox) -> None:
+    with pytest.raises(TypeError, match="data must be bytes or a string"):
+        await sandbox.write_files({"first.txt": b"fine", "second.txt": 5})  # type: ignore[dict-item]  # the mistake under test
+    assert (await sandbox.execute(["test", "-e", "first.txt"])).exit_code == 1
+
+
 async def test_paths_may_be_pathlib_paths(sandbox: Sandbox, tmp_path: Path) -> None:
     await sandbox.write_file(PurePosixPath("sub/p.txt"), b"via Path")
     assert await sandbox.read_file(PurePosixPath("sub/p.txt")) == b"via Path"

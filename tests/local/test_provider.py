@@ -11,6 +11,7 @@ import pytest
 
 from sandboxes import ProviderError, SandboxConfig
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local import _wire as wire
 
 pytestmark = pytest.mark.anyio
 
@@ -142,3 +143,20 @@ async def test_a_sandbox_that_cannot_start_says_what_bubblewrap_said_and_leaves_
     with pytest.raises(ProviderError, match=r"failed to start: bwrap: execvp .*No such file"):
         await provider.create_sandbox(SandboxConfig(image=str(image)))
     assert [p.name for p in state.iterdir() if p.name.startswith(("sb-", "idle-"))] == []
+
+
+async def test_several_files_go_in_one_exchange_in_order_up_to_the_first_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = LocalProvider(state_dir=tmp_path)
+    asked: list[dict[str, object]] = []
+    framed = wire.request_frame
+    monkeypatch.setattr(wire, "request_frame", lambda request: asked.append(request) or framed(request))
+    info = await provider.create_sandbox(SandboxConfig())
+    try:
+        files = {"first.txt": b"1", "first.txt/below": b"2", "third.txt": b"3"}  # the second below a file
+        with pytest.raises(NotADirectoryError):
+            await provider.write_files(info.id, files)
+        assert [request.get("paths") for request in asked if request["op"] == "write"] == [list(files)]
+        assert await provider.read_file(info.id, "first.txt") == b"1"
+        assert (await provider.execute_command(info.id, "test -e third.txt")).exit_code == 1
+    finally:
+        await provider.destroy_sandbox(info.id)

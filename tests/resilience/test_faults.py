@@ -125,6 +125,9 @@ async def test_idempotent_calls_retry_a_dropped_connection_and_a_hang(emulator: 
         await provider.write_file(info.id, "a.txt", b"same bytes")
         emulator.fail_next(503, target="envd", path="/files")
         assert await provider.read_file(info.id, "a.txt") == b"same bytes"
+        emulator.fail_next(503, target="envd", path="/files")
+        await provider.write_files(info.id, {"b.txt": b"b", "c.txt": b"c"})  # one by one here (no files_upload), each retried
+        assert [await provider.read_file(info.id, name) for name in ("b.txt", "c.txt")] == [b"b", b"c"]
     finally:
         emulator.drop_next(path=f"/sandboxes/{info.id}", method="DELETE")  # dropped before E2B acted
         assert await provider.destroy_sandbox(info.id) is True

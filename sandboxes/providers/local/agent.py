@@ -287,11 +287,17 @@ class Agent:
     def _path(self, path: str) -> str:
         return os.path.normpath(os.path.join(self.cwd, path))
 
-    def write(self, conn: socket.socket, reader: _Reader, path: str, mode: int | None = None) -> None:
+    def write(self, conn: socket.socket, reader: _Reader, paths: list[str]) -> None:
+        """Each file's bytes, ended by an EOF frame, in the order of ``paths``; one answer for all."""
+        for path in paths:
+            self._write_one(reader, path)
+        conn.sendall(wire.reply_frame(wire.OK, {}))
+
+    def _write_one(self, reader: _Reader, path: str) -> None:
         target = self._path(path)
         parent = _open_dir(os.path.dirname(target))
         try:
-            fd = _checked(_open(os.path.basename(target), os.O_WRONLY | os.O_CREAT, 0o644 if mode is None else mode, dir_fd=parent), path)
+            fd = _checked(_open(os.path.basename(target), os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=parent), path)
         finally:
             os.close(parent)
         try:
@@ -303,11 +309,8 @@ class Agent:
                 view = memoryview(payload)
                 while view:
                     view = view[os.write(fd, view) :]
-            if mode is not None:
-                os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        conn.sendall(wire.reply_frame(wire.OK, {}))
 
     def read(self, conn: socket.socket, path: str, limit: int) -> None:
         """Send a regular file to its end, never more than ``limit`` bytes.

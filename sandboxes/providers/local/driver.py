@@ -717,17 +717,23 @@ class LocalDriver:
                         raise _agent_error(json.loads(payload), self.name)
 
     async def write_file(self, sandbox_id: str, path: str, data: bytes) -> None:
-        stream = await self._connect(sandbox_id)
-        with self._file_deadline(sandbox_id, path):
-            await self._write(stream, sandbox_id, path, data)
+        await self.write_files(sandbox_id, [(path, data)])
 
-    async def _write(self, stream: SocketStream, sandbox_id: str, path: str, data: bytes) -> None:
+    async def write_files(self, sandbox_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        """Each file's bytes after the request, ended by an EOF frame; one answer for all."""
+        stream = await self._connect(sandbox_id)
+        paths = [path for path, _ in files]
+        with self._file_deadline(sandbox_id, ", ".join(paths)):
+            await self._write(stream, sandbox_id, paths, [data for _, data in files])
+
+    async def _write(self, stream: SocketStream, sandbox_id: str, paths: Sequence[str], contents: Sequence[bytes]) -> None:
         async with stream:
             try:
-                await stream.send(wire.request_frame({"op": "write", "path": path}))
-                for piece in wire.chunked(wire.STDIN, bytes(data)):
-                    await stream.send(piece)
-                await stream.send(wire.frame(wire.EOF))
+                await stream.send(wire.request_frame({"op": "write", "paths": paths}))
+                for data in contents:
+                    for piece in wire.chunked(wire.STDIN, bytes(data)):
+                        await stream.send(piece)
+                    await stream.send(wire.frame(wire.EOF))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the agent refused before taking it all (a read-only path, say): its answer says why
             async for kind, payload in self._frames(stream):
@@ -735,7 +741,7 @@ class LocalDriver:
                     return
                 if kind == wire.ERROR:
                     raise _agent_error(json.loads(payload), self.name)
-        raise ProviderError(f"sandbox {sandbox_id} ended while writing {path}", provider=self.name)
+        raise ProviderError(f"sandbox {sandbox_id} ended while writing {', '.join(paths)}", provider=self.name)
 
     async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         """The file's bytes: a regular file only, at most ``limit`` (else EFBIG)."""
