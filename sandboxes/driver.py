@@ -38,9 +38,22 @@ TOOLCHAINS = "toolchains"
 the same tools, so a tool found in one is not looked for again in the next (``languages``)."""
 
 
+def warm_marker(shared_sha256: str | None = None) -> str:
+    """``WARM_PYTHON``; with ``shared_sha256``, also: the script is code that is the same in every run
+    (the judge's harness, whose bytes hash to it), whose compiled code the interpreter may keep."""
+    return WARM_PYTHON if shared_sha256 is None else f"{WARM_PYTHON}:{shared_sha256}"
+
+
+def warm_of(argv: Sequence[str]) -> tuple[bool, str | None]:
+    """(asked to run warm, the shared script's sha256 if any) of an argv."""
+    if not argv or not (argv[0] == WARM_PYTHON or argv[0].startswith(WARM_PYTHON + ":")):
+        return False, None
+    return True, argv[0][len(WARM_PYTHON) + 1 :] or None
+
+
 def cold_argv(argv: Sequence[str]) -> list[str]:
     """The command line itself, without the ``WARM_PYTHON`` marker (a cold start, or a cassette's record)."""
-    return list(argv[1:]) if argv and argv[0] == WARM_PYTHON else list(argv)
+    return list(argv[1:]) if warm_of(argv)[0] else list(argv)
 
 
 RESERVED_LABEL_PREFIX = "sandboxes."

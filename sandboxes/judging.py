@@ -30,6 +30,7 @@ failure of the provider (sandbox lost, provider error after retries) is
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import math
 import re
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _embedded
-from .driver import WARM_PYTHON
+from .driver import warm_marker
 from .errors import ProviderError, SandboxNotFoundError
 from .languages import Language, PreparedRun, cleanup, get_language, prepare_code, toolchain_version
 from .models import NONCE_PREFIX, ExecutionResult
@@ -717,6 +718,7 @@ def _report(nonce, kind, detail=""):
 
 sys.exit(_main())
 """
+_HARNESS_SHA256 = hashlib.sha256(_HARNESS_CODE.encode()).hexdigest()  # the same in every run: its compiled code may be kept
 
 
 async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement: Judgement, timeout: float, files: Mapping[str, str | bytes] | None) -> None:
@@ -725,7 +727,7 @@ async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement:
     try:
         # Cold, the harness sets up site-packages when the program first needs them (-S); warm, the
         # zygote set them up once, as python3 main.py has them.
-        argv = [WARM_PYTHON, "python3", "-S", HARNESS]
+        argv = [warm_marker(_HARNESS_SHA256), "python3", "-S", HARNESS]
         result, kind, detail = await _run_reporting(sandbox, prepared, argv, judgement, timeout)
         if kind == "unsupported":
             raise ValueError(f"these tests cannot be judged as embedded tests: {detail}")

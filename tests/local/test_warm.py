@@ -119,11 +119,14 @@ async def test_a_timeout_ends_the_run_and_a_killed_zygote_is_replaced(pair: tupl
     assert again.stdout == "after\n" and again.exit_code == 0
 
 
-async def test_the_zygote_is_kept_across_leases_unless_a_lease_changed_it() -> None:
+async def test_only_a_zygote_started_at_a_reset_serves_later_leases_and_only_unchanged() -> None:
+    # Python is dumpable until the zygote makes itself undumpable: a zygote started while a lease's
+    # processes live may have been opened by one, and ends with that lease. The reset starts it
+    # again, with no lease left; that one serves the next leases until one changes it.
     provider = LocalProvider()
     try:
         pids = []
-        for tamper in ("", "renice -n 5 -p $(pgrep -f '[_]zygote.py') >/dev/null", ""):
+        for tamper in ("", "", "renice -n 5 -p $(pgrep -f '[_]zygote.py') >/dev/null", ""):
             box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
             await box.run_code("print(1)", "python")
             pids.append((await box.execute("pgrep -f '[_]zygote.py'")).stdout.strip())
@@ -133,8 +136,61 @@ async def test_the_zygote_is_kept_across_leases_unless_a_lease_changed_it() -> N
         box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
         last = (await box.run_code("import os; print(os.getpriority(os.PRIO_PROCESS, 0))", "python")).stdout.strip()
         await box.destroy()
-        assert pids[0] == pids[1] != pids[2], pids  # kept after a clean lease, replaced after the renice
+        assert pids[0] != pids[1] == pids[2] != pids[3], pids  # started at the first reset, kept, replaced after the renice
         assert last == "0"
+    finally:
+        IDLE.drain()
+
+
+# Few allocations before the scan (no imports): freed memory the run inherited stays as it was.
+SCAN_OWN_MEMORY = """
+present = "sk-" + "present" * 3  # in this run's memory: the scan must find it
+maps = open("/proc/self/maps", "rb").read()
+memory = open("/proc/self/mem", "rb", 0)
+tokens = set()
+for line in maps.splitlines():
+    span, perms = line.split()[:2]
+    if perms[:1] != b"r":
+        continue
+    low, high = (int(part, 16) for part in span.split(b"-"))
+    try:
+        memory.seek(low)
+        chunk = memory.read(high - low)
+    except OSError:
+        continue
+    at = chunk.find(b"sk-")
+    while at >= 0:
+        end = at + 3
+        while end < len(chunk) and end - at < 64 and (chr(chunk[end]).isalnum() or chunk[end] == 45):
+            end += 1
+        if end - at >= 13:
+            tokens.add(chunk[at:end])
+        at = chunk.find(b"sk-", at + 1)
+print(sorted(token.decode() for token in tokens))
+"""
+SECRET = "sk-lease-a-0123456789"
+
+
+async def test_a_lease_finds_nothing_of_the_last_ones_programs_in_its_own_memory() -> None:
+    # A run is a fork of the zygote: whatever the zygote held of the last lease (its program's
+    # text, compiled code, interned names) would be in the next lease's memory.
+    provider = LocalProvider()
+    zygote = "pgrep -f '[_]zygote.py 3$'"
+    try:
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        await box.run_code("pass", "python")  # the first lease's zygote ends with it; the reset starts the one that stays
+        await box.destroy()
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        for _ in range(2):
+            assert (await box.run_code(f"API_KEY = {SECRET!r}\nprint(len(API_KEY))", "python")).stdout == "21\n"
+        served = (await box.execute(zygote)).stdout
+        await box.destroy()
+        box = Sandbox(provider, await provider.create_sandbox(SandboxConfig()))
+        for _ in range(2):
+            scanned = await box.run_code(SCAN_OWN_MEMORY, "python")
+            assert "sk-presentpresentpresent" in scanned.stdout and SECRET not in scanned.stdout, scanned.describe()
+        assert (await box.execute(zygote)).stdout == served  # the same zygote served both leases
+        await box.destroy()
     finally:
         IDLE.drain()
 

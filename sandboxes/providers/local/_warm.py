@@ -105,7 +105,10 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.witness = start_witness(executable, flags, env)
         self.keep: bool | None = None if self.witness is not None else False  # past its lease: decided at its first answer
+        self.clean = False  # started with no process of a lease alive (at a reset): only such a zygote outlives a lease
         self.group: str | None = None  # its cgroup (the agent's to name and remove)
+        self.ready = _thread.allocate_lock()  # released once it is undumpable and serving
+        self.ready.acquire()
         try:
             self.inode = str(os.fstat(theirs.fileno()).st_ino)  # its end, in /proc/net/unix: not a lease's socket
             self.pid = spawn([executable, *flags, ZYGOTE, "3"], env, theirs.fileno())
@@ -125,6 +128,16 @@ class Zygote:
         _thread.start_new_thread(self._listen, (listening,))
         listening.acquire()
 
+    def wait_ready(self, seconds: float = START_SECONDS / 3) -> bool:
+        """Whether it said it is undumpable and serving within ``seconds``."""
+        return bool(self.ready.acquire(timeout=seconds)) and self.alive
+
+    def end(self) -> None:
+        try:
+            os.kill(self.pid, 9)  # its listener reaps it
+        except OSError:
+            pass
+
     def forget_runs(self) -> None:
         """A reset ended its runs: what it said of them is of no use now."""
         with self.state:
@@ -143,7 +156,11 @@ class Zygote:
                 break
             words = line.split()
             try:
-                if words[0] == b"started":
+                if words[0] == b"ready":
+                    if not self.ready.locked():
+                        break  # said twice: not what a zygote says
+                    self.ready.release()
+                elif words[0] == b"started":
                     with self.state:
                         waiter = self.started.get(int(words[1]))
                     if waiter is not None:
@@ -159,6 +176,8 @@ class Zygote:
             for waiter in self.started.values():
                 if waiter[0].locked():
                     waiter[0].release()
+            if self.ready.locked():
+                self.ready.release()  # whoever waits for it hears that it is gone
         self.channel.close()
         try:
             os.kill(self.pid, 9)  # it said something a zygote does not, or it is ending: it ends
@@ -166,8 +185,9 @@ class Zygote:
         except OSError:
             pass
 
-    def fork(self, argv: list[str], path: str, args: list[str], cwd: str, env: dict[str, str], fds: list[int]) -> int | None:
-        """A run's pid, or None when this zygote cannot start it (then it starts cold)."""
+    def fork(self, argv: list[str], path: str, args: list[str], cwd: str, env: dict[str, str], fds: list[int], shared: str | None = None) -> int | None:
+        """A run's pid, or None when this zygote cannot start it (then it starts cold). ``shared``: the
+        sha256 of a script that is the same in every run, whose compiled code the zygote may keep."""
         with self.state:
             if not self.alive:
                 return None
@@ -176,7 +196,7 @@ class Zygote:
             waiter: list[Any] = [_thread.allocate_lock(), None]
             waiter[0].acquire()
             self.started[token] = waiter
-        request = marshal.dumps({"token": token, "orig_argv": argv, "path": path, "args": args, "cwd": cwd, "env": env})
+        request = marshal.dumps({"token": token, "orig_argv": argv, "path": path, "args": args, "cwd": cwd, "env": env, "shared": shared})
         rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
         try:
             with self.lock:

@@ -38,7 +38,7 @@ else:
     import _signal  # not `signal`: it imports enum, which a new interpreter has not
 
 SCM_RIGHTS = 1
-CACHED_SOURCES = 4  # programs whose compiled code the zygote keeps, most recent first (the judge's harness)
+CACHED_SOURCES = 4  # shared scripts whose compiled code the zygote keeps (the judge's harness)
 CACHED_SOURCE_BYTES = 1 << 18
 PR_SET_DUMPABLE = 4
 MAX_FDS = 16
@@ -72,6 +72,7 @@ def _say(channel: "_socket.socket", *words: object) -> None:
 def serve(channel_fd: int) -> "tuple[dict[str, Any], list[int]]":
     """Fork a child per request and report its start and its end. Returns only in a child: its request."""
     channel = _socket.socket(fileno=channel_fd)
+    _say(channel, "ready")  # undumpable from here (``_main``): no process can open its memory any more
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     _signal.set_wakeup_fd(wake_w)
@@ -110,20 +111,33 @@ def serve(channel_fd: int) -> "tuple[dict[str, Any], list[int]]":
             _say(channel, "started", request["token"], pid)
 
 
-_CODE: "dict[bytes, Any]" = {}  # a program's source -> its code, compiled here once
+_CODE: "dict[bytes, Any]" = {}  # a shared script's source -> its code, compiled here once
 
 
 def _compiled(request: "dict[str, Any]") -> "tuple[bytes, Any] | None":
-    """The program's source and code, compiled once for every run of the same bytes (the judge's
-    harness, large and the same in every run, costs a run some 6 ms to compile). Only code that
-    compiles without a warning is kept: a warning is printed by each compilation, as python3 would.
-    None: the child compiles it itself."""
+    """A shared script's source and code, compiled once for all its runs: the judge's harness,
+    the same in every run, costs a run some 6 ms to compile. Only a script the agent says is
+    shared, and whose bytes hash as it says: never a lease's own program, whose text would
+    stay in the zygote's memory, which every later run (a fork) can read. Only code that
+    compiles without a warning is kept (a warning is printed by each compilation, as python3
+    would). None: the child compiles it itself."""
+    if not request.get("shared"):
+        return None
     try:
-        with open(os.path.join(request["cwd"], request["path"]), "rb") as handle:
-            source = handle.read(CACHED_SOURCE_BYTES + 1)
+        fd = os.open(os.path.join(request["cwd"], request["path"]), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
-    if len(source) > CACHED_SOURCE_BYTES:
+    try:
+        if os.fstat(fd).st_mode & 0o170000 != 0o100000:  # a regular file only: never a FIFO or a terminal
+            return None
+        source = os.read(fd, CACHED_SOURCE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    import hashlib  # not the child's: it is out of sys.modules there
+
+    if len(source) > CACHED_SOURCE_BYTES or hashlib.sha256(source).hexdigest() != request["shared"]:
         return None
     code = _CODE.pop(source, None)
     if code is None:

@@ -220,17 +220,21 @@ class Agent:
                         conn.shutdown(2)  # SHUT_RDWR
                     except OSError:
                         pass
-        keep = {zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive and zygote.keep}
+        keep = {
+            zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive and zygote.keep and zygote.clean
+        }
         residue: list[str]
         residue, kept = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None, keep)
         self.running.clear()
         # A warm interpreter the lease left as the agent made it serves the next one; the others ended.
-        for zygote in self.zygotes.values():
-            if zygote.pid not in kept:
-                self._zygote_ended(zygote)
+        ended = {key: zygote for key, zygote in self.zygotes.items() if zygote.pid not in kept}
+        for zygote in ended.values():
+            self._zygote_ended(zygote)
         self.zygotes = {key: zygote for key, zygote in self.zygotes.items() if zygote.pid in kept}
         for zygote in self.zygotes.values():
             zygote.forget_runs()
+        if not residue:
+            self._restart_zygotes_clean(ended)
         self.deadline = deadline  # until leased again: an idle sandbox whose owner is gone ends soon
         return residue
 
@@ -398,6 +402,7 @@ class Agent:
         stdin: bool = False,
         script: str | None = None,
         warm: bool = False,
+        shared: str | None = None,
     ) -> None:
 
         started = time.monotonic()
@@ -417,7 +422,7 @@ class Agent:
                 self.check_lease(lease)
                 child: Child | _warm.WarmChild | None = None
                 if warm and script is None and self.baseline is not None:
-                    child = self._warm_start(argv, full_env, workdir, stdin, cgroups, group)
+                    child = self._warm_start(argv, full_env, workdir, stdin, cgroups, group, shared)
                 if child is None:
                     child = Child.spawn(argv, full_env, workdir, stdin, script_fd, cgroups, group, self.running)
         except LeaseEnded:
@@ -470,26 +475,52 @@ class Agent:
         if zygote is None or not zygote.alive:
             if zygote is not None:
                 self._zygote_ended(zygote)
-            executable, flags, env = key
-            group = self.cgroups.command() if self.cgroups is not None else None
-            try:
-                zygote = __import__("_warm").Zygote(_zygote_spawner(self.cgroups, group), executable, flags, dict(env))
-            except BaseException:
-                if self.cgroups is not None and group is not None:
-                    self.cgroups.done(group)
-                raise
-            zygote.group = group
-            self.zygotes[key] = zygote
+            zygote = self.zygotes[key] = self._start_zygote(key)
         return zygote
+
+    def _start_zygote(self, key: tuple[Any, ...]) -> _warm.Zygote:
+        executable, flags, env = key
+        group = self.cgroups.command() if self.cgroups is not None else None
+        try:
+            zygote: _warm.Zygote = __import__("_warm").Zygote(_zygote_spawner(self.cgroups, group), executable, flags, dict(env))
+        except BaseException:
+            if self.cgroups is not None and group is not None:
+                self.cgroups.done(group)
+            raise
+        zygote.group = group
+        return zygote
+
+    def _restart_zygotes_clean(self, ended: dict[tuple[Any, ...], _warm.Zygote]) -> None:
+        """Start again, now that no process of any lease is left, each zygote the last lease started.
+
+        Python is dumpable until the zygote makes itself undumpable, after its start: a
+        process of the lease could open its memory then, and write into it at leisure.
+        Only a zygote started when there was no such process (here) serves later leases.
+        """
+        for key, zygote in ended.items():
+            if zygote.clean or not zygote.keep:
+                continue  # ended by the lease (changed, killed), or never to be kept: started again when asked
+            try:
+                fresh = self._start_zygote(key)
+            except OSError:
+                continue
+            fresh.clean = True
+            if fresh.wait_ready() and __import__("_warm").still_clean(fresh.witness):
+                fresh.keep = True
+                self.zygotes[key] = fresh
+            else:
+                fresh.end()
+                self._zygote_ended(fresh)
 
     def _zygote_ended(self, zygote: _warm.Zygote) -> None:
         if self.cgroups is not None and zygote.group is not None:
             self.cgroups.done(zygote.group)  # removed once empty
 
     def _warm_start(
-        self, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, cgroups: Cgroups | None, group: str | None
+        self, argv: list[str], env: dict[str, str], cwd: str, want_stdin: bool, cgroups: Cgroups | None, group: str | None, shared: str | None
     ) -> _warm.WarmChild | None:
-        """The run forked from a zygote of its interpreter, flags and environment; None: start it cold."""
+        """The run forked from a zygote of its interpreter, flags and environment; None: start it cold.
+        ``shared``: the sha256 of a script that is the same in every run, whose code the zygote may keep."""
         warm = __import__("_warm")
         plan = warm.plan(argv)
         if plan is None:
@@ -503,7 +534,7 @@ class Agent:
         err_r, err_w = os.pipe()
         theirs = [stdin_r, out_w, err_w, *(cgroups.entry_fds(group) if cgroups is not None and group is not None else [])]
         try:
-            pid = zygote.fork(argv, path, args, cwd, env, theirs)
+            pid = zygote.fork(argv, path, args, cwd, env, theirs, shared)
         finally:
             for fd in theirs:
                 os.close(fd)

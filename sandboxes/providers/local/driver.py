@@ -29,7 +29,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketStream
 
-from ...driver import TOOLCHAINS, WARM_PYTHON, Event, Exit, Output, cold_argv
+from ...driver import TOOLCHAINS, Event, Exit, Output, cold_argv, warm_of
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
 from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
@@ -660,11 +660,13 @@ class LocalDriver:
         output_limit: int,
     ) -> AsyncIterator[Event]:
         """The agent runs it; its frames become events. An agent that stops answering ends the sandbox."""
-        warm = bool(argv) and argv[0] == WARM_PYTHON
+        warm, shared = warm_of(argv)
         argv = cold_argv(argv)
         request: dict[str, object] = {"op": "exec", "argv": list(argv), "env": dict(env), "cwd": cwd, "timeout": timeout, "stdin": stdin is not None}
         if warm and self.warm_python:
             request["warm"] = True
+            if shared is not None:
+                request["shared"] = shared
         stream = await self._connect(sandbox_id)
         async with stream:
             try:
