@@ -128,7 +128,7 @@ def reset(
     ours = {*baseline.threads, own_thread, *(thread for thread, _, _ in kept.values())}
     residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in ours], "agent thread")
     _end_processes(baseline.me, reap, kept)
-    residue += _wait_for(lambda: _others(baseline.me, kept), "process")
+    residue += _wait_for(lambda: others(baseline.me, kept), "process")
     for path in WRITABLE:
         _empty(path)
     for path in (*WRITABLE, *MOUNT_POINTS):
@@ -142,7 +142,7 @@ def reset(
     if _interface_counters() != baseline.counters:
         residue.append("network traffic (its counters and sockets in TIME_WAIT outlive a reset)")
     residue += _wait_for(lambda: _unix_sockets({inode for _, inode, _ in kept.values()}), "unix socket")
-    residue += [f"a process started during the reset: {item}" for item in _others(baseline.me, kept)[:5]]
+    residue += [f"a process started during the reset: {item}" for item in others(baseline.me, kept)[:5]]
     return residue, set(kept)
 
 
@@ -178,11 +178,11 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _pids(me: int, kept: dict[int, Any] | None = None) -> list[int]:
+def _pids(me: int, kept: dict[int, Any] | set[int] | None = None) -> list[int]:
     return [int(entry) for entry in _listdir("/proc") if entry.isdigit() and int(entry) not in (1, me) and int(entry) not in (kept or {})]
 
 
-def _others(me: int, kept: dict[int, Any] | None = None) -> list[str]:
+def others(me: int, kept: dict[int, Any] | set[int] | None = None) -> list[str]:
     return [f"pid {pid} ({_read(f'/proc/{pid}/comm').strip() or '?'})" for pid in _pids(me, kept)]
 
 

@@ -475,7 +475,11 @@ class Agent:
         if zygote is None or not zygote.alive:
             if zygote is not None:
                 self._zygote_ended(zygote)
+            # Clean when no process of the lease lives: none can open its memory while it starts
+            # (dumpable), and none can start meanwhile (the caller holds lease_lock until it answers).
+            alone = self.baseline is not None and not __import__("_reset").others(self.baseline.me, {z.pid for z in self.zygotes.values()})
             zygote = self.zygotes[key] = self._start_zygote(key)
+            zygote.clean = alone
         return zygote
 
     def _start_zygote(self, key: tuple[Any, ...]) -> _warm.Zygote:
@@ -491,11 +495,12 @@ class Agent:
         return zygote
 
     def _restart_zygotes_clean(self, ended: dict[tuple[Any, ...], _warm.Zygote]) -> None:
-        """Start again, now that no process of any lease is left, each zygote the last lease started.
+        """Start again, now that no process of any lease is left, each zygote the last lease started
+        while some of its processes lived.
 
         Python is dumpable until the zygote makes itself undumpable, after its start: a
         process of the lease could open its memory then, and write into it at leisure.
-        Only a zygote started when there was no such process (here) serves later leases.
+        Only a zygote started when there was no such process serves later leases.
         """
         for key, zygote in ended.items():
             if zygote.clean or not zygote.keep:
