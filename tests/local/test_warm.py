@@ -7,14 +7,18 @@ exit status and its stderr (run directories aside) must be the same.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sandboxes import Sandbox, SandboxConfig, judge
 from sandboxes.driver import WARM_PYTHON
 from sandboxes.providers.local import LocalProvider
+from sandboxes.providers.local import _warm as warm_module
 from sandboxes.providers.local.recycling import IDLE
 
 pytestmark = pytest.mark.anyio
@@ -298,3 +302,23 @@ async def test_warm_python_can_be_turned_off(how: str, monkeypatch: pytest.Monke
     finally:
         await box.destroy()
         IDLE.drain()
+
+
+def test_a_zygote_that_ended_never_hides_the_process_that_took_its_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clean check skips the agent's own zygotes. One that ended must not be skipped by its
+    # pid, which a process of the lease may have taken since (a red team cycled pids to get it).
+    monkeypatch.syspath_prepend(str(Path(warm_module.__file__).parent))  # the agent's imports, as in its bundle
+    import subprocess
+
+    agent_module = importlib.import_module("sandboxes.providers.local.agent")
+
+    taker = subprocess.Popen(["sleep", "30"])
+    try:
+        mine = SimpleNamespace(pid=taker.pid, alive=True, started_at=warm_module.start_time(taker.pid))
+        ended = SimpleNamespace(pid=taker.pid, alive=False, started_at=mine.started_at)
+        before = SimpleNamespace(pid=taker.pid, alive=True, started_at="1")  # the pid's last owner started at tick 1
+        assert agent_module._living([mine]) == {taker.pid}
+        assert agent_module._living([ended]) == set() == agent_module._living([before])
+    finally:
+        taker.kill()
+        taker.wait()

@@ -114,7 +114,7 @@ class Zygote:
             self.pid = spawn([executable, *flags, ZYGOTE, "3"], env, theirs.fileno())
         finally:
             theirs.close()
-        self.started_at = _start_time(self.pid)  # tells it from a process that later takes its pid
+        self.started_at = start_time(self.pid)  # tells it from a process that later takes its pid
         self.channel = ours
         self.lock = _thread.allocate_lock()  # one request on the wire at a time
         self.state = _thread.allocate_lock()  # guards the tables below
@@ -221,7 +221,7 @@ class Zygote:
         return ended
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             return handle.read().rsplit(b")", 1)[1].split()[19].decode()

@@ -477,7 +477,7 @@ class Agent:
                 self._zygote_ended(zygote)
             # Clean when no process of the lease lives: none can open its memory while it starts
             # (dumpable), and none can start meanwhile (the caller holds lease_lock until it answers).
-            alone = self.baseline is not None and not __import__("_reset").others(self.baseline.me, {z.pid for z in self.zygotes.values()})
+            alone = self.baseline is not None and not __import__("_reset").others(self.baseline.me, _living(self.zygotes.values()))
             zygote = self.zygotes[key] = self._start_zygote(key)
             zygote.clean = alone
         return zygote
@@ -607,6 +607,13 @@ def _spawn(
         if procs >= 0:
             os.close(procs)
     return pid
+
+
+def _living(zygotes: Any) -> set[int]:
+    """The pids of the zygotes that still run as the agent started them: never the pid of one
+    that ended, which a process of the lease may have taken since (a red team's find)."""
+    warm = __import__("_warm")
+    return {zygote.pid for zygote in zygotes if zygote.alive and warm.start_time(zygote.pid) == zygote.started_at}
 
 
 def _zygote_spawner(cgroups: Cgroups | None, group: str | None) -> Any:
