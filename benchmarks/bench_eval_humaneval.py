@@ -15,7 +15,6 @@ interpreters) and its cost per sample.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -23,16 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _humaneval import dataset, time_harness, timed, write_canonical_samples  # beside this script
+from _humaneval import dataset, read_rounds, time_harness, timed, write_canonical_samples  # beside this script
 
 TARGETS = {"fresh": 2.5, "recycled": 1.0}
 FEW = 16
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    rounds = parser.parse_args().rounds
+    rounds = read_rounds(__doc__)
     data, problems = dataset()
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     try:

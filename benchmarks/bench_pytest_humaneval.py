@@ -16,7 +16,6 @@ at most 1.3x the empty suite. They are benchmark results, not CI gates.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _humaneval import dataset, time_harness, timed, write_canonical_samples  # beside this script
+from _humaneval import dataset, read_rounds, time_harness, timed, write_canonical_samples  # beside this script
 
 COMMON = """
 import json
@@ -79,9 +78,7 @@ def pytest_argv(*args: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    rounds = parser.parse_args().rounds
+    rounds = read_rounds(__doc__)
     data, problems = dataset()
     work = Path(tempfile.mkdtemp(prefix="bench-pytest-humaneval-"))
     try:
