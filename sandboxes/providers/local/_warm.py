@@ -121,6 +121,7 @@ class Zygote:
         self.tokens = 0
         self.started: dict[int, list[Any]] = {}  # token -> [a lock released on the answer, the pid]
         self.ended: dict[int, tuple[int, float]] = {}  # pid -> (wait status, cpu ms)
+        self.watchers: dict[int, int] = {}  # pid -> the write end of a pipe closed when that run ends
         self.alive = True
         self.listener = 0  # the native id of the agent's thread that listens to it
         listening = _thread.allocate_lock()
@@ -142,6 +143,7 @@ class Zygote:
         """A reset ended its runs: what it said of them is of no use now."""
         with self.state:
             self.ended.clear()
+            self._close_watchers()
 
     def _listen(self, listening: Any) -> None:
         """Route the zygote's lines: a run's start to its requester, a run's end to its waiter."""
@@ -169,6 +171,9 @@ class Zygote:
                 elif words[0] == b"ended":
                     with self.state:
                         self.ended[int(words[1])] = (int(words[2]), float(words[3]))
+                        watcher = self.watchers.pop(int(words[1]), None)
+                    if watcher is not None:
+                        os.close(watcher)
             except (IndexError, ValueError):
                 break  # not what a zygote says: it is not trusted further
         with self.state:
@@ -178,6 +183,7 @@ class Zygote:
                     waiter[0].release()
             if self.ready.locked():
                 self.ready.release()  # whoever waits for it hears that it is gone
+            self._close_watchers()
         self.channel.close()
         try:
             os.kill(self.pid, 9)  # it said something a zygote does not, or it is ending: it ends
@@ -211,6 +217,25 @@ class Zygote:
         if pid is not None and self.keep is None and self.witness is not None:
             self.keep = still_clean(self.witness)
         return pid
+
+    def watch(self, pid: int) -> int:
+        """A descriptor that reads as ended (EOF) once the run ``pid`` has ended, or the zygote has."""
+        readable, writable = os.pipe()
+        with self.state:
+            if pid in self.ended or not self.alive:
+                os.close(writable)
+            else:
+                old = self.watchers.pop(pid, None)
+                if old is not None:
+                    os.close(old)
+                self.watchers[pid] = writable
+        return readable
+
+    def _close_watchers(self) -> None:
+        """(Under ``state``.)"""
+        for fd in self.watchers.values():
+            os.close(fd)
+        self.watchers.clear()
 
     def exit_of(self, pid: int) -> tuple[int, float] | None:
         """(wait status, cpu ms) once the run ended; (SIGKILL's, None) when the zygote is gone."""
@@ -246,6 +271,10 @@ class WarmChild:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self.cpu_ms = cpu_ms if cpu_ms >= 0 else None
         return self.returncode
+
+    def exit_fd(self) -> int | None:
+        """A descriptor, the caller's to close, that is readable once the run has ended (``agent.Child``'s)."""
+        return self.zygote.watch(self.pid)
 
     def wait(self) -> int:
         deadline = time.monotonic() + START_SECONDS

@@ -192,7 +192,8 @@ def become(request: "dict[str, Any]", fds: "list[int]") -> "tuple[Any, dict[str,
                 os.close(fd)
             except OSError:
                 pass
-    _prctl(PR_SET_DUMPABLE, 1)  # the zygote is not, so that no run can write into it; a new python3 is
+    if not request.get("shared"):  # a shared script (the judge's harness) stays undumpable, as it would make itself
+        _prctl(PR_SET_DUMPABLE, 1)  # the zygote is not, so that no run can write into it; a new python3 is
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

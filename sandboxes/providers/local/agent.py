@@ -798,6 +798,14 @@ class Child:
                 self._ended(status, usage)
         return self.returncode
 
+    def exit_fd(self) -> int | None:
+        """A descriptor, the caller's to close, that is readable once it has ended (a pidfd);
+        None where there is none (Linux before 5.3, Python before 3.9): then it is polled."""
+        try:
+            return os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            return None
+
     def wait(self) -> int:
         if self.returncode is None:
             try:
@@ -983,6 +991,10 @@ def _pump(child: Child | _warm.WarmChild, conn: socket.socket, reader: _Reader, 
     exited_at = None
     outbox = bytearray()
     paused = False
+    exit_fd = child.exit_fd()  # wakes the poll when it ends: no sleeping to find out
+    watching = exit_fd is not None
+    if exit_fd is not None:
+        poller.register(exit_fd, select.POLLIN)
 
     def take(frames: list[tuple[bytes, bytes]]) -> None:
         nonlocal stdin_eof, stdin_polled
@@ -1009,7 +1021,10 @@ def _pump(child: Child | _warm.WarmChild, conn: socket.socket, reader: _Reader, 
             if deadline is not None:
                 wait = min(wait, max(deadline - now, 0))
             for fd, events in poller.poll(wait * 1000):
-                if fd == client:
+                if fd == exit_fd:
+                    poller.unregister(exit_fd)  # it stays readable; the loop asks the child
+                    watching = False
+                elif fd == client:
                     if events & select.POLLOUT and outbox:
                         try:
                             del outbox[: conn.send(outbox)]
@@ -1075,8 +1090,13 @@ def _pump(child: Child | _warm.WarmChild, conn: socket.socket, reader: _Reader, 
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return True, False
+            if watching:
+                pause = 0.05  # woken by its end
             for fd, events in poller.poll(1000 * (pause if deadline is None else min(pause, deadline - now))):
-                if fd == client and events & _READABLE:
+                if fd == exit_fd:
+                    poller.unregister(exit_fd)
+                    watching = False
+                elif fd == client and events & _READABLE:
                     try:
                         data = conn.recv(CHUNK * 4)
                     except BlockingIOError:
@@ -1099,6 +1119,8 @@ def _pump(child: Child | _warm.WarmChild, conn: socket.socket, reader: _Reader, 
         if child.stdin is not None:
             os.close(child.stdin)
             child.stdin = None
+        if exit_fd is not None:
+            os.close(exit_fd)
         if outputs:
             try:
                 _thread.start_new_thread(_discard, (list(outputs),))
