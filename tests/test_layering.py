@@ -11,7 +11,7 @@ import sandboxes
 from sandboxes import specs
 
 ROOT = Path(sandboxes.__file__).parent
-BELOW_DRIVERS = {"driver", "models", "errors", "secrets", "_extract"}
+BELOW_DRIVERS = {"driver", "models", "errors", "secrets", "_extract", "_cache"}
 
 
 def _library_imports(path: Path, package: tuple[str, ...] | None = None) -> set[str]:

@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import SocketStream
 
+from ..._cache import cache_root
 from ...driver import TOOLCHAINS, Event, Exit, Output, cold_argv, warm_of
 from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, SharedHostNetworkWarning
 from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
@@ -40,7 +41,7 @@ from .etc import etc_snapshot
 from .layout import WORKSPACE, Toolchains, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .recycling import IDLE, IDLE_SECONDS, LEASE_MARGIN, LIFETIMES
 from .seccomp import seccomp_filter
-from .state import SandboxState, age_of, allocate_uid, cache_root, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
+from .state import SandboxState, age_of, allocate_uid, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
 
 MIB = 1024 * 1024
 READY_TIMEOUT = 30.0
@@ -634,9 +635,15 @@ class LocalDriver:
         try:
             return await _connect_unix(directory)
         except (FileNotFoundError, ConnectionRefusedError) as error:
-            if self._load(sandbox_id) is None:
-                raise _not_found(sandbox_id) from None
-            raise ProviderError(f"the agent of sandbox {sandbox_id} does not answer: {error}", provider=self.name) from error
+            raise await self._gone_or_lost(sandbox_id, _not_found(sandbox_id), f"the agent of sandbox {sandbox_id} does not answer: {error}") from None
+
+    async def _gone_or_lost(self, sandbox_id: str, gone: SandboxNotFoundError, lost: str) -> Exception:
+        """Its agent no longer answers: ``gone`` once the sandbox is seen ended (its bubblewrap
+        may take a moment to follow its agent), else a ProviderError saying ``lost``."""
+        with anyio.move_on_after(2):
+            while self._load(sandbox_id) is not None:
+                await anyio.sleep(0.02)
+        return gone if self._load(sandbox_id) is None else ProviderError(lost, provider=self.name)
 
     async def _frames(self, stream: SocketStream) -> AsyncIterator[tuple[bytes, bytes]]:
         parser = wire.FrameParser()
@@ -698,12 +705,8 @@ class LocalDriver:
                     yield Exit(-9, timed_out=True, duration_ms=(timeout + AGENT_GRACE) * 1000)
                     return
                 if not received:
-                    with anyio.move_on_after(2):  # the agent is gone: is the sandbox?
-                        while self._load(sandbox_id) is not None:
-                            await anyio.sleep(0.02)
-                    if self._load(sandbox_id) is None:
-                        raise SandboxNotFoundError(f"sandbox {sandbox_id} ended while a command was running in it")
-                    raise ProviderError(f"lost the connection to sandbox {sandbox_id}'s agent", provider=self.name)
+                    ended = SandboxNotFoundError(f"sandbox {sandbox_id} ended while a command was running in it")
+                    raise await self._gone_or_lost(sandbox_id, ended, f"lost the connection to sandbox {sandbox_id}'s agent")
                 for kind, payload in parser.feed(received):
                     if kind == wire.STDOUT:
                         yield Output("stdout", payload)

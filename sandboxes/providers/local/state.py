@@ -32,15 +32,6 @@ def state_root() -> Path:
     return Path(base) / "sandboxes" / "local"
 
 
-def cache_root() -> Path:
-    """Where the agent's bytecode and the /etc snapshot are kept, shared by all state dirs."""
-    configured = os.environ.get("SANDBOXES_LOCAL_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "pytest-sandboxes"
-
-
 def build_once(root: Path, name: str, fill: Callable[[Path], None]) -> Path:
     """``root/name``, made by ``fill`` into a temporary directory and renamed into place.
 
