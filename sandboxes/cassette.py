@@ -321,10 +321,11 @@ class Cassette:
 
     # -- the file -------------------------------------------------------------------------
     def _load(self) -> list[Interaction]:
+        from . import _cassette_cache
         from ._cassette_format import read_document
 
         try:
-            provider, interactions = read_document(self._original_text or "", _Loader)
+            provider, interactions = _cassette_cache.read(self._original_text or "", lambda text: read_document(text, _Loader))
         except ValueError as error:
             raise CassetteError(f"cannot read cassette {self.path}: {error}. To record it again: {self.rerecord_hint}") from None
         self.provider = self.provider or provider

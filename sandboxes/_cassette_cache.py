@@ -1,0 +1,91 @@
+"""Each cassette's checked form, kept by content: a replay reads JSON, not YAML.
+
+Reading a cassette (``_cassette_format.read_document``) parses its YAML and
+checks every field, which is most of what replaying a test costs. The result
+depends only on the file's bytes and on the reader's code, so it is kept as
+``<cache>/cassettes/<sha256>.json`` (``_cache.cache_root``), the digest taken
+over both: an edited cassette, or another version of the reader, is read and
+checked afresh. The cache is the user's own, never a repository's; an entry
+that cannot be read or written is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._cache import cache_root
+
+if TYPE_CHECKING:
+    from .cassette import Interaction
+
+Parsed = tuple[str | None, list["Interaction"]]
+STALE_SECONDS = 30 * 86400
+"""Entries not written for this long are removed, now and then (``PRUNE_ONE_IN``), when one is added."""
+PRUNE_ONE_IN = 64
+
+
+def read(text: str, parse: Callable[[str], Parsed]) -> Parsed:
+    """``parse(text)``, or what it returned for the same text and reader before."""
+    from .cassette import Interaction
+
+    entry = _entry(text)
+    try:
+        kept = json.loads(entry.read_bytes())
+        return kept["provider"], [Interaction(item["op"], item["args"], item["result"]) for item in kept["interactions"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    provider, interactions = parse(text)
+    _store(entry, {"provider": provider, "interactions": [item.as_dict() for item in interactions]})
+    return provider, interactions
+
+
+def _entry(text: str) -> Path:
+    digest = hashlib.sha256(_reader_digest() + text.encode("utf-8", "surrogatepass")).hexdigest()
+    return cache_root() / "cassettes" / f"{digest}.json"
+
+
+@functools.cache
+def _reader_digest() -> bytes:
+    """The reader's own code: a change to how a cassette is read or checked makes new entries."""
+    from . import _cassette_format, cassette
+
+    return b"".join(hashlib.sha256(Path(module.__file__ or "").read_bytes()).digest() for module in (_cassette_format, cassette, sys.modules[__name__]))
+
+
+def _store(entry: Path, document: dict[str, object]) -> None:
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temporary = tempfile.mkstemp(dir=entry.parent, suffix=".part")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+        os.replace(temporary, entry)  # whole or not at all, for the other workers
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return
+    if random.randrange(PRUNE_ONE_IN) == 0:
+        _prune(entry.parent)
+
+
+def _prune(directory: Path) -> None:
+    cutoff = time.time() - STALE_SECONDS
+    for path in directory.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass
