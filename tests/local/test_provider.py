@@ -160,3 +160,11 @@ async def test_several_files_go_in_one_exchange_in_order_up_to_the_first_that_fa
         assert (await provider.execute_command(info.id, "test -e third.txt")).exit_code == 1
     finally:
         await provider.destroy_sandbox(info.id)
+
+
+async def test_a_local_provider_closes_like_any_provider() -> None:
+    provider = LocalProvider()
+    info = await provider.create_sandbox(SandboxConfig())
+    assert (await provider.execute_command(info.id, "echo ok")).stdout == "ok\n"
+    await provider.destroy_sandbox(info.id)
+    await provider.aclose()  # the driver protocol's: the plugin and the CLI close every provider they used

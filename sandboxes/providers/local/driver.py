@@ -139,6 +139,9 @@ class LocalDriver:
             return False
         return True
 
+    async def aclose(self) -> None:
+        """Nothing to release: each request has a connection of its own, and idle sandboxes are this process's until it exits (``recycling``)."""
+
     # -- lifecycle ---------------------------------------------------------------
     async def create(self, config: SandboxConfig) -> SandboxInfo:
         """Start one; cancelled meanwhile, the sandbox the thread made is destroyed, not left running."""
