@@ -35,7 +35,7 @@ class _Option:
 
 OPTIONS = (
     _Option("provider", "--sandbox-provider", "SANDBOXES_TEST_PROVIDERS", "sandbox_provider",
-            f"provider(s) to run sandbox tests on, comma-separated: {', '.join(specs.names())} (default: local)"),
+            f"provider(s) to run sandbox tests on, comma-separated: {', '.join(s.name for s in specs.BUILTIN)} or a published one (default: local)"),
     _Option("record_mode", "--sandbox-record-mode", "SANDBOXES_RECORD_MODE", "sandbox_record_mode",
             f"cassette record mode: {', '.join(MODES)} (default: off, no cassettes; 'none' replays only, for CI)"),
     _Option("cassette_dir", "--sandbox-cassette-dir", "SANDBOXES_CASSETTE_DIR", "sandbox_cassette_dir",
@@ -123,7 +123,7 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
     text = str(raw).strip()
     if option.dest == "provider":
         names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        bad = [n for n in names if n not in specs.specs()]
+        bad = [n for n in names if not specs.known(n)]
         if bad or not names:
             raise pytest.UsageError(
                 f"{origin}={text!r}: unknown provider {', '.join(map(repr, bad)) or '(none given)'}; valid providers: {', '.join(specs.names())}"

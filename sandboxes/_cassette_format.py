@@ -1,4 +1,4 @@
-"""Reading a cassette file: nothing in it is trusted, and format 1 is migrated to format 2.
+"""A cassette's YAML, read and written: nothing read is trusted, and format 1 is migrated to format 2.
 
 A cassette may come from anywhere (a pull request, a shared repository), so
 YAML aliases are refused (an alias bomb expands without bound), and every
@@ -30,7 +30,27 @@ OPS = ("create", "get", "list", "destroy", "exec", "write_file", "read_file")
 _V1_OPS = ("create", "get", "list", "destroy", "execute", "stream", "write_file", "read_file")
 
 
-def read_document(text: str, loader: type) -> tuple[str | None, list[Interaction]]:
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's when present (~10x faster): chosen at run time
+    """Block scalars for multi-line text, so recorded output reads as it printed."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str_representer)
+_Dumper.ignore_aliases = lambda self, data: True  # never write anchors: the loader refuses them
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def write_document(document: Mapping[str, Any]) -> str:
+    """The YAML of a cassette's document: no anchors, multi-line text as block scalars."""
+    return str(yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000))
+
+
+def read_document(text: str, loader: type = LOADER) -> tuple[str | None, list[Interaction]]:
     """(provider, interactions) of a cassette's text; ValueError says what is wrong and where.
 
     (A format-1 file's ``capabilities`` are read past: the provider's spec says them now.)

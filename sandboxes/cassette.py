@@ -44,8 +44,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from . import errors as _errors
 from .driver import RESERVED_LABEL_PREFIX, TOOLCHAINS, WIRE_METHODS, Driver, Event, Exit, FilesUpload, Output, cold_argv
 from .errors import CassetteError
@@ -152,22 +150,6 @@ def _plain_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
 def _stored_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     """Labels as a result stores them: the reserved ones kept (they carry the sandbox's settings)."""
     return {k: str(v) for k, v in sorted((labels or {}).items()) if not k.startswith(RUN_LABEL_PREFIX)}
-
-
-# -- the YAML form ------------------------------------------------------------------
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's when present (~10x faster): chosen at run time
-    """Block scalars for multi-line text, so recorded output reads as it printed."""
-
-
-def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    if "\n" in value:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
-
-
-_Dumper.add_representer(str, _str_representer)
-_Dumper.ignore_aliases = lambda self, data: True  # never write anchors: the loader refuses them
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -325,7 +307,7 @@ class Cassette:
         from ._cassette_format import read_document
 
         try:
-            provider, interactions = _cassette_cache.read(self._original_text or "", lambda text: read_document(text, _Loader))
+            provider, interactions = _cassette_cache.read(self._original_text or "", read_document)
         except ValueError as error:
             raise CassetteError(f"cannot read cassette {self.path}: {error}. To record it again: {self.rerecord_hint}") from None
         self.provider = self.provider or provider
@@ -338,6 +320,8 @@ class Cassette:
         return [*self.recorded, *self.new]
 
     def render(self) -> str:
+        from ._cassette_format import write_document  # YAML only when a cassette is written or a new one read
+
         document = {
             "version": FORMAT_VERSION,
             "provider": self.provider,
@@ -345,7 +329,7 @@ class Cassette:
         }
         hint = " ".join(self.rerecord_hint.split())
         header = f"# pytest-sandboxes cassette: the sandbox operations of one test.\n# To record it again: {hint}\n"
-        body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+        body = write_document(document)
         return self.scrubber.text(header + body)
 
     def save(self) -> bool:

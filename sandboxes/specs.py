@@ -164,10 +164,22 @@ def specs() -> dict[str, ProviderSpec]:
 
 def spec(name: str) -> ProviderSpec:
     """The spec of one provider; a ValueError that lists the known ones otherwise."""
+    for builtin in BUILTIN:  # a published spec never replaces a built-in one: no scan of entry points for these
+        if builtin.name == name:
+            return builtin
     table = specs()
     if name not in table:
         raise ValueError(f"unknown provider {name!r}: choose one of {', '.join(table)}")
     return table[name]
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a provider (a built-in one is known without a scan of entry points)."""
+    try:
+        spec(name)
+    except ValueError:
+        return False
+    return True
 
 
 def names() -> list[str]:

@@ -41,7 +41,7 @@ def test_a_cassette_read_again_is_not_parsed_again(tmp_path: Path, cache: Path, 
     first = recorded(path)
     assert [entry.suffix for entry in cache.iterdir()] == [".json"]
 
-    def parse_again(text: str, loader: type) -> object:
+    def parse_again(*args: object) -> object:
         raise AssertionError("parsed again")
 
     monkeypatch.setattr(_cassette_format, "read_document", parse_again)
