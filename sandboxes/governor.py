@@ -1,0 +1,265 @@
+"""One concurrency and rate governor per provider, shared by every process of this user on the machine.
+
+A provider's caps are per account, and an eval runs as many processes
+(pytest-xdist workers, several ``sandboxes eval``): a semaphore per process
+lets them stampede. The governor keeps its state in files, in
+``<cache>/governor/<provider>/`` (``_cache.cache_root``), so that all of
+them share it:
+
+- ``alive.N``: one file per sandbox allowed alive at once. A process holds an
+  exclusive ``flock`` on one for each sandbox it created, until it destroys
+  it. The kernel drops the lock of a process that dies, however it dies: a
+  killed worker's slots come back at once.
+- ``creating.N``: the same for creations in flight.
+- ``state``: the shared part that is not a slot (under ``state.lock``): the
+  concurrency the provider allows now (AIMD: halved by a 429 or a
+  resource-limit answer from any process, added back by one slot per round
+  of successes), the time before which nobody creates (a Retry-After, for
+  every process, not only the one that got it), and the next free moment of
+  the creation rate.
+
+Waiting for a slot is not an error; waiting past ``acquire_timeout`` is
+``AcquireTimeout`` (a ``ProviderError``: an ``infra_error`` in an eval).
+Descriptors are close-on-exec: a program a process starts never holds a
+slot; a child forked without exec shares its parent's until both close them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from ._cache import cache_root
+from .errors import ProviderError
+
+POLL_SECONDS = (0.02, 0.1)
+"""How long a waiter sleeps between tries (uniformly drawn): slots have no queue to block on."""
+DECREASE_WINDOW_SECONDS = 1.0
+"""Throttle answers within this long of a decrease are the same burst: the concurrency is halved once."""
+UNLIMITED = 1000
+"""The concurrency of a provider with no cap of its own: only throttling lowers it."""
+
+
+class AcquireTimeout(ProviderError):
+    """No slot came free within ``acquire_timeout``: the provider is saturated (not the caller's mistake)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A provider's limits; None: no such limit."""
+
+    alive: int | None = None
+    """Sandboxes alive at once (E2B's base plan: 20)."""
+    creating: int | None = None
+    """Creations in flight at once."""
+    per_second: float | None = None
+    """Creations started per second (Modal's: about 5)."""
+    acquire_timeout: float = 600.0
+    """The longest a creation waits for a slot before ``AcquireTimeout``."""
+
+    def __post_init__(self) -> None:
+        for name in ("alive", "creating"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"limits: {name} must be a whole number of sandboxes, at least 1 (got {value!r})")
+        if self.per_second is not None and not (isinstance(self.per_second, int | float) and self.per_second > 0):
+            raise ValueError(f"limits: per_second must be a number of creations per second above 0 (got {self.per_second!r})")
+        if not (isinstance(self.acquire_timeout, int | float) and self.acquire_timeout > 0):
+            raise ValueError(f"limits: acquire_timeout must be seconds above 0 (got {self.acquire_timeout!r})")
+
+
+@dataclass
+class Counters:
+    """What this process's governor saw, for the run's summary."""
+
+    waits: int = 0
+    waited_seconds: list[float] = field(default_factory=list)
+    throttled: int = 0
+
+
+@dataclass
+class Ticket:
+    """The slots one creation holds: ``alive`` until its sandbox is released, ``creating`` until it is made."""
+
+    alive: int | None
+    creating: int | None
+
+    def created(self) -> None:
+        """The creation is over (made or failed): its in-flight slot is free."""
+        _close(self.creating)
+        self.creating = None
+
+    def release(self) -> None:
+        """Everything it holds is free (its sandbox is destroyed, or was never made)."""
+        self.created()
+        _close(self.alive)
+        self.alive = None
+
+
+class Governor:
+    """The governor of one provider (see the module's docstring); one object per process is enough."""
+
+    def __init__(self, provider: str, limits: Limits, directory: Path | None = None) -> None:
+        self.provider = provider
+        self.limits = limits
+        self.directory = directory or cache_root() / "governor" / provider
+        self.counters = Counters()
+        self._held: dict[str, Ticket] = {}
+
+    # -- creating -------------------------------------------------------------------------
+    async def acquire(self) -> Ticket:
+        """Slots for one creation, once the shared concurrency, pause and rate allow it."""
+        started = time.monotonic()
+        deadline = started + self.limits.acquire_timeout
+        waited = False
+        while True:
+            now = time.time()
+            state = self._read()
+            pause = state["paused_until"] - now
+            ticket = None if pause > 0 else self._try_slots(state)
+            if ticket is not None:
+                start = self._reserve_start()
+                if start > now:
+                    await anyio.sleep(start - now)
+                if waited or start > now:
+                    self.counters.waits += 1
+                    self.counters.waited_seconds.append(time.monotonic() - started)
+                return ticket
+            waited = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AcquireTimeout(
+                    f"no {self.provider} sandbox slot came free within {self.limits.acquire_timeout:g} s "
+                    f"(limits: {self._describe(state)}); raise acquire_timeout or lower the concurrency",
+                    provider=self.provider,
+                )
+            await anyio.sleep(min(left, max(pause, random.uniform(*POLL_SECONDS))))
+
+    def keep(self, sandbox_id: str, ticket: Ticket) -> None:
+        """The creation made ``sandbox_id``: its alive slot is held until ``release(sandbox_id)``."""
+        ticket.created()
+        self._held[sandbox_id] = ticket
+
+    def release(self, sandbox_id: str) -> None:
+        """``sandbox_id`` is destroyed: its slot is free (nothing when this process holds none for it)."""
+        ticket = self._held.pop(sandbox_id, None)
+        if ticket is not None:
+            ticket.release()
+
+    # -- what the provider answered ---------------------------------------------------------
+    def throttled(self, retry_after: float | None = None) -> None:
+        """A 429 or a resource-limit answer: every process slows down (halved, and paused for ``retry_after``)."""
+        self.counters.throttled += 1
+        now = time.time()
+        with self._state() as state:
+            if now - state["decreased_at"] > DECREASE_WINDOW_SECONDS:
+                state["concurrency"] = max(1.0, state["concurrency"] / 2)
+                state["decreased_at"] = now
+            if retry_after:
+                state["paused_until"] = max(state["paused_until"], now + retry_after)
+
+    def succeeded(self) -> None:
+        """A creation went through: the concurrency grows back, a slot per round of successes."""
+        with self._state() as state:
+            if state["concurrency"] < self._cap():
+                state["concurrency"] = min(float(self._cap()), state["concurrency"] + 1 / state["concurrency"])
+
+    def concurrency(self) -> float:
+        """The concurrency all processes allow now."""
+        return float(self._read()["concurrency"])
+
+    # -- the files ----------------------------------------------------------------------------
+    def _cap(self) -> int:
+        return self.limits.alive or UNLIMITED
+
+    def _try_slots(self, state: dict[str, float]) -> Ticket | None:
+        alive = _take_any(self.directory, "alive", min(self._cap(), math.floor(state["concurrency"])))
+        if alive is None:
+            return None
+        if self.limits.creating is None:
+            return Ticket(alive, None)
+        creating = _take_any(self.directory, "creating", self.limits.creating)
+        if creating is None:
+            _close(alive)
+            return None
+        return Ticket(alive, creating)
+
+    def _reserve_start(self) -> float:
+        """When this creation may start, so that all processes together keep ``per_second``."""
+        now = time.time()
+        if self.limits.per_second is None:
+            return now
+        with self._state() as state:
+            start = max(now, state["next_creation"])
+            state["next_creation"] = start + 1 / self.limits.per_second
+        return start
+
+    def _fresh(self) -> dict[str, float]:
+        return {"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0}
+
+    def _read(self) -> dict[str, float]:
+        with self._state() as state:
+            return dict(state)
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[dict[str, float]]:
+        """The shared state, read and written back under its lock (held for microseconds)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = os.open(self.directory / "state.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.directory / "state"
+            state = self._fresh()
+            with contextlib.suppress(OSError, ValueError):
+                saved = json.loads(path.read_text())
+                state.update({key: float(saved[key]) for key in state if isinstance(saved.get(key), int | float)})
+            state["concurrency"] = min(max(state["concurrency"], 1.0), float(self._cap()))
+            before = dict(state)
+            yield state
+            if state != before:
+                temporary = path.with_name(f"state.{os.getpid()}")
+                temporary.write_text(json.dumps(state))
+                os.replace(temporary, path)
+        finally:
+            os.close(lock)  # the lock goes with it
+
+    def _describe(self, state: dict[str, float]) -> str:
+        alive = f"alive {self.limits.alive or 'unlimited'}"
+        if state["concurrency"] < self._cap():
+            alive += f" (now {math.floor(state['concurrency'])} after throttling)"
+        parts = [alive]
+        if self.limits.creating is not None:
+            parts.append(f"creating {self.limits.creating}")
+        if self.limits.per_second is not None:
+            parts.append(f"{self.limits.per_second:g}/s")
+        return ", ".join(parts)
+
+
+def _take_any(directory: Path, kind: str, count: int) -> int | None:
+    """A descriptor holding the lock of one free ``kind.N`` (N below ``count``), or None when all are held."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for index in random.sample(range(count), count) if count <= 64 else range(count):
+        fd = os.open(directory / f"{kind}.{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return fd
+    return None
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
