@@ -40,6 +40,8 @@ def read(text: str, parse: Callable[[str], Parsed]) -> Parsed:
     from .cassette import Interaction
 
     entry = _entry(text)
+    if entry is None:
+        return parse(text)
     try:
         kept = json.loads(entry.read_bytes())
         return kept["provider"], [Interaction(item["op"], item["args"], item["result"]) for item in kept["interactions"]]
@@ -50,17 +52,26 @@ def read(text: str, parse: Callable[[str], Parsed]) -> Parsed:
     return provider, interactions
 
 
-def _entry(text: str) -> Path:
-    digest = hashlib.sha256(_reader_digest() + text.encode("utf-8", "surrogatepass")).hexdigest()
+def _entry(text: str) -> Path | None:
+    """Where the checked form of ``text`` is kept; None when the reader's code cannot be read (no cache)."""
+    reader = _reader_digest()
+    if reader is None:
+        return None
+    digest = hashlib.sha256(reader + text.encode("utf-8", "surrogatepass")).hexdigest()
     return cache_root() / "cassettes" / f"{digest}.json"
 
 
 @functools.cache
-def _reader_digest() -> bytes:
-    """The reader's own code: a change to how a cassette is read or checked makes new entries."""
+def _reader_digest() -> bytes | None:
+    """The reader's own code: a change to how a cassette is read or checked makes new entries.
+    None where its source is not a readable file (a zipped install): then nothing is cached."""
     from . import _cassette_format, cassette
 
-    return b"".join(hashlib.sha256(Path(module.__file__ or "").read_bytes()).digest() for module in (_cassette_format, cassette, sys.modules[__name__]))
+    try:
+        sources = [Path(module.__file__ or "").read_bytes() for module in (_cassette_format, cassette, sys.modules[__name__])]
+    except OSError:
+        return None
+    return b"".join(hashlib.sha256(source).digest() for source in sources)
 
 
 def _store(entry: Path, document: dict[str, object]) -> None:

@@ -99,3 +99,11 @@ def test_entries_not_written_for_a_month_are_pruned(tmp_path: Path, cache: Path)
     os.utime(stale, (long_ago, long_ago))
     _cassette_cache._prune(cache)
     assert list(cache.iterdir()) == [fresh]
+
+
+def test_a_reader_whose_code_cannot_be_read_caches_nothing(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_cassette_cache, "_reader_digest", lambda: None)  # as from a zipped install
+    path = tmp_path / "test.yaml"
+    path.write_text(CASSETTE)
+    assert recorded(path) == recorded(path)
+    assert not cache.exists()
