@@ -96,6 +96,38 @@ async def test_the_end_of_tests_report_cannot_be_forged(sandbox: Sandbox, progra
     assert judged.verdict is not Verdict.PASSED, judged.describe()
 
 
+REACH_THE_JUDGE = """\
+import os
+
+JUDGE = os.getppid()
+
+
+def opened(name):
+    try:
+        os.close(os.open("/proc/%d/%s" % (JUDGE, name), os.O_RDONLY))
+    except OSError:
+        return False
+    return True
+
+
+def add(a, b):
+    return [name for name in ("mem", "environ", "maps") if opened(name)] or a + b
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["forked-warm", "cold"])
+async def test_the_program_cannot_open_the_judges_memory(warm: bool) -> None:
+    # Forked warm, the judge is undumpable from the zygote on; started cold, it makes itself so
+    # before the program's process exists. Either way its /proc files are closed to the program.
+    from sandboxes.providers.local import LocalProvider
+
+    provider = LocalProvider(warm_python=warm)
+    async with Sandbox(provider, await provider.create_sandbox(SandboxConfig())) as made:
+        for _ in range(2):  # the second judgement warm: a zygote that already served one
+            judged = await judge(made, REACH_THE_JUDGE, "python", tests=TESTS)
+            assert judged.passed, judged.describe()
+
+
 async def test_a_value_that_is_not_plain_data_never_reaches_the_tests(sandbox: Sandbox) -> None:
     always_equal = (
         "class Equal(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n\ndef add(a, b):\n    return Equal(a - b)\n"

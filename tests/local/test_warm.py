@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -308,8 +309,6 @@ def test_a_zygote_that_ended_never_hides_the_process_that_took_its_pid(monkeypat
     # The clean check skips the agent's own zygotes. One that ended must not be skipped by its
     # pid, which a process of the lease may have taken since (a red team cycled pids to get it).
     monkeypatch.syspath_prepend(str(Path(warm_module.__file__).parent))  # the agent's imports, as in its bundle
-    import subprocess
-
     agent_module = importlib.import_module("sandboxes.providers.local.agent")
 
     taker = subprocess.Popen(["sleep", "30"])
