@@ -49,7 +49,7 @@ def _prctl(option: int, value: int) -> int:
     run (three classes and a dlopen), it cost a run some 0.8 ms."""
     if not _PRCTL:
         _PRCTL.append(_prctl_function())
-    return _PRCTL[0](option, value)
+    return int(_PRCTL[0](option, value))
 
 
 _PRCTL: "list[Any]" = []
