@@ -27,15 +27,17 @@ slot; a child forked without exec shares its parent's until both close them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -46,8 +48,21 @@ POLL_SECONDS = (0.02, 0.1)
 """How long a waiter sleeps between tries (uniformly drawn): slots have no queue to block on."""
 DECREASE_WINDOW_SECONDS = 1.0
 """Throttle answers within this long of a decrease are the same burst: the concurrency is halved once."""
+FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS = 0.25, 10.0
+"""Every process's pause after a refusal that names no Retry-After: doubled for each one in a row."""
+MADE = b"1"
+"""What a held alive slot's file holds once its sandbox is made (empty while the creation is in flight)."""
 UNLIMITED = 1000
 """The concurrency of a provider with no cap of its own: only throttling lowers it."""
+
+
+DIRECTORY_VARIABLE = "SANDBOXES_GOVERNOR_DIR"
+LIMIT_FIELDS = ("alive", "creating", "per_second", "acquire_timeout")
+
+
+def governor_root() -> Path:
+    """``$SANDBOXES_GOVERNOR_DIR``, else ``<cache>/governor``: the processes that share it share the limits."""
+    return Path(os.environ.get(DIRECTORY_VARIABLE) or cache_root() / "governor")
 
 
 class AcquireTimeout(ProviderError):
@@ -77,14 +92,25 @@ class Limits:
         if not (isinstance(self.acquire_timeout, int | float) and self.acquire_timeout > 0):
             raise ValueError(f"limits: acquire_timeout must be seconds above 0 (got {self.acquire_timeout!r})")
 
+    def changed(self, changes: Mapping[str, Any]) -> Limits:
+        """These limits with ``changes`` (a dict of their fields), checked."""
+        unknown = sorted(set(changes) - set(LIMIT_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown limit {', '.join(map(repr, unknown))}: the limits are {', '.join(LIMIT_FIELDS)}")
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass
 class Counters:
     """What this process's governor saw, for the run's summary."""
 
     waits: int = 0
+    """Creations that waited for a slot, a pause or the rate."""
     waited_seconds: list[float] = field(default_factory=list)
     throttled: int = 0
+    """Refusals for load (429, resource limit reached) absorbed by waiting."""
+    peak_alive: int = 0
+    """The most sandboxes all processes held alive at once, seen at this process's creations."""
 
 
 @dataclass
@@ -102,6 +128,9 @@ class Ticket:
     def release(self) -> None:
         """Everything it holds is free (its sandbox is destroyed, or was never made)."""
         self.created()
+        if self.alive is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.alive, 0)  # unmarked while still locked: no one counts a sandbox that is gone
         _close(self.alive)
         self.alive = None
 
@@ -112,23 +141,29 @@ class Governor:
     def __init__(self, provider: str, limits: Limits, directory: Path | None = None) -> None:
         self.provider = provider
         self.limits = limits
-        self.directory = directory or cache_root() / "governor" / provider
+        self.directory = directory or governor_root() / provider
         self.counters = Counters()
         self._held: dict[str, Ticket] = {}
 
     # -- creating -------------------------------------------------------------------------
-    async def acquire(self) -> Ticket:
-        """Slots for one creation, once the shared concurrency, pause and rate allow it."""
+    async def acquire(self, deadline: float | None = None) -> Ticket:
+        """Slots for one creation, once the shared concurrency, pause and rate allow it.
+
+        ``deadline`` (``time.monotonic()``) defaults to ``acquire_timeout`` from now."""
         started = time.monotonic()
-        deadline = started + self.limits.acquire_timeout
+        deadline = started + self.limits.acquire_timeout if deadline is None else deadline
         waited = False
         while True:
             now = time.time()
-            state = self._read()
-            pause = state["paused_until"] - now
-            ticket = None if pause > 0 else self._try_slots(state)
+            with self._state() as state:  # one creation decides at a time: counting and taking are one step
+                pause = state["paused_until"] - now
+                ticket = None if pause > 0 else self._try_slots(state)
+                start = now
+                if ticket is not None and self.limits.per_second is not None:  # the shared rate: a start each 1/rate s
+                    start = max(now, state["next_creation"])
+                    state["next_creation"] = start + 1 / self.limits.per_second
+                described = self._describe(state)
             if ticket is not None:
-                start = self._reserve_start()
                 if start > now:
                     await anyio.sleep(start - now)
                 if waited or start > now:
@@ -140,7 +175,7 @@ class Governor:
             if left <= 0:
                 raise AcquireTimeout(
                     f"no {self.provider} sandbox slot came free within {self.limits.acquire_timeout:g} s "
-                    f"(limits: {self._describe(state)}); raise acquire_timeout or lower the concurrency",
+                    f"(limits: {described}); raise acquire_timeout or lower the concurrency",
                     provider=self.provider,
                 )
             await anyio.sleep(min(left, max(pause, random.uniform(*POLL_SECONDS))))
@@ -148,7 +183,26 @@ class Governor:
     def keep(self, sandbox_id: str, ticket: Ticket) -> None:
         """The creation made ``sandbox_id``: its alive slot is held until ``release(sandbox_id)``."""
         ticket.created()
+        if ticket.alive is not None:
+            os.pwrite(ticket.alive, MADE, 0)  # marked: a sandbox, no longer a creation in flight
         self._held[sandbox_id] = ticket
+        self.counters.peak_alive = max(self.counters.peak_alive, self.alive(made=True))
+
+    def alive(self, *, made: bool = False) -> int:
+        """How many alive slots all processes hold now: sandboxes made or being made (``made``: made only)."""
+        held = 0
+        for path in self.directory.glob("alive.*"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held += not made or os.fstat(fd).st_size > 0
+            finally:
+                os.close(fd)
+        return held
 
     def release(self, sandbox_id: str) -> None:
         """``sandbox_id`` is destroyed: its slot is free (nothing when this process holds none for it)."""
@@ -163,14 +217,21 @@ class Governor:
         now = time.time()
         with self._state() as state:
             if now - state["decreased_at"] > DECREASE_WINDOW_SECONDS:
-                state["concurrency"] = max(1.0, state["concurrency"] / 2)
+                # From what is alive now, when that is less than allowed: the provider's real cap
+                # (shared with other machines, or a lower plan) was met there, not at the limit.
+                alive = max(1.0, float(self.alive()))
+                state["concurrency"] = max(1.0, min(state["concurrency"], alive) / 2)
                 state["decreased_at"] = now
-            if retry_after:
-                state["paused_until"] = max(state["paused_until"], now + retry_after)
+            # Without a Retry-After, a pause that doubles with each refusal in a row (with jitter), so
+            # that a provider refusing at any concurrency is not asked again at once, over and over.
+            strikes = state["strikes"] = state["strikes"] + 1
+            pause = retry_after if retry_after else min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2 ** (strikes - 1)) * random.uniform(0.5, 1.0)
+            state["paused_until"] = max(state["paused_until"], now + pause)
 
     def succeeded(self) -> None:
         """A creation went through: the concurrency grows back, a slot per round of successes."""
         with self._state() as state:
+            state["strikes"] = 0.0
             if state["concurrency"] < self._cap():
                 state["concurrency"] = min(float(self._cap()), state["concurrency"] + 1 / state["concurrency"])
 
@@ -183,7 +244,10 @@ class Governor:
         return self.limits.alive or UNLIMITED
 
     def _try_slots(self, state: dict[str, float]) -> Ticket | None:
-        alive = _take_any(self.directory, "alive", min(self._cap(), math.floor(state["concurrency"])))
+        """Slots, when fewer are alive than the shared concurrency allows (called under the state's lock)."""
+        if self.alive() >= min(self._cap(), math.floor(state["concurrency"])):
+            return None
+        alive = _take_any(self.directory, "alive", self._cap())
         if alive is None:
             return None
         if self.limits.creating is None:
@@ -194,18 +258,8 @@ class Governor:
             return None
         return Ticket(alive, creating)
 
-    def _reserve_start(self) -> float:
-        """When this creation may start, so that all processes together keep ``per_second``."""
-        now = time.time()
-        if self.limits.per_second is None:
-            return now
-        with self._state() as state:
-            start = max(now, state["next_creation"])
-            state["next_creation"] = start + 1 / self.limits.per_second
-        return start
-
     def _fresh(self) -> dict[str, float]:
-        return {"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0}
+        return {"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0, "strikes": 0.0}
 
     def _read(self) -> dict[str, float]:
         with self._state() as state:

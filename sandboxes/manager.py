@@ -2,8 +2,11 @@
 
 Every provider the Manager hands out is its engine over a ``ResilientDriver``:
 its calls go through the Manager's ``RetryPolicy`` and that provider's own
-``CircuitBreaker``. Creation goes retry -> circuit breaker -> failover to the
-``fallback`` providers, on infrastructure errors only.
+``CircuitBreaker``. A cloud provider's is also behind a ``GovernedDriver``:
+its creations wait for the ``Governor`` that every process on the machine
+shares (its limits, and its answers to a provider's "slow down"). Creation
+goes governor -> retry -> circuit breaker -> failover to the ``fallback``
+providers, on infrastructure errors only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from . import specs
 from .errors import ProviderError, ProviderUnavailable
+from .governed import GovernedDriver
+from .governor import LIMIT_FIELDS, Governor, Limits
 from .models import SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, RetryPolicy, breaker_options
@@ -23,6 +28,9 @@ from .resilient import ResilientDriver
 log = logging.getLogger("sandboxes.resilience")
 DEFAULT_PROVIDER_VARIABLE = "SANDBOXES_PROVIDER"
 """The default provider of this process: what ``Sandbox.create()`` uses when no provider is named."""
+MAX_CONCURRENCY_VARIABLE = "SANDBOXES_MAX_CONCURRENCY"
+"""Sandboxes alive at once on each cloud provider, for every process here (``limits={"alive": N}``)."""
+ALL_CLOUDS = "*"
 
 
 def has_credentials(name: str) -> bool:
@@ -46,6 +54,7 @@ class Manager:
         *,
         retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
         circuit_breaker: Mapping[str, Any] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         self.providers: dict[str, SandboxProvider] = {}
         if isinstance(providers, Mapping):
@@ -59,10 +68,14 @@ class Manager:
         self.retry = RetryPolicy.from_options(retry)
         self.circuit_options = breaker_options(circuit_breaker)
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.limit_options: dict[str, dict[str, Any]] = {}  # provider name (or "*": every cloud) -> limits
+        self.governors: dict[str, Governor] = {}
         self._guarded: dict[str, tuple[SandboxProvider, SandboxProvider]] = {}  # name -> (raw, guarded)
         # Providers replaced by configure/register: sandboxes made earlier may still use
         # them, so they are closed with the manager (aclose, sandboxes.session()), not at once.
         self.retired: list[SandboxProvider] = []
+        if limits:
+            self.set_limits(limits)
 
     def register(self, provider: SandboxProvider, name: str | None = None) -> None:
         self.retire(name or provider.name)
@@ -84,6 +97,56 @@ class Manager:
             self.breakers.clear()
         self._guarded.clear()
 
+    def set_limits(self, limits: Mapping[str, Any]) -> None:
+        """``{"alive": 6}`` for every cloud provider, ``{"e2b": {"alive": 6}}`` for one; for creations from now on.
+
+        The fields are ``Limits``': ``alive``, ``creating``, ``per_second``, ``acquire_timeout``.
+        Every process that shares the governor should give the same limits.
+        """
+        if not isinstance(limits, Mapping):
+            raise TypeError(f"limits must be a dict, such as {{'alive': 6}} or {{'e2b': {{'alive': 6}}}}, not {type(limits).__name__}")
+        changes: dict[str, dict[str, Any]] = {}
+        for key, value in limits.items():
+            if key in LIMIT_FIELDS:
+                changes.setdefault(ALL_CLOUDS, {})[key] = value
+            elif isinstance(value, Mapping):
+                changes.setdefault(self._known(key), {}).update(value)
+            else:
+                raise TypeError(f"unknown limit {key!r}: give {', '.join(LIMIT_FIELDS)}, or a provider's name with a dict of them")
+        for name, fields in changes.items():
+            Limits().changed(fields)  # checked now, not at the first creation
+            self.limit_options.setdefault(name, {}).update(fields)
+        self.governors.clear()
+        self._guarded.clear()
+
+    def limits(self, name: str) -> Limits | None:
+        """The limits a provider is governed by (the spec table's, $SANDBOXES_MAX_CONCURRENCY, then
+        ``set_limits``); None: not governed (local, and a provider outside the table, unless limits name it)."""
+        entry = specs.spec(name) if specs.known(name) else None
+        cloud = entry is not None and entry.cloud  # a provider registered under a name of its own: only if named
+        changes: dict[str, Any] = {}
+        if cloud:
+            variable = os.environ.get(MAX_CONCURRENCY_VARIABLE)
+            if variable:
+                try:
+                    changes["alive"] = int(variable)
+                except ValueError:
+                    raise ValueError(f"${MAX_CONCURRENCY_VARIABLE}={variable!r} is not a whole number of sandboxes") from None
+            changes.update(self.limit_options.get(ALL_CLOUDS, {}))
+        changes.update(self.limit_options.get(name, {}))
+        if not cloud and not changes:
+            return None
+        return (entry.limits if entry is not None else Limits()).changed(changes)
+
+    def governor(self, name: str) -> Governor | None:
+        """The governor of a provider in this process (one per name), or None when it is not governed."""
+        if name not in self.governors:
+            limits = self.limits(name)
+            if limits is None:
+                return None
+            self.governors[name] = Governor(name, limits)
+        return self.governors[name]
+
     def breaker(self, name: str) -> CircuitBreaker:
         """The circuit breaker of one provider, shared by every sandbox on it."""
         if name not in self.breakers:
@@ -100,12 +163,15 @@ class Manager:
             cls = provider_class(name)
             self.providers[name] = cls(**self.provider_options.get(name, {}))
         raw = self.providers[name]
-        if isinstance(raw.driver, ResilientDriver):
+        if isinstance(raw.driver, ResilientDriver | GovernedDriver):
             return raw
         known = self._guarded.get(name)
         if known is None or known[0] is not raw:
             resends = raw.spec.sdk_resends_creation if raw.spec is not None else False
-            driver = ResilientDriver(raw.driver, self.retry, self.breaker(name), sdk_resends_creation=resends)
+            governor = self.governor(name)
+            driver: Any = ResilientDriver(raw.driver, self.retry, self.breaker(name), sdk_resends_creation=resends, governed=governor is not None)
+            if governor is not None:
+                driver = GovernedDriver(driver, governor)
             known = self._guarded[name] = (raw, raw.with_driver(driver))
         return known[1]
 

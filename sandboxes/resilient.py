@@ -57,12 +57,15 @@ class ResilientDriver:
         breaker: CircuitBreaker | None = None,
         *,
         sdk_resends_creation: bool = False,
+        governed: bool = False,
     ) -> None:
         self.inner = inner
         self.name = inner.name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
         self.sdk_resends_creation = sdk_resends_creation
+        self.governed = governed
+        """A ``GovernedDriver`` is outside: a creation refused for load goes back to it, not retried here."""
 
     def __repr__(self) -> str:
         return f"<ResilientDriver {self.inner!r} circuit={self.breaker.state}>"
@@ -108,8 +111,11 @@ class ResilientDriver:
                     lost.append(error)
                 raise
 
+        def retried(error: BaseException) -> bool:
+            return is_transient(error) and not (self.governed and _rejected(error))
+
         try:
-            info = await self.retry.run(attempt, what=f"{self.name}: create a sandbox")
+            info = await self.retry.run(attempt, retry_if=retried, what=f"{self.name}: create a sandbox")
         except BaseException:
             if lost:
                 await self._clean_up(token, keep=None)

@@ -83,6 +83,7 @@ class Sandbox:
         providers: Sequence[SandboxProvider] | None = None,
         retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
         circuit_breaker: Mapping[str, Any] | None = None,
+        limits: Mapping[str, Any] | None = None,
         **provider_options: Any,
     ) -> Manager:
         """Set the default provider, register instances, pass provider options, tune resilience.
@@ -93,9 +94,14 @@ class Sandbox:
         ``False`` for none) and ``circuit_breaker={"failure_threshold": 3,
         "reset_timeout": 10}`` set how every provider's calls are retried and
         when a provider that keeps failing is failed fast; they apply to the
-        sandboxes created from then on.
+        sandboxes created from then on. ``limits={"alive": 6}`` (every cloud
+        provider) or ``limits={"e2b": {"alive": 6, "acquire_timeout": 300}}``
+        override the published limits that every process here keeps together
+        (``sandboxes.governor``).
         """
         manager = cls._ensure_manager()
+        if limits is not None:
+            manager.set_limits(limits)
         if retry is not None or circuit_breaker is not None:
             manager.set_resilience(retry=retry, circuit_breaker=circuit_breaker)
         if default_provider is not None:

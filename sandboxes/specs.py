@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._entry_points import published
 from .errors import ProviderUnavailable
+from .governor import Limits
 from .models import Capabilities
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class ProviderSpec:
     """The pip extra that installs its SDK: ``pip install 'pytest-sandboxes[<extra>]'``."""
     sdk_resends_creation: bool = False
     """Its SDK resends a creation by itself after a dropped connection: every creation is checked for strays."""
+    limits: Limits = field(default_factory=Limits)
+    """Its published limits, kept by the governor across every process here (``sandboxes.governor``)."""
     cloud: bool = True
 
     @property
@@ -112,6 +115,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         secret_variables=("E2B_API_KEY", "E2B_ACCESS_TOKEN"),
         credential_hint="set E2B_API_KEY (https://e2b.dev/dashboard?tab=keys)",
         extra="e2b",
+        limits=Limits(alive=20),  # the base plan's concurrent sandboxes; a 429 past them
     ),
     ProviderSpec(
         "modal",
@@ -125,6 +129,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         credential_hint="set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
         extra="modal",
         sdk_resends_creation=True,
+        limits=Limits(per_second=5.0),  # sandbox creations per second; RESOURCE_EXHAUSTED past them
     ),
     ProviderSpec(
         "daytona",
@@ -136,6 +141,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         secret_variables=("DAYTONA_API_KEY",),
         credential_hint="set DAYTONA_API_KEY (https://app.daytona.io/dashboard/keys)",
         extra="daytona",
+        limits=Limits(alive=16),  # resources per organisation: "Sandbox resource limit reached (16)"
     ),
     ProviderSpec(
         "cloudflare",

@@ -148,10 +148,11 @@ class Sandbox:
         providers: Sequence[SandboxProvider] | None = None,
         retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
         circuit_breaker: Mapping[str, Any] | None = None,
+        limits: Mapping[str, Any] | None = None,
         **provider_options: Any,
     ) -> Manager:
         return _async.Sandbox.configure(
-            default_provider=default_provider, providers=providers, retry=retry, circuit_breaker=circuit_breaker, **provider_options
+            default_provider=default_provider, providers=providers, retry=retry, circuit_breaker=circuit_breaker, limits=limits, **provider_options
         )
 
     @_twin(_async.Sandbox.execute)

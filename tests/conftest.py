@@ -36,6 +36,8 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """A private local-provider state dir and a fresh manager per test."""
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("SANDBOXES_LOCAL_STATE_DIR", str(state))
+    monkeypatch.setenv("SANDBOXES_GOVERNOR_DIR", str(state / "governor"))  # no test slows another's cloud creations
+    monkeypatch.delenv("SANDBOXES_MAX_CONCURRENCY", raising=False)
     monkeypatch.delenv("SANDBOXES_PROVIDER", raising=False)
     sandboxes.reset_manager()
     yield state

@@ -113,14 +113,29 @@ async def test_the_creation_rate_is_shared_by_processes(tmp_path: Path, holders:
 async def test_a_throttle_answer_halves_the_concurrency_and_pauses_everyone(tmp_path: Path) -> None:
     one = Governor("emulated", Limits(alive=8), tmp_path)
     other = Governor("emulated", Limits(alive=8), tmp_path)  # another process's view: the same files
-    one.throttled(retry_after=0.6)
+    held = [await one.acquire() for _ in range(6)]
+    one.throttled(retry_after=0.6)  # refused with 6 alive: the provider's cap is there, not at 8
     one.throttled(retry_after=0.1)  # the same burst: halved once
-    assert other.concurrency() == 4.0
+    assert other.concurrency() == 3.0
+    for ticket in held:
+        ticket.release()
     started = time.monotonic()
     ticket = await other.acquire()
     assert time.monotonic() - started >= 0.5
     ticket.release()
     assert other.counters.waits == 1
+
+
+async def test_a_refusal_without_retry_after_pauses_longer_each_time_in_a_row(tmp_path: Path) -> None:
+    governor = Governor("emulated", Limits(alive=8), tmp_path)
+    pauses = []
+    for _ in range(4):
+        governor.throttled()
+        pauses.append(json.loads((tmp_path / "state").read_text())["paused_until"] - time.time())
+    assert 0.1 <= pauses[0] <= 0.26 and pauses[3] >= 0.9  # 0.25 s at most, then doubling (jittered down to half)
+    assert json.loads((tmp_path / "state").read_text())["strikes"] == 4
+    governor.succeeded()  # a creation went through: the next refusal starts again from the shortest pause
+    assert json.loads((tmp_path / "state").read_text())["strikes"] == 0
 
 
 async def test_successes_add_the_concurrency_back_slowly(tmp_path: Path) -> None:
@@ -139,9 +154,12 @@ async def test_successes_add_the_concurrency_back_slowly(tmp_path: Path) -> None
 
 
 async def test_a_lowered_concurrency_leaves_only_its_slots_to_take(tmp_path: Path) -> None:
-    governor = Governor("emulated", Limits(alive=4, acquire_timeout=0.3), tmp_path)
-    governor.throttled()  # 4 -> 2
-    tickets = [await governor.acquire(), await governor.acquire()]
+    governor = Governor("emulated", Limits(alive=4, acquire_timeout=0.6), tmp_path)
+    tickets = [await governor.acquire() for _ in range(4)]
+    governor.throttled()  # 4 alive -> 2
+    for ticket in tickets[2:]:
+        ticket.release()
+    tickets = tickets[:2]
     with pytest.raises(AcquireTimeout, match="now 2 after throttling"):
         await governor.acquire()
     for ticket in tickets:

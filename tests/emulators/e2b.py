@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -122,9 +123,24 @@ def _base_dir() -> str:
 class E2BEmulator:
     """The E2B control plane and envd on one loopback port, run in a background thread."""
 
-    def __init__(self, *, api_key: str = FAKE_API_KEY, page_size: int = 100, isolate: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = FAKE_API_KEY,
+        page_size: int = 100,
+        isolate: bool = True,
+        max_alive: int | None = None,
+        drop_rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.api_key = api_key
         self.page_size = page_size  # the most sandboxes one list page holds, whatever the client asks
+        self.max_alive = max_alive  # E2B's concurrency cap: a creation past it is answered 429
+        self.drop_rate = drop_rate  # the share of connections closed unanswered (before or after serving)
+        self._random = random.Random(seed)
+        self.peak_alive = 0
+        self.refused = 0  # creations answered 429 for the cap
+        self.created = 0
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._faults: list[Fault] = []
@@ -292,6 +308,8 @@ class E2BEmulator:
         with self._lock:
             self.requests.append((method, path))
         fault = self._take_fault(target, method, path)
+        if fault is None and self.drop_rate and self._random.random() < self.drop_rate:
+            fault = Fault(self._random.choice(("drop", "drop_after")), target)
         if fault is not None:
             if fault.kind in ("drop", "drop_after"):
                 if fault.kind == "drop_after":  # E2B acts on the request; only the answer is lost
@@ -375,7 +393,13 @@ class E2BEmulator:
             internet=internet is not False,
         )
         with self._lock:
+            if self.max_alive is not None and len(self.sandboxes) >= self.max_alive:
+                self.refused += 1
+                shutil.rmtree(root, ignore_errors=True)
+                return _error(429, f"You have reached the maximum number of concurrent E2B sandboxes ({self.max_alive}).")
             self.sandboxes[sandbox_id] = sandbox
+            self.created += 1
+            self.peak_alive = max(self.peak_alive, len(self.sandboxes))
         return JSONResponse(self._created(sandbox), status_code=201)
 
     def _created(self, sandbox: EmulatedSandbox) -> dict[str, Any]:

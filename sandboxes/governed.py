@@ -1,0 +1,77 @@
+"""GovernedDriver: a middleware that creates a sandbox only when the provider's governor allows it.
+
+It sits outside the ``ResilientDriver``: a creation first takes its slots
+from the ``Governor`` (shared by every process on the machine), then goes
+through the retry policy. A provider's "slow down" (a 429, or a resource
+limit reached) is not retried by the policy but comes back here: the
+governor lowers the shared concurrency and pauses every process for the
+Retry-After, and the creation waits for a slot again. Waiting is never an
+error; only waiting past ``acquire_timeout`` is (``AcquireTimeout``).
+A sandbox's alive slot is held until this process destroys it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .driver import Driver
+from .errors import RateLimitError, SandboxNotFoundError
+from .governor import AcquireTimeout, Governor
+from .models import SandboxConfig, SandboxInfo
+
+
+class GovernedDriver:
+    """``inner`` (a ``ResilientDriver`` that leaves rate limits to its caller) behind ``governor``."""
+
+    def __init__(self, inner: Driver, governor: Governor) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.governor = governor
+
+    def __repr__(self) -> str:
+        return f"<GovernedDriver {self.inner!r}>"
+
+    def __getattr__(self, name: str) -> Any:  # every call but create and destroy is the inner driver's
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def create(self, config: SandboxConfig) -> SandboxInfo:
+        """Create once the governor gives a slot; a refusal for load gives it back and waits again."""
+        deadline = time.monotonic() + self.governor.limits.acquire_timeout
+        refused: RateLimitError | None = None
+        while True:
+            try:
+                ticket = await self.governor.acquire(deadline)
+            except AcquireTimeout:
+                if refused is None:
+                    raise
+                raise AcquireTimeout(
+                    f"{self.name} kept refusing new sandboxes for {self.governor.limits.acquire_timeout:g} s (the last time: {refused}); "
+                    "lower the concurrency (--sandbox-max-concurrency, limits=) or raise acquire_timeout",
+                    provider=self.name,
+                ) from refused
+            try:
+                info = await self.inner.create(config)
+            except RateLimitError as error:
+                ticket.release()
+                self.governor.throttled(error.retry_after)
+                refused = error
+                continue
+            except BaseException:
+                ticket.release()
+                raise
+            self.governor.keep(info.id, ticket)
+            self.governor.succeeded()
+            return info
+
+    async def destroy(self, sandbox_id: str) -> bool:
+        """Destroy; the slot is free once the sandbox is gone (kept while a failed destroy may have left it)."""
+        try:
+            existed = await self.inner.destroy(sandbox_id)
+        except SandboxNotFoundError:
+            self.governor.release(sandbox_id)
+            raise
+        self.governor.release(sandbox_id)
+        return existed
