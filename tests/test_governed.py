@@ -34,7 +34,11 @@ def _manager(emulator: E2BEmulator, **limits: object) -> Manager:
 
 
 async def _use_one(manager: Manager, hold: float) -> None:
-    provider, info = await manager.create_sandbox(SandboxConfig(), "e2b")
+    await _use_one_on(manager, "e2b", hold)
+
+
+async def _use_one_on(manager: Manager, name: str, hold: float = 0.1) -> None:
+    provider, info = await manager.create_sandbox(SandboxConfig(), name)
     try:
         assert (await provider.execute_command(info.id, ["echo", "ok"])).stdout == "ok\n"
         await anyio.sleep(hold)
@@ -148,3 +152,36 @@ def test_processes_on_one_machine_share_the_cap(tmp_path: Path) -> None:
         assert emulator.created == 12 and not emulator.sandboxes
         assert emulator.peak_alive == 3  # the cap reached, and never passed
         assert emulator.refused == 0
+
+
+async def test_modal_creations_keep_its_published_rate_and_are_never_refused() -> None:
+    from sandboxes.providers import ModalProvider
+    from tests.emulators.modal import open_emulator as open_modal
+
+    with open_modal(creations_per_second=5.0) as emulator:
+        manager = Manager([ModalProvider()], retry={"base_delay": 0.01})  # the spec table's 5 creations a second
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            for _ in range(12):
+                group.start_soon(_use_one_on, manager, "modal")
+        assert emulator.rate_refused == 0  # paced before Modal had to say so
+        assert time.monotonic() - started >= (12 - 5) / 5.0  # a second's burst, then 5 a second
+        assert not [s for s in emulator.sandboxes.values() if s.running]
+        await manager.aclose()
+
+
+async def test_a_daytona_organisation_at_its_resource_limit_is_waited_for() -> None:
+    """Daytona answers a 403 "resource limit reached": a slow-down, never taken for a bad key."""
+    from tests.emulators.daytona import DaytonaEmulator
+    from tests.emulators.daytona import open_provider as open_daytona
+
+    emulator = DaytonaEmulator(max_alive=2).start()
+    with open_daytona(emulator) as provider:
+        manager = Manager([provider], retry={"base_delay": 0.01})  # the spec table's 16: more than this organisation has
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(_use_one_on, manager, "daytona")
+        assert emulator.refused >= 1 and emulator.peak_alive <= 2
+        assert manager.governors["daytona"].counters.throttled == emulator.refused
+        assert not emulator.sandboxes
+        await manager.aclose()

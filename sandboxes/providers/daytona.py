@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import shlex
 import time
 import warnings
@@ -53,6 +54,8 @@ LANGUAGE_LABEL = "code-toolbox-language"  # the SDK adds it to every sandbox it 
 TIMEOUT_GRACE = 2  # seconds between TERM and KILL of a timed-out command
 DAEMON_MARGIN = 10  # seconds the daemon's own timeout waits beyond ours
 GONE_STATES = {"destroyed", "destroying"}
+AT_CAPACITY = re.compile(r"\b(limit|quota)\b.{0,40}\b(reached|exceeded)\b", re.IGNORECASE)
+"""Daytona's answers when the organisation's sandboxes or resources are all in use."""
 PROVIDER_CONFIG_KEYS = {
     "snapshot",
     "target",
@@ -105,16 +108,25 @@ def _errors(api_key: str, sandbox_id: str | None = None, path: str | None = None
             (sdk.DaytonaFileNotFoundError, lambda e: FileNotFoundError(errno.ENOENT, f"no such file in Daytona sandbox {sandbox_id}", path)),
             (sdk.DaytonaFileAccessDeniedError, lambda e: PermissionError(errno.EACCES, "permission denied in the Daytona sandbox", path)),
         )
+
+    def throttled(error: BaseException) -> Exception:
+        return RateLimitError(str(failed(error)), provider="daytona", retry_after=_retry_after(getattr(error, "headers", None)))
+
+    def unless_at_capacity(otherwise: Callable[[BaseException], Exception]) -> Callable[[BaseException], Exception]:
+        # The organisation's resources are all in use ("Sandbox resource limit reached (16)",
+        # "Total CPU limit exceeded"): a 403 or a 400 that is a "slow down", not a bad key or request.
+        return lambda error: throttled(error) if AT_CAPACITY.search(text(error)) else otherwise(error)
+
     return (
         *files,
         (sdk.DaytonaTimeoutError, timed_out),
         (sdk.DaytonaNotFoundError, missing),
         (
             (sdk.DaytonaAuthenticationError, sdk.DaytonaForbiddenError),
-            lambda e: AuthenticationError(f"{failed(e)}; check DAYTONA_API_KEY (the key itself is never shown)", provider="daytona"),
+            unless_at_capacity(lambda e: AuthenticationError(f"{failed(e)}; check DAYTONA_API_KEY (the key itself is never shown)", provider="daytona")),
         ),
-        (sdk.DaytonaRateLimitError, lambda e: RateLimitError(str(failed(e)), provider="daytona", retry_after=_retry_after(getattr(e, "headers", None)))),
-        (sdk.DaytonaError, rejected),  # a 400 (the upload's is a bare DaytonaError), else the provider failed
+        (sdk.DaytonaRateLimitError, throttled),
+        (sdk.DaytonaError, unless_at_capacity(rejected)),  # a 400 (the upload's is a bare DaytonaError), else the provider failed
     )
 
 

@@ -84,9 +84,12 @@ def _reason(status: int) -> str:
 class DaytonaEmulator(HttpEmulator):
     """Daytona's REST control plane and toolbox on one loopback port."""
 
-    def __init__(self, *, page_size: int = 2, api_key: str = API_KEY) -> None:
+    def __init__(self, *, page_size: int = 2, api_key: str = API_KEY, max_alive: int | None = None) -> None:
         self.api_key = api_key
         self.page_size = page_size
+        self.max_alive = max_alive  # the organisation's resources: a creation past them is refused with a 403
+        self.peak_alive = 0
+        self.refused = 0
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.requests: list[tuple[str, str]] = []
         self.executions: list[dict[str, Any]] = []  # process/execute bodies, for the tests
@@ -163,7 +166,11 @@ class DaytonaEmulator(HttpEmulator):
             expires_at=_iso(now + ttl * 60) if ttl else None,
         )  # fmt: skip
         with self._lock:
+            if self.max_alive is not None and len(self.sandboxes) >= self.max_alive:
+                self.refused += 1
+                return _error(403, f"Sandbox resource limit reached ({self.max_alive}), please try again later.")
             self.sandboxes[sandbox_id] = sandbox
+            self.peak_alive = max(self.peak_alive, len(self.sandboxes))
         return JSONResponse(self._dto(sandbox))
 
     async def list(self, request: Request) -> Response:

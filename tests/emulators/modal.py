@@ -187,10 +187,15 @@ class _Server(Server):
 class ModalEmulator:
     """State and behaviour shared by the two gRPC services; runs in its own thread and loop."""
 
-    def __init__(self, *, bwrap: str | None = None) -> None:
+    def __init__(self, *, bwrap: str | None = None, creations_per_second: float | None = None) -> None:
         from sandboxes.providers.local.layout import find_bwrap
 
         self.bwrap = bwrap or find_bwrap()
+        # Modal's creation rate limit: a bucket of a second's worth, refilled at this rate;
+        # a creation that finds it empty is refused with RESOURCE_EXHAUSTED.
+        self.creations_per_second = creations_per_second
+        self._bucket = (creations_per_second or 0.0, time.monotonic())
+        self.rate_refused = 0
         self.port = 0
         self.apps: dict[tuple[str, str], str] = {}
         self.images: dict[str, api_pb2.Image] = {}
@@ -375,6 +380,16 @@ class ModalEmulator:
         return state
 
     def create_sandbox(self, request: api_pb2.SandboxCreateV2Request) -> SandboxState:
+        if self.creations_per_second is not None:
+            with self._lock:
+                tokens, then = self._bucket
+                now = time.monotonic()
+                tokens = min(self.creations_per_second, tokens + (now - then) * self.creations_per_second)
+                if tokens < 1:
+                    self._bucket = (tokens, now)
+                    self.rate_refused += 1
+                    raise GRPCError(Status.RESOURCE_EXHAUSTED, "Sandbox creation rate limit exceeded, please slow down")
+                self._bucket = (tokens - 1, now)
         definition = request.definition
         env: dict[str, str] = {}
         for source in request.secret_sources:
@@ -820,9 +835,9 @@ def _environment(values: dict[str, str | None]) -> Iterator[None]:
 
 
 @contextmanager
-def open_emulator() -> Iterator[ModalEmulator]:
+def open_emulator(**options: Any) -> Iterator[ModalEmulator]:
     """Start the emulator and point the Modal SDK at it through its own environment variables."""
-    emulator = ModalEmulator().start()
+    emulator = ModalEmulator(**options).start()
     missing_config = emulator._dir / "no-modal.toml"
     try:
         with _environment(
