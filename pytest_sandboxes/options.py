@@ -50,6 +50,8 @@ OPTIONS = (
             "also write the cassettes of failed tests", is_flag=True),
     _Option("fresh", "--sandbox-fresh", "SANDBOXES_FRESH", "sandbox_fresh",
             "a new sandbox for every test: the local provider otherwise resets a destroyed sandbox and leases it again", is_flag=True),
+    _Option("max_concurrency", "--sandbox-max-concurrency", "SANDBOXES_MAX_CONCURRENCY", "sandbox_max_concurrency",
+            "sandboxes alive at once on each cloud provider, shared by every process here (xdist workers, other runs); default: its published limit"),
     _Option("eval_report", "--sandbox-eval-report", "SANDBOXES_EVAL_REPORT", "sandbox_eval_report",
             "write the verdicts and pass@k of the tests that carry a task (marker task=... or a task_id parameter) to this JSON file"),
     _Option("eval_k", "--sandbox-eval-k", "SANDBOXES_EVAL_K", "sandbox_eval_k",
@@ -82,6 +84,7 @@ class Settings:
     keep: bool = False
     record_failed: bool = False
     fresh: bool = False
+    max_concurrency: int | None = None
     eval_report: Path | None = None
     eval_k: tuple[int, ...] = (1, 10, 100)
 
@@ -141,6 +144,10 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
         if number <= 0:
             raise pytest.UsageError(f"{origin}={text!r} is not valid: give a positive number of seconds")
         return number
+    if option.dest == "max_concurrency":
+        if not text.isdigit() or int(text) < 1:
+            raise pytest.UsageError(f"{origin}={text!r} is not valid: give a whole number of sandboxes, at least 1")
+        return int(text)
     if option.dest in ("cassette_dir", "eval_report"):
         return (base / text).resolve()
     if option.dest == "eval_k":

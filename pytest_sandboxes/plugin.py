@@ -14,6 +14,7 @@ import pytest
 
 import sandboxes.sync as sync
 from sandboxes.errors import SandboxError
+from sandboxes.manager import get_manager
 from sandboxes.models import FRESH_ENV
 
 from . import evaluation, report
@@ -71,6 +72,8 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         run_id, worker = new_run_id(), "main"
     config.stash[STATE] = SessionState(settings, run_id, worker)
+    if settings.max_concurrency is not None:
+        get_manager().set_limits({"alive": settings.max_concurrency})
     if settings.fresh and not os.environ.get(FRESH_ENV):
         # The local provider reads it at each creation and destroy; restored when pytest is done.
         os.environ[FRESH_ENV] = "1"

@@ -39,6 +39,11 @@ def summary_lines(state: SessionState) -> list[str]:
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in rows]
+    state.collect_governors()
+    for name, counters in sorted(state.governors.items()):
+        line = counters.describe(name)
+        if line:
+            lines.append(line)
     for name, count in sorted(state.swept.items()):
         if count:
             lines.append(f"{name}: the session-end sweep destroyed {count} sandbox(es) a test or crashed worker left behind")

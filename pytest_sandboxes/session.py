@@ -13,7 +13,8 @@ import pytest
 from sandboxes import specs
 from sandboxes.cassette import CassetteStats
 from sandboxes.errors import ProviderUnavailable
-from sandboxes.manager import get_manager, provider_class
+from sandboxes.governor import Counters
+from sandboxes.manager import current_manager, get_manager, provider_class
 from sandboxes.provider import SandboxProvider
 
 from .options import Settings
@@ -56,6 +57,8 @@ class SessionState:
     used: bool = False
     samples: dict[str, list[str]] = field(default_factory=dict)
     """task id -> the verdicts of its judged samples (tests that carry a task), for pass@k."""
+    governors: dict[str, Counters] = field(default_factory=dict)
+    """provider -> what its governor did (waits, refusals absorbed, peak alive), every process's added."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -87,18 +90,29 @@ class SessionState:
             self.providers[name] = get_manager().get_provider(name)
         return self.providers[name]
 
+    def collect_governors(self) -> None:
+        """This process's governor counters, into the session's."""
+        manager = current_manager()
+        for name, governor in (manager.governors if manager is not None else {}).items():
+            self.governors.setdefault(name, Counters()).merge(governor.counters.as_dict())
+            governor.counters = Counters()  # counted once
+
     def export(self) -> dict[str, Any]:
         """What a worker sends to the controller (plain data for execnet)."""
+        self.collect_governors()
         return {
             "stats": {name: s.as_dict() for name, s in self.stats.items()},
             "kept": [list(k) for k in self.kept],
             "providers": sorted(self.providers),
             "samples": self.samples,
+            "governors": {name: counters.as_dict() for name, counters in self.governors.items()},
         }
 
     def merge(self, data: dict[str, Any]) -> None:
         for name, stats in data.get("stats", {}).items():
             self.stats_for(name).merge(stats)
+        for name, counters in data.get("governors", {}).items():
+            self.governors.setdefault(name, Counters()).merge(counters)
         self.kept.extend(tuple(k) for k in data.get("kept", ()))
         for task, verdicts in data.get("samples", {}).items():
             self.samples.setdefault(task, []).extend(verdicts)

