@@ -14,9 +14,10 @@ them share it:
 - ``state``: the shared part that is not a slot (under ``state.lock``): the
   concurrency the provider allows now (AIMD: halved by a 429 or a
   resource-limit answer from any process, added back by one slot per round
-  of successes), the time before which nobody creates (a Retry-After, for
-  every process, not only the one that got it), and the next free moment of
-  the creation rate.
+  of successes, up to what was alive at the last refusal for
+  ``CEILING_SECONDS``), the time before which nobody creates (a Retry-After,
+  for every process, not only the one that got it), and the next free moment
+  of the creation rate.
 
 Waiting for a slot is not an error; waiting past ``acquire_timeout`` is
 ``AcquireTimeout`` (a ``ProviderError``: an ``infra_error`` in an eval).
@@ -52,6 +53,8 @@ FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS = 0.25, 10.0
 """Every process's pause after a refusal that names no Retry-After: doubled for each one in a row."""
 MADE = b"1"
 """What a held alive slot's file holds once its sandbox is made (empty while the creation is in flight)."""
+CEILING_SECONDS = 30.0
+"""How long the concurrency grows back only up to what was alive at the last refusal; then it probes past it."""
 UNLIMITED = 1000
 """The concurrency of a provider with no cap of its own: only throttling lowers it."""
 
@@ -250,13 +253,20 @@ class Governor:
             strikes = state["strikes"] = state["strikes"] + 1
             pause = retry_after if retry_after else min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2 ** (strikes - 1)) * random.uniform(0.5, 1.0)
             state["paused_until"] = max(state["paused_until"], now + pause)
+            # The provider's cap is at most what was made when it refused: growing back stops there
+            # for a while, instead of probing past it and being refused again and again.
+            state["ceiling"] = max(1.0, float(self.alive(made=True)))
+            state["ceiling_until"] = now + CEILING_SECONDS
 
     def succeeded(self) -> None:
         """A creation went through: the concurrency grows back, a slot per round of successes."""
         with self._state() as state:
             state["strikes"] = 0.0
-            if state["concurrency"] < self._cap():
-                state["concurrency"] = min(float(self._cap()), state["concurrency"] + 1 / state["concurrency"])
+            limit = float(self._cap())
+            if time.time() < state["ceiling_until"]:
+                limit = min(limit, state["ceiling"])
+            if state["concurrency"] < limit:
+                state["concurrency"] = min(limit, state["concurrency"] + 1 / state["concurrency"])
 
     def concurrency(self) -> float:
         """The concurrency all processes allow now."""
@@ -282,7 +292,10 @@ class Governor:
         return Ticket(alive, creating)
 
     def _fresh(self) -> dict[str, float]:
-        return {"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0, "strikes": 0.0}
+        return {
+            **{"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0},
+            **{"strikes": 0.0, "ceiling": 0.0, "ceiling_until": 0.0},
+        }
 
     def _read(self) -> dict[str, float]:
         with self._state() as state:

@@ -57,7 +57,7 @@ async def test_creations_past_the_providers_cap_wait_for_it_instead_of_failing()
         assert emulator.peak_alive <= 2
         assert emulator.refused >= 1, "the test must reach the cap"
         assert governor.counters.throttled == emulator.refused  # each 429 absorbed, none surfaced
-        assert emulator.refused < 6  # learned: creations each refused at least once would be 6 or more
+        assert emulator.refused <= 4  # learned at the first refusals; a stampede refuses each extra creation: 6 or more
         assert governor.counters.peak_alive == 2  # sandboxes made, not the slots of creations in flight
         await manager.aclose()
 

@@ -138,13 +138,36 @@ async def test_a_refusal_without_retry_after_pauses_longer_each_time_in_a_row(tm
     assert json.loads((tmp_path / "state").read_text())["strikes"] == 0
 
 
+def _edit_state(directory: Path, **changes: float) -> None:
+    (directory / "state").write_text(json.dumps({**json.loads((directory / "state").read_text()), **changes}))
+
+
+async def test_growing_back_stops_at_what_was_made_when_refused_for_a_while(tmp_path: Path) -> None:
+    governor = Governor("emulated", Limits(alive=8), tmp_path)
+    for number in range(3):
+        governor.keep(f"made-{number}", await governor.acquire())
+    in_flight = await governor.acquire()  # being made: not counted as the provider's cap
+    governor.throttled()  # refused with 3 made: the account's cap is 3 at most
+    in_flight.release()
+    for _ in range(50):
+        governor.succeeded()
+    assert governor.concurrency() == 3.0
+    _edit_state(tmp_path, ceiling_until=0)
+    for _ in range(50):
+        governor.succeeded()
+    assert governor.concurrency() == 8.0  # after CEILING_SECONDS it probes again
+    for number in range(3):
+        governor.release(f"made-{number}")
+
+
 async def test_successes_add_the_concurrency_back_slowly(tmp_path: Path) -> None:
     governor = Governor("emulated", Limits(alive=8), tmp_path)
     for _ in range(3):
         time.sleep(0.001)
         governor.throttled()
-        (tmp_path / "state").write_text(json.dumps({**json.loads((tmp_path / "state").read_text()), "decreased_at": 0}))
+        _edit_state(tmp_path, decreased_at=0)
     assert governor.concurrency() == 1.0
+    _edit_state(tmp_path, ceiling_until=0)  # the last refusal is long past: growing may probe past it
     for _ in range(3):
         governor.succeeded()
     assert 2.0 <= governor.concurrency() < 3.0  # about one slot per round of successes
