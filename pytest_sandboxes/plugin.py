@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import sandboxes.sync as sync
+from sandboxes import leases
 from sandboxes.errors import SandboxError
 from sandboxes.manager import get_manager
 from sandboxes.models import FRESH_ENV
@@ -72,6 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         run_id, worker = new_run_id(), "main"
     config.stash[STATE] = SessionState(settings, run_id, worker)
+    if not settings.keep:  # with --sandbox-keep any sandbox may be kept: none carries a lease that a sweep would honour
+        leases.begin(run_id)
+        config.add_cleanup(lambda: leases.end(run_id))
     if settings.max_concurrency is not None:
         get_manager().set_limits({"alive": settings.max_concurrency})
     if settings.fresh and not os.environ.get(FRESH_ENV):
@@ -182,6 +186,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(STATE, None)
     if state is None or is_worker(config):
         return
-    if state.used or state.swept:
+    if state.used or state.swept or state.leaked:
         report.terminal_summary(terminalreporter, state)
     evaluation.finish(terminalreporter, state)

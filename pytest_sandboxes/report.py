@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sandboxes import leases
 from sandboxes.models import ExecutionResult
 
 from .session import SessionState
@@ -44,6 +45,8 @@ def summary_lines(state: SessionState) -> list[str]:
         line = counters.describe(name)
         if line:
             lines.append(line)
+    for name, count in sorted(state.leaked.items()):
+        lines.append(leases.describe_swept(name, count))
     for name, count in sorted(state.swept.items()):
         if count:
             lines.append(f"{name}: the session-end sweep destroyed {count} sandbox(es) a test or crashed worker left behind")

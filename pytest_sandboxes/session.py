@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from sandboxes import specs
+from sandboxes import leases, specs, sync
 from sandboxes.cassette import CassetteStats
-from sandboxes.errors import ProviderUnavailable
+from sandboxes.errors import ProviderUnavailable, SandboxError
 from sandboxes.governor import Counters
 from sandboxes.manager import current_manager, get_manager, provider_class
 from sandboxes.provider import SandboxProvider
@@ -58,6 +58,8 @@ class SessionState:
     samples: dict[str, list[str]] = field(default_factory=dict)
     """task id -> the verdicts of its judged samples (tests that carry a task), for pass@k."""
     governors: dict[str, Counters] = field(default_factory=dict)
+    leaked: dict[str, int] = field(default_factory=dict)
+    """provider -> sandboxes of earlier runs (their process gone, or their lease expired) swept at first use."""
     """provider -> what its governor did (waits, refusals absorbed, peak alive), every process's added."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
 
@@ -88,7 +90,18 @@ class SessionState:
                 raise ProviderUnavailable(reason, provider=name)
 
             self.providers[name] = get_manager().get_provider(name)
+            self._sweep_earlier_runs(name)
         return self.providers[name]
+
+    def _sweep_earlier_runs(self, name: str) -> None:
+        """At this process's first live use of a provider: what killed runs left billing there goes."""
+        try:
+            destroyed = sync.portal().call(leases.sweep, self.providers[name])
+        except SandboxError as error:
+            print(f"sandboxes: could not look for sandboxes earlier runs left on {name}: {error}")
+            return
+        if destroyed:
+            self.leaked[name] = self.leaked.get(name, 0) + len(destroyed)
 
     def collect_governors(self) -> None:
         """This process's governor counters, into the session's."""
@@ -106,6 +119,7 @@ class SessionState:
             "providers": sorted(self.providers),
             "samples": self.samples,
             "governors": {name: counters.as_dict() for name, counters in self.governors.items()},
+            "leaked": self.leaked,
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -113,6 +127,8 @@ class SessionState:
             self.stats_for(name).merge(stats)
         for name, counters in data.get("governors", {}).items():
             self.governors.setdefault(name, Counters()).merge(counters)
+        for name, count in data.get("leaked", {}).items():
+            self.leaked[name] = self.leaked.get(name, 0) + count
         self.kept.extend(tuple(k) for k in data.get("kept", ()))
         for task, verdicts in data.get("samples", {}).items():
             self.samples.setdefault(task, []).extend(verdicts)

@@ -44,11 +44,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 
 from . import _validate as check
+from . import leases
 from ._extract import extract_tar, process_umask
 from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, Exit, FilesUpload, Output, TreeDownload, cold_argv
 from .errors import SandboxNotFoundError, SetupFailed, UnsupportedOperation
 from .models import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    DEFAULT_LIFETIME_SECONDS,
     DEFAULT_MAX_OUTPUT_BYTES,
     Capabilities,
     Command,
@@ -207,7 +209,9 @@ class SandboxProvider:
         if workdir is not None and not workdir.startswith("/"):
             raise ValueError(f"working_dir must be an absolute path inside the sandbox (such as /workspace/app), not {workdir!r}")
         settings = Settings.of(config.replace(working_dir=os.path.normpath(workdir) if workdir else None))
-        info = await self.driver.create(config.replace(labels={**labels, **settings.label()}, setup_commands=[], working_dir=None))
+        lifetime = config.lifetime or getattr(self.driver, "lifetime", None) or DEFAULT_LIFETIME_SECONDS
+        reserved = {**settings.label(), **leases.labels(lifetime)}
+        info = await self.driver.create(config.replace(labels={**labels, **reserved}, setup_commands=[], working_dir=None))
         self._settings[info.id] = settings
         try:
             if settings.working_dir:

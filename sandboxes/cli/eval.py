@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import anyio
 import click
 
-from .. import evaluation
+from .. import evaluation, leases
 from ..judging import Judgement
 from ..manager import get_manager
 from ..models import FRESH_ENV
@@ -107,7 +108,9 @@ def eval_command(
     results = output or evaluation.results_path(samples)
     if results.exists() and not resume:
         fail(f"{results} exists: pass --resume to go on from it, or -o for another file", 2)
-    with reported():
+    run_id = f"eval-{os.getpid():x}{secrets.token_hex(4)}"
+    with reported(), leases.held(run_id):  # what a killed eval leaves, the next run or `sandboxes gc` sweeps
+        swept = anyio.run(leases.sweep, get_manager().get_provider(provider))
         if check_canonical:
             failing = anyio.run(lambda: evaluation.check_canonical(table, provider=provider, jobs=jobs, timeout=timeout))
             if failing:
@@ -120,9 +123,12 @@ def eval_command(
     governors = {name: governor.counters for name, governor in get_manager().governors.items()}
     if as_json:
         document = {"results": str(results), **overall.as_dict(), "languages": {n: s.as_dict() for n, s in by_language.items()}}
-        click.echo(json.dumps({**document, "governors": {name: counters.as_dict() for name, counters in governors.items()}}, indent=2))
+        document["governors"] = {name: counters.as_dict() for name, counters in governors.items()}
+        click.echo(json.dumps({**document, "swept": {provider: len(swept)}}, indent=2))
         return
     click.echo(_describe(overall, results))
+    if swept:
+        click.echo(leases.describe_swept(provider, len(swept)))
     for name, counters in governors.items():
         line = counters.describe(name)
         if line:

@@ -9,9 +9,9 @@ import time
 
 import click
 
-from .. import specs, sync
+from .. import leases, specs, sync
 from ..errors import ProviderUnavailable, SandboxNotFoundError
-from ..manager import has_credentials
+from ..manager import get_manager, has_credentials
 from ..models import SandboxInfo
 from ._util import (
     CREATED_BY,
@@ -155,6 +155,31 @@ def destroy(sandbox_ids: tuple[str, ...], provider: str) -> None:
         fail(f"no sandbox {', '.join(map(repr, missing))} on provider {provider!r} (see sandboxes list -p {provider})")
 
 
+def _sweep_leases(names: list[str], dry_run: bool, *, strict: bool) -> int:
+    """Destroy (or, dry, show) the sandboxes whose run lease is stale; how many were destroyed."""
+    destroyed = 0
+    for name in names:
+        try:
+            provider = get_manager().get_provider(name)
+            stale = sync.portal().call(leases.stale_sandboxes, provider)
+        except ProviderUnavailable as error:
+            if strict:
+                raise
+            echo_err(f"warning: skipping {name}: {error}")
+            continue
+        for info, why in stale:
+            if dry_run:
+                click.echo(f"would destroy {info.id} ({name}): {why}")
+                continue
+            try:
+                if sync.portal().call(provider.destroy_sandbox, info.id):
+                    destroyed += 1
+                    click.echo(f"destroyed {info.id} ({name}): {why}")
+            except SandboxNotFoundError:
+                continue
+    return destroyed
+
+
 def parse_age(value: str) -> float:
     """'90', '90s', '15m', '1h', '2d' -> seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
@@ -167,7 +192,7 @@ def parse_age(value: str) -> float:
     epilog="""
 \b
 Examples:
-  sandboxes gc                        # this host's CLI/test sandboxes older than 1h
+  sandboxes gc                        # what killed runs left, then this host's CLI/test sandboxes older than 1h
   sandboxes gc --older-than 0s        # all of them, whatever their age
   sandboxes gc -l run=ci-1234 --older-than 10m
   sandboxes gc --all --dry-run        # list every sandbox on every provider that --all would destroy
@@ -181,9 +206,10 @@ Examples:
 def gc(provider: str | None, labels: tuple[str, ...], older_than: str, everything: bool, dry_run: bool) -> None:
     """Destroy sandboxes this machine's runs left behind.
 
-    By default: sandboxes made on this host by the CLI or the pytest plugin
-    (labels host= or sandboxes_host=) at least --older-than old; -l narrows,
-    --all widens.
+    First, whatever age: sandboxes whose run (a pytest session, an eval)
+    was killed, or whose run lease expired. Then: sandboxes made on this host
+    by the CLI or the pytest plugin (labels host= or sandboxes_host=) at least
+    --older-than old; -l narrows (and skips the first step), --all widens.
     """
     label_map = parse_pairs(labels, "-l")
     min_age = parse_age(older_than)
@@ -191,7 +217,10 @@ def gc(provider: str | None, labels: tuple[str, ...], older_than: str, everythin
     now = time.time()
     destroyed = 0
     with reported():
-        for info in _list(_providers(provider), label_map, strict=provider is not None):
+        names = _providers(provider)
+        if not label_map:  # first, whatever runs left with a lease that nobody holds any more, whatever its age
+            destroyed += _sweep_leases(names, dry_run, strict=provider is not None)
+        for info in _list(names, label_map, strict=provider is not None):
             made_here = host in (info.labels.get(HOST_LABEL), info.labels.get(TEST_HOST_LABEL))
             if not everything and not made_here and CREATED_BY[0] not in info.labels:
                 continue

