@@ -116,7 +116,7 @@ async def sweep(provider: SandboxProvider) -> list[str]:
 
 def describe_swept(provider: str, count: int) -> str:
     """The summary line of a sweep that destroyed ``count`` sandboxes."""
-    return f"{provider}: swept {count} sandbox(es) that earlier runs left behind (their process gone, or their lease expired)"
+    return f"{provider}: swept {count} sandbox(es) left by a killed run or worker (their process gone, or their lease expired)"
 
 
 def _alive(pid: int, start: str) -> bool:

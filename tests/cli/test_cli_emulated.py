@@ -156,6 +156,6 @@ def test_the_next_eval_sweeps_what_a_killed_run_left(tmp_path: Path, e2b_env: di
     argv = [sandboxes_command(), "eval", str(samples), "--problems", str(problems), "-p", "e2b", "-k", "1"]
     done = subprocess.run(argv, env={**os.environ, **e2b_env}, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()
-    assert "e2b: swept 3 sandbox(es) that earlier runs left behind" in done.stdout.decode()
+    assert "e2b: swept 3 sandbox(es) left by a killed run or worker" in done.stdout.decode()
     assert not set(leased) & set(emulator.sandboxes) and kept in emulator.sandboxes
     emulator.vanish(kept)

@@ -141,6 +141,7 @@ class E2BEmulator:
         self.peak_alive = 0
         self.refused = 0  # creations answered 429 for the cap
         self.created = 0
+        self.lifetimes: list[float] = []  # seconds from creation to removal, of every sandbox removed
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._faults: list[Fault] = []
@@ -289,6 +290,8 @@ class E2BEmulator:
     def _remove(self, sandbox_id: str) -> bool:
         with self._lock:
             sandbox = self.sandboxes.pop(sandbox_id, None)
+            if sandbox is not None:
+                self.lifetimes.append(time.time() - sandbox.started_at)
         if sandbox is None:
             return False
         for process in list(sandbox.processes.values()):

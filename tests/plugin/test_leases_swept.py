@@ -49,4 +49,4 @@ def test_the_next_run_sweeps_what_a_killed_run_left(pytester: pytest.Pytester, e
             emulator.vanish(sandbox_id)
     else:
         assert not emulator.sandboxes
-        second.stdout.fnmatch_lines(["e2b: swept 2 sandbox(es) that earlier runs left behind (their process gone, or their lease expired)"])
+        second.stdout.fnmatch_lines(["e2b: swept 2 sandbox(es) left by a killed run or worker (their process gone, or their lease expired)"])
