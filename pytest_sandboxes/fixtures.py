@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ import pytest
 
 import sandboxes.sync as sync
 from sandboxes.cassette import Cassette, CassetteDriver
+from sandboxes.governor import already_holding
 from sandboxes.judging import Judgement, judge_retrying
 from sandboxes.models import SandboxConfig
 from sandboxes.provider import SandboxProvider
@@ -185,8 +187,11 @@ class SandboxFactory:
         return recording.provider(provider or provider_of(self._item, state)), final
 
     async def _create(self, provider: SandboxProvider, config: SandboxConfig) -> Sandbox:
-        made = Sandbox(provider, await provider.create_sandbox(config), command_timeout=config.command_timeout)
-        recording_for(self._item, self._state).made.append(made)
+        recording = recording_for(self._item, self._state)
+        holds = bool(recording.made) or SANDBOX_CONFIG in self._item.stash  # this test already holds a sandbox
+        with already_holding() if holds else contextlib.nullcontext():
+            made = Sandbox(provider, await provider.create_sandbox(config), command_timeout=config.command_timeout)
+        recording.made.append(made)
         return made
 
     @property

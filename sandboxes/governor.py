@@ -28,6 +28,7 @@ slot; a child forked without exec shares its parent's until both close them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import fcntl
 import json
@@ -41,12 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
+from . import _doorbell
 from ._cache import cache_root
 from .errors import ProviderError
 
-POLL_SECONDS = (0.02, 0.1)
-"""How long a waiter sleeps between tries (uniformly drawn): slots have no queue to block on."""
+RECHECK_SECONDS = 0.25
+"""The longest a waiter sleeps between looks at the slots: it wakes at once when a slot is given back
+(the directory's doorbell rings), but a process killed while holding one rings nothing."""
 DECREASE_WINDOW_SECONDS = 1.0
 """Throttle answers within this long of a decrease are the same burst: the concurrency is halved once."""
 FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS = 0.25, 10.0
@@ -66,6 +70,22 @@ LIMIT_FIELDS = ("alive", "creating", "per_second", "acquire_timeout")
 def governor_root() -> Path:
     """``$SANDBOXES_GOVERNOR_DIR``, else ``<cache>/governor``: the processes that share it share the limits."""
     return Path(os.environ.get(DIRECTORY_VARIABLE) or cache_root() / "governor")
+
+
+_HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("sandboxes_governor_holding", default=False)
+
+
+@contextlib.contextmanager
+def already_holding() -> Iterator[None]:
+    """Creations meanwhile are for a consumer that already holds a sandbox and waits for one more
+    (a test that holds its ``sandbox`` and judges again in a fresh one). Only the hard ``alive``
+    cap holds them back, not the concurrency lowered by throttling: holders waiting for each
+    other below it would wait forever. A refusal from the provider is still absorbed by waiting."""
+    token = _HOLDING.set(True)
+    try:
+        yield
+    finally:
+        _HOLDING.reset(token)
 
 
 class AcquireTimeout(ProviderError):
@@ -145,11 +165,15 @@ class Ticket:
 
     alive: int | None
     creating: int | None
+    directory: Path | None = None
+    """Where the doorbell is rung when a slot is given back."""
 
     def created(self) -> None:
         """The creation is over (made or failed): its in-flight slot is free."""
-        _close(self.creating)
-        self.creating = None
+        if self.creating is not None:
+            _close(self.creating)
+            self.creating = None
+            self._ring()
 
     def release(self) -> None:
         """Everything it holds is free (its sandbox is destroyed, or was never made)."""
@@ -157,8 +181,13 @@ class Ticket:
         if self.alive is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.alive, 0)  # unmarked while still locked: no one counts a sandbox that is gone
-        _close(self.alive)
-        self.alive = None
+            _close(self.alive)
+            self.alive = None
+            self._ring()
+
+    def _ring(self) -> None:
+        if self.directory is not None:
+            _doorbell.ring(self.directory)
 
 
 class Governor:
@@ -170,6 +199,8 @@ class Governor:
         self.directory = directory or governor_root() / provider
         self.counters = Counters()
         self._held: dict[str, Ticket] = {}
+        self._doorbell: _doorbell.Doorbell | None = None
+        self._queues: dict[object, anyio.Lock] = {}  # per event loop: its tasks ask the files one at a time
 
     # -- creating -------------------------------------------------------------------------
     async def acquire(self, deadline: float | None = None) -> Ticket:
@@ -178,12 +209,26 @@ class Governor:
         ``deadline`` (``time.monotonic()``) defaults to ``acquire_timeout`` from now."""
         started = time.monotonic()
         deadline = started + self.limits.acquire_timeout if deadline is None else deadline
+        if _HOLDING.get():  # never queued behind a waiter that the concurrency holds back
+            return await self._acquire(started, deadline)
+        async with self._queue():  # the first in line waits at the doorbell; the others wait for it
+            return await self._acquire(started, deadline)
+
+    async def _acquire(self, started: float, deadline: float) -> Ticket:
+        place = None if _HOLDING.get() else self._join_line()
+        try:
+            return await self._wait_in_line(place, started, deadline)
+        finally:
+            if place is not None:
+                self._leave_line(place)
+
+    async def _wait_in_line(self, place: tuple[int, int] | None, started: float, deadline: float) -> Ticket:
         waited = False
         while True:
             now = time.time()
             with self._state() as state:  # one creation decides at a time: counting and taking are one step
                 pause = state["paused_until"] - now
-                ticket = None if pause > 0 else self._try_slots(state)
+                ticket = None if pause > 0 or not self._first(place) else self._try_slots(state)
                 start = now
                 if ticket is not None and self.limits.per_second is not None:  # the shared rate: a start each 1/rate s
                     start = max(now, state["next_creation"])
@@ -204,7 +249,58 @@ class Governor:
                     f"(limits: {described}); raise acquire_timeout or lower the concurrency",
                     provider=self.provider,
                 )
-            await anyio.sleep(min(left, max(pause, random.uniform(*POLL_SECONDS))))
+            await self._bell().wait(min(left, max(pause, RECHECK_SECONDS)))
+
+    def _join_line(self) -> tuple[int, int]:
+        """A place in the line of every process's waiters (first come, first served): its number, and
+        the descriptor holding the lock of ``wait.<number>`` (dropped by the kernel if this process dies)."""
+        with self._state() as state:
+            number = int(state["next_number"])
+            state["next_number"] = number + 1
+            fd = os.open(self.directory / f"wait.{number}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return number, fd
+
+    def _first(self, place: tuple[int, int] | None) -> bool:
+        """Whether no live waiter came before ``place`` (None: a holder's creation, never in line)."""
+        if place is None:
+            return True
+        for path in self.directory.glob("wait.*"):
+            number = path.name.partition(".")[2]
+            if not number.isdigit() or int(number) >= place[0]:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # an earlier waiter, alive
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # a waiter that died in line
+            finally:
+                os.close(fd)
+        return True
+
+    def _leave_line(self, place: tuple[int, int]) -> None:
+        with contextlib.suppress(OSError):
+            (self.directory / f"wait.{place[0]}").unlink()
+        _close(place[1])
+        _doorbell.ring(self.directory)  # the next in line may find a slot free now
+
+    def _queue(self) -> anyio.Lock:
+        loop = anyio.lowlevel.current_token()
+        if loop not in self._queues:
+            self._queues = {loop: anyio.Lock()}  # a lock of a finished event loop is of no use
+        return self._queues[loop]
+
+    def _bell(self) -> _doorbell.Doorbell:
+        if self._doorbell is None:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._doorbell = _doorbell.Doorbell(self.directory)
+        return self._doorbell
 
     def keep(self, sandbox_id: str, ticket: Ticket) -> None:
         """The creation made ``sandbox_id``: its alive slot is held until ``release(sandbox_id)``."""
@@ -219,7 +315,7 @@ class Governor:
         held = 0
         for path in self.directory.glob("alive.*"):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
@@ -266,7 +362,10 @@ class Governor:
             if time.time() < state["ceiling_until"]:
                 limit = min(limit, state["ceiling"])
             if state["concurrency"] < limit:
+                before = math.floor(state["concurrency"])
                 state["concurrency"] = min(limit, state["concurrency"] + 1 / state["concurrency"])
+                if math.floor(state["concurrency"]) > before:
+                    _doorbell.ring(self.directory)  # one more may start now
 
     def concurrency(self) -> float:
         """The concurrency all processes allow now."""
@@ -278,23 +377,24 @@ class Governor:
 
     def _try_slots(self, state: dict[str, float]) -> Ticket | None:
         """Slots, when fewer are alive than the shared concurrency allows (called under the state's lock)."""
-        if self.alive() >= min(self._cap(), math.floor(state["concurrency"])):
+        allowed = self._cap() if _HOLDING.get() else min(self._cap(), math.floor(state["concurrency"]))
+        if self.alive() >= allowed:
             return None
         alive = _take_any(self.directory, "alive", self._cap())
         if alive is None:
             return None
         if self.limits.creating is None:
-            return Ticket(alive, None)
+            return Ticket(alive, None, self.directory)
         creating = _take_any(self.directory, "creating", self.limits.creating)
         if creating is None:
             _close(alive)
             return None
-        return Ticket(alive, creating)
+        return Ticket(alive, creating, self.directory)
 
     def _fresh(self) -> dict[str, float]:
         return {
             **{"concurrency": float(self._cap()), "paused_until": 0.0, "next_creation": 0.0, "decreased_at": 0.0},
-            **{"strikes": 0.0, "ceiling": 0.0, "ceiling_until": 0.0},
+            **{"strikes": 0.0, "ceiling": 0.0, "ceiling_until": 0.0, "next_number": 0.0},
         }
 
     def _read(self) -> dict[str, float]:

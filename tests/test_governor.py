@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes.governor import AcquireTimeout, Governor, Limits
+from sandboxes.governor import AcquireTimeout, Governor, Limits, already_holding
 
 pytestmark = pytest.mark.anyio
 
@@ -201,3 +201,19 @@ async def test_a_lowered_concurrency_leaves_only_its_slots_to_take(tmp_path: Pat
 def test_bad_limits_say_which_and_why(limits: dict[str, float], said: str) -> None:
     with pytest.raises(ValueError, match=said):
         Limits(**limits)  # type: ignore[arg-type]  # wrong on purpose
+
+
+async def test_a_consumer_that_already_holds_a_sandbox_is_held_back_only_by_the_cap(tmp_path: Path) -> None:
+    """Holders waiting for one more below a throttled concurrency would wait for each other forever."""
+    governor = Governor("emulated", Limits(alive=4, acquire_timeout=0.5), tmp_path)
+    held = [await governor.acquire() for _ in range(3)]
+    governor.throttled()  # 3 alive -> 1: below what the holders hold
+    _edit_state(tmp_path, paused_until=0)
+    with pytest.raises(AcquireTimeout):
+        await governor.acquire()  # a new consumer waits for the concurrency
+    with already_holding():
+        held.append(await governor.acquire())  # a holder is only held back by the cap...
+        with pytest.raises(AcquireTimeout, match="alive 4"):
+            await governor.acquire()  # ...which it is at now
+    for ticket in held:
+        ticket.release()

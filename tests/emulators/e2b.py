@@ -312,7 +312,10 @@ class E2BEmulator:
             self.requests.append((method, path))
         fault = self._take_fault(target, method, path)
         if fault is None and self.drop_rate and self._random.random() < self.drop_rate:
-            fault = Fault(self._random.choice(("drop", "drop_after")), target)
+            # A stream served with its answer lost would hold the connection open until the command ends
+            # (one waiting for stdin: until its timeout); a dropped connection is seen at once.
+            streaming = path.startswith("/process.Process/")
+            fault = Fault("drop" if streaming else self._random.choice(("drop", "drop_after")), target)
         if fault is not None:
             if fault.kind in ("drop", "drop_after"):
                 if fault.kind == "drop_after":  # E2B acts on the request; only the answer is lost
