@@ -236,7 +236,11 @@ class Governor:
                 described = self._describe(state)
             if ticket is not None:
                 if start > now:
-                    await anyio.sleep(start - now)
+                    try:
+                        await anyio.sleep(start - now)
+                    except BaseException:  # cancelled while waiting for its moment: its slots go back
+                        ticket.release()
+                        raise
                 if waited or start > now:
                     self.counters.waits += 1
                     self.counters.waited_seconds.append(time.monotonic() - started)
@@ -295,6 +299,12 @@ class Governor:
         if loop not in self._queues:
             self._queues = {loop: anyio.Lock()}  # a lock of a finished event loop is of no use
         return self._queues[loop]
+
+    def close(self) -> None:
+        """Let go of the doorbell (the slots of sandboxes still alive stay held)."""
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
 
     def _bell(self) -> _doorbell.Doorbell:
         if self._doorbell is None:

@@ -116,6 +116,8 @@ class Manager:
         for name, fields in changes.items():
             Limits().changed(fields)  # checked now, not at the first creation
             self.limit_options.setdefault(name, {}).update(fields)
+        for governor in self.governors.values():
+            governor.close()
         self.governors.clear()
         self._guarded.clear()
 
