@@ -273,19 +273,10 @@ class Governor:
             number = path.name.partition(".")[2]
             if not number.isdigit() or int(number) >= place[0]:
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if _held_size(path) is not None:
                 return False  # an earlier waiter, alive
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()  # a waiter that died in line
-            finally:
-                os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()  # a waiter that died in line
         return True
 
     def _leave_line(self, place: tuple[int, int]) -> None:
@@ -324,16 +315,9 @@ class Governor:
         """How many alive slots all processes hold now: sandboxes made or being made (``made``: made only)."""
         held = 0
         for path in self.directory.glob("alive.*"):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held += not made or os.fstat(fd).st_size > 0
-            finally:
-                os.close(fd)
+            size = _held_size(path)
+            if size is not None:
+                held += not made or size > 0
         return held
 
     def release(self, sandbox_id: str) -> None:
@@ -456,6 +440,23 @@ def _take_any(directory: Path, kind: str, count: int) -> int | None:
             os.close(fd)
             continue
         return fd
+    return None
+
+
+def _held_size(path: Path) -> int | None:
+    """The size of ``path`` while a process holds its lock; None when it is free or gone.
+
+    Opened read-only: closing it rings no one's doorbell watch."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
     return None
 
 
