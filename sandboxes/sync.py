@@ -10,9 +10,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import os
-import sys
 import threading
-import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, TypeVar
@@ -27,7 +25,6 @@ from .provider import SandboxProvider
 from .resilience import RetryPolicy
 from .streaming import CommandStream
 
-NATIVE_IO_SETTLE_SECONDS = 0.1
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _stack = ExitStack()
@@ -48,11 +45,6 @@ def _stop() -> None:
     with _lock:
         _portal = None
         _stack.close()
-    if "pyqwest" in sys.modules:
-        # The E2B SDK's HTTP client (pyqwest, Rust) may still be finishing a read on a
-        # tokio thread; if that thread reaches Python once the interpreter is finalizing,
-        # the process aborts (SIGABRT, exit -6) after the work is done. A moment lets it land.
-        time.sleep(NATIVE_IO_SETTLE_SECONDS)
 
 
 def _reset_after_fork() -> None:  # a forked child cannot use the parent's loop thread

@@ -137,10 +137,6 @@ SCRIPT = textwrap.dedent(
                     group.start_soon(one)
 
     anyio.run(main)
-    sys.stdout.flush()
-    # Known, not this test's subject: the E2B SDK's native transport sometimes aborts the
-    # interpreter at its teardown (SIGABRT, no Python frame), even after its clients were closed.
-    import os; os._exit(0)
     """
 )
 

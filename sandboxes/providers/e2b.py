@@ -11,6 +11,7 @@ made per call from plain connection data, so one driver serves any loop.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
 import json
@@ -69,6 +70,19 @@ STDIN_CHUNK = 256 * 1024
 KILL_GRACE = 10.0  # after killing a command, how long its stream may take to end
 STREAM_GRACE = 30.0  # the SDK's own stream deadline sits this far past ours, as a backstop
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
+NATIVE_IO_SETTLE_SECONDS = 0.1
+
+
+@atexit.register
+def _let_native_io_land() -> None:
+    """The SDK's HTTP client (pyqwest, Rust) may still be finishing a read on a tokio thread; if
+    that thread reaches Python once the interpreter is finalizing, the process aborts (SIGABRT,
+    exit -6) after its work is done, with or without its clients closed. A moment lets it land.
+    Registered when this driver loads, so it runs after the blocking portal stops (atexit is
+    last in, first out) in every process that used E2B: the CLI's ``anyio.run`` ones too."""
+    time.sleep(NATIVE_IO_SETTLE_SECONDS)
+
+
 _TRANSPORT = (httpx.HTTPError, OSError, ConnectError, pyqwest.ReadError, pyqwest.WriteError, pyqwest.RemoteProtocolError, pyqwest.TooManyRedirects)
 _FILE_WORDS: tuple[tuple[str, type[OSError], int], ...] = (
     ("is a directory", IsADirectoryError, errno.EISDIR),
