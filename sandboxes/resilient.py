@@ -7,9 +7,10 @@ the same policy with no code of its own.
 
 Creation is where a retry can leak: a request that reached the provider and
 lost its answer (dropped connection, timeout) may have made a sandbox.
-Each creation therefore carries a reserved label with a fresh token; after a
-failed attempt the sandboxes carrying the token, other than the one
-returned, are destroyed. Where the SDK itself resends a creation (Modal's
+Each creation therefore carries a reserved label with a fresh token. After a
+failed attempt, before the retry (so that a stray never takes the retry's
+place under the account's cap), the sandboxes carrying the token are
+destroyed, and once more after the creation, all but the one returned. Where the SDK itself resends a creation (Modal's
 does, after a dropped connection) the Manager never sees the failure, so for
 those providers the token is checked after every creation.
 """
@@ -109,18 +110,15 @@ class ResilientDriver:
             except BaseException as error:
                 if not isinstance(error, Exception) or (is_transient(error) and not _rejected(error)):
                     lost.append(error)
+                    # Before the retry: a stray would take a place of the account's cap from the retry.
+                    await self._clean_up(token, keep=None)
                 raise
 
         def retried(error: BaseException) -> bool:
             return is_transient(error) and not (self.governed and _rejected(error))
 
-        try:
-            info = await self.retry.run(attempt, retry_if=retried, what=f"{self.name}: create a sandbox")
-        except BaseException:
-            if lost:
-                await self._clean_up(token, keep=None)
-            raise
-        if lost or self.sdk_resends_creation:
+        info = await self.retry.run(attempt, retry_if=retried, what=f"{self.name}: create a sandbox")
+        if lost or self.sdk_resends_creation:  # again: a lost attempt's sandbox may show in a list only later
             await self._clean_up(token, keep=info.id)
         return _untagged(info)
 

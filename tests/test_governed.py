@@ -62,6 +62,17 @@ async def test_creations_past_the_providers_cap_wait_for_it_instead_of_failing()
         await manager.aclose()
 
 
+async def test_a_lost_creations_sandbox_is_gone_before_the_retry_takes_its_place_under_the_cap() -> None:
+    with open_emulator(max_alive=1) as emulator:
+        manager = _manager(emulator, alive=1)
+        emulator.drop_next(path="/v2/sandboxes", method="POST", after=True)  # E2B makes it; the answer is lost
+        await _use_one(manager, 0)
+        assert emulator.created == 2 and not emulator.sandboxes
+        assert emulator.refused == 0  # a stray left for after the retry would have taken the only place: a 429
+        assert manager.governors["e2b"].counters.throttled == 0
+        await manager.aclose()
+
+
 async def test_waiting_past_acquire_timeout_for_a_slot_is_an_infrastructure_error() -> None:
     with open_emulator() as emulator:
         manager = _manager(emulator, alive=1, acquire_timeout=1.0)

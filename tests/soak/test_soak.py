@@ -45,7 +45,8 @@ CHECKS = json.loads(Path(__file__).with_name("checks.json").read_text())
 @pytest.mark.parametrize("index", range(len(CHECKS)))
 def test_check(sandbox_judge, index):
     program, tests = CHECKS[index]
-    assert sandbox_judge(program, "python", tests=tests).passed
+    judgement = sandbox_judge(program, "python", tests=tests)
+    assert judgement.passed, (judgement.verdict, judgement.reason, judgement.result and judgement.result.stderr[-2000:])
 """
 
 
