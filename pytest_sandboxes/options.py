@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sandboxes import specs
+from sandboxes.budget import Budget
 from sandboxes.cassette import RECORD_MODES
 
 OFF = "off"
@@ -52,6 +53,10 @@ OPTIONS = (
             "a new sandbox for every test: the local provider otherwise resets a destroyed sandbox and leases it again", is_flag=True),
     _Option("max_concurrency", "--sandbox-max-concurrency", "SANDBOXES_MAX_CONCURRENCY", "sandbox_max_concurrency",
             "sandboxes alive at once on each cloud provider, shared by every process here (xdist workers, other runs); default: its published limit"),
+    _Option("budget", "--sandbox-budget", "SANDBOXES_BUDGET", "sandbox_budget",
+            "stop creating sandboxes once the run has spent this: sandbox-seconds (600s, 10m, 2h) or estimated dollars ($5); the tests left are skipped"),
+    _Option("trace", "--sandbox-trace", "SANDBOXES_TRACE", "sandbox_trace",
+            "write one JSON line per sandbox lifecycle event (create, wait, 429, destroy...) of every worker to this file"),
     _Option("eval_report", "--sandbox-eval-report", "SANDBOXES_EVAL_REPORT", "sandbox_eval_report",
             "write the verdicts and pass@k of the tests that carry a task (marker task=... or a task_id parameter) to this JSON file"),
     _Option("eval_k", "--sandbox-eval-k", "SANDBOXES_EVAL_K", "sandbox_eval_k",
@@ -85,6 +90,8 @@ class Settings:
     record_failed: bool = False
     fresh: bool = False
     max_concurrency: int | None = None
+    budget: Budget | None = None
+    trace: Path | None = None
     eval_report: Path | None = None
     eval_k: tuple[int, ...] = (1, 10, 100)
 
@@ -148,7 +155,12 @@ def _parse(option: _Option, raw: object, origin: str, base: Path) -> object:
         if not text.isdigit() or int(text) < 1:
             raise pytest.UsageError(f"{origin}={text!r} is not valid: give a whole number of sandboxes, at least 1")
         return int(text)
-    if option.dest in ("cassette_dir", "eval_report"):
+    if option.dest == "budget":
+        try:
+            return Budget.parse(text)
+        except ValueError as error:
+            raise pytest.UsageError(f"{origin}: {error}") from None
+    if option.dest in ("cassette_dir", "eval_report", "trace"):
         return (base / text).resolve()
     if option.dest == "eval_k":
         try:

@@ -18,7 +18,7 @@ from sandboxes.errors import SandboxError
 from sandboxes.manager import get_manager
 from sandboxes.models import FRESH_ENV
 
-from . import evaluation, report
+from . import evaluation, metering, report
 from .cassettes import PROVIDER_PARAM
 from .fixtures import (
     CALL_REPORT,
@@ -78,6 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: leases.end(run_id))
     if settings.max_concurrency is not None:
         get_manager().set_limits({"alive": settings.max_concurrency})
+    metering.start(config, config.stash[STATE])
     if settings.fresh and not os.environ.get(FRESH_ENV):
         # The local provider reads it at each creation and destroy; restored when pytest is done.
         os.environ[FRESH_ENV] = "1"
@@ -129,6 +130,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
+    metering.refused_for_budget(item, call, rep)
     evaluation.gather(item, call, rep)
     if call.when == "call":
         item.stash[CALL_REPORT] = rep

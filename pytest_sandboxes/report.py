@@ -11,6 +11,7 @@ import pytest
 from sandboxes import leases
 from sandboxes.models import ExecutionResult
 
+from . import metering
 from .session import SessionState
 
 
@@ -45,6 +46,7 @@ def summary_lines(state: SessionState) -> list[str]:
         line = counters.describe(name)
         if line:
             lines.append(line)
+    lines.extend(metering.summary_lines(state))
     for name, count in sorted(state.leaked.items()):
         lines.append(leases.describe_swept(name, count))
     for name, count in sorted(state.swept.items()):

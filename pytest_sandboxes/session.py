@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sandboxes import leases, specs, sync
+from sandboxes.budget import Ledger
 from sandboxes.cassette import CassetteStats
 from sandboxes.errors import ProviderUnavailable, SandboxError
 from sandboxes.governor import Counters
@@ -58,9 +59,11 @@ class SessionState:
     samples: dict[str, list[str]] = field(default_factory=dict)
     """task id -> the verdicts of its judged samples (tests that carry a task), for pass@k."""
     governors: dict[str, Counters] = field(default_factory=dict)
+    """provider -> what its governor did (waits, refusals absorbed, peak alive), every process's added."""
     leaked: dict[str, int] = field(default_factory=dict)
     """provider -> sandboxes of earlier runs (their process gone, or their lease expired) swept at first use."""
-    """provider -> what its governor did (waits, refusals absorbed, peak alive), every process's added."""
+    ledger: Ledger | None = None
+    """The run's sandbox-seconds and cost, one file for every worker (``metering``)."""
     _reasons: dict[str, str | None] = field(default_factory=dict)
 
     @property

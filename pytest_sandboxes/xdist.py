@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from . import metering
 from .session import STATE
 
 WORKER_INPUT = "sandboxes_run_id"
@@ -21,8 +22,10 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
-        """Controller: every worker labels its sandboxes with the controller's run id."""
-        node.workerinput[WORKER_INPUT] = self.config.stash[STATE].run_id
+        """Controller: every worker labels its sandboxes with the controller's run id, and keeps its ledger."""
+        state = self.config.stash[STATE]
+        node.workerinput[WORKER_INPUT] = state.run_id
+        node.workerinput.update(metering.worker_input(state))
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: object) -> None:

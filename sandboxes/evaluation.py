@@ -42,6 +42,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._embedded import LANGUAGES as EMBEDDED_LANGUAGES
+from .budget import BudgetExhausted
 from .judging import INFRA_RETRIES, Judgement, Verdict, judge_retrying
 from .languages import alike_sandboxes, get_language
 from .passk import Summary, summarize
@@ -317,19 +318,31 @@ async def run_eval(
     skip: set[int] | None = None,
     progress: Callable[[Sample, Judgement], None] | None = None,
 ) -> list[tuple[Sample, Judgement]]:
-    """Judge every sample not in ``skip`` with ``jobs`` at a time; results appended in input order."""
+    """Judge every sample not in ``skip`` with ``jobs`` at a time; results appended in input order.
+
+    Once the run's budget is spent (``Manager.meter``), no sample is started:
+    what was judged is written (a later ``--resume`` judges the rest) and
+    ``BudgetExhausted`` is raised.
+    """
     todo = [sample for sample in samples if sample.line not in (skip or set())]
     finished: dict[int, Judgement] = {}
     order = iter(range(len(todo)))
     next_to_write = 0
     done: list[tuple[Sample, Judgement]] = []
     lock = anyio.Lock()
+    stopped: list[BudgetExhausted] = []
 
     async def worker() -> None:
         nonlocal next_to_write
         for index in order:
+            if stopped:
+                return
             sample = todo[index]
-            judgement = await judge_sample(problems[sample.task_id], sample.completion, provider=provider, timeout=timeout, background=reaper)
+            try:
+                judgement = await judge_sample(problems[sample.task_id], sample.completion, provider=provider, timeout=timeout, background=reaper)
+            except BudgetExhausted as error:
+                stopped.append(error)
+                return
             async with lock:
                 finished[index] = judgement
                 if progress is not None:
@@ -343,6 +356,11 @@ async def run_eval(
     with alike_sandboxes():
         async with anyio.create_task_group() as reaper:
             await _together(worker, jobs)
+    if stopped:
+        for index in sorted(finished):  # judged after a sample that the budget left unjudged
+            append_line(output, result_line(todo[index], finished[index]))
+            done.append((todo[index], finished[index]))
+        raise stopped[0]
     return done
 
 

@@ -19,15 +19,20 @@ from .driver import Driver
 from .errors import RateLimitError, SandboxNotFoundError
 from .governor import AcquireTimeout, Governor
 from .models import SandboxConfig, SandboxInfo
+from .trace import Trace
+
+WAIT_TRACED = 0.001
+"""A wait for a slot shorter than this is no wait (the files' own cost): not traced."""
 
 
 class GovernedDriver:
     """``inner`` (a ``ResilientDriver`` that leaves rate limits to its caller) behind ``governor``."""
 
-    def __init__(self, inner: Driver, governor: Governor) -> None:
+    def __init__(self, inner: Driver, governor: Governor, trace: Trace | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.governor = governor
+        self.trace = trace
 
     def __repr__(self) -> str:
         return f"<GovernedDriver {self.inner!r}>"
@@ -42,8 +47,12 @@ class GovernedDriver:
         deadline = time.monotonic() + self.governor.limits.acquire_timeout
         refused: RateLimitError | None = None
         while True:
+            asked = time.monotonic()
             try:
                 ticket = await self.governor.acquire(deadline)
+                waited = time.monotonic() - asked
+                if self.trace is not None and waited >= WAIT_TRACED:
+                    self.trace.emit("waited", self.name, seconds=round(waited, 6))
             except AcquireTimeout:
                 if refused is None:
                     raise
@@ -57,6 +66,8 @@ class GovernedDriver:
             except RateLimitError as error:
                 ticket.release()
                 self.governor.throttled(error.retry_after)
+                if self.trace is not None:
+                    self.trace.emit("throttled", self.name, retry_after=error.retry_after, message=str(error))
                 refused = error
                 continue
             except BaseException:

@@ -4,9 +4,11 @@ Every provider the Manager hands out is its engine over a ``ResilientDriver``:
 its calls go through the Manager's ``RetryPolicy`` and that provider's own
 ``CircuitBreaker``. A cloud provider's is also behind a ``GovernedDriver``:
 its creations wait for the ``Governor`` that every process on the machine
-shares (its limits, and its answers to a provider's "slow down"). Creation
-goes governor -> retry -> circuit breaker -> failover to the ``fallback``
-providers, on infrastructure errors only.
+shares (its limits, and its answers to a provider's "slow down"). While a
+run keeps a ledger or a trace (``meter``), a ``MeteredDriver`` outside them
+counts each sandbox's seconds and cost and refuses creations past the
+budget. Creation goes budget -> governor -> retry -> circuit breaker ->
+failover to the ``fallback`` providers, on infrastructure errors only.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import specs
+from . import budget, specs
+from .budget import Ledger
 from .errors import ProviderError, ProviderUnavailable
 from .governed import GovernedDriver
 from .governor import LIMIT_FIELDS, Governor, Limits
+from .metered import MeteredDriver
 from .models import SandboxConfig, SandboxInfo
 from .provider import SandboxProvider
 from .resilience import CircuitBreaker, RetryPolicy, breaker_options
 from .resilient import ResilientDriver
+from .trace import Trace
 
 log = logging.getLogger("sandboxes.resilience")
 DEFAULT_PROVIDER_VARIABLE = "SANDBOXES_PROVIDER"
@@ -70,6 +75,9 @@ class Manager:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limit_options: dict[str, dict[str, Any]] = {}  # provider name (or "*": every cloud) -> limits
         self.governors: dict[str, Governor] = {}
+        self.prices: dict[str, float] = {}  # USD per sandbox-second by provider, over the table (sandboxes.budget)
+        self.ledger: Ledger | None = None
+        self.trace: Trace | None = None
         self._guarded: dict[str, tuple[SandboxProvider, SandboxProvider]] = {}  # name -> (raw, guarded)
         # Providers replaced by configure/register: sandboxes made earlier may still use
         # them, so they are closed with the manager (aclose, sandboxes.session()), not at once.
@@ -140,6 +148,18 @@ class Manager:
             return None
         return (entry.limits if entry is not None else Limits()).changed(changes)
 
+    def meter(self, ledger: Ledger | None = None, trace: Trace | None = None) -> None:
+        """Count what the sandboxes created from now on cost in ``ledger`` (and keep its budget); write their lifecycle to ``trace``."""
+        self.ledger, self.trace = ledger, trace
+        self._guarded.clear()
+
+    def set_prices(self, prices: Mapping[str, float]) -> None:
+        """USD per sandbox-second by provider, over the published table (``sandboxes.budget``)."""
+        if not isinstance(prices, Mapping):
+            raise TypeError(f"prices must be a dict of USD per sandbox-second by provider, such as {{'e2b': 0.00003}}, not {type(prices).__name__}")
+        budget.prices(prices)  # a ValueError naming a bad one, now rather than at a creation
+        self.prices.update({self._known(name): float(value) for name, value in prices.items()})
+
     def governor(self, name: str) -> Governor | None:
         """The governor of a provider in this process (one per name), or None when it is not governed."""
         if name not in self.governors:
@@ -165,7 +185,7 @@ class Manager:
             cls = provider_class(name)
             self.providers[name] = cls(**self.provider_options.get(name, {}))
         raw = self.providers[name]
-        if isinstance(raw.driver, ResilientDriver | GovernedDriver):
+        if isinstance(raw.driver, ResilientDriver | GovernedDriver | MeteredDriver):
             return raw
         known = self._guarded.get(name)
         if known is None or known[0] is not raw:
@@ -173,7 +193,9 @@ class Manager:
             governor = self.governor(name)
             driver: Any = ResilientDriver(raw.driver, self.retry, self.breaker(name), sdk_resends_creation=resends, governed=governor is not None)
             if governor is not None:
-                driver = GovernedDriver(driver, governor)
+                driver = GovernedDriver(driver, governor, self.trace)
+            if self.ledger is not None or self.trace is not None:
+                driver = MeteredDriver(driver, self.ledger, self.trace)
             known = self._guarded[name] = (raw, raw.with_driver(driver))
         return known[1]
 

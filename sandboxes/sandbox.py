@@ -84,6 +84,7 @@ class Sandbox:
         retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
         circuit_breaker: Mapping[str, Any] | None = None,
         limits: Mapping[str, Any] | None = None,
+        prices: Mapping[str, float] | None = None,
         **provider_options: Any,
     ) -> Manager:
         """Set the default provider, register instances, pass provider options, tune resilience.
@@ -97,11 +98,15 @@ class Sandbox:
         sandboxes created from then on. ``limits={"alive": 6}`` (every cloud
         provider) or ``limits={"e2b": {"alive": 6, "acquire_timeout": 300}}``
         override the published limits that every process here keeps together
-        (``sandboxes.governor``).
+        (``sandboxes.governor``). ``prices={"e2b": 0.00003}`` (USD per
+        sandbox-second) replaces the published price in the cost estimates and
+        dollar budgets of runs (``sandboxes.budget``).
         """
         manager = cls._ensure_manager()
         if limits is not None:
             manager.set_limits(limits)
+        if prices is not None:
+            manager.set_prices(prices)
         if retry is not None or circuit_breaker is not None:
             manager.set_resilience(retry=retry, circuit_breaker=circuit_breaker)
         if default_provider is not None:

@@ -141,10 +141,17 @@ class Sandbox:
         retry: RetryPolicy | Mapping[str, Any] | bool | None = None,
         circuit_breaker: Mapping[str, Any] | None = None,
         limits: Mapping[str, Any] | None = None,
+        prices: Mapping[str, float] | None = None,
         **provider_options: Any,
     ) -> Manager:
         return _async.Sandbox.configure(
-            default_provider=default_provider, providers=providers, retry=retry, circuit_breaker=circuit_breaker, limits=limits, **provider_options
+            default_provider=default_provider,
+            providers=providers,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+            limits=limits,
+            prices=prices,
+            **provider_options,
         )
 
     @_twin(_async.Sandbox.execute)

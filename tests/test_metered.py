@@ -1,0 +1,75 @@
+"""The metered layer in the Manager's path: a run's budget refuses creations, and its trace tells each sandbox's life.
+
+Real sandboxes: the local provider, and the real E2B SDK against an emulator
+that caps sandboxes (a 429 past the cap) as E2B does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from sandboxes import SandboxConfig
+from sandboxes.budget import Budget, BudgetExhausted, Ledger
+from sandboxes.errors import ProviderError
+from sandboxes.manager import Manager
+from sandboxes.metered import MeteredDriver
+from sandboxes.trace import Trace
+from tests.emulators.e2b import open_emulator
+
+pytestmark = pytest.mark.anyio
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_past_the_budget_no_sandbox_is_created_and_the_refusal_is_not_the_providers(tmp_path: Path) -> None:
+    manager = Manager()
+    manager.meter(Ledger(tmp_path / "ledger.json", Budget(seconds=0.2)), Trace(tmp_path / "trace.jsonl"))
+    provider, info = await manager.create_sandbox(SandboxConfig(), "local")
+    assert isinstance(manager.get_provider("local").driver, MeteredDriver)
+    await anyio.sleep(0.25)
+    with pytest.raises(BudgetExhausted, match=r"budget of 0.2 sandbox-seconds is spent") as refused:
+        await manager.create_sandbox(SandboxConfig(), "local", fallback=["e2b"])
+    assert not isinstance(refused.value, ProviderError)  # never failed over, retried, or counted as infra_error
+    await provider.destroy_sandbox(info.id)
+    assert await provider.driver.list({}) == []
+    events = _events(tmp_path / "trace.jsonl")
+    assert [e["event"] for e in events] == ["create", "created", "create", "budget_refused", "destroyed"]
+    assert events[1]["sandbox"] == events[4]["sandbox"] == info.id and events[4]["lived"] >= 0.25
+    assert manager.ledger is not None and manager.ledger.usage()["local"].sandboxes == 1
+    await manager.aclose()
+
+
+async def test_the_trace_tells_waits_and_429s_and_keeps_no_credential(tmp_path: Path) -> None:
+    with open_emulator(max_alive=1, api_key="e2b_secret_key_in_trace_test") as emulator:
+        from sandboxes.providers import E2BProvider
+
+        manager = Manager([E2BProvider(**emulator.provider_options())], limits={"e2b": {"alive": 2}}, retry={"base_delay": 0.01})
+        ledger = Ledger(tmp_path / "ledger.json", Budget(dollars=10))
+        manager.meter(ledger, Trace(tmp_path / "trace.jsonl"))
+
+        async def one() -> None:
+            provider, info = await manager.create_sandbox(SandboxConfig(), "e2b")
+            await anyio.sleep(0.2)
+            await provider.destroy_sandbox(info.id)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(one)
+        assert emulator.refused >= 1 and not emulator.sandboxes
+        await manager.aclose()
+    text = (tmp_path / "trace.jsonl").read_text()
+    assert "e2b_secret_key_in_trace_test" not in text
+    kinds = [e["event"] for e in _events(tmp_path / "trace.jsonl")]
+    assert kinds.count("created") == kinds.count("destroyed") == 3
+    assert kinds.count("throttled") == emulator.refused  # each 429 absorbed, in the trace
+    assert "waited" in kinds
+    usage = ledger.usage()["e2b"]
+    assert usage.sandboxes == 3 and usage.seconds >= 0.6
+    assert usage.dollars == pytest.approx(usage.seconds * (2 * 0.000014 + 0.5 * 0.0000045))  # E2B's default size at its published price
