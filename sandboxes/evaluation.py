@@ -354,8 +354,11 @@ async def run_eval(
                     next_to_write += 1
 
     with alike_sandboxes():
-        async with anyio.create_task_group() as reaper:
-            await _together(worker, jobs)
+        try:
+            async with anyio.create_task_group() as reaper:
+                await _together(worker, jobs)
+        except BaseExceptionGroup as errors:  # the reaper's group wraps what _together raised
+            raise _first(errors) from None
     if stopped:
         for index in sorted(finished):  # judged after a sample that the budget left unjudged
             append_line(output, result_line(todo[index], finished[index]))
@@ -389,10 +392,14 @@ async def _together(worker: Callable[[], Coroutine[Any, Any, None]], jobs: int) 
             for _ in range(max(1, jobs)):
                 group.start_soon(worker)
     except BaseExceptionGroup as errors:
-        first: BaseException = errors
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
+        raise _first(errors) from None
+
+
+def _first(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def summary_of(results: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> tuple[Summary, dict[str, Summary]]:

@@ -767,13 +767,15 @@ async def _run_reporting(
 
 
 def _outcome(result: ExecutionResult, nonce: str) -> tuple[str | None, str]:
-    """The harness's report, only when it carries this run's nonce; its line is taken out of stderr."""
-    lines = result.stderr.split("\n")
-    for index in range(len(lines) - 1, -1, -1):
-        found = _OUTCOME.search(lines[index])
-        if found and found.group(1) == nonce:
-            result.stderr = "\n".join(lines[: index - 1 if index and not lines[index - 1] else index] + lines[index + 1 :])
-            return found.group(2), found.group(3)
+    """The harness's report, only when it carries this run's nonce; its line is taken out of stderr
+    (or out of stdout, on a provider that merges the two: Daytona)."""
+    for stream in ("stderr", "stdout"):
+        lines = getattr(result, stream).split("\n")
+        for index in range(len(lines) - 1, -1, -1):
+            found = _OUTCOME.search(lines[index])
+            if found and found.group(1) == nonce:
+                setattr(result, stream, "\n".join(lines[: index - 1 if index and not lines[index - 1] else index] + lines[index + 1 :]))
+                return found.group(2), found.group(3)
     return None, ""
 
 

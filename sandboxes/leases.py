@@ -100,10 +100,21 @@ async def stale_sandboxes(provider: SandboxProvider) -> list[tuple[SandboxInfo, 
     return found
 
 
-async def sweep(provider: SandboxProvider) -> list[str]:
-    """Destroy the provider's stale sandboxes; the ids destroyed."""
+def run_of(labels: Mapping[str, str]) -> str | None:
+    """The id of the run whose lease a sandbox carries, if any."""
+    lease = labels.get(LEASE_LABEL, "").split(" ")
+    return lease[3] if len(lease) > 3 else None
+
+
+async def sweep(provider: SandboxProvider, run_id: str | None = None) -> list[str]:
+    """Destroy the provider's stale sandboxes, or with ``run_id`` every sandbox of that run (at its end,
+    what a lost answer left there); the ids destroyed."""
+    if run_id is None:
+        found = await stale_sandboxes(provider)
+    else:
+        found = [(info, f"run {run_id} ended") for info in await provider.driver.list({}) if run_of(info.labels) == run_id]
     destroyed = []
-    for info, why in await stale_sandboxes(provider):
+    for info, why in found:
         try:
             existed = await provider.destroy_sandbox(info.id)
         except SandboxNotFoundError:

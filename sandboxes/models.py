@@ -183,7 +183,7 @@ class Capabilities:
     """What a provider can do. A missing one raises ``UnsupportedOperation``."""
 
     streaming: bool = False
-    stdin: bool = False
+    stdin: bool = False  # a stdin stream; without one the engine feeds stdin from a file (where ``files`` is)
     files: bool = True
     background_processes: bool = False
     network_control: bool = False

@@ -73,6 +73,9 @@ DEFAULT_MAX_FILE_BYTES = 1 << 30
 _SPILL_RUNNER = 'script=$(cat -- "$1") && rm -f -- "$1" && shift && eval "$script"'
 """Reads the spilled script, removes the file before anything runs (so nothing is left, whatever the
 script does), and evaluates it as ``sh -c`` would; ``$0`` stays ``/bin/sh``."""
+_STDIN_RUNNER = 'exec 0<"$1" || exit 126; rm -f -- "$1"; shift; exec "$@"'
+"""Where a provider has no stdin stream: the input file becomes the command's fd 0 and is gone before
+the command starts (only that open file holds it)."""
 MAX_OUTPUT_CAP = 1 << 40
 
 
@@ -294,7 +297,7 @@ class SandboxProvider:
             check.seconds(timeout, "timeout"),
             check.stdin(stdin),
         )
-        if request.stdin is not None and not self.capabilities.stdin:
+        if request.stdin is not None and not (self.capabilities.stdin or self.capabilities.files):
             raise UnsupportedOperation(self.name, "stdin", "write the input to a file and redirect it: sh -c 'cmd < file'")
         return request
 
@@ -316,13 +319,17 @@ class SandboxProvider:
             script = exports + (command if isinstance(command, str) else "exec " + shlex.join(argv))
             await self.driver.write_file(sandbox_id, spilled, script.encode())
             argv, environment = ["/bin/sh", "-c", _SPILL_RUNNER, "/bin/sh", spilled], {}
-        stdin = request.stdin
+        stdin = request.stdin.encode() if isinstance(request.stdin, str) else request.stdin
+        if stdin is not None and not self.capabilities.stdin:
+            fed = f"/tmp/.sandboxes-stdin-{secrets.token_hex(8)}"
+            await self.driver.write_file(sandbox_id, fed, stdin)
+            argv, stdin = ["/bin/sh", "-c", _STDIN_RUNNER, "/bin/sh", fed, *argv], None
         events = self.driver.exec(
             sandbox_id,
             argv,
             env=environment,
             cwd=_within(settings.working_dir, request.cwd) or settings.working_dir,
-            stdin=stdin.encode() if isinstance(stdin, str) else stdin,
+            stdin=stdin,
             timeout=limit,
             output_limit=settings.max_output_bytes,
         )

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, FilesUpload, TreeDownload
-from .errors import ProviderError, RateLimitError
+from .errors import ProviderError, RateLimitError, SandboxNotFoundError
 from .models import SandboxConfig, SandboxInfo
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
 
@@ -126,7 +126,7 @@ class ResilientDriver:
         """Destroy the sandboxes a creation's failed attempts may have made (best effort, bounded)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
-                left = await self.inner.list({ATTEMPT_LABEL: token})
+                left = await self._retried("look for what a failed creation left", lambda: self.inner.list({ATTEMPT_LABEL: token}))
             except Exception as error:
                 log.warning("%s: could not look for sandboxes a failed creation left behind: %s", self.name, error)
                 return
@@ -134,7 +134,9 @@ class ResilientDriver:
                 if info.id != keep:
                     log.info("%s: destroying sandbox %s left by a failed creation attempt", self.name, info.id)
                     try:
-                        await self.inner.destroy(info.id)
+                        await self.destroy(info.id)
+                    except SandboxNotFoundError:
+                        pass  # gone meanwhile
                     except Exception as error:
                         log.warning("%s: could not destroy sandbox %s: %s", self.name, info.id, error)
 

@@ -19,7 +19,7 @@ from .. import evaluation, leases
 from ..budget import Budget, BudgetExhausted, Ledger
 from ..judging import Judgement
 from ..manager import get_manager
-from ..models import FRESH_ENV
+from ..models import FRESH_ENV, SandboxConfig
 from ..passk import Summary
 from ..trace import Trace
 from ._util import check_provider, fail, provider_option, reported
@@ -140,20 +140,28 @@ def eval_command(
         fail(f"{results} exists: pass --resume to go on from it, or -o for another file", 2)
     run_id = f"eval-{os.getpid():x}{secrets.token_hex(4)}"
     ledger = _meter(budget, trace)
+    try:
+        ledger.price(provider, SandboxConfig())  # a dollar budget on a provider without a price: said before anything starts
+    except ValueError as error:
+        fail(str(error), 2)
     stopped: BudgetExhausted | None = None
     with reported(), leases.held(run_id):  # what a killed eval leaves, the next run or `sandboxes gc` sweeps
-        swept = anyio.run(leases.sweep, get_manager().get_provider(provider))
-        if check_canonical:
-            failing = anyio.run(lambda: evaluation.check_canonical(table, provider=provider, jobs=jobs, timeout=timeout))
-            if failing:
-                fail(f"{len(failing)} canonical solution(s) do not pass, so nothing was scored: {'; '.join(failing[:5])}", HEALTH_GATE_EXIT)
-        skip = evaluation.judged_lines(results) if resume else set()
-        bar = _Progress(len(todo) - len([s for s in todo if s.line in skip]))
+        engine = get_manager().get_provider(provider)
+        swept = anyio.run(leases.sweep, engine)
         try:
-            anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
-        except BudgetExhausted as error:
-            stopped = error
-        bar.close()
+            if check_canonical:
+                failing = anyio.run(lambda: evaluation.check_canonical(table, provider=provider, jobs=jobs, timeout=timeout))
+                if failing:
+                    fail(f"{len(failing)} canonical solution(s) do not pass, so nothing was scored: {'; '.join(failing[:5])}", HEALTH_GATE_EXIT)
+            skip = evaluation.judged_lines(results) if resume else set()
+            bar = _Progress(len(todo) - len([s for s in todo if s.line in skip]))
+            try:
+                anyio.run(lambda: evaluation.run_eval(table, todo, results, provider=provider, jobs=jobs, timeout=timeout, skip=skip, progress=bar.step))
+            except BudgetExhausted as error:
+                stopped = error
+            bar.close()
+        finally:  # what is left of the run (a sandbox a lost answer made, that its creation could not find) goes now
+            left = anyio.run(leases.sweep, engine, run_id)
     overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
     governors = {name: governor.counters for name, governor in get_manager().governors.items()}
     usage = ledger.usage()
@@ -162,7 +170,7 @@ def eval_command(
         document["governors"] = {name: counters.as_dict() for name, counters in governors.items()}
         document["usage"] = {name: vars(entry) for name, entry in usage.items()}
         document["budget"] = {"limit": str(budget), "reached": str(stopped) if stopped else None} if budget is not None else None
-        click.echo(json.dumps({**document, "swept": {provider: len(swept)}}, indent=2))
+        click.echo(json.dumps({**document, "swept": {provider: len(swept)}, "left_behind": {provider: len(left)}}, indent=2))
         if stopped:
             sys.exit(BUDGET_EXIT)
         return
@@ -171,6 +179,8 @@ def eval_command(
         click.echo(spent)
     if swept:
         click.echo(leases.describe_swept(provider, len(swept)))
+    if left:
+        click.echo(f"{provider}: the run's end destroyed {len(left)} sandbox(es) it had left behind (a creation whose answer was lost)")
     for name, counters in governors.items():
         line = counters.describe(name)
         if line:

@@ -200,3 +200,24 @@ def test_bad_multipl_e_input_is_named(cli: CLI, tmp_path: Path, problem: dict[st
     samples = _write(tmp_path / "samples.jsonl", [{"name": "a", "completion": ""}])
     done = cli("eval", str(samples), "--problems", str(problems), "--format", "multipl-e")
     assert done.returncode == 2 and said in one_line_error(done), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (("--budget", "lots"), "budget 'lots': give sandbox-seconds (600s, 10m, 2h) or dollars ($5, 5usd)"),
+        (
+            ("--budget", "$1", "-p", "cloudflare"),
+            "no price for provider 'cloudflare', so a budget in dollars cannot be kept: set $SANDBOXES_PRICES=cloudflare=",
+        ),
+        (("--trace", "/proc/no/such/trace.jsonl"), "--trace /proc/no/such/trace.jsonl: cannot write there"),
+    ],
+)
+def test_a_budget_or_trace_that_cannot_be_kept_is_refused_before_anything_starts(
+    cli: CLI, dataset: tuple[Path, Path], tmp_path: Path, options: tuple[str, ...], said: str
+) -> None:
+    problems, samples = dataset
+    done = cli("eval", str(samples), "--problems", str(problems), "-o", str(tmp_path / "results.jsonl"), *options)
+    text = done.stderr.decode()
+    assert done.returncode == 2 and said in text and "Traceback" not in text, text  # click's usage error, or our one line
+    assert not (tmp_path / "results.jsonl").exists()  # nothing judged

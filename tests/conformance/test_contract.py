@@ -74,7 +74,8 @@ async def test_env_and_cwd(provider: SandboxProvider, sandbox_id: str) -> None:
 
 
 async def test_stdin(provider: SandboxProvider, sandbox_id: str) -> None:
-    if not provider.capabilities.stdin:
+    """A stdin stream, or (a provider without one) a file that is the command's fd 0 and gone before it starts."""
+    if not (provider.capabilities.stdin or provider.capabilities.files):
         with pytest.raises(UnsupportedOperation):
             await provider.execute_command(sandbox_id, "cat", stdin=b"x")
         return
@@ -83,6 +84,8 @@ async def test_stdin(provider: SandboxProvider, sandbox_id: str) -> None:
     assert result.success
     result = await provider.execute_command(sandbox_id, "cat", stdin=data)
     assert result.stdout == data
+    result = await provider.execute_command(sandbox_id, ["sh", "-c", 'read -r line; echo "[$line]"; ls -A /tmp | grep -c sandboxes-stdin'], stdin="fed\n")
+    assert result.stdout.split("\n")[:2] == ["[fed]", "0"]  # nothing of the input left where another command could read it
 
 
 async def test_state_persists_between_commands(provider: SandboxProvider, sandbox_id: str) -> None:

@@ -107,8 +107,7 @@ async def test_a_spilled_command_means_what_it_would_unspilled(provider: Sandbox
         assert (await provider.execute_command(info.id, "exit 5")).exit_code == 5
         assert (await provider.execute_command(info.id, "echo $0")).stdout.strip().endswith("sh")
         assert (await provider.execute_command(info.id, "echo $VALUE", env={"VALUE": 'it\'s "quoted" $HOME'})).stdout == 'it\'s "quoted" $HOME\n'
-        if provider.capabilities.stdin:
-            assert (await provider.execute_command(info.id, "cat", stdin="fed\n")).stdout == "fed\n"
+        assert (await provider.execute_command(info.id, "cat", stdin="fed\n")).stdout == "fed\n"
         for script in ("exec true", "kill -TERM $$", "trap - EXIT; true"):
             await provider.execute_command(info.id, script)
         monkeypatch.setattr(engine, "SPILL_BYTES", 10**9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import threading
@@ -46,9 +47,12 @@ class Fault:
 class FaultInjector:
     """Queue of faults consumed first-come by matching requests (thread-safe)."""
 
-    def __init__(self, error_body: Callable[[int], dict]) -> None:
+    def __init__(self, error_body: Callable[[int], dict], *, drop_rate: float = 0.0, seed: int = 0, latency: float = 0.0) -> None:
         self._faults: list[Fault] = []
+        self.latency = latency  # seconds each request waits before it is served: a network's round trip, not loopback's
         self._lock = threading.Lock()
+        self.drop_rate = drop_rate  # the share of requests whose connection is closed unanswered (before or after serving)
+        self._random = random.Random(seed)
         self._error_body = error_body
         self.hung = threading.Event()
         self.release = threading.Event()
@@ -73,6 +77,8 @@ class FaultInjector:
             for index, fault in enumerate(self._faults):
                 if fault.matches(request):
                     return self._faults.pop(index)
+            if self.drop_rate and self._random.random() < self.drop_rate:
+                return Fault(drop=self._random.choice(("before", "after")))
         return None
 
     async def answer(self, fault: Fault) -> Response | None:
@@ -99,6 +105,8 @@ class FaultMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.faults.latency:
+                await asyncio.sleep(self.faults.latency)
             fault = self.faults.take(Request(scope))
             if fault is not None and fault.drop is not None:
                 if fault.drop == "after":  # the service acts on the request, and the answer is lost

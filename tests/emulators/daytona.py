@@ -61,6 +61,7 @@ class EmulatedSandbox:
     root: Path
     created_at: str
     expires_at: str | None = None
+    born: float = 0.0  # monotonic, for its lifetime
     processes: set[asyncio.subprocess.Process] = field(default_factory=set)
 
 
@@ -84,11 +85,14 @@ def _reason(status: int) -> str:
 class DaytonaEmulator(HttpEmulator):
     """Daytona's REST control plane and toolbox on one loopback port."""
 
-    def __init__(self, *, page_size: int = 2, api_key: str = API_KEY, max_alive: int | None = None) -> None:
+    def __init__(
+        self, *, page_size: int = 2, api_key: str = API_KEY, max_alive: int | None = None, drop_rate: float = 0.0, seed: int = 0, latency: float = 0.0
+    ) -> None:
         self.api_key = api_key
         self.page_size = page_size
         self.max_alive = max_alive  # the organisation's resources: a creation past them is refused with a 403
         self.peak_alive = 0
+        self.lifetimes: list[float] = []  # seconds from creation to removal, of every sandbox removed
         self.refused = 0
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.requests: list[tuple[str, str]] = []
@@ -96,7 +100,9 @@ class DaytonaEmulator(HttpEmulator):
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="daytona-emulator-"))
-        self.faults = FaultInjector(lambda status: {"statusCode": status, "message": f"injected {status}", "error": _reason(status)})
+        self.faults = FaultInjector(
+            lambda status: {"statusCode": status, "message": f"injected {status}", "error": _reason(status)}, drop_rate=drop_rate, seed=seed, latency=latency
+        )
         routes = [
             Route("/sandbox", self.create, methods=["POST"]),
             Route("/sandbox", self.list, methods=["GET"]),
@@ -163,7 +169,7 @@ class DaytonaEmulator(HttpEmulator):
         ttl = body.get("ttlMinutes")
         sandbox = EmulatedSandbox(
             id=sandbox_id, labels=dict(labels), env=dict(env), body=body, root=root, created_at=_iso(now),
-            expires_at=_iso(now + ttl * 60) if ttl else None,
+            expires_at=_iso(now + ttl * 60) if ttl else None, born=time.monotonic(),
         )  # fmt: skip
         with self._lock:
             if self.max_alive is not None and len(self.sandboxes) >= self.max_alive:
@@ -200,6 +206,8 @@ class DaytonaEmulator(HttpEmulator):
         sandbox_id = request.path_params["sid"]
         with self._lock:
             sandbox = self.sandboxes.pop(sandbox_id, None)
+            if sandbox is not None:
+                self.lifetimes.append(time.monotonic() - sandbox.born)
         if sandbox is None:
             return _error(404, f"Sandbox with ID or name {sandbox_id} not found")
         for process in list(sandbox.processes):

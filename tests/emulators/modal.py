@@ -25,6 +25,7 @@ import base64
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -187,7 +188,7 @@ class _Server(Server):
 class ModalEmulator:
     """State and behaviour shared by the two gRPC services; runs in its own thread and loop."""
 
-    def __init__(self, *, bwrap: str | None = None, creations_per_second: float | None = None) -> None:
+    def __init__(self, *, bwrap: str | None = None, creations_per_second: float | None = None, drop_rate: float = 0.0, seed: int = 0) -> None:
         from sandboxes.providers.local.layout import find_bwrap
 
         self.bwrap = bwrap or find_bwrap()
@@ -196,6 +197,11 @@ class ModalEmulator:
         self.creations_per_second = creations_per_second
         self._bucket = (creations_per_second or 0.0, time.monotonic())
         self.rate_refused = 0
+        self.peak_alive = 0
+        self.lifetimes: list[float] = []  # seconds from creation to the end, of every sandbox ended
+        # The share of calls whose connection is closed unanswered; a creation's may be served first (a stray).
+        self.drop_rate = drop_rate
+        self._random = random.Random(seed)
         self.port = 0
         self.apps: dict[tuple[str, str], str] = {}
         self.images: dict[str, api_pb2.Image] = {}
@@ -316,6 +322,9 @@ class ModalEmulator:
                     if fault.kind == "fail":
                         raise GRPCError(fault.status, fault.message, fault.details)
                     return fault
+            if self.drop_rate and self._random.random() < self.drop_rate:
+                after = method.startswith("SandboxCreate") and self._random.random() < 0.5
+                return Fault(Status.UNAVAILABLE, "dropped", method, 0, kind="drop_after" if after else "drop")
         return None
 
     async def disturb(self, fault: Fault | None, stream: Stream[Any, Any]) -> None:
@@ -424,6 +433,7 @@ class ModalEmulator:
             definition=definition,
         )
         self.sandboxes[sandbox_id] = sandbox
+        self.peak_alive = max(self.peak_alive, len(self.running_sandboxes()))
         loop = asyncio.get_running_loop()
         sandbox.expiry = loop.call_later(
             sandbox.timeout_secs,
@@ -437,6 +447,7 @@ class ModalEmulator:
             sandbox.expiry.cancel()
         if sandbox.result is None:
             sandbox.result = api_pb2.GenericResult(status=status, exitcode=137 if status != 1 else 0)
+            self.lifetimes.append(time.time() - sandbox.created_at)
         for state in sandbox.execs.values():
             _kill_group(state.process)
         for state in sandbox.execs.values():
