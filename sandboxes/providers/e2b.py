@@ -69,6 +69,8 @@ API_KEY_VARIABLE = "E2B_API_KEY"
 STDIN_CHUNK = 256 * 1024
 KILL_GRACE = 10.0  # after killing a command, how long its stream may take to end
 STREAM_GRACE = 30.0  # the SDK's own stream deadline sits this far past ours, as a backstop
+PIPE_BUFFER = 65536  # Linux's default pipe capacity
+START_SECONDS = 10.0  # envd's start event comes in a round trip: a stream still silent after this was lost
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
 NATIVE_IO_SETTLE_SECONDS = 0.1
 
@@ -381,6 +383,7 @@ class E2BDriver:
                     on_stdout=_sink(send, "stdout"),
                     on_stderr=_sink(send, "stderr"),
                     timeout=timeout + STREAM_GRACE,
+                    request_timeout=START_SECONDS,
                 )
             except InvalidArgumentException as error:
                 if cwd and "cwd" in str(error):
@@ -404,6 +407,7 @@ async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -
     # output so far), so it is awaited through a shield.
     waiter = asyncio.ensure_future(_wait(handle))
     waiter.add_done_callback(_retrieve)
+    fed = stdin is None
     try:
         with anyio.move_on_after(timeout):
             if stdin is not None:
@@ -413,6 +417,7 @@ async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -
                     await handle.close_stdin()
                 except NotFoundException:
                     pass  # the command already exited: it did not want the rest of its stdin
+                fed = True
             return int((await asyncio.shield(waiter)).exit_code), False
         with anyio.CancelScope(shield=True):
             await handle.kill()  # envd kills the command's whole process group
@@ -420,6 +425,10 @@ async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -
                 await asyncio.shield(waiter)
             if not waiter.done():
                 await handle.disconnect()
+        if not fed and stdin is not None and len(stdin) <= PIPE_BUFFER:
+            # Input that fits a pipe's buffer is taken whether or not the command reads it:
+            # still not delivered, it was lost on the way, and the "timeout" is not the command's.
+            raise ProviderError(f"the command's stdin ({len(stdin)} bytes) was not delivered within its {timeout:g} s", provider="e2b")
         return -1, True
     finally:
         send.close()

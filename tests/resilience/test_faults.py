@@ -189,6 +189,29 @@ async def test_a_refused_stream_is_resent_and_keeps_its_exit_status(emulator: E2
         await provider.destroy_sandbox(info.id)
 
 
+async def test_a_stream_that_never_starts_or_never_takes_its_stdin_is_the_providers_failure(emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Black-holed E2B streams: an infrastructure error within the deadlines, never the command's timeout."""
+    from sandboxes.providers import e2b
+
+    monkeypatch.setattr(e2b, "START_SECONDS", 1.0)
+    guarded = manager(e2b_provider(emulator))
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    try:
+        emulator.hang_next(target="envd", path="/process.Process/Start")  # no start event, ever
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match="stream didn't open"):
+            await provider.execute_command(info.id, "echo hi", timeout=20)
+        assert time.monotonic() - started < 8  # the start's deadline, not the command's timeout and its 30 s grace
+        for path in ("/process.Process/SendInput", "/process.Process/CloseStdin"):
+            emulator.hang_next(target="envd", path=path)
+            with pytest.raises(ProviderError, match=r"stdin \(6 bytes\) was not delivered within its 2 s"):
+                await provider.execute_command(info.id, ["sh", "-c", "read -r line; echo $line"], stdin="nonce\n", timeout=2)
+        unread = await provider.execute_command(info.id, "sleep 5", stdin="ignored\n", timeout=1)  # taken by the pipe, unread
+        assert unread.timed_out  # a command that does not read its stdin still times out as itself
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
 async def test_a_vanished_sandbox_is_not_retried_and_does_not_trip_the_breaker(emulator: E2BEmulator) -> None:
     guarded = manager(e2b_provider(emulator), circuit_breaker={"failure_threshold": 1})
     provider, info = await guarded.create_sandbox(SandboxConfig())
