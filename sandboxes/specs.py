@@ -135,7 +135,7 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         "daytona",
         "sandboxes.providers.daytona",
         "DaytonaDriver",
-        Capabilities(**{**_ALL.as_dict(), "streaming": False, "stdin": False, "merges_stderr": True}),
+        Capabilities(**{**_ALL.as_dict(), "streaming": False, "stdin": False, "merges_stderr": True, "files_upload": True}),
         credentials={"api_key": "DAYTONA_API_KEY"},
         required=("DAYTONA_API_KEY",),
         secret_variables=("DAYTONA_API_KEY",),

@@ -368,6 +368,12 @@ class DaytonaDriver:
         handle = await self._handle(sandbox_id)
         await self._call(handle.fs.upload_file, bytes(data), path, sandbox_id=sandbox_id, path=path)
 
+    async def write_files(self, sandbox_id: str, files: Sequence[tuple[str, bytes]]) -> None:
+        """Every file in one multipart request to the toolbox (a round trip each, otherwise)."""
+        handle = await self._handle(sandbox_id)
+        uploads = [sdk.FileUpload(source=bytes(data), destination=path) for path, data in files]
+        await self._call(handle.fs.upload_files, uploads, sandbox_id=sandbox_id, path=files[0][0] if files else None)
+
     async def read_file(self, sandbox_id: str, path: str, limit: int) -> bytes:
         """The whole file (``limit`` is left to the engine: Daytona sends a file in one piece)."""
         handle = await self._handle(sandbox_id)
