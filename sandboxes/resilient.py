@@ -126,7 +126,10 @@ class ResilientDriver:
         """Destroy the sandboxes a creation's failed attempts may have made (best effort, bounded)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
-                left = await self._retried("look for what a failed creation left", lambda: self.inner.list({ATTEMPT_LABEL: token}))
+                left = await self.retry.run(  # like destroy: never refused by the circuit its failures may have opened
+                    lambda: self._once(lambda: self.inner.list({ATTEMPT_LABEL: token}), guarded=False),
+                    what=f"{self.name}: look for what a failed creation left",
+                )
             except Exception as error:
                 log.warning("%s: could not look for sandboxes a failed creation left behind: %s", self.name, error)
                 return
