@@ -12,6 +12,7 @@ A sandbox's alive slot is held until this process destroys it.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from .governor import AcquireTimeout, Governor
 from .models import SandboxConfig, SandboxInfo
 from .trace import Trace
 
+WAITED: contextvars.ContextVar[float] = contextvars.ContextVar("sandboxes_waited", default=0.0)
+"""Seconds the creation in progress (in this task) has waited for its slots: read by the layer above."""
 WAIT_TRACED = 0.001
 """A wait for a slot shorter than this is no wait (the files' own cost): not traced."""
 
@@ -51,6 +54,7 @@ class GovernedDriver:
             try:
                 ticket = await self.governor.acquire(deadline)
                 waited = time.monotonic() - asked
+                WAITED.set(WAITED.get() + waited)
                 if self.trace is not None and waited >= WAIT_TRACED:
                     self.trace.emit("waited", self.name, seconds=round(waited, 6))
             except AcquireTimeout:

@@ -59,6 +59,10 @@ MADE = b"1"
 """What a held alive slot's file holds once its sandbox is made (empty while the creation is in flight)."""
 CEILING_SECONDS = 30.0
 """How long the concurrency grows back only up to what was alive at the last refusal; then it probes past it."""
+RATE_HEADROOM = 0.9
+"""The share of a provider's published creation rate that starts are spaced for. At the full rate,
+the provider's bucket refills exactly as fast as it is drawn: one creation it counts and we do not
+(an SDK resending a dropped request by itself, a late packet) would then lead to refusals."""
 UNLIMITED = 1000
 """The concurrency of a provider with no cap of its own: only throttling lowers it."""
 
@@ -232,7 +236,7 @@ class Governor:
                 start = now
                 if ticket is not None and self.limits.per_second is not None:  # the shared rate: a start each 1/rate s
                     start = max(now, state["next_creation"])
-                    state["next_creation"] = start + 1 / self.limits.per_second
+                    state["next_creation"] = start + 1 / (self.limits.per_second * RATE_HEADROOM)
                 described = self._describe(state)
             if ticket is not None:
                 if start > now:

@@ -14,6 +14,7 @@ from typing import Any
 from .budget import BudgetExhausted, Ledger
 from .driver import Driver
 from .errors import SandboxNotFoundError
+from .governed import WAITED
 from .models import SandboxConfig, SandboxInfo
 from .trace import Trace
 
@@ -50,14 +51,18 @@ class MeteredDriver:
                 self._emit("budget_refused", message=str(error))
                 raise
         started = time.monotonic()
+        counting = WAITED.set(0.0)
         try:
             info = await self.inner.create(config)
         except BaseException as error:
             self._emit("create_failed", error=type(error).__name__, message=str(error))
             raise
+        finally:
+            waited = WAITED.get()
+            WAITED.reset(counting)
         if self.ledger is not None:
             self.ledger.opened(self.name, info.id, per_second)
-        self._emit("created", sandbox=info.id, seconds=round(time.monotonic() - started, 6))
+        self._emit("created", sandbox=info.id, seconds=round(time.monotonic() - started, 6), waited=round(waited, 6))
         return info
 
     async def destroy(self, sandbox_id: str) -> bool:

@@ -6,7 +6,8 @@ has the wall time ``t``, the ``event``, the ``provider``, the writing ``pid``,
 and the event's own fields:
 
 - ``create``: a creation was asked for;
-- ``created``: ``sandbox``, ``seconds`` (the whole creation: waiting for a slot, retries);
+- ``created``: ``sandbox``, ``seconds`` (the whole creation: waiting for a slot, retries), ``waited``
+  (of it, for the governor's slots);
 - ``create_failed``: ``error`` (its type) and ``message``;
 - ``waited``: ``seconds`` spent waiting for the governor's slot;
 - ``throttled``: the provider refused for load (a 429), ``retry_after``;

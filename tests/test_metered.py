@@ -70,6 +70,7 @@ async def test_the_trace_tells_waits_and_429s_and_keeps_no_credential(tmp_path: 
     assert kinds.count("created") == kinds.count("destroyed") == 3
     assert kinds.count("throttled") == emulator.refused  # each 429 absorbed, in the trace
     assert "waited" in kinds
+    assert sum(e["waited"] for e in _events(tmp_path / "trace.jsonl") if e["event"] == "created") > 0  # how long of a creation was the wait
     usage = ledger.usage()["e2b"]
     assert usage.sandboxes == 3 and usage.seconds >= 0.6
     assert usage.dollars == pytest.approx(usage.seconds * (2 * 0.000014 + 0.5 * 0.0000045))  # E2B's default size at its published price
