@@ -8,9 +8,6 @@ the session to stop: the tests judged so far keep their results.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,24 +24,18 @@ LEDGER_INPUT = "sandboxes_ledger"
 def start(config: pytest.Config, state: SessionState) -> None:
     """Keep this process's sandboxes in the run's ledger (and trace) from now on."""
     workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None and workerinput.get(LEDGER_INPUT):
-        path = Path(workerinput[LEDGER_INPUT])
-    else:
-        where = tempfile.mkdtemp(prefix="sandboxes-ledger-")
-        config.add_cleanup(lambda: shutil.rmtree(where, ignore_errors=True))
-        path = Path(where) / "ledger.json"
     trace = None
     if state.settings.trace is not None:
-        if workerinput is None:
-            state.settings.trace.parent.mkdir(parents=True, exist_ok=True)
-            state.settings.trace.write_bytes(b"")  # a fresh trace per run; the workers append to it
         try:
-            trace = Trace(state.settings.trace)
+            trace = Trace(state.settings.trace, fresh=workerinput is None)
         except OSError as error:
             raise pytest.UsageError(f"--sandbox-trace={state.settings.trace}: cannot write there ({error.strerror})") from None
     manager = get_manager()
     before = manager.ledger, manager.trace  # a pytester run inside a session gives the outer one's back
-    state.ledger = Ledger(path, state.settings.budget, manager.prices)
+    if workerinput is not None and workerinput.get(LEDGER_INPUT):
+        state.ledger = Ledger(workerinput[LEDGER_INPUT], state.settings.budget, manager.prices)
+    else:
+        state.ledger = Ledger.temporary(state.settings.budget, manager.prices)
     manager.meter(state.ledger, trace)
     config.add_cleanup(lambda: manager.meter(*before))
 

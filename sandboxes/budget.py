@@ -21,7 +21,10 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +155,14 @@ class Ledger:
         self.budget = budget
         self.price_overrides = price_overrides  # read at each creation: Sandbox.configure(prices=...) may come later
         self.path.touch(exist_ok=True)
+
+    @classmethod
+    def temporary(cls, budget: Budget | None = None, price_overrides: Mapping[str, float] | None = None) -> Ledger:
+        """A new run's ledger in a directory of its own, removed with it (its processes get its ``path``)."""
+        where = tempfile.mkdtemp(prefix="sandboxes-ledger-")
+        ledger = cls(Path(where) / "ledger.json", budget, price_overrides)
+        weakref.finalize(ledger, shutil.rmtree, where, True)
+        return ledger
 
     def price(self, provider: str, config: SandboxConfig) -> float:
         """USD per second of a sandbox made from ``config``; a ValueError when a dollar budget meets an unpriced provider."""

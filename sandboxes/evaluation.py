@@ -42,6 +42,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._embedded import LANGUAGES as EMBEDDED_LANGUAGES
+from ._jsonl import append_line
 from .budget import BudgetExhausted
 from .judging import INFRA_RETRIES, Judgement, Verdict, judge_retrying
 from .languages import alike_sandboxes, get_language
@@ -293,18 +294,6 @@ def result_line(sample: Sample, judgement: Judgement) -> dict[str, Any]:
         "toolchain": judgement.toolchain,
         "sample_line": sample.line,
     }
-
-
-def append_line(path: Path, record: Mapping[str, Any]) -> None:
-    """One whole line per write (O_APPEND): a reader never sees half of one."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):  # a short write to a regular file: disk full
-            raise OSError(f"could not write a whole result line to {path}")
-    finally:
-        os.close(fd)
 
 
 async def run_eval(

@@ -17,34 +17,34 @@ and the event's own fields:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from . import specs
+from ._jsonl import append_line
 from .secrets import scrub
 
 
 class Trace:
     """Appends one line per event to ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fresh: bool = False) -> None:
+        """``fresh``: empty the file first (the run's first process; its workers then append)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)  # a bad path fails here, at the start of the run, not at its first event
+        # A bad path fails here, at the start of the run (OSError), not at its first event.
+        if fresh:
+            self.path.write_bytes(b"")
+        else:
+            self.path.touch(exist_ok=True)
 
     def emit(self, event: str, provider: str, **fields: Any) -> None:
         record = {"t": round(time.time(), 6), "event": event, "provider": provider, "pid": os.getpid(), **fields}
         if "message" in record:
             record["message"] = scrub(str(record["message"]), *_credentials())
-        data = (json.dumps(record, default=str) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        append_line(self.path, record)
 
 
 def _credentials() -> list[str]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -195,14 +192,11 @@ def eval_command(
 
 def _meter(budget: Budget | None, trace: Path | None) -> Ledger:
     """The run's ledger (its sandbox-seconds, cost and budget) and trace, for every sandbox from now on."""
-    where = tempfile.mkdtemp(prefix="sandboxes-ledger-")
-    atexit.register(shutil.rmtree, where, ignore_errors=True)
-    ledger = Ledger(Path(where) / "ledger.json", budget, get_manager().prices)
+    ledger = Ledger.temporary(budget, get_manager().prices)
     traced = None
     if trace is not None:
         try:
-            traced = Trace(trace)
-            trace.write_bytes(b"")  # a fresh trace per run
+            traced = Trace(trace, fresh=True)
         except OSError as error:
             fail(f"--trace {trace}: cannot write there ({error.strerror})", 2)
     get_manager().meter(ledger, traced)
