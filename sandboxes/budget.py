@@ -221,7 +221,11 @@ class Ledger:
 
     @contextlib.contextmanager
     def _state(self, write: bool = False) -> Iterator[dict[str, Any]]:
-        with open(self.path, "r+") as handle:
+        try:
+            handle = open(self.path, "r+")  # noqa: SIM115  # closed by the with below; only its opening says what is wrong
+        except FileNotFoundError:
+            raise OSError(f"the run's ledger {self.path} is gone (was its directory cleaned up while the run went on?)") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
             text = handle.read()
             state: dict[str, Any] = json.loads(text) if text else {}

@@ -8,8 +8,11 @@ count from its creation to its destroy.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
+
+import anyio
 
 from .budget import BudgetExhausted, Ledger
 from .driver import Driver
@@ -61,7 +64,12 @@ class MeteredDriver:
             waited = WAITED.get()
             WAITED.reset(counting)
         if self.ledger is not None:
-            self.ledger.opened(self.name, info.id, per_second)
+            try:
+                self.ledger.opened(self.name, info.id, per_second)
+            except BaseException:  # never a sandbox that no one knows of: it goes, and the error is said
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self.inner.destroy(info.id)
+                raise
         self._emit("created", sandbox=info.id, seconds=round(time.monotonic() - started, 6), waited=round(waited, 6))
         return info
 

@@ -74,3 +74,27 @@ async def test_the_trace_tells_waits_and_429s_and_keeps_no_credential(tmp_path: 
     usage = ledger.usage()["e2b"]
     assert usage.sandboxes == 3 and usage.seconds >= 0.6
     assert usage.dollars == pytest.approx(usage.seconds * (2 * 0.000014 + 0.5 * 0.0000045))  # E2B's default size at its published price
+
+
+async def test_a_sandbox_the_ledger_could_not_record_is_destroyed_and_gives_its_slot_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger's file gone mid-run (a /tmp cleaner): the creation fails clearly, and leaves nothing alive or held."""
+    with open_emulator() as emulator:
+        from sandboxes.providers import E2BProvider
+
+        manager = Manager([E2BProvider(**emulator.provider_options())], limits={"e2b": {"alive": 1, "acquire_timeout": 5}})
+        ledger = Ledger(tmp_path / "ledger.json", Budget(seconds=600))
+        manager.meter(ledger, None)
+
+        def gone(*args: object) -> None:
+            (tmp_path / "ledger.json").unlink()
+            ledger.closed("e2b", "any")  # what the next use of the vanished file raises
+
+        monkeypatch.setattr(ledger, "opened", gone)
+        with pytest.raises(OSError, match="the run's ledger .* is gone"):
+            await manager.create_sandbox(SandboxConfig(), "e2b")
+        assert emulator.created == 1 and not emulator.sandboxes  # made, then destroyed
+        monkeypatch.undo()
+        manager.meter(None, None)
+        provider, info = await manager.create_sandbox(SandboxConfig(), "e2b")  # its one slot came back
+        await provider.destroy_sandbox(info.id)
+        await manager.aclose()
