@@ -90,7 +90,7 @@ async def test_a_sandbox_the_ledger_could_not_record_is_destroyed_and_gives_its_
             ledger.closed("e2b", "any")  # what the next use of the vanished file raises
 
         monkeypatch.setattr(ledger, "opened", gone)
-        with pytest.raises(OSError, match="the run's ledger .* is gone"):
+        with pytest.raises(OSError, match=r"the run's ledger .* is gone"):
             await manager.create_sandbox(SandboxConfig(), "e2b")
         assert emulator.created == 1 and not emulator.sandboxes  # made, then destroyed
         monkeypatch.undo()
