@@ -1,7 +1,8 @@
 """The run's ledger, budget and trace in a pytest session (``--sandbox-budget``, ``--sandbox-trace``).
 
-The controller (or the only process) makes the ledger's file and gives its
-path to every xdist worker, so that all of them count against one budget.
+The controller (or the only process) chooses the ledger's file and gives its
+path to every xdist worker, so that all of them count against one budget;
+the file is written at the run's first sandbox, and removed with the run.
 A creation refused for the budget skips its test with the reason, and asks
 the session to stop: the tests judged so far keep their results.
 """

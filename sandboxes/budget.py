@@ -21,7 +21,7 @@ import json
 import math
 import os
 import re
-import shutil
+import secrets
 import tempfile
 import time
 import weakref
@@ -154,14 +154,14 @@ class Ledger:
         self.path = Path(path)
         self.budget = budget
         self.price_overrides = price_overrides  # read at each creation: Sandbox.configure(prices=...) may come later
-        self.path.touch(exist_ok=True)
 
     @classmethod
     def temporary(cls, budget: Budget | None = None, price_overrides: Mapping[str, float] | None = None) -> Ledger:
-        """A new run's ledger in a directory of its own, removed with it (its processes get its ``path``)."""
-        where = tempfile.mkdtemp(prefix="sandboxes-ledger-")
-        ledger = cls(Path(where) / "ledger.json", budget, price_overrides)
-        weakref.finalize(ledger, shutil.rmtree, where, True)
+        """A new run's ledger, its file removed with it (its processes get its ``path``); nothing is
+        written until the run's first sandbox, so a session that makes none leaves no trace."""
+        path = Path(tempfile.gettempdir()) / f"sandboxes-ledger-{secrets.token_hex(8)}.json"
+        ledger = cls(path, budget, price_overrides)
+        weakref.finalize(ledger, _remove, path)
         return ledger
 
     def price(self, provider: str, config: SandboxConfig) -> float:
@@ -221,11 +221,15 @@ class Ledger:
 
     @contextlib.contextmanager
     def _state(self, write: bool = False) -> Iterator[dict[str, Any]]:
+        """The ledger, locked; made at the first write (made again, from nothing, if someone deleted it)."""
         try:
-            handle = open(self.path, "r+")  # noqa: SIM115  # closed by the with below; only its opening says what is wrong
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if write else 0), 0o600)
         except FileNotFoundError:
-            raise OSError(f"the run's ledger {self.path} is gone (was its directory cleaned up while the run went on?)") from None
-        with handle:
+            if write:
+                raise OSError(f"the run's ledger {self.path} cannot be written: its directory is gone") from None
+            yield {"open": {}, "closed": {}}  # nothing recorded yet
+            return
+        with os.fdopen(fd, "r+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
             text = handle.read()
             state: dict[str, Any] = json.loads(text) if text else {}
@@ -249,3 +253,8 @@ def _totals(state: Mapping[str, Any], now: float) -> dict[str, Usage]:
         usage.seconds += lived
         usage.dollars += lived * per_second
     return totals
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

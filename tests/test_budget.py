@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,18 @@ def test_processes_of_one_run_add_to_one_ledger(tmp_path: Path) -> None:
     workers = [subprocess.Popen([sys.executable, "-c", script, str(n)]) for n in range(4)]
     assert [worker.wait(timeout=60) for worker in workers] == [0, 0, 0, 0]
     assert Ledger(path).usage()["modal"].sandboxes == 200  # no update lost between processes
+
+
+def test_a_temporary_ledger_writes_nothing_until_a_sandbox_and_is_removed_with_it() -> None:
+    ledger = Ledger.temporary()
+    path = ledger.path
+    assert ledger.usage() == {} and not path.exists()  # a session that makes no sandbox leaves nothing
+    ledger.opened("local", "a", 0.0)
+    assert path.exists()
+    path.unlink()  # deleted under the run (a /tmp cleaner): counted again from nothing, never an error
+    ledger.closed("local", "a")
+    ledger.opened("local", "b", 0.0)
+    assert ledger.usage()["local"].sandboxes == 1
+    del ledger
+    gc.collect()
+    assert not path.exists()

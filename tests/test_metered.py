@@ -7,6 +7,7 @@ that caps sandboxes (a 429 past the cap) as E2B does.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +78,22 @@ async def test_the_trace_tells_waits_and_429s_and_keeps_no_credential(tmp_path: 
 
 
 async def test_a_sandbox_the_ledger_could_not_record_is_destroyed_and_gives_its_slot_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ledger's file gone mid-run (a /tmp cleaner): the creation fails clearly, and leaves nothing alive or held."""
+    """The ledger's directory gone mid-run (a /tmp cleaner): the creation fails clearly, and leaves nothing alive or held."""
     with open_emulator() as emulator:
         from sandboxes.providers import E2BProvider
 
         manager = Manager([E2BProvider(**emulator.provider_options())], limits={"e2b": {"alive": 1, "acquire_timeout": 5}})
-        ledger = Ledger(tmp_path / "ledger.json", Budget(seconds=600))
+        (tmp_path / "run").mkdir()
+        ledger = Ledger(tmp_path / "run" / "ledger.json", Budget(seconds=600))
         manager.meter(ledger, None)
+        record = ledger.opened
 
-        def gone(*args: object) -> None:
-            (tmp_path / "ledger.json").unlink()
-            ledger.closed("e2b", "any")  # what the next use of the vanished file raises
+        def gone(*args: Any) -> None:  # the directory goes while the sandbox is being made
+            shutil.rmtree(tmp_path / "run")
+            record(*args)
 
         monkeypatch.setattr(ledger, "opened", gone)
-        with pytest.raises(OSError, match=r"the run's ledger .* is gone"):
+        with pytest.raises(OSError, match=r"the run's ledger .* cannot be written: its directory is gone"):
             await manager.create_sandbox(SandboxConfig(), "e2b")
         assert emulator.created == 1 and not emulator.sandboxes  # made, then destroyed
         monkeypatch.undo()
