@@ -43,6 +43,7 @@ def test_timeout_comes_from_command_line_then_env_then_ini(pytester: pytest.Pyte
         (("--sandbox-max-concurrency=0",), {}, "", "give a whole number of sandboxes, at least 1"),
         (("--sandbox-budget=5",), {}, "", "--sandbox-budget: budget '5': give sandbox-seconds (600s, 10m, 2h) or dollars ($5, 5usd)"),
         ((), {"SANDBOXES_BUDGET": "$0"}, "", "SANDBOXES_BUDGET: budget '$0': give more than zero"),
+        (("--sandbox-trace=/proc/no/such/trace.jsonl",), {}, "", "--sandbox-trace=/proc/no/such/trace.jsonl: cannot write there"),
     ],
 )
 def test_bad_value_is_a_usage_error_listing_valid_ones(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args, env, ini, message) -> None:
