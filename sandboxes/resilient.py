@@ -29,6 +29,7 @@ from .driver import RESERVED_LABEL_PREFIX, WIRE_METHODS, Driver, Event, FilesUpl
 from .errors import ProviderError, RateLimitError, SandboxNotFoundError
 from .models import SandboxConfig, SandboxInfo
 from .resilience import CircuitBreaker, RetryPolicy, is_outage, is_transient
+from .trace import Trace
 
 T = TypeVar("T")
 log = logging.getLogger("sandboxes.resilience")
@@ -59,8 +60,10 @@ class ResilientDriver:
         *,
         sdk_resends_creation: bool = False,
         governed: bool = False,
+        trace: Trace | None = None,
     ) -> None:
         self.inner = inner
+        self.trace = trace  # where a stray's destroy is told (``stray_destroyed``)
         self.name = inner.name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
@@ -136,6 +139,8 @@ class ResilientDriver:
             for info in left:
                 if info.id != keep:
                     log.info("%s: destroying sandbox %s left by a failed creation attempt", self.name, info.id)
+                    if self.trace is not None:
+                        self.trace.emit("stray_destroyed", self.name, sandbox=info.id)
                     try:
                         await self.destroy(info.id)
                     except SandboxNotFoundError:

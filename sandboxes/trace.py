@@ -12,7 +12,8 @@ and the event's own fields:
 - ``waited``: ``seconds`` spent waiting for the governor's slot;
 - ``throttled``: the provider refused for load (a 429), ``retry_after``;
 - ``budget_refused``: the run's budget is spent, ``message``;
-- ``destroyed``: ``sandbox``, ``lived`` (seconds from creation, when this run made it).
+- ``destroyed``: ``sandbox``, ``lived`` (seconds from creation, when this run made it);
+- ``stray_destroyed``: ``sandbox``, made by a creation whose answer was lost, found by its token and destroyed.
 """
 
 from __future__ import annotations

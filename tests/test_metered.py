@@ -101,3 +101,19 @@ async def test_a_sandbox_the_ledger_could_not_record_is_destroyed_and_gives_its_
         provider, info = await manager.create_sandbox(SandboxConfig(), "e2b")  # its one slot came back
         await provider.destroy_sandbox(info.id)
         await manager.aclose()
+
+
+async def test_the_trace_tells_the_stray_a_lost_answer_left(tmp_path: Path) -> None:
+    with open_emulator() as emulator:
+        from sandboxes.providers import E2BProvider
+
+        manager = Manager([E2BProvider(**emulator.provider_options())], retry={"base_delay": 0.01})
+        manager.meter(None, Trace(tmp_path / "trace.jsonl"))
+        emulator.drop_next(path="/v2/sandboxes", method="POST", after=True)  # E2B makes it; the answer is lost
+        provider, info = await manager.create_sandbox(SandboxConfig(), "e2b")
+        await provider.destroy_sandbox(info.id)
+        assert emulator.created == 2 and not emulator.sandboxes
+        await manager.aclose()
+    events = _events(tmp_path / "trace.jsonl")
+    assert [e["event"] for e in events] == ["create", "stray_destroyed", "created", "destroyed"]
+    assert events[1]["sandbox"] != info.id and events[2]["sandbox"] == info.id
