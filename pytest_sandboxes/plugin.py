@@ -36,7 +36,7 @@ from .options import add_options, resolve
 from .reaper import sweep
 from .recording import RECORDING
 from .session import STATE, SessionState, new_run_id
-from .xdist import WORKER_INPUT, WORKER_OUTPUT, XdistHooks, is_worker
+from .xdist import WORKER_INPUT, WORKER_OUTPUT, XdistHooks, is_controller, is_worker
 
 __all__ = [
     "sandbox",
@@ -152,10 +152,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
+    _sweep(state, config)
     if is_worker(config):
         config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]  # set by pytest-xdist on its workers only
-    else:
-        _sweep(state)
     if state.providers:
         for provider in state.providers.values():
             try:
@@ -164,23 +163,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 pass
 
 
-def _sweep(state: SessionState) -> None:
-    """Controller (or the only process): destroy whatever this run still has alive."""
-    names = {name for name, stats in state.stats.items() if stats.created or stats.live}
-    if state.crashed_workers:
-        names.update(name for name in state.settings.providers if state.reason(name) is None)
+def _sweep(state: SessionState, config: pytest.Config) -> None:
+    """Destroy what this run still has alive. A worker sweeps its own, with the providers it has loaded;
+    the xdist controller, only after a worker crashed or could not sweep (it would load a provider's SDK
+    just for that); a lone process, everything."""
+    used = {name for name, stats in state.stats.items() if stats.created or stats.live}
+    names = used
+    if is_controller(config):
+        names = {name for name, left in state.left_behind.items() if left < 0}
+        if state.crashed_workers:
+            names |= used | {name for name in state.settings.providers if state.reason(name) is None}
+    worker = state.worker if is_worker(config) else None
     keep = {sandbox_id for _, sandbox_id in state.kept}
     for name in sorted(names):
         try:
             provider = state.provider(name)
-            destroyed, remaining = sync.portal().call(sweep, provider, state.run_id, keep)
+            destroyed, remaining = sync.portal().call(sweep, provider, state.run_id, keep, worker)
         except SandboxError as error:
-            state.swept[name] = 0
             state.left_behind[name] = -1
             print(f"sandboxes: could not sweep {name}: {error}")
             continue
         state.stats_for(name)
-        state.swept[name] = destroyed
+        state.swept[name] = state.swept.get(name, 0) + destroyed
         state.left_behind[name] = remaining
 
 

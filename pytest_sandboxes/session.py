@@ -123,6 +123,8 @@ class SessionState:
             "samples": self.samples,
             "governors": {name: counters.as_dict() for name, counters in self.governors.items()},
             "leaked": self.leaked,
+            "swept": self.swept,
+            "left_behind": self.left_behind,
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -132,6 +134,11 @@ class SessionState:
             self.governors.setdefault(name, Counters()).merge(counters)
         for name, count in data.get("leaked", {}).items():
             self.leaked[name] = self.leaked.get(name, 0) + count
+        for name, count in data.get("swept", {}).items():
+            self.swept[name] = self.swept.get(name, 0) + count
+        for name, count in data.get("left_behind", {}).items():  # -1: that worker could not look
+            known = self.left_behind.get(name, 0)
+            self.left_behind[name] = -1 if -1 in (known, count) else known + count
         self.kept.extend(tuple(k) for k in data.get("kept", ()))
         for task, verdicts in data.get("samples", {}).items():
             self.samples.setdefault(task, []).extend(verdicts)

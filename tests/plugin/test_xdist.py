@@ -26,6 +26,32 @@ def test_two_workers_label_their_sandboxes_and_report_once(pytester: pytest.Pyte
     assert live_sandboxes() == []
 
 
+def test_each_worker_sweeps_what_its_tests_left_without_touching_the_others(pytester: pytest.Pytester, live_sandboxes) -> None:
+    """A sandbox made with a test's run labels and never destroyed: its own worker's sweep takes it at its end."""
+    pytester.makepyfile(
+        """
+        import time
+
+        import pytest
+        from sandboxes.sync import Sandbox
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_leaks(sandbox, n):
+            Sandbox.create("local", labels=dict(sandbox.labels))  # no one destroys it
+            time.sleep(1)  # both workers at work: the first to end must leave the other's sandboxes alone
+
+        def test_outlives(sandbox):
+            time.sleep(3)
+            assert sandbox.execute("true").success
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2", "--dist", "load")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["local: the session-end sweep destroyed 2 sandbox(es) a test or crashed worker left behind"])
+    result.stdout.fnmatch_lines(["local*0"])  # left behind: 0
+    assert live_sandboxes() == []
+
+
 def test_a_worker_killed_mid_run_leaves_nothing_behind(pytester: pytest.Pytester, live_sandboxes) -> None:
     pytester.makepyfile(
         """

@@ -152,7 +152,7 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
     (suite / "test_soak_suite.py").write_text(SUITE)
     traces = [tmp_path / f"{name}.trace.jsonl" for name in ("a", "b", "suite")]
     with EMULATORS[provider](checks) as emulated:
-        env = {**os.environ, **emulated.env, "SANDBOXES_MAX_CONCURRENCY": str(CAP), "PYTEST_ADDOPTS": "-p no:benchmark -p no:randomly"}
+        env = {**os.environ, **emulated.env, "SANDBOXES_MAX_CONCURRENCY": str(CAP), "PYTEST_ADDOPTS": "-p no:benchmark -p no:randomly -p no:hypothesispytest"}
         commands: list[tuple[list[str], Path]] = []
         for trace, start in zip(traces, (in_pytest, in_pytest + per_eval), strict=False):
             samples = trace.with_suffix("").with_suffix(".samples.jsonl")
