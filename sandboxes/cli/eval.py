@@ -14,10 +14,12 @@ import click
 
 from .. import evaluation, leases
 from ..budget import Budget, BudgetExhausted, Ledger
+from ..errors import SandboxError
 from ..judging import Judgement
 from ..manager import get_manager
 from ..models import FRESH_ENV, SandboxConfig
 from ..passk import Summary
+from ..provider import SandboxProvider
 from ..trace import Trace
 from ._util import check_provider, fail, provider_option, reported
 
@@ -158,7 +160,7 @@ def eval_command(
                 stopped = error
             bar.close()
         finally:  # what is left of the run (a sandbox a lost answer made, that its creation could not find) goes now
-            left = anyio.run(leases.sweep, engine, run_id)
+            left = _sweep_run(engine, run_id)
     overall, by_language = evaluation.summary_of(evaluation.load_results(results), wanted)
     governors = {name: governor.counters for name, governor in get_manager().governors.items()}
     usage = ledger.usage()
@@ -188,6 +190,15 @@ def eval_command(
         judged = evaluation.judged_lines(results)
         unjudged = sum(1 for sample in todo if sample.line not in judged)
         fail(f"{stopped}; {unjudged} sample(s) not judged: run again with --resume (and a larger --budget) to judge them", BUDGET_EXIT)
+
+
+def _sweep_run(engine: SandboxProvider, run_id: str) -> list[str]:
+    """Best effort: a provider that cannot be reached now must not hide how the run ended (its lease expires)."""
+    try:
+        return anyio.run(leases.sweep, engine, run_id)
+    except SandboxError as error:
+        click.echo(f"warning: could not look for sandboxes this run left on {engine.name}: {error}", err=True)
+        return []
 
 
 def _meter(budget: Budget | None, trace: Path | None) -> Ledger:
