@@ -18,6 +18,11 @@ one ``Verdict``. Two styles of problem:
   run their tests in the program's process (``_embedded``).
   Unlike ``python3 main.py``, an argument the program mutates is not seen by
   the tests, and tests that hand the program a function are refused.
+  The nonce comes on stdin. On a provider without a stdin stream (Daytona,
+  Cloudflare) stdin is a file that lives until the harness starts, so a
+  process the program left running from an earlier command in the same
+  sandbox could race to read it: judge each untrusted sample in a fresh
+  sandbox there (``sandboxes eval`` does; ``sandbox_judge`` retries do).
 - **stdin/stdout cases** (competitive programming): each case's stdin is fed
   and its stdout compared (``compare``); the first failing case is named.
 
