@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .errors import ProviderError, RateLimitError
 from .models import SandboxConfig, SandboxInfo
@@ -147,6 +147,23 @@ class Driver(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and connections."""
+
+
+class Layer:
+    """A middleware over another driver that takes over some of its calls (create, destroy);
+    every other call, and every option, is the inner driver's."""
+
+    def __init__(self, inner: Driver) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.inner!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 @runtime_checkable

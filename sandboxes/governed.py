@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import contextvars
 import time
-from typing import Any
 
-from .driver import Driver
+from .driver import Driver, Layer
 from .errors import RateLimitError, SandboxNotFoundError
 from .governor import AcquireTimeout, Governor
 from .models import SandboxConfig, SandboxInfo
@@ -28,22 +27,13 @@ WAIT_TRACED = 0.001
 """A wait for a slot shorter than this is no wait (the files' own cost): not traced."""
 
 
-class GovernedDriver:
+class GovernedDriver(Layer):
     """``inner`` (a ``ResilientDriver`` that leaves rate limits to its caller) behind ``governor``."""
 
     def __init__(self, inner: Driver, governor: Governor, trace: Trace | None = None) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.governor = governor
         self.trace = trace
-
-    def __repr__(self) -> str:
-        return f"<GovernedDriver {self.inner!r}>"
-
-    def __getattr__(self, name: str) -> Any:  # every call but create and destroy is the inner driver's
-        if name.startswith("__") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     async def create(self, config: SandboxConfig) -> SandboxInfo:
         """Create once the governor gives a slot; a refusal for load gives it back and waits again."""

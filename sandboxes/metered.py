@@ -15,29 +15,20 @@ from typing import Any
 import anyio
 
 from .budget import BudgetExhausted, Ledger
-from .driver import Driver
+from .driver import Driver, Layer
 from .errors import SandboxNotFoundError
 from .governed import WAITED
 from .models import SandboxConfig, SandboxInfo
 from .trace import Trace
 
 
-class MeteredDriver:
+class MeteredDriver(Layer):
     """``inner`` with its creations and destroys in ``ledger`` and ``trace`` (either may be None)."""
 
     def __init__(self, inner: Driver, ledger: Ledger | None, trace: Trace | None) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.ledger = ledger
         self.trace = trace
-
-    def __repr__(self) -> str:
-        return f"<MeteredDriver {self.inner!r}>"
-
-    def __getattr__(self, name: str) -> Any:  # every call but create and destroy is the inner driver's
-        if name.startswith("__") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self.trace is not None:
