@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -131,6 +132,20 @@ def serve(server):
             conn.sendall(b"pong:" + conn.recv(100))
 
 
+def quiet_port(server, host):
+    """Bound below the ephemeral range, where no parallel test's closed emulator port (and its
+    reconnecting client) can be (as the test module's quiet_port: this script runs alone)."""
+    import random
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for port in random.sample(range(10000, max(low, 10001)), 200):
+        try:
+            server.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise SystemExit("no free port below the ephemeral range")
+
+
 def ready(pid):
     """Whether unshare, done with the namespaces (and their uid and gid maps), is sleep now."""
     try:
@@ -158,10 +173,10 @@ if result["unavailable"] is None:
     with socket.socket() as public, socket.socket() as loopback, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as loopback_udp:
         public.bind(("0.0.0.0", 0))
         public.listen()
-        loopback.bind(("127.0.0.1", 0))
+        quiet_port(loopback, "127.0.0.1")
         loopback.listen()
         loopback.setblocking(False)
-        loopback_udp.bind(("127.0.0.1", 0))
+        quiet_port(loopback_udp, "127.0.0.1")
         loopback_udp.setblocking(False)
         threading.Thread(target=serve, args=(public,), daemon=True).start()
         exit_r, exit_w = os.pipe()
@@ -366,22 +381,44 @@ def echo_server(host: str) -> Iterator[tuple[int, list[str]]]:
     thread.join(5)
 
 
-def nothing_arrived(tcp: socket.socket, udp: socket.socket | None = None) -> bool:
-    """Whether no connection is waiting on ``tcp`` and no datagram on ``udp`` (both non-blocking)."""
-    try:
-        conn, _ = tcp.accept()
-    except BlockingIOError:
-        pass
-    else:
-        conn.close()
-        return False
-    if udp is not None:
+def quiet_port(server: socket.socket, host: str) -> int:
+    """Bind ``server`` on ``host`` to a free port below the ephemeral range, and return it.
+
+    A port of the ephemeral range may have been, a moment ago, an emulator's of a
+    parallel test, whose SDK (gRPC's channel) still reconnects to it: a listener
+    there would count that client as the sandbox reaching the host.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, max(low, 10001)), 200):
         try:
-            udp.recv(100)
+            server.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no free port below {low} on {host}")
+
+
+def arrivals(tcp: socket.socket, udp: socket.socket | None = None) -> list[str]:
+    """What waits on the non-blocking ``tcp`` (connections, each with the process it came from) and ``udp``."""
+    found = []
+    while True:
+        try:
+            conn, peer = tcp.accept()
         except BlockingIOError:
-            return True
-        return False
-    return True
+            break
+        conn.close()
+        if not isinstance(peer, tuple):  # a unix socket's
+            found.append(f"a connection from {peer!r}")
+            continue
+        owner = subprocess.run(["ss", "-Htnp", "state", "all", f"( sport = :{peer[1]} )"], check=False, capture_output=True, text=True)
+        found.append(f"a connection from {peer[0]}:{peer[1]} ({owner.stdout.strip() or 'its process is gone'})")
+    while udp is not None:
+        try:
+            _, peer = udp.recvfrom(100)
+        except BlockingIOError:
+            break
+        found.append(f"a datagram from {peer[0]}:{peer[1]}")
+    return found
 
 
 def slirp_children() -> list[int]:
@@ -461,17 +498,14 @@ def test_dns_lookup_through_the_forwarder(kit: Path, attached: Namespace) -> Non
 @pytest.mark.hostile
 def test_host_loopback_is_unreachable(kit: Path, attached: Namespace) -> None:
     with socket.socket() as loopback, socket.socket() as everywhere, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        loopback.bind(("127.0.0.1", 0))
+        port, anywhere_port, udp_port = quiet_port(loopback, "127.0.0.1"), quiet_port(everywhere, "0.0.0.0"), quiet_port(udp, "127.0.0.1")
         loopback.listen()
-        everywhere.bind(("0.0.0.0", 0))
         everywhere.listen()
-        udp.bind(("127.0.0.1", 0))
         for server in (loopback, everywhere, udp):
             server.setblocking(False)
-        port, anywhere_port, udp_port = loopback.getsockname()[1], everywhere.getsockname()[1], udp.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port), timeout=5):  # the server answers the host itself
             pass
-        loopback.accept()[0].close()
+        assert len(arrivals(loopback)) == 1
 
         checks = [["tcp", host, port] for host in ("127.0.0.1", "10.0.2.2", "10.0.2.3")]
         checks += [["tcp", "10.0.2.2", anywhere_port]]  # the gateway is no way to the host's own address either
@@ -481,8 +515,8 @@ def test_host_loopback_is_unreachable(kit: Path, attached: Namespace) -> None:
             if check[0] == "tcp":
                 assert result != "connected", f"{check} reached the host"
         time.sleep(0.5)  # let a relayed datagram arrive, if any was
-        assert nothing_arrived(loopback, udp), "a probe reached the host's loopback"
-        assert nothing_arrived(everywhere)
+        assert arrivals(loopback, udp) == [], "a probe reached the host's loopback"
+        assert arrivals(everywhere) == []
 
 
 @pytest.mark.hostile
@@ -497,7 +531,7 @@ def test_host_abstract_unix_socket_is_unreachable(kit: Path, attached: Namespace
         server.setblocking(False)
         [result] = probe(kit, attached.pid, [["unix", name]])
         assert result.startswith("ConnectionRefusedError"), result
-        assert nothing_arrived(server)
+        assert arrivals(server) == []
 
 
 @pytest.mark.hostile
