@@ -7,6 +7,8 @@ and its log. A sandbox whose init is gone is stale and swept.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import os
@@ -15,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 UID_BASE = 1_900_000_000
@@ -25,10 +27,17 @@ UID_MOVE_SECONDS = 60.0
 
 
 def state_root() -> Path:
-    configured = os.environ.get("SANDBOXES_LOCAL_STATE_DIR")
+    """``$SANDBOXES_LOCAL_STATE_DIR``, else ``$XDG_STATE_HOME/sandboxes/local`` (``~/.local/state`` by default)."""
+    environ = os.environ
+    return _state_root(environ.get("SANDBOXES_LOCAL_STATE_DIR"), environ.get("XDG_STATE_HOME"), environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _state_root(configured: str | None, xdg_state_home: str | None, home: str | None) -> Path:
+    """Cached by the variables it reads: every operation on a sandbox asks, and building the path cost more than the rest."""
     if configured:
         return Path(configured)
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    base = xdg_state_home or os.path.expanduser("~/.local/state")
     return Path(base) / "sandboxes" / "local"
 
 
@@ -73,11 +82,18 @@ class SandboxState:
     extra: dict[str, object] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
-        """Atomic write: readers never see half a file."""
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".meta-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(self), handle)
-        os.replace(temporary, directory / "meta.json")
+        """Atomic write: readers never see half a file. Once per lease and per reset, so kept lean
+        (``asdict`` deep-copies, and ``json.dump`` writes piece by piece)."""
+        data = json.dumps({name: getattr(self, name) for name in _FIELDS}).encode()
+        temporary = f"{directory}/.meta-{os.getpid()}-{next(_SAVES)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temporary, f"{directory}/meta.json")
 
     @classmethod
     def load(cls, directory: Path) -> SandboxState | None:
@@ -88,6 +104,10 @@ class SandboxState:
 
     def alive(self) -> bool:
         return process_start(self.pid) == self.pid_start
+
+
+_FIELDS = tuple(field.name for field in fields(SandboxState))
+_SAVES = itertools.count()
 
 
 def process_start(pid: int) -> str | None:
