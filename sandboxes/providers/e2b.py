@@ -47,6 +47,7 @@ from e2b.exceptions import (
     SandboxException,
     SandboxNotFoundException,
     SandboxNotRunningException,
+    SandboxUnreachableException,
     ServiceBusyException,
 )
 from e2b.sandbox.commands.command_handle import CommandExitException
@@ -71,6 +72,7 @@ KILL_GRACE = 10.0  # after killing a command, how long its stream may take to en
 STREAM_GRACE = 30.0  # the SDK's own stream deadline sits this far past ours, as a backstop
 PIPE_BUFFER = 65536  # Linux's default pipe capacity
 START_SECONDS = 10.0  # envd's start event comes in a round trip: a stream still silent after this was lost
+CLOSE_STDIN_TRIES = 3  # closing stdin is idempotent: a connection lost on the way is tried again
 _LIVE_STATES = [SandboxState.RUNNING, SandboxState.PAUSED]
 NATIVE_IO_SETTLE_SECONDS = 0.1
 
@@ -414,7 +416,7 @@ async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -
                 try:
                     for start in range(0, len(stdin), STDIN_CHUNK):
                         await handle.send_stdin(stdin[start : start + STDIN_CHUNK])
-                    await handle.close_stdin()
+                    await _close_stdin(handle)
                 except NotFoundException:
                     pass  # the command already exited: it did not want the rest of its stdin
                 fed = True
@@ -434,6 +436,23 @@ async def _finish(handle: Any, timeout: float, stdin: bytes | None, send: Any) -
         send.close()
         if not waiter.done():
             waiter.cancel()
+
+
+async def _close_stdin(handle: Any) -> None:
+    """End the command's stdin, again when the connection was lost on the way (the request, or only its
+    answer): closing twice is closing, and a lost close would fail a check that had nothing wrong.
+    Stdin's data is not resent so: it may have arrived, and would be read twice."""
+    for attempt in range(CLOSE_STDIN_TRIES):
+        try:
+            await handle.close_stdin()
+            return
+        except SandboxUnreachableException:
+            if attempt == CLOSE_STDIN_TRIES - 1:
+                raise
+        except SandboxException:
+            if attempt == 0:
+                raise
+            return  # after a lost answer, the retry's complaint: the first close went through
 
 
 def _sink(send: Any, stream: Literal["stdout", "stderr"]) -> Callable[[str], None]:

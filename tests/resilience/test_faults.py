@@ -212,6 +212,23 @@ async def test_a_stream_that_never_starts_or_never_takes_its_stdin_is_the_provid
         await provider.destroy_sandbox(info.id)
 
 
+async def test_a_lost_close_of_stdin_is_closed_again_and_the_data_sent_once(emulator: E2BEmulator) -> None:
+    """A connection dropped under CloseStdin (before E2B acted, or only its answer) is no failure of the check."""
+    guarded = manager(e2b_provider(emulator))
+    provider, info = await guarded.create_sandbox(SandboxConfig())
+    sent = lambda path: sum(1 for _, seen in emulator.requests if seen.endswith(path))  # noqa: E731
+    try:
+        for after in (False, True):
+            closes, inputs = sent("/process.Process/CloseStdin"), sent("/process.Process/SendInput")
+            emulator.drop_next(target="envd", path="/process.Process/CloseStdin", after=after)
+            result = await provider.execute_command(info.id, ["sh", "-c", "cat; echo end"], stdin="nonce\n", timeout=20)
+            assert (result.exit_code, result.stdout) == (0, "nonce\nend\n")
+            assert (sent("/process.Process/CloseStdin") - closes, sent("/process.Process/SendInput") - inputs) == (2, 1)
+        assert emulator.pending_faults == 0
+    finally:
+        await provider.destroy_sandbox(info.id)
+
+
 async def test_a_vanished_sandbox_is_not_retried_and_does_not_trip_the_breaker(emulator: E2BEmulator) -> None:
     guarded = manager(e2b_provider(emulator), circuit_breaker={"failure_threshold": 1})
     provider, info = await guarded.create_sandbox(SandboxConfig())

@@ -167,9 +167,11 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
         wall = time.monotonic() - started
         for process, (stdout, stderr) in zip(processes, outputs, strict=True):
             assert process.returncode == 0, (stdout.decode()[-3000:], stderr.decode()[-3000:])
-        for stdout, _ in outputs[:2]:
+        for trace, (stdout, _) in zip(traces, outputs[:2], strict=False):
             summary = json.loads(stdout)
-            assert summary["infra_errors"] == 0 and summary["samples"] == per_eval and summary["verdicts"] == {"passed": per_eval}, summary
+            judged = [json.loads(line) for line in trace.with_suffix("").with_suffix(".samples.jsonl_results.jsonl").read_text().splitlines()]
+            unpassed = [(r["task_id"], r.get("verdict"), r.get("reason")) for r in judged if r.get("verdict") != "passed"]  # what went wrong, if anything did
+            assert summary["infra_errors"] == 0 and summary["samples"] == per_eval and summary["verdicts"] == {"passed": per_eval}, (summary, unpassed[:5])
         assert f"{in_pytest} passed" in outputs[2][0].decode()
         assert not emulated.left(), "sandboxes left behind"
         peak, refused, lifetimes = emulated.peak(), emulated.refused(), emulated.lifetimes()
