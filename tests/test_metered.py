@@ -114,6 +114,7 @@ async def test_the_trace_tells_the_stray_a_lost_answer_left(tmp_path: Path) -> N
         await provider.destroy_sandbox(info.id)
         assert emulator.created == 2 and not emulator.sandboxes
         await manager.aclose()
-    events = _events(tmp_path / "trace.jsonl")
+    # The governor is the machine's: a parallel test's E2B sandboxes may make this one wait for a slot.
+    events = [e for e in _events(tmp_path / "trace.jsonl") if e["event"] not in ("waited", "throttled")]
     assert [e["event"] for e in events] == ["create", "stray_destroyed", "created", "destroyed"]
     assert events[1]["sandbox"] != info.id and events[2]["sandbox"] == info.id
