@@ -127,9 +127,9 @@ def main() -> None:
         per_worker = len(problems) / WORKERS  # checks each worker runs, one after another
         print(f"pytest's floor: the empty suite is {median['empty'] / median['harness']:.2f}x the harness")
         print("a check's cost in the live suite, wall time per worker:")
-        print(f"  sandbox fixture (lease and reset)  {(median['fixture'] - median['empty']) / per_worker * 1000:5.1f} ms")
-        print(f"  judging in it                      {(median['live'] - median['fixture']) / per_worker * 1000:5.1f} ms")
-        print(f"  left by the 1.5x target            {(1.5 * median['harness'] - median['empty']) / per_worker * 1000:5.1f} ms")
+        print(f"  the plugin and the sandbox fixture (its lease and reset)  {(median['fixture'] - median['empty']) / per_worker * 1000:5.1f} ms")
+        print(f"  judging in that sandbox                                   {(median['live'] - median['fixture']) / per_worker * 1000:5.1f} ms")
+        print(f"  left by the 1.5x target                                   {(1.5 * median['harness'] - median['empty']) / per_worker * 1000:5.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -114,7 +114,7 @@ argv: MAPPING HOST_ADDRESS PROBE, MAPPING being "none" (a network namespace
 only), "current" (and a user namespace mapping the caller's uid to itself, as
 bubblewrap makes them) or "root" (one mapping it to uid 0, unshare -r).
 """
-import json, os, socket, subprocess, sys, threading, time
+import json, os, random, socket, subprocess, sys, threading, time
 
 from sandboxes.providers.local import network
 
@@ -133,9 +133,8 @@ def serve(server):
 
 
 def quiet_port(server, host):
-    """Bound below the ephemeral range, where no parallel test's closed emulator port (and its
-    reconnecting client) can be (as the test module's quiet_port: this script runs alone)."""
-    import random
+    """The test module's quiet_port (this script runs on its own): bound below the ephemeral range,
+    where no parallel test's just-closed emulator port, still sought by its client, can be."""
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     for port in random.sample(range(10000, max(low, 10001)), 200):
         try:

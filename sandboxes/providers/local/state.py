@@ -8,7 +8,6 @@ and its log. A sandbox whose init is gone is stale and swept.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import os
@@ -82,18 +81,13 @@ class SandboxState:
     extra: dict[str, object] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
-        """Atomic write: readers never see half a file. Once per lease and per reset, so kept lean
-        (``asdict`` deep-copies, and ``json.dump`` writes piece by piece)."""
-        data = json.dumps({name: getattr(self, name) for name in _FIELDS}).encode()
-        temporary = f"{directory}/.meta-{os.getpid()}-{next(_SAVES)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(temporary, f"{directory}/meta.json")
+        """Atomic write: readers never see half a file. Once per lease and per reset, so its JSON is made
+        at once from the fields (``asdict`` deep-copies them, ``json.dump`` writes piece by piece)."""
+        text = json.dumps({name: getattr(self, name) for name in _FIELDS})
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".meta-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, directory / "meta.json")
 
     @classmethod
     def load(cls, directory: Path) -> SandboxState | None:
@@ -107,7 +101,6 @@ class SandboxState:
 
 
 _FIELDS = tuple(field.name for field in fields(SandboxState))
-_SAVES = itertools.count()
 
 
 def process_start(pid: int) -> str | None:
