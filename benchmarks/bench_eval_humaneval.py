@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _humaneval import dataset, read_rounds, time_harness, timed, write_canonical_samples  # beside this script
+from _humaneval import dataset, read_rounds, time_harness, timed, with_bytecode_caches, write_canonical_samples  # beside this script
 
 TARGETS = {"fresh": 2.5, "recycled": 1.0}
 FEW = 16
@@ -38,6 +38,8 @@ def main() -> None:
         few_data.write_text("".join(json.dumps(problem) + "\n" for problem in problems[:FEW]))
         few = write_canonical_samples(work / "few-samples.jsonl", problems[:FEW])
         command = shutil.which("sandboxes") or sys.exit("the sandboxes command is not installed: pip install -e .")
+        with_bytecode_caches()
+        timed([command, "eval", str(few), "--problems", str(few_data), "-j", "2", "-k", "1", "-o", str(work / "warm-up.jsonl")])
         theirs: list[float] = []
         ours: dict[str, list[float]] = {name: [] for name in TARGETS}
         small: dict[str, list[float]] = {"harness": [], "recycled": []}

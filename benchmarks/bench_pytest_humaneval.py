@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _humaneval import dataset, read_rounds, time_harness, timed, write_canonical_samples  # beside this script
+from _humaneval import dataset, read_rounds, time_harness, timed, with_bytecode_caches, write_canonical_samples  # beside this script
 
 COMMON = """
 import json
@@ -101,7 +101,11 @@ def main() -> None:
             (suite / "pytest.ini").write_text("[pytest]\n")
         samples = write_canonical_samples(work / "samples.jsonl", problems)
         os.environ.setdefault("SANDBOXES_LOCAL_STATE_DIR", str(work / "state"))
+        with_bytecode_caches()
         timed(pytest_argv("--sandbox-record-mode=rewrite"), work / "judged")  # the cassettes the replay reads
+        timed(pytest_argv("--sandbox-record-mode=off"), work / "fixture")  # the other suites' caches filled too
+        for name in ("subprocess", "empty"):
+            timed(pytest_argv("-p", "no:sandboxes"), work / name)
         times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "fixture", "live", "replay")}
         for _ in range(rounds):
             for leftover in work.glob("*_results.jsonl*"):
