@@ -251,6 +251,7 @@ class Cassette:
             raise CassetteError(f"no cassette at {self.path} and the record mode is 'none' (replay only).\nTo record it: {self.rerecord_hint}")
         self.existed = existed
         self._used: set[int] = set()
+        self._keys: list[str] | None = None
         self.new: list[Interaction] = []
 
     # -- what the mode allows ----------------------------------------------------------
@@ -275,10 +276,12 @@ class Cassette:
         if not self.replays:
             return None
         key = _key(op, args)
-        for index, interaction in enumerate(self.recorded):
-            if index not in self._used and interaction.key() == key:
+        if self._keys is None:  # each recorded key computed once, not at every operation of the test
+            self._keys = [interaction.key() for interaction in self.recorded]
+        for index, recorded in enumerate(self._keys):
+            if recorded == key and index not in self._used:
                 self._used.add(index)
-                return interaction
+                return self.recorded[index]
         return None
 
     def miss(self, op: str, args: dict[str, Any]) -> CassetteError:
