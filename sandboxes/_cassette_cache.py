@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,11 +65,10 @@ def _entry(text: str) -> Path | None:
 def _reader_digest() -> bytes | None:
     """The reader's own code: a change to how a cassette is read or checked makes new entries.
     None where its source is not a readable file (a zipped install): then nothing is cached."""
-    from . import _cassette_format, cassette
-
-    try:
-        sources = [Path(module.__file__ or "").read_bytes() for module in (_cassette_format, cassette, sys.modules[__name__])]
-    except OSError:
+    try:  # found, not imported: a cassette read from this cache needs no YAML (its import is some 25 ms)
+        files = [importlib.util.find_spec(f"{__package__}.{name}") for name in ("_cassette_format", "cassette")]
+        sources = [Path(spec.origin if spec is not None and spec.origin else "").read_bytes() for spec in files] + [Path(__file__).read_bytes()]
+    except (OSError, ImportError, ValueError):
         return None
     return b"".join(hashlib.sha256(source).digest() for source in sources)
 

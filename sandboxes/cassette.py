@@ -307,7 +307,11 @@ class Cassette:
     # -- the file -------------------------------------------------------------------------
     def _load(self) -> list[Interaction]:
         from . import _cassette_cache
-        from ._cassette_format import read_document
+
+        def read_document(text: str) -> tuple[str | None, list[Interaction]]:
+            from ._cassette_format import read_document  # YAML only for a cassette the cache has not kept
+
+            return read_document(text)
 
         try:
             provider, interactions = _cassette_cache.read(self._original_text or "", read_document)

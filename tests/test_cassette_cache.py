@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +49,22 @@ def test_a_cassette_read_again_is_not_parsed_again(tmp_path: Path, cache: Path, 
     monkeypatch.setattr(_cassette_format, "read_document", parse_again)
     assert recorded(path) == first
     assert first[1]["result"] == {"output": [{"stream": "stdout", "text": "0.5\n"}], "exit_code": 0}
+
+
+def test_a_cassette_read_from_the_cache_needs_no_yaml(tmp_path: Path, cache: Path) -> None:
+    """A replayed suite's processes skip the YAML library's import (some 25 ms each) when every cassette is cached."""
+    path = tmp_path / "test.yaml"
+    path.write_text(CASSETTE)
+    recorded(path)  # parsed here, and kept
+    script = (
+        "import sys\n"
+        "from sandboxes.cassette import Cassette\n"
+        f"assert len(Cassette({str(path)!r}, 'none', provider='local').recorded) == 2\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('yaml', '_yaml')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_an_edited_cassette_is_checked_afresh(tmp_path: Path, cache: Path) -> None:
