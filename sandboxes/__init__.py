@@ -44,8 +44,9 @@ _LAZY = {
     "run_many": "sandbox",
     "session": "sandbox",
 }
-"""Names whose modules load at first use: ``import sandboxes.specs`` (the pytest plugin's, in a process
-that runs no sandbox test) need not load the engine, the judge and anyio, some 80 ms."""
+"""Names whose modules load at first use, as anyio loads its back-ends: a program that imports one
+light module (``sandboxes.specs``, ``sandboxes.models``) does not pay for the engine, the judge and
+anyio, some 80 ms at start."""
 
 
 def __getattr__(name: str) -> Any:
