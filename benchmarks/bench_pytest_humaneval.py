@@ -10,7 +10,8 @@ All in this run, interleaved round by round, medians of ``--rounds``:
 - that suite replayed from its cassettes (recorded once, before the rounds).
 
 Targets: live at most 1.5x the harness and 1.2x the subprocess suite; replay
-at most 1.3x the empty suite. They are benchmark results, not CI gates.
+at most 1.3x the empty suite. They are benchmark results, not CI gates. The
+pytest runs keep their bytecode caches, as a user's do (``with_bytecode_caches``).
 
     python benchmarks/bench_pytest_humaneval.py [--rounds 5]
 """
