@@ -65,10 +65,14 @@ def _entry(text: str) -> Path | None:
 def _reader_digest() -> bytes | None:
     """The reader's own code: a change to how a cassette is read or checked makes new entries.
     None where its source is not a readable file (a zipped install): then nothing is cached."""
-    try:  # found, not imported: a cassette read from this cache needs no YAML (its import is some 25 ms)
-        files = [importlib.util.find_spec(f"{__package__}.{name}") for name in ("_cassette_format", "cassette")]
-        sources = [Path(spec.origin if spec is not None and spec.origin else "").read_bytes() for spec in files] + [Path(__file__).read_bytes()]
-    except (OSError, ImportError, ValueError):
+    # Found, not imported: a cassette read from this cache needs no YAML (its import is some 25 ms).
+    found = [importlib.util.find_spec(f"{__package__}.{name}") for name in ("_cassette_format", "cassette")]
+    paths = [spec.origin for spec in found if spec is not None and spec.origin]
+    if len(paths) < len(found):
+        return None
+    try:
+        sources = [Path(path).read_bytes() for path in (*paths, __file__)]
+    except OSError:
         return None
     return b"".join(hashlib.sha256(source).digest() for source in sources)
 

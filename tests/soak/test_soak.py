@@ -150,11 +150,11 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
     (suite / "checks.json").write_text(json.dumps(pairs))
     (suite / "test_soak_suite.py").write_text(SUITE)
     traces = [tmp_path / f"{name}.trace.jsonl" for name in ("a", "b", "suite")]
+    samples_files = [tmp_path / f"{name}.samples.jsonl" for name in ("a", "b")]  # the two evals'; each writes <file>_results.jsonl
     with EMULATORS[provider](checks) as emulated:
         env = {**os.environ, **emulated.env, "SANDBOXES_MAX_CONCURRENCY": str(CAP), "PYTEST_ADDOPTS": "-p no:benchmark -p no:randomly -p no:hypothesispytest"}
         commands: list[tuple[list[str], Path]] = []
-        for trace, start in zip(traces, (in_pytest, in_pytest + per_eval), strict=False):
-            samples = trace.with_suffix("").with_suffix(".samples.jsonl")
+        for trace, samples, start in zip(traces, samples_files, (in_pytest, in_pytest + per_eval), strict=False):
             lines = [json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in cycle[start : start + per_eval]]
             samples.write_text("".join(lines))
             argv = [sandboxes_command(), "eval", str(samples), "--problems", str(PROBLEMS), "-p", provider, "-j", "16", "-k", "1", "--json"]
@@ -167,9 +167,9 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
         wall = time.monotonic() - started
         for process, (stdout, stderr) in zip(processes, outputs, strict=True):
             assert process.returncode == 0, (stdout.decode()[-3000:], stderr.decode()[-3000:])
-        for trace, (stdout, _) in zip(traces, outputs[:2], strict=False):
+        for samples, (stdout, _) in zip(samples_files, outputs[:2], strict=True):
             summary = json.loads(stdout)
-            judged = [json.loads(line) for line in trace.with_suffix("").with_suffix(".samples.jsonl_results.jsonl").read_text().splitlines()]
+            judged = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
             unpassed = [(r["task_id"], r.get("verdict"), r.get("reason")) for r in judged if r.get("verdict") != "passed"]  # what went wrong, if anything did
             assert summary["infra_errors"] == 0 and summary["samples"] == per_eval and summary["verdicts"] == {"passed": per_eval}, (summary, unpassed[:5])
         assert f"{in_pytest} passed" in outputs[2][0].decode()
