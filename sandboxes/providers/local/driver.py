@@ -426,8 +426,7 @@ class LocalDriver:
         if not isinstance(residue, str) or residue:
             log.info("sandbox %s is not recycled: %s", held, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
             return False
-        state.labels, state.expires_at = {}, idle_until
-        state.save(self.root / state.id)
+        state.labels, state.expires_at = {}, idle_until  # in memory only: nothing reads an idle sandbox's meta.json but its pid
         return IDLE.put(_recycled(state)["shape"], (self, state))
 
     def _move(self, state: SandboxState, new_id: str) -> None:
