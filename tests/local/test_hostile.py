@@ -674,13 +674,27 @@ async def test_memory_is_limited_per_sandbox_shared_mappings_and_many_processes_
     crowd = await provider.execute_command(box, many, timeout=60)
     assert crowd.oom_killed, crowd.describe()  # four processes of 100 MiB do not fit in 256 MiB together
     alone = await provider.execute_command(box, ["python3", "-c", "x = bytearray(200 << 20)"], timeout=60)
-    assert alone.success, alone.describe()
+    assert alone.success and not alone.oom_killed, alone.describe()  # its cgroup may be one the OOM killer visited before
     # Files in /workspace and /tmp are memory too: 90 MiB of them leave no room for those 200 MiB.
     fill = "for i in 1 2 3 4; do head -c 15000000 /dev/zero > f$i; done; for i in 1 2; do head -c 15000000 /dev/zero > /tmp/f$i; done"
     assert (await provider.execute_command(box, fill)).success
     squeezed = await provider.execute_command(box, ["python3", "-c", "x = bytearray(200 << 20)"], timeout=60)
     assert squeezed.oom_killed, squeezed.describe()
     assert (await provider.execute_command(box, "rm -f /tmp/f* f*; echo alive")).stdout == "alive\n"
+
+
+async def test_a_timeout_ends_its_own_commands_processes_never_those_an_earlier_command_left(provider: LocalProvider, box: str) -> None:
+    # Each command's processes are in a cgroup of their own; an empty one serves a later command,
+    # one that a daemon still lives in never does, so a timeout there cannot reach that daemon.
+    left = await provider.execute_command(box, "setsid sleep 300 > /dev/null 2>&1 & echo started")
+    assert left.stdout == "started\n", left.describe()
+    for _ in range(3):
+        assert (await provider.execute_command(box, "true")).success
+        timed_out = await provider.execute_command(box, "setsid sleep 400 > /dev/null 2>&1 & sleep 60", timeout=0.5)
+        assert timed_out.timed_out, timed_out.describe()
+    alive = await provider.execute_command(box, "pgrep -x sleep -a || true")
+    assert "sleep 300" in alive.stdout and "sleep 400" not in alive.stdout, alive.describe()
+    await provider.execute_command(box, "pkill -x sleep || true")
 
 
 async def test_links_through_the_agents_proc_self_lead_nowhere(provider: LocalProvider) -> None:
