@@ -1,8 +1,8 @@
 """The blocking facade: the same names as the async API, for synchronous code.
 
-Calls run on one event loop in a background thread (an anyio blocking
-portal), so a plain function, the pytest fixture or the CLI can use sandboxes
-without an event loop of their own.
+Calls run on one event loop in a background thread (started by an anyio
+blocking portal, reached through ``Portal``), so a plain function, the pytest
+fixture or the CLI can use sandboxes without an event loop of their own.
 """
 
 from __future__ import annotations
