@@ -123,7 +123,7 @@ def sandbox(request: pytest.FixtureRequest, sandbox_provider: SandboxProvider, s
 
 
 @pytest.fixture
-def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any, sandbox_provider: SandboxProvider, sandbox_factory: SandboxFactory) -> Callable[..., Any]:
+def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any, sandbox_provider: SandboxProvider) -> Callable[..., Any]:
     """``sandbox_judge(program, language, tests=... | expected_stdout=... | cases=...)``: a ``Judgement``, judged in this test's sandbox.
 
     Blocking in a sync test, a coroutine in an async one. ``assert judgement.passed``
@@ -133,6 +133,7 @@ def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any, sandbox_provider
     every time counts as its ``runtime_error``, as ``sandboxes eval`` counts it.
     """
     judged = request.node.stash.setdefault(JUDGED, [])
+    factory = SandboxFactory(state_of(request.config), request.node)  # the sandbox_factory fixture's, not asked for: each fixture costs every test
     first: Sandbox = sandbox if isinstance(sandbox, Sandbox) else sandbox.async_sandbox
     config = request.node.stash[SANDBOX_CONFIG]
     current: Sandbox | None = first  # None once lost: the next judgement starts in a fresh one
@@ -141,7 +142,7 @@ def sandbox_judge(request: pytest.FixtureRequest, sandbox: Any, sandbox_provider
     async def sandboxes(attempt: int) -> AsyncIterator[Sandbox]:
         nonlocal current
         if attempt or current is None:  # a fresh one like the first; the factory destroys (or keeps) it when the test ends
-            current = await sandbox_factory._create(sandbox_provider, config)
+            current = await factory._create(sandbox_provider, config)
         yield current
 
     async def judge_async(program: str, language: str, **options: Any) -> Judgement:
