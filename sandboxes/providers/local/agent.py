@@ -463,8 +463,7 @@ class Agent:
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else (128 - code if code < 0 else code)
         oom_killed = False
         if cgroups is not None and group is not None:
-            oom_killed = cgroups.oom_killed(group)
-            cgroups.done(group)
+            oom_killed = cgroups.finish(group)
         if not vanished:
             try:
                 status = {"exit_code": exit_code, "timed_out": timed_out, "duration_ms": _ms(started), "oom_killed": oom_killed, "cpu_ms": child.cpu_ms}
@@ -924,9 +923,13 @@ class Cgroups:
                     pass
             time.sleep(0.001)
 
-    def oom_killed(self, name: str) -> bool:
-        """Whether the OOM killer took a process of the command in ``name`` (since it was handed out)."""
-        return self._ooms(name) > self.ooms.get(name, 0)
+    def finish(self, name: str) -> bool:
+        """The command in ``name`` is over: whether the OOM killer took one of its processes (since the
+        cgroup was handed out); then it is done with, its count read once for both."""
+        count = self._ooms(name)
+        killed = count > self.ooms.get(name, 0)
+        self.done(name, count)
+        return killed
 
     def _ooms(self, name: str) -> int:
         text = _read_at(self.memory_fd, f"{name}/memory.events" if self.v2 else f"{name}/memory.oom_control")
@@ -936,18 +939,21 @@ class Cgroups:
                 return int(value)
         return 0
 
-    def done(self, name: str) -> None:
-        """The command is over: its cgroup is kept for another when empty, else removed once it is."""
+    def done(self, name: str, ooms: int | None = None) -> None:
+        """Its processes are over: the cgroup is kept for another command when empty, else removed once
+        it is. ``ooms``: its OOM count, when the caller has just read it."""
         try:
             empty = len(self.free) < self.FREE_KEPT and not any(_read_at(fd, f"{name}/cgroup.procs").strip() for fd in self.work_fds)
-            ooms = self._ooms(name) if empty else 0
+            if empty and ooms is None:
+                ooms = self._ooms(name)
         except OSError:
             empty = False
         with self.lock:
-            if empty and len(self.free) < self.FREE_KEPT:
+            if empty and ooms is not None and len(self.free) < self.FREE_KEPT:
                 self.ooms[name] = ooms
                 self.free.append(name)
                 return
+            self.ooms.pop(name, None)
         if not self._remove(name):
             with self.lock:
                 self.finished.append(name)
