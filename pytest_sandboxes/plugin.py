@@ -156,12 +156,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if is_worker(config):
         config.workeroutput[WORKER_OUTPUT] = state.export()  # type: ignore[attr-defined]  # set by pytest-xdist on its workers only
     if state.providers:
-        _quick_exit.freeze_survivors_at_exit()  # a cloud SDK's objects would cost 0.3-0.4 s of collections at exit
         for provider in state.providers.values():
             try:
                 sync.portal().call(provider.aclose)
             except Exception:  # closing is best effort at exit
                 pass
+    if state.used and (is_worker(config) or _cleanup_collections(config)):  # every test and fixture is done: the rest is the exit
+        _quick_exit.freeze_once_clean()
+
+
+def _cleanup_collections(config: pytest.Config) -> int:
+    """The full collections that pytest's cleanup will make: five, and none in pytester's in-process runs
+    (whose process goes on: its objects must stay collectable)."""
+    try:
+        from _pytest.unraisableexception import gc_collect_iterations_key
+    except ImportError:  # a pytest without that cleanup
+        return 0
+    return config.stash.get(gc_collect_iterations_key, 5)
 
 
 def _sweep(state: SessionState, config: pytest.Config) -> None:

@@ -52,4 +52,4 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted", err=True)
         sys.exit(130)
     finally:
-        _quick_exit.freeze_survivors()
+        _quick_exit.freeze_once_clean()
