@@ -5,6 +5,7 @@ Each case runs in its own process: a frozen heap would outlive the test.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -37,14 +38,18 @@ print("frozen", _quick_exit.freeze_once_clean(), gc.get_freeze_count())
 """
 
 
-def _run(source: str) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True, text=True, timeout=60)
+def _run(source: str, **env: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
 
 def test_garbage_is_collected_before_the_freeze_and_what_is_alive_is_frozen() -> None:
     assert _run(CLEAN)[:2] == ["garbage finalized True", "frozen True True"]
+
+
+def test_the_switch_turns_it_off() -> None:
+    assert _run(CLEAN, SANDBOXES_QUICK_EXIT="0")[:1] == ["frozen False False"]
 
 
 def test_nothing_is_frozen_while_garbage_keeps_coming_back() -> None:
