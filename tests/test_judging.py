@@ -170,6 +170,16 @@ async def test_the_program_runs_as_python3_main_py_would_run_it(sandbox: Sandbox
     assert judged.passed, judged.describe()
 
 
+async def test_the_program_finds_only_the_modules_python3_main_py_starts_with(sandbox: Sandbox) -> None:
+    """The judge imports nothing into the program's process: each module would cost every run, and show."""
+    listing = "import sys\nMODULES = sorted(sys.modules)\n"
+    fresh = await sandbox.run_code(listing + "print(' '.join(MODULES))\n", "python")
+    assert fresh.success, fresh.stderr
+    tests = f"assert sorted(set(MODULES) - set({fresh.stdout.split()!r})) == []\n"
+    judged = await judge(sandbox, listing, "python", tests=tests)
+    assert judged.passed, judged.describe()
+
+
 async def test_a_failing_test_shows_where_in_the_program_and_the_tests(sandbox: Sandbox) -> None:
     judged = await judge(sandbox, WRONG, "python", tests=TESTS)
     assert judged.result is not None
