@@ -63,3 +63,25 @@ def test_an_in_process_run_leaves_the_host_process_collectable(pytester: pytest.
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert gc.get_freeze_count() == before, re.sub(r"\s+", " ", result.stdout.str())[-500:]
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["lone", "xdist"])
+def test_garbage_a_test_left_is_still_collected_and_its_del_errors_still_shown(pytester: pytest.Pytester, workers: list[str]) -> None:
+    pytester.makepyfile(
+        """
+        import gc
+
+        class Bad:
+            def __del__(self):
+                raise RuntimeError("boom from __del__")
+
+        def test_leaves_a_cycle(sandbox):
+            assert sandbox.execute(["true"]).exit_code == 0
+            gc.disable()  # left for the session's end to find
+            bad = Bad()
+            bad.me = bad
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)
+    result.assert_outcomes(passed=1)
+    assert "boom from __del__" in result.stdout.str() + result.stderr.str()
