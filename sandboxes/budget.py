@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SandboxError
+from .leases import process_alive, start_time
 from .models import SandboxConfig
 
 PRICES_VARIABLE = "SANDBOXES_PRICES"
+LEDGER_PREFIX = "sandboxes-ledger-"
+_OWNED_LEDGER = re.compile(re.escape(LEDGER_PREFIX) + r"(\d+)-(\d+)-(\d+)-[0-9a-f]{16}\.json")  # pid namespace, pid, start
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,10 @@ class Ledger:
     def temporary(cls, budget: Budget | None = None, price_overrides: Mapping[str, float] | None = None) -> Ledger:
         """A new run's ledger, its file removed with it (its processes get its ``path``); nothing is
         written until the run's first sandbox, so a session that makes none leaves no trace."""
-        path = _scratch_dir() / f"sandboxes-ledger-{secrets.token_hex(8)}.json"
+        scratch = _scratch_dir()
+        _remove_dead_ledgers(scratch)
+        me = os.getpid()
+        path = scratch / f"{LEDGER_PREFIX}{_pid_namespace()}-{me}-{start_time(me)}-{secrets.token_hex(8)}.json"
         ledger = cls(path, budget, price_overrides)
         weakref.finalize(ledger, _remove, path)
         return ledger
@@ -266,5 +272,25 @@ def _totals(state: Mapping[str, Any], now: float) -> dict[str, Usage]:
 
 
 def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, PermissionError):  # gone already, or another user's
         path.unlink()
+
+
+def _remove_dead_ledgers(directory: Path) -> None:
+    """The ledgers of runs whose process is gone: killed, it never ran the finalizer that removes its own.
+    Its name says which process made it (its pid namespace, pid and start time: a pid means nothing
+    in another namespace, such as a container's that shares this directory); one of a live run, of
+    another namespace, or of unknown making, stays."""
+    namespace = _pid_namespace()
+    for path in directory.glob(LEDGER_PREFIX + "*.json"):
+        owner = _OWNED_LEDGER.fullmatch(path.name)
+        if owner and namespace and int(owner[1]) == namespace and not process_alive(int(owner[2]), owner[3]):
+            _remove(path)
+
+
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode), 0 if unreadable."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0

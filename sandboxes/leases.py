@@ -68,7 +68,7 @@ def labels(lifetime: float) -> dict[str, str]:
     run = active()
     if run is None:
         return {}
-    owner = f"{socket.gethostname()} {os.getpid()} {_start_time(os.getpid())} {run}"
+    owner = f"{socket.gethostname()} {os.getpid()} {start_time(os.getpid())} {run}"
     return {LEASE_LABEL: owner, EXPIRES_LABEL: str(int(time.time() + lifetime + MARGIN_SECONDS))}
 
 
@@ -85,7 +85,7 @@ def stale(labels: Mapping[str, str], now: float | None = None) -> str | None:
     if expires is not None and now > expires:
         return "its run's lease expired"
     host, pid, start, run = [*lease.split(" "), "", "", "", ""][:4]
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid), start):
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid), start):
         return f"run {run}'s process {pid} is gone"
     return None
 
@@ -130,18 +130,19 @@ def describe_swept(provider: str, count: int) -> str:
     return f"{provider}: swept {count} sandbox(es) left by a killed run or worker (their process gone, or their lease expired)"
 
 
-def _alive(pid: int, start: str) -> bool:
+def process_alive(pid: int, start: str) -> bool:
+    """Whether process ``pid``, started at ``start`` (``start_time``), still runs: not a later one with its pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # another user's: alive
-    now = _start_time(pid)
+    now = start_time(pid)
     return not start or not now or now == start  # unreadable either time: taken as alive
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); "" if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:

@@ -102,3 +102,37 @@ def test_a_temporary_ledger_writes_nothing_until_a_sandbox_and_is_removed_with_i
     del ledger
     gc.collect()
     assert not path.exists()
+
+
+RUN = """
+import sys, time
+from pathlib import Path
+import sandboxes.budget as budget
+budget._scratch_dir = lambda: Path(sys.argv[1])
+ledger = budget.Ledger.temporary()
+ledger.opened("local", "a", 0.0)
+print(ledger.path, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_runs_ledger_is_removed_when_the_next_run_starts_and_a_live_ones_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sandboxes.budget._scratch_dir", lambda: tmp_path)
+    runs = [subprocess.Popen([sys.executable, "-c", RUN, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        paths = [Path(run.stdout.readline().strip()) for run in runs if run.stdout is not None]
+        killed = runs[0]
+        killed.kill()  # its finalizer never runs
+        killed.wait(timeout=10)
+        assert all(path.exists() for path in paths)
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        unknown = [tmp_path / "sandboxes-ledger-0123456789abcdef.json", tmp_path / f"sandboxes-ledger-{namespace + 1}-1-1-0123456789abcdef.json"]
+        for path in unknown:  # no owner in its name, or one in another pid namespace: not ours to judge
+            path.write_text("{}")
+        Ledger.temporary()
+        assert [path.exists() for path in paths] == [False, True]
+        assert all(path.exists() for path in unknown)
+    finally:
+        for run in runs:
+            run.kill()
+            run.communicate(timeout=10)  # and its pipe closed

@@ -45,7 +45,7 @@ def _lease_of(pid: int, start: str, *, host: str | None = None, expires: float |
 
 def test_a_lease_whose_process_is_gone_is_stale() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    start = leases._start_time(child.pid)
+    start = leases.start_time(child.pid)
     labels = _lease_of(child.pid, start)
     assert leases.stale(labels) is None
     child.kill()
