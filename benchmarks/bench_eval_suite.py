@@ -120,9 +120,11 @@ def test_program(index):
 
 
 def run_pytest(directory: Path, *args: str) -> float:
+    """Wall time of a pytest run in ``directory``, with its own basetemp there (pytest's numbered ones would
+    have a timed run delete the oldest, another run's tree, at its end)."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", *args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "--basetemp=.basetemp", *args],
         cwd=directory, capture_output=True, text=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - started

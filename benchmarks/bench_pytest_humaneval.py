@@ -86,7 +86,10 @@ WORKERS = 2
 
 
 def pytest_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "-n", str(WORKERS), *args]
+    """Each suite keeps its own basetemp (in its directory): with pytest's numbered ones, a timed run
+    would delete the oldest one at its end, another run's tree."""
+    common = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:benchmark", "--basetemp=.basetemp"]
+    return [sys.executable, "-m", "pytest", *common, "-n", str(WORKERS), *args]
 
 
 def main() -> None:
