@@ -47,7 +47,7 @@ MODAL_RATE = 5.0  # Modal's published creations per second, the spec table's def
 GUARD = {"daytona": 1.6}
 """Every soak measured within the issue's 1.5x; Daytona's with the least margin: its pytest starts last, each of
 its 4 workers importing Daytona's SDK (1.4 s of CPU) on 2 cores, which weighs on a 20 s ideal: 1.36-1.40x
-here. Two CI runs read 1.62x: the suite's pytest, the second to take a numbered basetemp after the full
+here. A CI run read 1.62x: the suite's pytest, the second to take a numbered basetemp after the full
 suite, deleted that suite's whole tree as it ended, inside the timed window (it has its own basetemp now).
 CI holds it at 1.6x so that the machine's noise does not fail a run that met the target; the report says
 where each process lost its time."""
