@@ -162,10 +162,9 @@ class Ledger:
     def temporary(cls, budget: Budget | None = None, price_overrides: Mapping[str, float] | None = None) -> Ledger:
         """A new run's ledger, its file removed with it (its processes get its ``path``); nothing is
         written until the run's first sandbox, so a session that makes none leaves no trace."""
-        scratch = _scratch_dir()
-        _remove_dead_ledgers(scratch)
-        me = os.getpid()
-        path = scratch / f"{LEDGER_PREFIX}{_pid_namespace()}-{me}-{start_time(me)}-{secrets.token_hex(8)}.json"
+        scratch, namespace, me = _scratch_dir(), _pid_namespace(), os.getpid()
+        _remove_dead_ledgers(scratch, namespace)
+        path = scratch / f"{LEDGER_PREFIX}{namespace}-{me}-{start_time(me)}-{secrets.token_hex(8)}.json"
         ledger = cls(path, budget, price_overrides)
         weakref.finalize(ledger, _remove, path)
         return ledger
@@ -276,12 +275,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _remove_dead_ledgers(directory: Path) -> None:
+def _remove_dead_ledgers(directory: Path, namespace: int) -> None:
     """The ledgers of runs whose process is gone: killed, it never ran the finalizer that removes its own.
     Its name says which process made it (its pid namespace, pid and start time: a pid means nothing
     in another namespace, such as a container's that shares this directory); one of a live run, of
-    another namespace, or of unknown making, stays."""
-    namespace = _pid_namespace()
+    another namespace, or of unknown making, stays. ``namespace``: this process's (0: unknown, none is judged)."""
     for path in directory.glob(LEDGER_PREFIX + "*.json"):
         owner = _OWNED_LEDGER.fullmatch(path.name)
         if owner and namespace and int(owner[1]) == namespace and not process_alive(int(owner[2]), owner[3]):

@@ -135,9 +135,9 @@ def _communicate(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes, float]
     return stdout, stderr, time.monotonic()
 
 
-def _span(trace: Path) -> tuple[float, float]:
-    """When a process's first sandbox was created and its last one ended (wall clock)."""
-    times = [e["t"] for e in _events([trace]) if e["event"] in ("created", "destroyed")]
+def _span(events: list[dict[str, Any]]) -> tuple[float, float]:
+    """When a process's first sandbox was created and its last one ended (wall clock), from its trace."""
+    times = [e["t"] for e in events if e["event"] in ("created", "destroyed")]
     return min(times), max(times)
 
 
@@ -198,7 +198,8 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
     assert peak <= CAP
     if provider == "modal":
         assert refused == 0  # the governor keeps Modal's rate from the start: never told to slow down
-    events = _events(traces)  # every process's trace: each sandbox's creation and end
+    traced = [_events([trace]) for trace in traces]  # each process's trace: each sandbox's creation and end
+    events = [event for trace in traced for event in trace]
     created = sum(e["event"] == "created" for e in events)
     assert created == sum(e["event"] == "destroyed" for e in events) <= len(lifetimes)  # and the strays of lost answers
     median = statistics.median(_check_times(events))
@@ -210,7 +211,7 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
         + f"): {wall / ideal:.2f}x; peak {peak} alive; {refused} refused for the limit; "
         f"{created} created, {sum(e['event'] == 'throttled' for e in events)} throttled"
         + "; per process (eval, eval, pytest), its first creation after the start and its end after its last destroy: "
-        + ", ".join(f"{first - began:.1f} s / {end - last:.1f} s" for (first, last), end in zip(map(_span, traces), ended, strict=True))
+        + ", ".join(f"{first - began:.1f} s / {end - last:.1f} s" for (first, last), end in zip(map(_span, traced), ended, strict=True))
     )
     print(report)
     assert wall <= GUARD.get(provider, 1.5) * ideal, report
