@@ -62,7 +62,7 @@ CEILING_SECONDS = 30.0
 RATE_HEADROOM = 0.9
 """The share of a provider's published creation rate that starts are spaced for. At the full rate,
 the provider's bucket refills exactly as fast as it is drawn: one creation it counts and we do not
-(an SDK resending a dropped request by itself, a late packet) would then lead to refusals."""
+(sent again after its answer was lost, a late packet) would then lead to refusals."""
 UNLIMITED = 1000
 """The concurrency of a provider with no cap of its own: only throttling lowers it."""
 

@@ -189,11 +189,8 @@ class Manager:
             return raw
         known = self._guarded.get(name)
         if known is None or known[0] is not raw:
-            resends = raw.spec.sdk_resends_creation if raw.spec is not None else False
             governor = self.governor(name)
-            driver: Any = ResilientDriver(
-                raw.driver, self.retry, self.breaker(name), sdk_resends_creation=resends, governed=governor is not None, trace=self.trace
-            )
+            driver: Any = ResilientDriver(raw.driver, self.retry, self.breaker(name), governed=governor is not None, trace=self.trace)
             if governor is not None:
                 driver = GovernedDriver(driver, governor, self.trace)
             if self.ledger is not None or self.trace is not None:

@@ -10,9 +10,10 @@ lost its answer (dropped connection, timeout) may have made a sandbox.
 Each creation therefore carries a reserved label with a fresh token. After a
 failed attempt, before the retry (so that a stray never takes the retry's
 place under the account's cap), the sandboxes carrying the token are
-destroyed, and once more after the creation, all but the one returned. Where the SDK itself resends a creation (Modal's
-does, after a dropped connection) the Manager never sees the failure, so for
-those providers the token is checked after every creation.
+destroyed, and once more after the creation, all but the one returned. A driver
+whose SDK resends a creation by itself is told to send it once
+(``caller_retries_creations``); while it may still have resent one (its
+``resends_creation``), the failure is hidden, so the token is checked after.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class ResilientDriver:
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         *,
-        sdk_resends_creation: bool = False,
         governed: bool = False,
         trace: Trace | None = None,
     ) -> None:
@@ -67,9 +67,11 @@ class ResilientDriver:
         self.name = inner.name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(inner.name)
-        self.sdk_resends_creation = sdk_resends_creation
         self.governed = governed
         """A ``GovernedDriver`` is outside: a creation refused for load goes back to it, not retried here."""
+        handover = getattr(inner, "caller_retries_creations", None)
+        if handover is not None:  # this layer sees each failed creation, and clears what it left
+            handover()
 
     def __repr__(self) -> str:
         return f"<ResilientDriver {self.inner!r} circuit={self.breaker.state}>"
@@ -121,7 +123,7 @@ class ResilientDriver:
             return is_transient(error) and not (self.governed and _rejected(error))
 
         info = await self.retry.run(attempt, retry_if=retried, what=f"{self.name}: create a sandbox")
-        if lost or self.sdk_resends_creation:  # again: a lost attempt's sandbox may show in a list only later
+        if lost or getattr(self.inner, "resends_creation", False):  # again: a lost attempt's sandbox may show in a list only later
             await self._clean_up(token, keep=info.id)
         return _untagged(info)
 

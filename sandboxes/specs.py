@@ -51,8 +51,6 @@ class ProviderSpec:
     credential_hint: str = ""
     extra: str | None = None
     """The pip extra that installs its SDK: ``pip install 'pytest-sandboxes[<extra>]'``."""
-    sdk_resends_creation: bool = False
-    """Its SDK resends a creation by itself after a dropped connection: every creation is checked for strays."""
     limits: Limits = field(default_factory=Limits)
     """Its published limits, kept by the governor across every process here (``sandboxes.governor``)."""
     cloud: bool = True
@@ -128,7 +126,6 @@ BUILTIN: tuple[ProviderSpec, ...] = (
         secret_variables=("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_TOKEN_*"),
         credential_hint="set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new`",
         extra="modal",
-        sdk_resends_creation=True,
         limits=Limits(per_second=5.0),  # sandbox creations per second; RESOURCE_EXHAUSTED past them
     ),
     ProviderSpec(

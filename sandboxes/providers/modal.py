@@ -121,9 +121,18 @@ class ModalDriver:
         self.command_timeout = command_timeout
         self._sessions: dict[int, _Session] = {}
         self._modal_workdirs: dict[str, str] = {}
+        self.resends_creation = True
+        """Whether the SDK may have resent the last creation by itself after a dropped connection
+        (read by the ``ResilientDriver``: then a stray may exist that no failure told it of)."""
+        self._send_creations_once = False
 
     def __repr__(self) -> str:
         return f"<ModalDriver app={self.app_name!r}>"
+
+    def caller_retries_creations(self) -> None:
+        """A caller above (the ``ResilientDriver``) retries a failed creation itself, clearing what it
+        left first: the SDK sends each creation once, so that every failure reaches that caller."""
+        self._send_creations_once = True
 
     # -- SDK clients -------------------------------------------------------------
     async def _session(self) -> _Session:
@@ -227,6 +236,8 @@ class ModalDriver:
             options.setdefault("block_network", True)
         image = modal.Image.from_registry(config.image) if config.image else None
         session = await self._session()
+        if self._send_creations_once:
+            self.resends_creation = not _send_once(session.client)
         bad_option = (TypeError, lambda error: ValueError(f"unsupported Modal option in provider_config: {error}"))
         with map_errors((bad_option, *self._errors())):
             sandbox = await modal.Sandbox.create.aio(
@@ -410,6 +421,41 @@ def _parse_meta(value: str | None) -> _Meta:
         return _Meta(created_at=float(raw["c"]), lifetime=float(raw["l"]), workdir=str(raw["w"]))
     except (ValueError, KeyError, TypeError):
         return _Meta()
+
+
+def _send_once(client: Any) -> bool:
+    """Make the SDK send a sandbox's creation once, as its other calls are not; whether it does now.
+
+    Modal's SDK resends a creation by itself after a dropped connection, and Modal does not document
+    that it deduplicates one. The first one may have made a sandbox: then two are alive, one unknown
+    to the governor's count, until a list finds it. Sent once, a lost creation comes back to the
+    ``ResilientDriver``, which destroys what it left before sending it again, while its place under
+    the cap is still held. This reaches into the SDK's client (the pinned version's); with another
+    version where it cannot, the SDK keeps resending and every creation is checked after."""
+    try:
+        from modal._grpc_client import UnaryUnaryWrapper
+        from modal._utils.async_utils import synchronizer
+
+        stub = synchronizer._translate_in(client)._stub  # type: ignore[no-untyped-call]
+        method = stub.SandboxCreateV2
+    except (ImportError, AttributeError, AssertionError):
+        return False
+    if isinstance(method, _SentOnce):
+        return True
+    if not isinstance(method, UnaryUnaryWrapper):
+        return False
+    stub.SandboxCreateV2 = _SentOnce(method)
+    return True
+
+
+class _SentOnce:
+    """An SDK call sent without the SDK's own retries (``retry=None``): a failure reaches the caller."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+
+    async def __call__(self, request: Any, *, metadata: Any = None, **_: Any) -> Any:
+        return await self.method(request, retry=None, metadata=metadata)
 
 
 def _retry_after(error: BaseException) -> float | None:
