@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import SocketStream
 
 from ..._cache import cache_root
 from ...driver import TOOLCHAINS, Event, Exit, Output, cold_argv, warm_of
@@ -35,11 +34,14 @@ from ...errors import ProviderError, ProviderUnavailable, SandboxNotFoundError, 
 from ...models import DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_LIFETIME_SECONDS, FRESH_ENV, WARM_ENV, SandboxConfig, SandboxInfo
 from . import _wire as wire
 from . import network as network_setup
+from ._connection import AgentConnection
+from ._connection import connect as connect_agent
 from .cgroups import SandboxCgroup, cgroup_name, find_cgroup_parent
 from .cgroups import describe as cgroups_describe
 from .etc import etc_snapshot
 from .layout import WORKSPACE, Toolchains, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .recycling import IDLE, IDLE_SECONDS, LEASE_MARGIN, LIFETIMES
+from .recycling import end as end_idle
 from .seccomp import seccomp_filter
 from .state import SandboxState, age_of, allocate_uid, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
 
@@ -144,18 +146,24 @@ class LocalDriver:
 
     # -- lifecycle ---------------------------------------------------------------
     async def create(self, config: SandboxConfig) -> SandboxInfo:
-        """Start one; cancelled meanwhile, the sandbox the thread made is destroyed, not left running."""
-        with anyio.CancelScope(shield=True):  # the thread cannot be stopped half-way: wait for it
-            state = await anyio.to_thread.run_sync(self._start, config)
+        """Lease an idle one, or start one; cancelled meanwhile, the sandbox made is destroyed, not left running.
+
+        A lease waits only for its agent's answer, here; a start (bubblewrap, the agent's own
+        start) blocks, in a worker thread."""
+        toolchains, shape = self._plan(config)
+        with anyio.CancelScope(shield=True):  # neither can be stopped half-way: wait for it
+            leased = await self._lease(shape, config, toolchains) if shape is not None else None
+            state = leased if leased is not None else await anyio.to_thread.run_sync(self._start, config, toolchains, shape)
         try:
             await anyio.lowlevel.checkpoint()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._destroy, state.id)
+                await self.destroy(state.id)
             raise
         return self._info(state)
 
-    def _start(self, config: SandboxConfig) -> SandboxState:
+    def _plan(self, config: SandboxConfig) -> tuple[Toolchains, str | None]:
+        """The config checked; the toolchains a sandbox for it binds, and the shape of those that may serve it."""
         image = config.image
         if image is not None and not os.path.isdir(image):
             raise ValueError(
@@ -164,9 +172,9 @@ class LocalDriver:
             )
         self._reap()
         toolchains = self._toolchains()
-        shape = self._shape(config, toolchains)
-        if shape is not None and (leased := self._lease(shape, config, toolchains)) is not None:
-            return leased
+        return toolchains, self._shape(config, toolchains)
+
+    def _start(self, config: SandboxConfig, toolchains: Toolchains, shape: str | None) -> SandboxState:
         root = self.root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         sandbox_id = "sb-" + secrets.token_hex(6)
@@ -385,33 +393,33 @@ class LocalDriver:
         limits = (self.max_processes, self.max_file_mb, self.max_open_files, self.workspace_mb, self.tmp_mb, self.shm_mb)
         return json.dumps([str(self.root), bool(config.network), config.memory_mb or self.memory_mb, config.cpus, limits, toolchains.binds, self.cgroup_parent])
 
-    def _lease(self, shape: str, config: SandboxConfig, toolchains: Toolchains) -> SandboxState | None:
+    async def _lease(self, shape: str, config: SandboxConfig, toolchains: Toolchains) -> SandboxState | None:
         """An idle sandbox of this shape, renamed and re-armed for a new lease; None when there is none."""
         lifetime = config.lifetime or self.lifetime
         while (entry := IDLE.take(shape)) is not None:
             state: SandboxState = entry[1]
             if not state.alive() or _recycled(state)["until"] - time.time() < lifetime + LEASE_MARGIN:
-                self._destroy_state(state)  # ended meanwhile, or too old to hold this lease
+                await anyio.to_thread.run_sync(self._destroy_state, state)  # ended meanwhile, or too old to hold this lease
                 continue
             try:
-                return self._renew(state, config, toolchains, lifetime)
+                return await self._renew(state, config, toolchains, lifetime)
             except (OSError, ProviderError, ValueError) as error:
                 log.warning("could not lease recycled sandbox %s again, starting a new one: %s", state.id, error)
-                self._destroy_state(state)
+                await anyio.to_thread.run_sync(self._destroy_state, state)
         return None
 
-    def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
+    async def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
         deadline = time.time() + lifetime
         self._move(state, "sb-" + secrets.token_hex(6))
         env = {**sandbox_env(toolchains), **config.env}
-        self._ask(state, {"op": "lease", "env": env, "deadline": deadline}, READY_TIMEOUT)
+        await self._ask_async(state, {"op": "lease", "env": env, "deadline": deadline}, READY_TIMEOUT)
         state.labels, state.created_at, state.expires_at = dict(config.labels), time.time(), deadline
         state.extra.pop(TOOLCHAINS, None)
         state.extra.update(_toolchains_key(config.image, toolchains, env))
         state.save(self.root / state.id)
         return state
 
-    def _park(self, state: SandboxState) -> bool:
+    async def _park(self, state: SandboxState) -> bool:
         """Reset a sandbox its holder let go and keep it for the next lease; False: it must be destroyed."""
         idle_until = min(time.time() + IDLE_SECONDS, _recycled(state)["until"])
         held = state.id
@@ -419,7 +427,7 @@ class LocalDriver:
         # agent refuses what comes on the ones made before (their lease is over).
         try:
             self._move(state, "idle-" + secrets.token_hex(6))
-            residue = self._ask(state, {"op": "reset", "deadline": idle_until}, RESET_TIMEOUT).get("residue")
+            residue = (await self._ask_async(state, {"op": "reset", "deadline": idle_until}, RESET_TIMEOUT)).get("residue")
         except (OSError, ProviderError, ValueError) as error:
             log.info("sandbox %s is not recycled: its reset failed (%s)", held, error)
             return False
@@ -427,7 +435,10 @@ class LocalDriver:
             log.info("sandbox %s is not recycled: %s", held, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
             return False
         state.labels, state.expires_at = {}, idle_until  # in memory only: nothing reads an idle sandbox's meta.json but its pid
-        return IDLE.put(_recycled(state)["shape"], (self, state))
+        evicted = IDLE.put(_recycled(state)["shape"], (self, state))
+        for entry in evicted or ():
+            await anyio.to_thread.run_sync(end_idle, entry)
+        return evicted is not None
 
     def _move(self, state: SandboxState, new_id: str) -> None:
         """Rename a sandbox: its state dir (the agent's socket with it), uid and helpers follow."""
@@ -446,15 +457,39 @@ class LocalDriver:
             conn.sendall(wire.request_frame(request))
             parser = wire.FrameParser()
             while data := conn.recv(1 << 16):
-                for kind, payload in parser.feed(data):
-                    if kind == wire.OK:
-                        answer = json.loads(payload or b"{}")
-                        if not isinstance(answer, dict):
-                            raise ValueError(f"the agent answered {request['op']!r} with {answer!r}")
+                if (answer := self._answer(request, parser.feed(data))) is not None:
+                    return answer
+        raise self._hung_up(state, request)
+
+    async def _ask_async(self, state: SandboxState, request: dict[str, object], timeout: float) -> dict[str, Any]:
+        """``_ask`` in the event loop: no worker thread to wake, only the agent's answer to wait for."""
+        with anyio.fail_after(timeout):
+            async with await _connect_unix(self.root / state.id) as connection:
+                await connection.send(wire.request_frame(request))
+                parser = wire.FrameParser()
+                while True:
+                    try:
+                        data = await connection.receive(1 << 16)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+                    if (answer := self._answer(request, parser.feed(data))) is not None:
                         return answer
-                    if kind == wire.ERROR:
-                        raise _agent_error(json.loads(payload), self.name)
-        raise ProviderError(f"the agent of sandbox {state.id} closed the connection during {request['op']!r}", provider=self.name)
+        raise self._hung_up(state, request)
+
+    def _answer(self, request: dict[str, object], frames: Sequence[tuple[bytes, bytes]]) -> dict[str, Any] | None:
+        """The agent's answer among ``frames`` (its OK's JSON, or its ERROR raised); None: not yet."""
+        for kind, payload in frames:
+            if kind == wire.OK:
+                answer = json.loads(payload or b"{}")
+                if not isinstance(answer, dict):
+                    raise ValueError(f"the agent answered {request['op']!r} with {answer!r}")
+                return answer
+            if kind == wire.ERROR:
+                raise _agent_error(json.loads(payload), self.name)
+        return None
+
+    def _hung_up(self, state: SandboxState, request: dict[str, object]) -> ProviderError:
+        return ProviderError(f"the agent of sandbox {state.id} closed the connection during {request['op']!r}", provider=self.name)
 
     def _network_mode(self, wanted: bool) -> str:
         """ "none"; for a networked sandbox "slirp4netns" (its own network, no way to the
@@ -598,22 +633,28 @@ class LocalDriver:
             self._forget(state, self.root / entry)
 
     async def destroy(self, sandbox_id: str) -> bool:
-        return await anyio.to_thread.run_sync(self._destroy, sandbox_id)
+        """Gone for its holder: reset and parked for the next lease where it can be, else ended."""
+        state = self._load(sandbox_id)
+        if state is None:
+            return False
+        with anyio.CancelScope(shield=True):  # half-way, a sandbox would be neither parked nor ended
+            if self.recycle and "recycle" in state.extra and _recycled(state)["owner"] == os.getpid() and await self._park(state):
+                return True
+            await anyio.to_thread.run_sync(self._destroy_state, state)
+        return True
+
+    def _destroy(self, sandbox_id: str) -> bool:
+        """Ended at once, never parked, from any thread: how a script ends one it kept."""
+        state = self._load(sandbox_id)
+        if state is None:
+            return False
+        self._destroy_state(state)
+        return True
 
     def _kill_sandbox(self, sandbox_id: str) -> None:
         state = self._load(sandbox_id)
         if state is not None:
             _kill(state.pid)
-
-    def _destroy(self, sandbox_id: str) -> bool:
-        """Gone for its holder: reset and parked for the next lease where it can be, else ended."""
-        state = self._load(sandbox_id)
-        if state is None:
-            return False
-        if self.recycle and "recycle" in state.extra and _recycled(state)["owner"] == os.getpid() and self._park(state):
-            return True
-        self._destroy_state(state)
-        return True
 
     def _destroy_state(self, state: SandboxState) -> None:
         if self.isolation == "process" or state.isolation == "process":
@@ -630,7 +671,7 @@ class LocalDriver:
             self._ask(state, {"op": "shutdown"}, 5)
 
     # -- talking to the agent ------------------------------------------------------
-    async def _connect(self, sandbox_id: str) -> SocketStream:
+    async def _connect(self, sandbox_id: str) -> AgentConnection:
         directory = self.root / sandbox_id
         if not sandbox_id.startswith("sb-") or "/" in sandbox_id:
             raise _not_found(sandbox_id)
@@ -647,7 +688,7 @@ class LocalDriver:
                 await anyio.sleep(0.02)
         return gone if self._load(sandbox_id) is None else ProviderError(lost, provider=self.name)
 
-    async def _frames(self, stream: SocketStream) -> AsyncIterator[tuple[bytes, bytes]]:
+    async def _frames(self, stream: AgentConnection) -> AsyncIterator[tuple[bytes, bytes]]:
         parser = wire.FrameParser()
         while True:
             try:
@@ -733,7 +774,7 @@ class LocalDriver:
         with self._file_deadline(sandbox_id, ", ".join(paths)):
             await self._write(stream, sandbox_id, paths, [data for _, data in files])
 
-    async def _write(self, stream: SocketStream, sandbox_id: str, paths: Sequence[str], contents: Sequence[bytes]) -> None:
+    async def _write(self, stream: AgentConnection, sandbox_id: str, paths: Sequence[str], contents: Sequence[bytes]) -> None:
         async with stream:
             try:
                 await stream.send(wire.request_frame({"op": "write", "paths": paths}))
@@ -845,9 +886,9 @@ def _listen(directory: Path) -> socket.socket:
     return server
 
 
-async def _connect_unix(directory: Path) -> SocketStream:
+async def _connect_unix(directory: Path) -> AgentConnection:
     with _short_socket_path(directory) as path:
-        return await anyio.connect_unix(path)
+        return await connect_agent(path)
 
 
 @functools.lru_cache(maxsize=1)

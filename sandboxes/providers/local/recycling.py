@@ -46,11 +46,12 @@ class IdleSet:
             entries = self._by_shape.get(shape)
             return entries.pop() if entries else None
 
-    def put(self, shape: str, entry: Entry) -> bool:
-        """Park it, unless the process is exiting; what no longer fits is destroyed. False: not parked."""
+    def put(self, shape: str, entry: Entry) -> list[Entry] | None:
+        """Park it, unless the process is exiting (None: not parked); the oldest ones that no longer
+        fit, for the caller to destroy (``end``: it may wait for them, where this may not)."""
         with self._lock:
             if self._exiting:
-                return False
+                return None
             if not self._hooked:
                 atexit.register(self.drain, final=True)
                 self._hooked = True
@@ -58,9 +59,7 @@ class IdleSet:
             entries.append(entry)
             evicted = entries[:-MAX_IDLE]
             del entries[:-MAX_IDLE]
-        for old in evicted:
-            _end(old)
-        return True
+        return evicted
 
     def drain(self, *, final: bool = False) -> None:
         """Destroy every idle sandbox; ``final`` (at exit): and park none afterwards."""
@@ -69,7 +68,7 @@ class IdleSet:
             entries = [entry for shape in self._by_shape.values() for entry in shape]
             self._by_shape.clear()
         for entry in entries:
-            _end(entry)
+            end(entry)
 
     def count(self) -> int:
         with self._lock:
@@ -81,7 +80,8 @@ class IdleSet:
         self._by_shape = {}
 
 
-def _end(entry: Entry) -> None:
+def end(entry: Entry) -> None:
+    """Destroy an idle sandbox (it waits for its processes to end)."""
     driver, state = entry
     driver._destroy_state(state)
 
