@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from sandboxes.providers.local import LocalProvider
 
 
@@ -26,29 +24,3 @@ def agent_pid(provider: LocalProvider, sandbox_id: str) -> int:
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         return [int(child) for child in children.read().split()]
-
-
-def in_namespace_of(pid: int) -> list[int]:
-    """Host pids in the same pid namespace as ``pid`` (counted from outside the sandbox)."""
-    try:
-        namespace = os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def command_name(pid: int) -> str:
-    """Its ``comm``, "" once it is gone."""
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""

@@ -28,7 +28,7 @@ from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local.recycling import IDLE
 from sandboxes.providers.local.state import remove_tree
 from sandboxes.resilient import ResilientDriver
-from tests.local.processes import agent_pid, in_namespace_of
+from tests.local.processes import agent_pid
 from tests.local.processes import parent as _parent
 
 pytestmark = [pytest.mark.anyio, pytest.mark.hostile]
@@ -56,6 +56,23 @@ def _processes_with_marker(marker: str) -> list[int]:
     return found
 
 
+def _processes_in_namespace_of(pid: int) -> list[int]:
+    """Host pids in the same pid namespace as ``pid`` (counted from outside the sandbox)."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 async def test_fork_bomb_is_bounded_and_ends_with_the_sandbox(provider: LocalProvider) -> None:
     info = await provider.create_sandbox(SandboxConfig())
     state = provider._load(info.id)
@@ -63,14 +80,14 @@ async def test_fork_bomb_is_bounded_and_ends_with_the_sandbox(provider: LocalPro
     await provider.execute_command(info.id, "bash -c 'bomb() { bomb | bomb & }; bomb' >/dev/null 2>&1 &")
     peak = 0
     for _ in range(40):  # counted on the host, every 50 ms, while the bomb runs
-        peak = max(peak, len(in_namespace_of(state.pid)))
+        peak = max(peak, len(_processes_in_namespace_of(state.pid)))
         await anyio.sleep(0.05)
     assert peak > SMALL["max_processes"] // 2, f"the bomb never got going ({peak} processes): the test measures nothing"
     assert peak <= SMALL["max_processes"] + 8, f"{peak} processes in a sandbox limited to {SMALL['max_processes']}"
     await provider.destroy_sandbox(info.id)
-    assert len(in_namespace_of(state.pid)) <= 2, "the bomb outlived its lease"  # none, or a reset sandbox's init and agent
+    assert len(_processes_in_namespace_of(state.pid)) <= 2, "the bomb outlived its lease"  # none, or a reset sandbox's init and agent
     IDLE.drain()
-    assert in_namespace_of(state.pid) == []
+    assert _processes_in_namespace_of(state.pid) == []
     assert subprocess.run(["true"]).returncode == 0, "the host can no longer start processes"
 
 

@@ -31,9 +31,6 @@ class AgentConnection:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self.close()
-
-    def close(self) -> None:
         self.sock.close()
 
     async def send(self, data: bytes) -> None:

@@ -105,19 +105,14 @@ _RECORD: list[Any] = []
 
 
 def reset(
-    baseline: Baseline,
-    own_thread: int,
-    reap: Callable[[], None] | None,
-    keep: dict[int, tuple[int, str, str]] | None = None,
-    ended: Callable[[list[str]], None] | None = None,
+    baseline: Baseline, own_thread: int, reap: Callable[[], None] | None, keep: dict[int, tuple[int, str, str]] | None = None
 ) -> tuple[list[str], set[int]]:
     """Leave the sandbox as new; the residue that stops that (empty when clean), and the kept pids.
 
     ``keep``: the agent's warm interpreters (``_warm``), pid -> (the agent's
     thread that listens to it, the inode of its socket, its start time). Each
     stays only if it is as the agent made it (``Baseline.intact``); any other
-    is ended. ``ended`` is told once nothing of the lease runs any more (or
-    what would not end), before the places are emptied and the rest checked.
+    is ended.
     """
     kept = dict(keep or {})
     residue: list[str] = []
@@ -134,8 +129,6 @@ def reset(
     residue += _wait_for(lambda: [f"thread {tid}" for tid in _threads() if tid not in ours], "agent thread")
     _end_processes(baseline.me, reap, kept)
     residue += _wait_for(lambda: others(baseline.me, kept), "process")
-    if ended is not None:
-        ended(list(residue))
     for path in WRITABLE:
         _empty(path)
     for path in (*WRITABLE, *MOUNT_POINTS):

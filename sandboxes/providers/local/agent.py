@@ -26,7 +26,6 @@ import time
 TYPE_CHECKING = False  # not `typing`: it costs milliseconds, and import time is creation time
 if TYPE_CHECKING:  # the type checker reads the modules the agent's own imports below stand for
     import signal
-    from collections.abc import Callable
     from typing import Any
 
     from . import _reset, _warm
@@ -209,9 +208,8 @@ class Agent:
             kill_tree(pid)
         os._exit(0)
 
-    def reset(self, deadline: float, own: socket.socket, gone: Callable[[list[str]], None] | None = None) -> list[str]:
-        """End the lease: the sandbox as new, or the residue that stops it (then it is destroyed).
-        ``gone``: told once the lease's processes are gone (what would not go), before the rest."""
+    def reset(self, deadline: float, own: socket.socket) -> list[str]:
+        """End the lease: the sandbox as new, or the residue that stops it (then it is destroyed)."""
         if self.baseline is None:
             return ["this sandbox was not made to be recycled"]
         with self.lease_lock:
@@ -226,7 +224,7 @@ class Agent:
             zygote.pid: (zygote.listener, zygote.inode, zygote.started_at) for zygote in self.zygotes.values() if zygote.alive and zygote.keep and zygote.clean
         }
         residue: list[str]
-        residue, kept = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None, keep, gone)
+        residue, kept = __import__("_reset").reset(self.baseline, _thread.get_native_id(), self.reap_adopted if self.adopts else None, keep)
         self.running.clear()
         # A warm interpreter the lease left as the agent made it serves the next one; the others ended.
         ended = {key: zygote for key, zygote in self.zygotes.items() if zygote.pid not in kept}
@@ -267,9 +265,8 @@ class Agent:
                 self.read(conn, **request)
             elif op == "pack":
                 self.pack(conn, **request)
-            elif op == "reset":  # two answers: the lease's processes are gone; then the proof
-                said = lambda left: conn.sendall(wire.reply_frame(wire.OK, {"ended": "\n".join(left)}))  # noqa: E731
-                residue = self.reset(request["deadline"], conn, said)
+            elif op == "reset":
+                residue = self.reset(request["deadline"], conn)
                 conn.sendall(wire.reply_frame(wire.OK, {"residue": "\n".join(residue)}))
             elif op == "lease":
                 self.env, self.deadline = request["env"], request["deadline"]

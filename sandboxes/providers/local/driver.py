@@ -41,7 +41,6 @@ from .cgroups import describe as cgroups_describe
 from .etc import etc_snapshot
 from .layout import WORKSPACE, Toolchains, agent_argv, agent_bundle, agent_python, bwrap_argv, discover_toolchains, find_bwrap, rustup_home_of, sandbox_env
 from .recycling import IDLE, IDLE_SECONDS, LEASE_MARGIN, LIFETIMES
-from .recycling import Entry as IdleEntry
 from .recycling import end as end_idle
 from .seccomp import seccomp_filter
 from .state import SandboxState, age_of, allocate_uid, process_start, reassign_uid, release_uid, remove_state, remove_tree, state_root
@@ -398,33 +397,16 @@ class LocalDriver:
         """An idle sandbox of this shape, renamed and re-armed for a new lease; None when there is none."""
         lifetime = config.lifetime or self.lifetime
         while (entry := IDLE.take(shape)) is not None:
-            state: SandboxState = entry.state
+            state: SandboxState = entry[1]
             if not state.alive() or _recycled(state)["until"] - time.time() < lifetime + LEASE_MARGIN:
-                await anyio.to_thread.run_sync(end_idle, entry)  # ended meanwhile, or too old to hold this lease
-                continue
-            try:
-                residue = await self._reset_proof(entry)
-            except (OSError, ProviderError, ValueError) as error:
-                residue = f"its reset failed ({error})"
-            if residue:
-                log.info("sandbox %s is not recycled: %s", state.id, residue.replace("\n", "; "))
-                await anyio.to_thread.run_sync(end_idle, entry)
+                await anyio.to_thread.run_sync(self._destroy_state, state)  # ended meanwhile, or too old to hold this lease
                 continue
             try:
                 return await self._renew(state, config, toolchains, lifetime)
             except (OSError, ProviderError, ValueError) as error:
                 log.warning("could not lease recycled sandbox %s again, starting a new one: %s", state.id, error)
-                await anyio.to_thread.run_sync(end_idle, entry)
+                await anyio.to_thread.run_sync(self._destroy_state, state)
         return None
-
-    async def _reset_proof(self, entry: IdleEntry) -> str:
-        """The reset's last answer: "" when the sandbox is as new, else what it left (its residue)."""
-        if not isinstance(entry.reset, _Reset):
-            return ""
-        with anyio.fail_after(RESET_TIMEOUT), entry.reset:
-            answer = await entry.reset.answer()
-        residue = answer.get("residue")
-        return residue if isinstance(residue, str) else "no proof of a reset"
 
     async def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
         deadline = time.time() + lifetime
@@ -438,45 +420,25 @@ class LocalDriver:
         return state
 
     async def _park(self, state: SandboxState) -> bool:
-        """Reset a sandbox its holder let go, and keep it for the next lease; False: it must be destroyed.
-
-        The holder waits only until nothing of its lease runs any more (the agent's first
-        answer); the agent then empties its places and checks the rest while the holder
-        goes on (pytest reports the test), and the next lease waits for that proof
-        (``_reset_proof``): a sandbox is never leased before its reset proved it as new.
-        One whose proof fails is destroyed then, or at the process's exit; its agent ends
-        by itself at the idle deadline the reset set."""
+        """Reset a sandbox its holder let go and keep it for the next lease; False: it must be destroyed."""
         idle_until = min(time.time() + IDLE_SECONDS, _recycled(state)["until"])
         held = state.id
         # Renamed first: from here no new connection reaches it by its old id, and the
         # agent refuses what comes on the ones made before (their lease is over).
         try:
             self._move(state, "idle-" + secrets.token_hex(6))
-            reset = _Reset(self, state, await _connect_unix(self.root / state.id))
-        except OSError as error:
+            residue = (await self._ask_async(state, {"op": "reset", "deadline": idle_until}, RESET_TIMEOUT)).get("residue")
+        except (OSError, ProviderError, ValueError) as error:
             log.info("sandbox %s is not recycled: its reset failed (%s)", held, error)
             return False
-        try:
-            with anyio.fail_after(RESET_TIMEOUT):
-                await reset.connection.send(wire.request_frame({"op": "reset", "deadline": idle_until}))
-                answer = await reset.answer()
-        except (OSError, ProviderError, ValueError, anyio.BrokenResourceError) as error:
-            reset.close()
-            log.info("sandbox %s is not recycled: its reset failed (%s)", held, error.__cause__ or error)
-            return False
-        left = answer.get("ended", answer.get("residue"))
-        if not isinstance(left, str) or left:
-            reset.close()
-            log.info("sandbox %s is not recycled: %s", held, left.replace("\n", "; ") if isinstance(left, str) else "no proof of a reset")
+        if not isinstance(residue, str) or residue:
+            log.info("sandbox %s is not recycled: %s", held, residue.replace("\n", "; ") if isinstance(residue, str) else "no proof of a reset")
             return False
         state.labels, state.expires_at = {}, idle_until  # in memory only: nothing reads an idle sandbox's meta.json but its pid
-        evicted = IDLE.put(_recycled(state)["shape"], IdleEntry(self, state, reset if "ended" in answer else None))
-        if evicted is None:
-            reset.close()
-            return False
-        for entry in evicted:
+        evicted = IDLE.put(_recycled(state)["shape"], (self, state))
+        for entry in evicted or ():
             await anyio.to_thread.run_sync(end_idle, entry)
-        return True
+        return evicted is not None
 
     def _move(self, state: SandboxState, new_id: str) -> None:
         """Rename a sandbox: its state dir (the agent's socket with it), uid and helpers follow."""
@@ -922,38 +884,6 @@ def _listen(directory: Path) -> socket.socket:
         raise
     server.set_inheritable(True)
     return server
-
-
-class _Reset:
-    """A reset asked of an agent: its connection, read answer by answer (``_park``, ``_reset_proof``)."""
-
-    def __init__(self, driver: LocalDriver, state: SandboxState, connection: AgentConnection) -> None:
-        self.driver, self.state, self.connection = driver, state, connection
-        self.parser = wire.FrameParser()
-        self.frames: list[tuple[bytes, bytes]] = []
-
-    def __enter__(self) -> _Reset:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.connection.close()
-
-    async def answer(self) -> dict[str, Any]:
-        """The agent's next answer (its OK's JSON; its ERROR raised)."""
-        request: dict[str, object] = {"op": "reset"}
-        while True:
-            while self.frames:
-                answer = self.driver._answer(request, [self.frames.pop(0)])
-                if answer is not None:
-                    return answer
-            try:
-                data = await self.connection.receive(1 << 16)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                raise self.driver._hung_up(self.state, request) from None
-            self.frames += self.parser.feed(data)
 
 
 async def _connect_unix(directory: Path) -> AgentConnection:

@@ -1,8 +1,8 @@
 """The idle sandboxes of this process, reset and waiting for their next lease.
 
-A sandbox goes back here when its holder destroys it, its reset asked of its
-agent (``_reset``); the next creation with the same shape takes it instead of
-starting bubblewrap again, once the agent proved that reset complete. It is per process (per pytest-xdist
+A sandbox goes back here when its holder destroys it and its agent proves a
+reset complete (``_reset``); the next creation with the same shape takes it
+instead of starting bubblewrap again. It is per process (per pytest-xdist
 worker): only the process that started a sandbox recycles it, a forked child
 forgets its parent's, and whatever is idle when the process exits is
 destroyed. An idle sandbox whose process died without that ends by itself,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 IDLE_SECONDS = 60.0
 """How long a reset sandbox lives unleased: its agent's deadline while idle."""
@@ -30,17 +30,7 @@ class _Ender(Protocol):
     def _destroy_state(self, state: Any) -> None: ...
 
 
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-class Entry(NamedTuple):
-    driver: _Ender
-    """The driver that made it."""
-    state: Any
-    """Its ``SandboxState``."""
-    reset: _Closable | None = None
-    """The connection its reset was asked on, its answer (the proof) not read yet."""
+Entry = tuple[_Ender, Any]  # (the driver that made it, its SandboxState)
 
 
 class IdleSet:
@@ -92,9 +82,8 @@ class IdleSet:
 
 def end(entry: Entry) -> None:
     """Destroy an idle sandbox (it waits for its processes to end)."""
-    if entry.reset is not None:
-        entry.reset.close()
-    entry.driver._destroy_state(entry.state)
+    driver, state = entry
+    driver._destroy_state(state)
 
 
 IDLE = IdleSet()
