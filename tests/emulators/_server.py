@@ -53,6 +53,8 @@ class FaultInjector:
         self._lock = threading.Lock()
         self.drop_rate = drop_rate  # the share of requests whose connection is closed unanswered (before or after serving)
         self._random = random.Random(seed)
+        self.dropped: list[tuple[float, str, str, str]] = []
+        """The connections dropped at random: (wall time, method, path, "before" or "after" serving)."""
         self._error_body = error_body
         self.hung = threading.Event()
         self.release = threading.Event()
@@ -78,7 +80,9 @@ class FaultInjector:
                 if fault.matches(request):
                     return self._faults.pop(index)
             if self.drop_rate and self._random.random() < self.drop_rate:
-                return Fault(drop=self._random.choice(("before", "after")))
+                fault = Fault(drop=self._random.choice(("before", "after")))
+                self.dropped.append((time.time(), request.method, request.url.path, str(fault.drop)))
+                return fault
         return None
 
     async def answer(self, fault: Fault) -> Response | None:

@@ -137,6 +137,7 @@ class E2BEmulator:
         self.page_size = page_size  # the most sandboxes one list page holds, whatever the client asks
         self.max_alive = max_alive  # E2B's concurrency cap: a creation past it is answered 429
         self.drop_rate = drop_rate  # the share of connections closed unanswered (before or after serving)
+        self.dropped: list[tuple[float, str, str, str]] = []  # those dropped at random: (wall time, method, path, kind)
         self._random = random.Random(seed)
         self.peak_alive = 0
         self.refused = 0  # creations answered 429 for the cap
@@ -316,6 +317,7 @@ class E2BEmulator:
             # (one waiting for stdin: until its timeout); a dropped connection is seen at once.
             streaming = path.startswith("/process.Process/")
             fault = Fault("drop" if streaming else self._random.choice(("drop", "drop_after")), target)
+            self.dropped.append((time.time(), method, path, fault.kind))
         if fault is not None:
             if fault.kind in ("drop", "drop_after"):
                 if fault.kind == "drop_after":  # E2B acts on the request; only the answer is lost

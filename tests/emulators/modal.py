@@ -201,6 +201,7 @@ class ModalEmulator:
         self.lifetimes: list[float] = []  # seconds from creation to the end, of every sandbox ended
         # The share of calls whose connection is closed unanswered; a creation's may be served first (a stray).
         self.drop_rate = drop_rate
+        self.dropped: list[tuple[float, str, str, str]] = []  # the calls dropped at random: (wall time, "grpc", method, kind)
         self._random = random.Random(seed)
         self.port = 0
         self.apps: dict[tuple[str, str], str] = {}
@@ -324,6 +325,7 @@ class ModalEmulator:
                     return fault
             if self.drop_rate and self._random.random() < self.drop_rate:
                 after = method.startswith("SandboxCreate") and self._random.random() < 0.5
+                self.dropped.append((time.time(), "grpc", method, "drop_after" if after else "drop"))
                 return Fault(Status.UNAVAILABLE, "dropped", method, 0, kind="drop_after" if after else "drop")
         return None
 

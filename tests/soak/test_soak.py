@@ -83,6 +83,8 @@ class Emulated:
     """Creations it refused for its limit."""
     lifetimes: Callable[[], list[float]]
     """Each ended sandbox's life there, from creation to removal: a check's time."""
+    dropped: Callable[[], list[Any]]
+    """The connections it dropped at random, for a failure's message: (wall time, method, path, how)."""
 
 
 @contextlib.contextmanager
@@ -90,7 +92,14 @@ def _e2b(seed: int) -> Iterator[Emulated]:
     from tests.emulators.e2b import open_emulator
 
     with open_emulator(max_alive=CAP, drop_rate=DROP_RATE, seed=seed) as emulator:
-        yield Emulated(emulator.environ(), lambda: list(emulator.sandboxes), lambda: emulator.peak_alive, lambda: emulator.refused, lambda: emulator.lifetimes)
+        yield Emulated(
+            emulator.environ(),
+            lambda: list(emulator.sandboxes),
+            lambda: emulator.peak_alive,
+            lambda: emulator.refused,
+            lambda: emulator.lifetimes,
+            lambda: emulator.dropped,
+        )
 
 
 @contextlib.contextmanager
@@ -102,7 +111,12 @@ def _daytona(seed: int) -> Iterator[Emulated]:
     emulator = DaytonaEmulator(max_alive=CAP, drop_rate=DROP_RATE, seed=seed, latency=NETWORK_LATENCY).start()
     try:
         yield Emulated(
-            provider_env(emulator), lambda: list(emulator.sandboxes), lambda: emulator.peak_alive, lambda: emulator.refused, lambda: emulator.lifetimes
+            provider_env(emulator),
+            lambda: list(emulator.sandboxes),
+            lambda: emulator.peak_alive,
+            lambda: emulator.refused,
+            lambda: emulator.lifetimes,
+            lambda: emulator.faults.dropped,
         )
     finally:
         emulator.stop()
@@ -115,7 +129,9 @@ def _modal(seed: int) -> Iterator[Emulated]:
     names = ("MODAL_SERVER_URL", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH")
     with open_emulator(creations_per_second=MODAL_RATE, drop_rate=DROP_RATE, seed=seed) as emulator:
         env = {name: os.environ[name] for name in names}  # set by open_emulator for this process
-        yield Emulated(env, emulator.running_sandboxes, lambda: emulator.peak_alive, lambda: emulator.rate_refused, lambda: emulator.lifetimes)
+        yield Emulated(
+            env, emulator.running_sandboxes, lambda: emulator.peak_alive, lambda: emulator.rate_refused, lambda: emulator.lifetimes, lambda: emulator.dropped
+        )
 
 
 EMULATORS = {"e2b": _e2b, "daytona": _daytona, "modal": _modal}
@@ -191,7 +207,8 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest, provider: str, che
             summary = json.loads(stdout)
             judged = [json.loads(line) for line in Path(f"{samples}_results.jsonl").read_text().splitlines()]
             unpassed = [(r["task_id"], r.get("verdict"), r.get("reason")) for r in judged if r.get("verdict") != "passed"]  # what went wrong, if anything did
-            assert summary["infra_errors"] == 0 and summary["samples"] == per_eval and summary["verdicts"] == {"passed": per_eval}, (summary, unpassed[:5])
+            failed = summary["infra_errors"] != 0 or summary["samples"] != per_eval or summary["verdicts"] != {"passed": per_eval}
+            assert not failed, (summary, unpassed[:5], "dropped at random:", [(round(t - began, 3), *rest) for t, *rest in emulated.dropped()])
         assert f"{in_pytest} passed" in outputs[2][0].decode()
         assert not emulated.left(), "sandboxes left behind"
         peak, refused, lifetimes = emulated.peak(), emulated.refused(), emulated.lifetimes()
