@@ -268,62 +268,56 @@ async def test_a_lost_answer_on_daytona_leaves_no_orphan(daytona: Any) -> None:
         await provider.destroy_sandbox(info.id)
 
 
-async def test_a_lost_answer_on_modal_is_cleared_before_the_creation_is_sent_again(modal_emulator: ModalEmulator) -> None:
+@pytest.fixture
+async def modal_provider(modal_emulator: ModalEmulator) -> AsyncIterator[Any]:
+    """A ModalProvider with its SDK session open on the module's emulator."""
+    from sandboxes.providers import ModalProvider
+
+    provider = ModalProvider()
+    try:
+        await provider.health_check()
+        yield provider
+    finally:
+        await provider.aclose()
+
+
+async def test_a_lost_answer_on_modal_is_cleared_before_the_creation_is_sent_again(modal_emulator: ModalEmulator, modal_provider: Any) -> None:
     """Modal's SDK would resend a creation by itself after a dropped connection, with the first one's
     sandbox still alive beside it: past the cap for a moment. Sent once, the failure reaches the
     Manager, which destroys the stray first: never two alive for one creation."""
-    from sandboxes.providers import ModalProvider
-
-    provider = ModalProvider()
-    try:
-        guarded = manager(provider)
-        await provider.health_check()
-        alive = set(modal_emulator.running_sandboxes())
-        ended, creations = len(modal_emulator.lifetimes), modal_emulator.calls.count("SandboxCreateV2")
-        modal_emulator.peak_alive = len(alive)  # counted from here (the emulator is the module's)
-        modal_emulator.drop_next("SandboxCreateV2", after=True)
-        instance, info = await guarded.create_sandbox(SandboxConfig(labels={"case": "modal-lost"}))
-        assert modal_emulator.calls.count("SandboxCreateV2") - creations == 2
-        assert set(modal_emulator.running_sandboxes()) - alive == {info.id}
-        assert modal_emulator.peak_alive == len(alive) + 1  # the stray was gone before the second creation
-        assert len(modal_emulator.lifetimes) - ended == 1
-        await instance.destroy_sandbox(info.id)
-    finally:
-        await provider.aclose()
+    alive = set(modal_emulator.running_sandboxes())
+    ended, creations = len(modal_emulator.lifetimes), modal_emulator.calls.count("SandboxCreateV2")
+    modal_emulator.peak_alive = len(alive)  # counted from here (the emulator is the module's)
+    modal_emulator.drop_next("SandboxCreateV2", after=True)
+    instance, info = await manager(modal_provider).create_sandbox(SandboxConfig(labels={"case": "modal-lost"}))
+    assert modal_emulator.calls.count("SandboxCreateV2") - creations == 2
+    assert set(modal_emulator.running_sandboxes()) - alive == {info.id}
+    assert modal_emulator.peak_alive == len(alive) + 1  # the stray was gone before the second creation
+    assert len(modal_emulator.lifetimes) - ended == 1
+    await instance.destroy_sandbox(info.id)
 
 
-async def test_where_the_modal_sdk_still_resends_every_creation_is_checked_for_strays(modal_emulator: ModalEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_where_the_modal_sdk_still_resends_every_creation_is_checked_for_strays(
+    modal_emulator: ModalEmulator, modal_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An SDK version whose client we cannot reach keeps resending by itself: the stray it leaves is found after."""
-    from sandboxes.providers import ModalProvider
     from sandboxes.providers import modal as modal_driver
 
     monkeypatch.setattr(modal_driver, "_send_once", lambda client: False)
-    provider = ModalProvider()
-    try:
-        await provider.health_check()
-        alive, creations = set(modal_emulator.running_sandboxes()), modal_emulator.calls.count("SandboxCreateV2")
-        modal_emulator.drop_next("SandboxCreateV2", after=True)
-        instance, info = await manager(provider).create_sandbox(SandboxConfig(labels={"case": "modal-resent"}))
-        assert modal_emulator.calls.count("SandboxCreateV2") - creations == 2  # the SDK's own resend: the Manager saw no failure
-        assert set(modal_emulator.running_sandboxes()) - alive == {info.id}
-        await instance.destroy_sandbox(info.id)
-    finally:
-        await provider.aclose()
+    alive, creations = set(modal_emulator.running_sandboxes()), modal_emulator.calls.count("SandboxCreateV2")
+    modal_emulator.drop_next("SandboxCreateV2", after=True)
+    instance, info = await manager(modal_provider).create_sandbox(SandboxConfig(labels={"case": "modal-resent"}))
+    assert modal_emulator.calls.count("SandboxCreateV2") - creations == 2  # the SDK's own resend: the Manager saw no failure
+    assert set(modal_emulator.running_sandboxes()) - alive == {info.id}
+    await instance.destroy_sandbox(info.id)
 
 
-async def test_an_answered_modal_creation_is_not_followed_by_a_search_for_strays(modal_emulator: ModalEmulator) -> None:
+async def test_an_answered_modal_creation_is_not_followed_by_a_search_for_strays(modal_emulator: ModalEmulator, modal_provider: Any) -> None:
     """No failure, so no stray to look for: a creation costs Modal one call, not a list after it."""
-    from sandboxes.providers import ModalProvider
-
-    provider = ModalProvider()
-    try:
-        await provider.health_check()
-        before = len(modal_emulator.calls)
-        instance, info = await manager(provider).create_sandbox(SandboxConfig(labels={"case": "modal-once"}))
-        assert "SandboxListV2" not in modal_emulator.calls[before:]
-        await instance.destroy_sandbox(info.id)
-    finally:
-        await provider.aclose()
+    before = len(modal_emulator.calls)
+    instance, info = await manager(modal_provider).create_sandbox(SandboxConfig(labels={"case": "modal-once"}))
+    assert "SandboxListV2" not in modal_emulator.calls[before:]
+    await instance.destroy_sandbox(info.id)
 
 
 async def test_a_hung_modal_call_is_cut_at_the_attempt_timeout_and_retried(modal_emulator: ModalEmulator) -> None:

@@ -466,13 +466,8 @@ class LocalDriver:
         with anyio.fail_after(timeout):
             async with await _connect_unix(self.root / state.id) as connection:
                 await connection.send(wire.request_frame(request))
-                parser = wire.FrameParser()
-                while True:
-                    try:
-                        data = await connection.receive(1 << 16)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
-                    if (answer := self._answer(request, parser.feed(data))) is not None:
+                async for frame in self._frames(connection):
+                    if (answer := self._answer(request, [frame])) is not None:
                         return answer
         raise self._hung_up(state, request)
 
