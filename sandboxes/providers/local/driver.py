@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -409,14 +410,17 @@ class LocalDriver:
         return None
 
     async def _renew(self, state: SandboxState, config: SandboxConfig, toolchains: Toolchains, lifetime: float) -> SandboxState:
+        """Re-armed and given its new record while still idle (no one reads an idle sandbox's record
+        but for its pid), then renamed: others see the new lease whole, or not yet."""
         deadline = time.time() + lifetime
-        self._move(state, "sb-" + secrets.token_hex(6))
         env = {**sandbox_env(toolchains), **config.env}
         await self._ask_async(state, {"op": "lease", "env": env, "deadline": deadline}, READY_TIMEOUT)
         state.labels, state.created_at, state.expires_at = dict(config.labels), time.time(), deadline
         state.extra.pop(TOOLCHAINS, None)
         state.extra.update(_toolchains_key(config.image, toolchains, env))
-        state.save(self.root / state.id)
+        new_id = "sb-" + secrets.token_hex(6)
+        dataclasses.replace(state, id=new_id).save(self.root / state.id, unread=True)
+        self._move(state, new_id)
         return state
 
     async def _park(self, state: SandboxState) -> bool:
