@@ -63,3 +63,13 @@ def test_a_slot_whose_sandbox_is_gone_is_taken_again_once_it_is_old(registry: Pa
     uids_in_turn(monkeypatch, 3, 3)
     assert state.allocate_uid(tmp_path / "sb-next") == uid  # freed, then taken
     assert (registry / str(uid)).read_text() == str(tmp_path / "sb-next")
+
+
+@pytest.mark.parametrize("unread", [False, True])
+def test_a_saved_record_replaces_the_last_one_whole_and_leaves_no_temporary_file(tmp_path: Path, unread: bool) -> None:
+    record = state.SandboxState(id="idle-1", labels={"lease": "old"}, created_at=1.0, expires_at=2.0, pid=1, pid_start="0", isolation="bwrap")
+    record.save(tmp_path)
+    record.labels, record.id = {"lease": "new"}, "sb-2"
+    record.save(tmp_path, unread=unread)
+    assert state.SandboxState.load(tmp_path) == record
+    assert sorted(os.listdir(tmp_path)) == ["meta.json"]
