@@ -7,6 +7,7 @@ exit status and its stderr (run directories aside) must be the same.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 import subprocess
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from sandboxes import Sandbox, SandboxConfig, judge
-from sandboxes.driver import WARM_PYTHON
+from sandboxes.driver import WARM_PYTHON, warm_marker
 from sandboxes.providers.local import LocalProvider
 from sandboxes.providers.local import _warm as warm_module
 from sandboxes.providers.local.recycling import IDLE
@@ -113,6 +114,26 @@ async def test_a_program_compiled_once_is_run_as_compiled_from_its_own_file(pair
     for box in pair:
         for _ in range(2):
             assert "SyntaxWarning" in (await box.run_code(warned, "python")).stderr
+
+
+PLANTING = "import builtins\nbuiltins.PLANTED = getattr(builtins, 'PLANTED', 0) + 1\nprint(builtins.PLANTED)\n\n\ndef __sandbox_main__():\n    pass\n"
+CALLER = "import sys\nHARNESS = sys._getframe(1).f_globals['__name__']\n"
+
+
+async def test_only_the_judges_own_harness_is_run_once_in_the_zygote_and_then_only_called(pair: tuple[Sandbox, Sandbox]) -> None:
+    # A script said to be shared, which asks to be run once (it has a __sandbox_main__), still runs
+    # whole in each run and leaves nothing in the zygote, whose memory every later run starts from.
+    warm, _ = pair
+    await warm.write_file("/workspace/planting.py", PLANTING)
+    marker = warm_marker(hashlib.sha256(PLANTING.encode()).hexdigest())
+    ran = [await warm.execute([marker, "python3", "planting.py"], cwd="/workspace") for _ in range(2)]
+    assert [r.stdout for r in ran] == ["1\n", "1\n"], [r.describe() for r in ran]
+    assert (await warm.run_code("import builtins; print(getattr(builtins, 'PLANTED', 'clean'))", "python")).stdout == "clean\n"
+    # The harness of the agent's own bundle is: the program's caller is its _child, made in the zygote.
+    for box, made_in in zip(pair, ("__sandbox_prepared__", "__main__"), strict=True):
+        for _ in range(2):
+            judged = await judge(box, CALLER + "def f(x):\n    return x\n", "python", tests=f"assert f(1) == 1\nassert HARNESS == {made_in!r}\n")
+            assert judged.verdict == "passed", judged.describe()
 
 
 async def test_a_timeout_ends_the_run_and_a_killed_zygote_is_replaced(pair: tuple[Sandbox, Sandbox]) -> None:

@@ -228,7 +228,8 @@ def agent_argv(python: str, bundle: str) -> list[str]:
     return [python, "-E", "-s", "-S", "-c", f"import sys; sys.path[0] = {bundle!r}; import agent; agent.main()"]
 
 
-AGENT_SOURCES = tuple(AGENT_DIR / name for name in ("agent.py", "_wire.py", "_reset.py", "_warm.py", "_zygote.py"))
+JUDGE_HARNESS = AGENT_DIR.parent.parent / "_judge_harness.py"  # the one script a zygote may run once for all its runs (_zygote)
+AGENT_SOURCES = (*(AGENT_DIR / name for name in ("agent.py", "_wire.py", "_reset.py", "_warm.py", "_zygote.py")), JUDGE_HARNESS)
 COMPILE_ALL = "import py_compile, sys\nfor source in sys.argv[1:]: py_compile.compile(source, doraise=True)"
 
 
