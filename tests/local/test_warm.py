@@ -116,6 +116,13 @@ async def test_a_program_compiled_once_is_run_as_compiled_from_its_own_file(pair
             assert "SyntaxWarning" in (await box.run_code(warned, "python")).stderr
 
 
+async def test_a_judged_program_has_the_builtins_site_adds_warm_and_cold(pair: tuple[Sandbox, Sandbox]) -> None:
+    program = "import builtins\nNAMES = [n for n in ('exit', 'quit', 'copyright', 'credits', 'license', 'help') if hasattr(builtins, n)]\n"
+    for box in pair:
+        judged = await judge(box, program, "python", tests="assert NAMES == ['exit', 'quit', 'copyright', 'credits', 'license', 'help'], NAMES\n")
+        assert judged.verdict == "passed", judged.describe()
+
+
 PLANTING = "import builtins\nbuiltins.PLANTED = getattr(builtins, 'PLANTED', 0) + 1\nprint(builtins.PLANTED)\n\n\ndef __sandbox_main__():\n    pass\n"
 CALLER = "import sys\nHARNESS = sys._getframe(1).f_globals['__name__']\n"
 
