@@ -57,11 +57,25 @@ def write_canonical_samples(path: Path, problems: list[dict[str, Any]]) -> Path:
 
 def timed(argv: list[str], cwd: Path | None = None) -> float:
     """Wall time of a command that must succeed."""
-    started = time.perf_counter()
+    return timed_with_cpu(argv, cwd)[0]
+
+
+def timed_with_cpu(argv: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Wall time of a command that must succeed, and the CPU time the whole machine spent meanwhile
+    (every process it started, sandboxes and their agents too: a suite on busy cores takes as long as its CPU)."""
+    busy, started = machine_busy(), time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:6])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, machine_busy() - busy
+
+
+def machine_busy() -> float:
+    """Seconds of CPU the machine has spent so far, all cores: user, nice, system, irq and softirq
+    (``/proc/stat``; not idle, I/O wait, or the time the hypervisor gave to others)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(field) for field in stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def time_harness(samples: Path, data: Path) -> float:

@@ -9,6 +9,10 @@ All in this run, interleaved round by round, medians of ``--rounds``:
 - the suite through ``sandbox_judge`` (recycled sandboxes, warm Python), live;
 - that suite replayed from its cassettes (recorded once, before the rounds).
 
+It also prints a check's cost split, per worker in wall time and in the CPU
+time of the whole machine (every process, sandboxes and agents too): on 2
+busy cores a suite takes as long as its CPU.
+
 Targets: live at most 1.5x the harness and 1.2x the subprocess suite; replay
 at most 1.3x the empty suite. They are benchmark results, not CI gates. The
 pytest runs keep their bytecode caches, as a user's do (``with_bytecode_caches``).
@@ -26,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _humaneval import dataset, read_rounds, time_harness, timed, with_bytecode_caches, write_canonical_samples  # beside this script
+from _humaneval import dataset, read_rounds, time_harness, timed, timed_with_cpu, with_bytecode_caches, write_canonical_samples  # beside this script
 
 COMMON = """
 import json
@@ -111,16 +115,25 @@ def main() -> None:
         for name in ("subprocess", "empty"):
             timed(pytest_argv("-p", "no:sandboxes"), work / name)
         times: dict[str, list[float]] = {name: [] for name in ("harness", "subprocess", "empty", "fixture", "live", "replay")}
+        cpu: dict[str, list[float]] = {name: [] for name in ("subprocess", "empty", "fixture", "live")}
+        runs = {
+            "subprocess": (pytest_argv("-p", "no:sandboxes"), work / "subprocess"),
+            "empty": (pytest_argv("-p", "no:sandboxes"), work / "empty"),
+            "fixture": (pytest_argv("--sandbox-record-mode=off"), work / "fixture"),
+            "live": (pytest_argv("--sandbox-record-mode=off"), work / "judged"),
+            "replay": (pytest_argv("--sandbox-record-mode=none"), work / "judged"),
+        }
         for _ in range(rounds):
             for leftover in work.glob("*_results.jsonl*"):
                 leftover.unlink()
             times["harness"].append(time_harness(samples, data))
-            times["subprocess"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "subprocess"))
-            times["empty"].append(timed(pytest_argv("-p", "no:sandboxes"), work / "empty"))
-            times["fixture"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "fixture"))
-            times["live"].append(timed(pytest_argv("--sandbox-record-mode=off"), work / "judged"))
-            times["replay"].append(timed(pytest_argv("--sandbox-record-mode=none"), work / "judged"))
+            for name, (argv, where) in runs.items():
+                wall, spent = timed_with_cpu(argv, where)
+                times[name].append(wall)
+                if name in cpu:
+                    cpu[name].append(spent)
         median = {name: statistics.median(values) for name, values in times.items()}
+        cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
         python = os.path.realpath(shutil.which("python3") or sys.executable)
         print(f"{len(problems)} HumanEval checks, pytest -n 2, median of {rounds} interleaved rounds; python3 is {python}")
         for name, value in median.items():
@@ -138,6 +151,12 @@ def main() -> None:
         print(f"  the plugin and the sandbox fixture (its lease and reset)  {(median['fixture'] - median['empty']) / per_worker * 1000:5.1f} ms")
         print(f"  judging in that sandbox                                   {(median['live'] - median['fixture']) / per_worker * 1000:5.1f} ms")
         print(f"  left by the 1.5x target                                   {(1.5 * median['harness'] - median['empty']) / per_worker * 1000:5.1f} ms")
+        print("a check's CPU, the whole machine's (every process and sandbox), each suite's over the one it adds to:")
+        over = {"subprocess": "empty", "fixture": "empty", "live": "fixture"}  # each suite's CPU over the one it adds to
+        per_check = {name: (cpu_median[name] - cpu_median[base]) / len(problems) * 1000 for name, base in over.items()}
+        print(f"  the subprocess suite's check                              {per_check['subprocess']:5.1f} ms")
+        print(f"  the plugin and the sandbox fixture (its lease and reset)  {per_check['fixture']:5.1f} ms")
+        print(f"  judging in that sandbox                                   {per_check['live']:5.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
