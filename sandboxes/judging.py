@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _embedded
+from .cassette import name_content
 from .driver import warm_marker
 from .errors import ProviderError, SandboxNotFoundError
 from .languages import Language, PreparedRun, cleanup, get_language, prepare_code, toolchain_version
@@ -363,6 +364,10 @@ _NONCE_BYTES = 16
 _OUTCOME = re.compile(r"judge-outcome:(" + NONCE_PREFIX + r"[0-9a-f]{32}):([a-z_]+):?(.*)$")
 _HARNESS_CODE = (Path(__file__).parent / HARNESS).read_text(encoding="utf-8")  # a program of its own, for the sandbox's python3
 _HARNESS_SHA256 = hashlib.sha256(_HARNESS_CODE.encode()).hexdigest()  # the same in every run: its compiled code may be kept
+HARNESS_PROTOCOL = "the judge's harness, protocol 1"
+"""What a cassette matches the harness by, whatever its bytes: its inputs (``main.py``, ``_judge_tests.py``,
+the nonce on stdin) and its report (the ``judge-outcome`` line and the exit status). Change it with them."""
+name_content(_HARNESS_CODE.encode(), HARNESS_PROTOCOL)
 
 
 async def _judge_embedded(sandbox: Sandbox, program: str, tests: str, judgement: Judgement, timeout: float, files: Mapping[str, str | bytes] | None) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sandboxes import SandboxConfig
+from sandboxes import Sandbox, SandboxConfig, judge, judging
+from sandboxes import cassette as cassette_module
 from sandboxes.cassette import Cassette, cassette_provider
 from sandboxes.errors import CassetteError, SetupFailed
 from sandboxes.providers.local import LocalProvider
@@ -307,3 +308,26 @@ async def test_the_retry_layers_creation_token_never_reaches_a_cassette(tmp_path
     await provider.destroy_sandbox(info.id)
     assert provider.driver.cassette.save()
     assert "sandboxes.attempt" not in path.read_text()
+
+
+# -- the library's own files are matched by what they do, not by their bytes ---------------------------------
+async def test_a_judgement_recorded_with_one_harness_replays_with_the_next_of_the_same_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    program, tests = "def add(a, b):\n    return a + b\n", "assert add(1, 2) == 3\n"
+
+    async def work(provider: Any, sandbox_id: str) -> str:
+        return (await judge(Sandbox(provider, await provider.get_sandbox(sandbox_id)), program, "python", tests=tests)).verdict.value
+
+    live, replayed = await _record_then_replay(tmp_path, work)
+    assert live == replayed == "passed"
+    # The next version's harness: other bytes, the same inputs and report.
+    monkeypatch.setattr(judging, "_HARNESS_CODE", judging._HARNESS_CODE + "# a later version\n")
+    monkeypatch.setattr(cassette_module, "_NAMED", dict(cassette_module._NAMED))
+    for protocol, replays in ((judging.HARNESS_PROTOCOL, True), ("the judge's harness, protocol 2", False)):
+        cassette_module.name_content(judging._HARNESS_CODE.encode(), protocol)
+        player = cassette_provider(None, Cassette(tmp_path / "review.yaml", "none"))
+        info = await player.create_sandbox(SandboxConfig())
+        if replays:
+            assert await work(player, info.id) == "passed"
+        else:  # what it does changed: not the recorded harness
+            with pytest.raises(CassetteError, match="write_file"):
+                await work(player, info.id)
