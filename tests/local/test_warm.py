@@ -116,6 +116,34 @@ async def test_a_program_compiled_once_is_run_as_compiled_from_its_own_file(pair
             assert "SyntaxWarning" in (await box.run_code(warned, "python")).stderr
 
 
+PLANTED_PROVIDER = (
+    "#include <fcntl.h>\n#include <unistd.h>\n"
+    'static void planted(void) __attribute__((constructor));\nstatic void planted(void) { close(open("/tmp/planted-ran", O_CREAT | O_WRONLY, 0644)); }\n'
+    "int OSSL_provider_init(void) { return 0; }\n"
+)
+PLANTED_CONFIG = "openssl_conf = init\n[init]\nproviders = providers\n[providers]\nplanted = planted\n[planted]\nmodule = /tmp/planted.so\nactivate = 1\n"
+
+
+async def test_a_lease_cannot_have_a_zygote_load_its_code_through_openssl(pair: tuple[Sandbox, Sandbox]) -> None:
+    # OpenSSL reads the file $OPENSSL_CONF names and loads the modules it lists. A zygote that
+    # loaded OpenSSL (hashlib, to check a shared script) would run them, and keep them running
+    # in every later run of every later lease.
+    warm, _ = pair
+    await warm.write_files({"/tmp/planted.c": PLANTED_PROVIDER, "/tmp/planted.cnf": PLANTED_CONFIG, "/tmp/x.py": "print('ran')\n"})
+    built = await warm.execute("gcc -shared -fPIC -o /tmp/planted.so /tmp/planted.c")
+    if built.exit_code != 0:
+        pytest.skip(f"no C compiler in the sandbox: {built.describe()}")
+    env = {"OPENSSL_CONF": "/tmp/planted.cnf"}
+    proof = await warm.execute(["python3", "-c", "import hashlib, os; print(os.path.exists('/tmp/planted-ran'))"], env=env)
+    if proof.stdout != "True\n":
+        pytest.skip(f"this OpenSSL does not load a provider from $OPENSSL_CONF: {proof.describe()}")
+    await warm.execute("rm /tmp/planted-ran")
+    for marker in (WARM_PYTHON, warm_marker("0" * 64), warm_marker(hashlib.sha256(b"print('ran')\n").hexdigest())):
+        ran = await warm.execute([marker, "python3", "/tmp/x.py"], env=env)
+        assert ran.stdout == "ran\n", ran.describe()
+    assert (await warm.execute("test -e /tmp/planted-ran")).exit_code == 1, "the zygote ran the lease's OpenSSL module"
+
+
 async def test_a_judged_program_has_the_builtins_site_adds_warm_and_cold(pair: tuple[Sandbox, Sandbox]) -> None:
     program = "import builtins\nNAMES = [n for n in ('exit', 'quit', 'copyright', 'credits', 'license', 'help') if hasattr(builtins, n)]\n"
     for box in pair:

@@ -35,6 +35,7 @@ FLAGS_WITH_VALUE = {"-X", "-W"}
 LEASE_REACHABLE_ENV = (
     *("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONPLATLIBDIR", "PYTHONPYCACHEPREFIX"),
     *("LD_", "GCONV_PATH", "LOCPATH"),
+    "OPENSSL_",  # the zygote never loads OpenSSL (its SHA-256 is Python's own): should anything in it ever do
 )
 
 

@@ -155,9 +155,7 @@ def _compiled(request: "dict[str, Any]") -> "tuple[bytes, Any] | None":
         return None
     finally:
         os.close(fd)
-    import hashlib  # not the child's: it is out of sys.modules there
-
-    if len(source) > CACHED_SOURCE_BYTES or hashlib.sha256(source).hexdigest() != request["shared"]:
+    if len(source) > CACHED_SOURCE_BYTES or _sha256(source) != request["shared"]:
         return None
     code = _CODE.pop(source, None)
     if code is None:
@@ -217,6 +215,19 @@ def _bundled_harness() -> "bytes | None":
         except OSError:
             _BUNDLED.append(None)
     return _BUNDLED[0]
+
+
+def _sha256(data: bytes) -> "str | None":
+    """Python's own SHA-256, never OpenSSL's. ``hashlib`` would load OpenSSL into the zygote, which
+    reads the file ``$OPENSSL_CONF`` names (a lease may write it) and loads the modules it lists:
+    code that would run in the zygote, whose memory every later run of every later lease starts
+    from. None where the interpreter was built without it: then no code is kept."""
+    for name in ("_sha2", "_sha256"):  # 3.12 and later, 3.8 to 3.11; not the child's (out of sys.modules there)
+        try:
+            return str(__import__(name).sha256(data).hexdigest())
+        except ImportError:
+            continue
+    return None
 
 
 def _renamed(code: "Any", filename: str) -> "Any":
