@@ -258,13 +258,15 @@ def _main():
     tests_path = os.path.join(cwd, "_judge_tests.py")
     with open(source_path, "rb") as handle:
         source = handle.read()
-    with open(tests_path, "rb") as handle:
-        tests_source = handle.read()
-    os.unlink(tests_path)  # before the program runs: it cannot read the tests' expected answers
-    tests = compile(tests_source, tests_path, "exec")
+    # The tests' text and code are made only in this process, after the fork: the program's process,
+    # a copy of this one, would find them in its memory (in this frame, up its own stack). Their file
+    # goes before the program runs, and the program's process closes this descriptor first.
+    tests_file = os.open(tests_path, os.O_RDONLY)
+    os.unlink(tests_path)
     try:
         code = compile(source, source_path, "exec")
     except (SyntaxError, ValueError) as error:
+        os.close(tests_file)
         nonce = _read_nonce()
         import traceback
 
@@ -275,12 +277,21 @@ def _main():
     answers, to_parent = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(tests_file)
         os.close(requests)
         os.close(answers)
         _child(code, source_path, to_child, to_parent)
         os._exit(0)
     os.close(to_child)
     os.close(to_parent)
+    try:
+        with os.fdopen(tests_file, "rb") as handle:
+            tests_source = handle.read()
+        tests = compile(tests_source, tests_path, "exec")
+    except BaseException:  # tests that do not compile are the caller's error: said as before, the program ended
+        os.kill(pid, 9)
+        _reap(pid)
+        raise
     nonce = _read_nonce()
     program = _Program(requests, answers)
     try:

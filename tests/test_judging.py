@@ -96,6 +96,52 @@ async def test_the_end_of_tests_report_cannot_be_forged(sandbox: Sandbox, progra
     assert judged.verdict is not Verdict.PASSED, judged.describe()
 
 
+SEARCH_FOR_THE_TESTS = """\
+import os, sys
+MARK = b"the-expected-" + b"answer"  # split: this program's own text must not hold it
+found = []
+frame = sys._getframe().f_back  # its callers, not its own globals (MARK)
+while frame is not None:  # up its own stack: the judge's frames, as they were at the fork
+    for value in list(frame.f_locals.values()):
+        text = value if isinstance(value, bytes) else value.encode() if isinstance(value, str) else b""
+        if MARK in text or "_judge_tests" in getattr(value, "co_filename", ""):
+            found.append("in a frame")
+    frame = frame.f_back
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        if "_judge_tests" in os.readlink("/proc/self/fd/" + fd):
+            found.append("an open file")
+    except OSError:
+        pass
+try:
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as memory:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if "rw" in line.split()[1] and end - start < 1 << 28:
+                try:
+                    memory.seek(start)
+                    if MARK in memory.read(end - start):
+                        found.append("in its memory")
+                except (OSError, ValueError, OverflowError):
+                    pass
+except OSError:
+    pass
+print("FOUND" if found else "NOTHING", found)
+
+
+def add(a, b):
+    return 0
+"""
+
+
+async def test_the_program_finds_the_tests_nowhere_it_can_look(sandbox: Sandbox) -> None:
+    # Its process is a fork of the judge's: had the judge read or compiled the tests before the
+    # fork, their text and code would be up the program's own stack, and in its memory.
+    judged = await judge(sandbox, SEARCH_FOR_THE_TESTS, "python", tests="assert add(1, 2) == 3, 'the-expected-answer'\n", timeout=30)
+    assert judged.result is not None and "NOTHING []" in judged.result.stdout, judged.describe()
+    assert judged.verdict is Verdict.WRONG_ANSWER, judged.describe()
+
+
 REACH_THE_JUDGE = """\
 import os
 
