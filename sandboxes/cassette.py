@@ -596,9 +596,13 @@ class CassetteDriver:
         self._limits[placeholder] = config.max_output_bytes
         network = info.metadata.get("network")
         self._record("create", args, {"sandbox": placeholder, **({"network": network} if isinstance(network, bool) else {})})
-        if self.cassette is None:
+        return self._unshared(info)
+
+    def _unshared(self, info: SandboxInfo) -> SandboxInfo:
+        """Recording, a sandbox is not alike another for its tools (``TOOLCHAINS``): each test's cassette
+        holds the lookups it replays, whatever ran before it in the process."""
+        if self.cassette is None or TOOLCHAINS not in info.metadata:
             return info
-        # Not alike another for its tools: each test's cassette holds the lookups it replays, whatever ran before it.
         return replace(info, metadata={key: value for key, value in info.metadata.items() if key != TOOLCHAINS})
 
     async def get(self, sandbox_id: str) -> SandboxInfo | None:
@@ -608,7 +612,7 @@ class CassetteDriver:
             return SandboxInfo(id=sandbox_id, provider=self.name, labels=dict(played.result.get("labels") or {})) if found else None
         info = await self._live().get(await self._live_id(sandbox_id))
         self._record("get", args, {"found": info is not None, "labels": _stored_labels(info.labels) if info else {}})
-        return info
+        return self._unshared(info) if info else None
 
     async def list(self, labels: Mapping[str, str]) -> builtins.list[SandboxInfo]:
         args = {"labels": _plain_labels(labels)}
@@ -616,7 +620,7 @@ class CassetteDriver:
             return [SandboxInfo(id=item["sandbox"], provider=self.name, labels=dict(item.get("labels") or {})) for item in played.result.get("sandboxes") or []]
         found = await self._live().list(labels)
         self._record("list", args, {"sandboxes": [{"sandbox": self._placeholder(i.id), "labels": _stored_labels(i.labels)} for i in found]})
-        return found
+        return [self._unshared(info) for info in found]
 
     async def destroy(self, sandbox_id: str) -> bool:
         args = {"sandbox": self._placeholder(sandbox_id)}

@@ -317,6 +317,9 @@ async def test_a_judgement_recorded_with_one_harness_replays_with_the_next_of_th
     async def work(provider: Any, sandbox_id: str) -> str:
         return (await judge(Sandbox(provider, await provider.get_sandbox(sandbox_id)), program, "python", tests=tests)).verdict.value
 
+    # A judgement before, in this process: recorded, a sandbox found by its id still looks its tools up.
+    async with await Sandbox.create("local") as before:
+        assert (await judge(before, program, "python", tests=tests)).passed
     live, replayed = await _record_then_replay(tmp_path, work)
     assert live == replayed == "passed"
     # The next version's harness: other bytes, the same inputs and report.
