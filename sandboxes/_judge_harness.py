@@ -207,6 +207,8 @@ class _Program:
             raise ProgramEnded("it returned {}".format(answer["unplain"]))
         if "raised" in answer:
             kind = getattr(__builtins__, answer["raised"], None) if answer.get("builtin") else None
+            if kind in (StopIteration, StopAsyncIteration):  # as in a generator (PEP 479): it would end a map() or filter() of the tests' as if exhausted
+                raise RuntimeError("the program raised {}: {}".format(answer["raised"], answer["message"]))
             if isinstance(kind, type) and issubclass(kind, Exception) and kind is not AssertionError:
                 raise kind(answer["message"])
             raise ProgramEnded("{} raised by the program".format(answer["raised"]))

@@ -96,6 +96,14 @@ async def test_the_end_of_tests_report_cannot_be_forged(sandbox: Sandbox, progra
     assert judged.verdict is not Verdict.PASSED, judged.describe()
 
 
+async def test_a_stop_iteration_from_the_program_never_ends_the_tests_early(sandbox: Sandbox) -> None:
+    # Raised inside the tests' map(), a StopIteration would end it as if exhausted: all() of nothing is True.
+    tests = "assert all(map(lambda case: add(*case[0]) == case[1], [((1, 2), 3), ((2, 2), 4)]))\n"
+    assert (await judge(sandbox, "def add(a, b):\n    return a + b\n", "python", tests=tests)).passed
+    judged = await judge(sandbox, "def add(a, b):\n    raise StopIteration\n", "python", tests=tests)
+    assert not judged.passed and "StopIteration" in judged.describe(), judged.describe()
+
+
 SEARCH_FOR_THE_TESTS = """\
 import os, sys
 MARK = b"the-expected-" + b"answer"  # split: this program's own text must not hold it
