@@ -10,7 +10,9 @@ the run must enter) over a socket; the zygote forks, and the child becomes
 only, dumpable again, default signal dispositions; the program is compiled
 from its file and run, and the interpreter ends as it would (``atexit``,
 flushing, exit status). The zygote reaps its children and reports each exit
-status and CPU time to the agent.
+status and CPU time to the agent. The judge's harness, a script the same in
+every judgement, is compiled once here, and its body run once (``_prepared``):
+its runs only call it.
 
 What stays different from a new interpreter is documented in the README
 (the hash seed is the zygote's; ``id()`` values and memory layout follow
